@@ -1,0 +1,18 @@
+"""aifuncs: AI functions for SQL.
+
+    import aifuncs
+    aifuncs.endpoints.create("wine", kind="mlflow", model_uri="models:/wine/1")
+    con = aifuncs.connect("warehouse.duckdb")
+    aifuncs.sql(con, "SELECT ai_query('wine', struct_pack(alcohol, proline)) FROM wines").df()
+"""
+
+from __future__ import annotations
+
+from aifuncs import catalog as endpoints
+from aifuncs.catalog import Endpoint
+from aifuncs.engines.duckdb import connect, install, sql
+from aifuncs.errors import AifuncsError
+
+__version__ = "0.1.0"
+
+__all__ = ["AifuncsError", "Endpoint", "connect", "endpoints", "install", "sql", "__version__"]

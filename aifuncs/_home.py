@@ -1,0 +1,23 @@
+"""Where aifuncs keeps its state (`AIFUNCS_HOME`) and where its shipped resources live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def home() -> Path:
+    """The state directory: `$AIFUNCS_HOME`, or `~/.aifuncs`. Created on first use."""
+    path = Path(os.environ.get("AIFUNCS_HOME") or Path.home() / ".aifuncs").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resource_dir(name: str) -> Path:
+    """A top-level resource folder (`udfs`, `sql`): inside the wheel, or beside the package in a checkout."""
+    for candidate in (_PACKAGE_DIR / "_resources" / name, _PACKAGE_DIR.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"aifuncs resource folder {name!r} is missing; reinstall aifuncs")

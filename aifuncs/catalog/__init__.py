@@ -1,0 +1,127 @@
+"""The catalog of endpoints: every model a team uses, under one name each.
+
+    import aifuncs
+    aifuncs.endpoints.create("wine", kind="mlflow", model_uri="models:/wine/1")
+    aifuncs.endpoints.list()
+
+Stored in SQLite under AIFUNCS_HOME, so every process on the machine sees the same endpoints. Each
+update bumps the endpoint's version. Secrets are never stored: an endpoint names the environment
+variable that holds its key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from aifuncs._home import home
+from aifuncs.catalog._endpoint import Endpoint, check_name, check_no_secrets
+from aifuncs.catalog._store import SqliteStore
+from aifuncs.errors import ConfigError, EndpointExists, UnknownEndpoint
+from aifuncs.providers import provider_class
+
+__all__ = ["Catalog", "Endpoint", "create", "default_catalog", "delete", "get", "list", "update", "versions"]
+
+
+def _validate(name: str, kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    check_no_secrets(options)
+    options_model = provider_class(kind).Options
+    try:
+        options_model.model_validate(options)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}" for e in error.errors()
+        )
+        accepted = ", ".join(options_model.model_fields)
+        raise ConfigError(
+            f"Invalid options for {kind} endpoint {name!r}: {problems}. Accepted options: {accepted}."
+        ) from None
+    return {k: v for k, v in options.items() if v is not None}
+
+
+class Catalog:
+    """Endpoints stored in one SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._store = SqliteStore(self.path)
+
+    def create(self, name: str, kind: str, *, description: str = "", **options: Any) -> Endpoint:
+        check_name(name)
+        endpoint = Endpoint(name, kind, _validate(name, kind, options), description)
+        if not self._store.insert(endpoint):
+            raise EndpointExists(f"Endpoint {name!r} already exists; use update() to change it.")
+        return self.get(name)
+
+    def get(self, name: str) -> Endpoint:
+        endpoint = self._store.get(name)
+        if endpoint is None:
+            raise UnknownEndpoint(name, self._store.names())
+        return endpoint
+
+    def list(self) -> list[Endpoint]:
+        return self._store.list()
+
+    def names(self) -> list[str]:
+        return self._store.names()
+
+    def update(
+        self, name: str, *, description: str | None = None, replace: bool = False, **options: Any
+    ) -> Endpoint:
+        """Change options (merged into the current ones unless `replace`; None removes one). Bumps the version."""
+        current = self.get(name)
+        merged = dict(options) if replace else {**current.options, **options}
+        merged = _validate(name, current.kind, merged)
+        updated = Endpoint(
+            current.name, current.kind, merged, current.description if description is None else description
+        )
+        result = self._store.replace(updated)
+        if result is None:  # deleted by another process in between
+            raise UnknownEndpoint(name, self._store.names())
+        return result
+
+    def delete(self, name: str) -> None:
+        if not self._store.delete(name):
+            raise UnknownEndpoint(name, self._store.names())
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        self.get(name)
+        return self._store.versions(name)
+
+
+_catalogs: dict[Path, Catalog] = {}
+
+
+def default_catalog() -> Catalog:
+    """The catalog of the current AIFUNCS_HOME (looked up on each call, so a changed home is honoured)."""
+    path = home() / "catalog.db"
+    if path not in _catalogs or not path.exists():
+        _catalogs[path] = Catalog(path)
+    return _catalogs[path]
+
+
+def create(name: str, kind: str, *, description: str = "", **options: Any) -> Endpoint:
+    """Register a model under `name`. `kind` is a provider (`python`, `mlflow`, ...); options are its settings."""
+    return default_catalog().create(name, kind, description=description, **options)
+
+
+def get(name: str) -> Endpoint:
+    return default_catalog().get(name)
+
+
+def list() -> list[Endpoint]:  # noqa: A001 - mirrors the CLI verb
+    return default_catalog().list()
+
+
+def update(name: str, *, description: str | None = None, replace: bool = False, **options: Any) -> Endpoint:
+    return default_catalog().update(name, description=description, replace=replace, **options)
+
+
+def delete(name: str) -> None:
+    default_catalog().delete(name)
+
+
+def versions(name: str) -> list[dict[str, Any]]:
+    return default_catalog().versions(name)

@@ -1,0 +1,145 @@
+"""SQLite storage of the catalog. One file under AIFUNCS_HOME, safe for several processes at once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aifuncs.catalog._endpoint import Endpoint
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS endpoints (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    kind TEXT NOT NULL,
+    options TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoint_versions (
+    name TEXT NOT NULL COLLATE NOCASE,
+    version INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    options TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _row_to_endpoint(row: sqlite3.Row) -> Endpoint:
+    return Endpoint(
+        name=row["name"],
+        kind=row["kind"],
+        options=json.loads(row["options"]),
+        description=row["description"],
+        version=row["version"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+    )
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # A connection per operation: cheap, and never shared across threads or processes.
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")  # take the write lock up front: no lost updates between processes
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def get(self, name: str) -> Endpoint | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
+        return _row_to_endpoint(row) if row else None
+
+    def list(self) -> list[Endpoint]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM endpoints ORDER BY name").fetchall()
+        return [_row_to_endpoint(r) for r in rows]
+
+    def names(self) -> list[str]:
+        with self._connect() as db:
+            return [r[0] for r in db.execute("SELECT name FROM endpoints ORDER BY name")]
+
+    def insert(self, endpoint: Endpoint) -> bool:
+        """Add a new endpoint at version 1; False when the name is taken."""
+        now = _now()
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM endpoints WHERE name = ?", (endpoint.name,)).fetchone():
+                return False
+            options = json.dumps(endpoint.options, sort_keys=True)
+            db.execute(
+                "INSERT INTO endpoints VALUES (?, ?, ?, ?, 1, ?, ?)",
+                (endpoint.name, endpoint.kind, options, endpoint.description, now, now),
+            )
+            self._record_version(db, endpoint.name, 1, endpoint.kind, options, endpoint.description, now)
+        return True
+
+    def replace(self, endpoint: Endpoint) -> Endpoint | None:
+        """Store new options/description for an existing endpoint, bumping its version."""
+        now = _now()
+        with self._write() as db:
+            row = db.execute("SELECT version FROM endpoints WHERE name = ?", (endpoint.name,)).fetchone()
+            if row is None:
+                return None
+            version = row[0] + 1
+            options = json.dumps(endpoint.options, sort_keys=True)
+            db.execute(
+                "UPDATE endpoints SET kind = ?, options = ?, description = ?, version = ?, updated_at = ?"
+                " WHERE name = ?",
+                (endpoint.kind, options, endpoint.description, version, now, endpoint.name),
+            )
+            self._record_version(db, endpoint.name, version, endpoint.kind, options, endpoint.description, now)
+        return self.get(endpoint.name)
+
+    def delete(self, name: str) -> bool:
+        with self._write() as db:
+            deleted = db.execute("DELETE FROM endpoints WHERE name = ?", (name,)).rowcount
+            db.execute("DELETE FROM endpoint_versions WHERE name = ?", (name,))
+        return bool(deleted)
+
+    def versions(self, name: str) -> list[dict[str, object]]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM endpoint_versions WHERE name = ? ORDER BY version", (name,)
+            ).fetchall()
+        return [{**dict(r), "options": json.loads(r["options"])} for r in rows]
+
+    @staticmethod
+    def _record_version(
+        db: sqlite3.Connection, name: str, version: int, kind: str, options: str, description: str, at: str
+    ) -> None:
+        db.execute(
+            "INSERT INTO endpoint_versions VALUES (?, ?, ?, ?, ?, ?)",
+            (name, version, kind, options, description, at),
+        )

@@ -1,0 +1,1 @@
+"""Engine bindings: turn function specs and bound calls into an engine's functions."""

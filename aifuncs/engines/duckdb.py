@@ -1,0 +1,183 @@
+"""The DuckDB binding: AI functions as vectorized Arrow UDFs on a DuckDB connection.
+
+`connect()` gives a plain DuckDB connection with the generic functions and system views installed;
+`sql()` runs a query through the planner, which registers a typed UDF per AI call site. Every UDF
+only moves Arrow arrays between DuckDB and the runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from aifuncs._home import resource_dir
+from aifuncs._types import arrow_type, to_arrow
+from aifuncs.catalog import default_catalog
+from aifuncs.planner import EngineHooks, bind_call, rewrite
+from aifuncs.runtime import CallSpec, Runtime, default_runtime
+
+__all__ = ["connect", "install", "sql"]
+
+_INSTALLED_MARK = "__aifuncs_ai_query"
+
+ENDPOINTS_TYPE = (
+    "STRUCT(name VARCHAR, kind VARCHAR, version INTEGER, description VARCHAR, options VARCHAR,"
+    " created_at TIMESTAMP, updated_at TIMESTAMP)[]"
+)
+
+
+def _udf(con: duckdb.DuckDBPyConnection, name: str, fn: Callable[..., pa.Array], params: list[str], returns: str) -> None:
+    # special null handling: NULL rows reach us (no silent drops); side effects: never folded or run twice.
+    con.create_function(
+        name, fn, params, returns, type="arrow", null_handling="special", side_effects=True  # type: ignore[arg-type]
+    )
+
+
+def connect(database: str | Path = ":memory:", *, read_only: bool = False, **config: Any) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with aifuncs' functions and system views installed."""
+    con = duckdb.connect(str(database), read_only=read_only, config=config or {})
+    install(con)
+    return con
+
+
+def install(con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None) -> duckdb.DuckDBPyConnection:
+    """Install the generic AI functions, macros and system views on a connection (idempotent)."""
+    if _has_function(con, _INSTALLED_MARK):
+        return con
+    runtime = runtime or default_runtime()
+    _udf(con, "__aifuncs_ai_query", _generic_ai_query(runtime),
+         ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"], "VARCHAR")
+    _udf(con, "__aifuncs_endpoints", _endpoints_snapshot, [], ENDPOINTS_TYPE)
+    for script in ("functions.sql", "system_tables.sql"):
+        con.execute((resource_dir("sql") / script).read_text())
+    return con
+
+
+def sql(con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckdb") -> duckdb.DuckDBPyRelation | None:
+    """Run a query with AI functions; returns the relation of the last statement (None for DDL)."""
+    install(con)
+    statements = rewrite(query, dialect, _hooks(con))
+    result = None
+    for statement in statements:
+        result = con.sql(statement)
+    return result
+
+
+def _has_function(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    rows = con.execute("SELECT 1 FROM duckdb_functions() WHERE function_name = ? LIMIT 1", [name]).fetchall()
+    return bool(rows)
+
+
+def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
+    def describe(query: str) -> str:
+        rows = con.execute(f"DESCRIBE {query}").fetchall()
+        return str(rows[0][1])
+
+    def evaluate(expression: str) -> Any:
+        rows = con.execute(f"SELECT to_json({expression})").fetchall()
+        return None if rows[0][0] is None else json.loads(rows[0][0])
+
+    def register(call: CallSpec, request_ddl: str | None) -> str:
+        key = json.dumps(
+            [call.function, call.endpoint.name, call.endpoint.version, call.result_type, call.fail_on_error,
+             call.model_parameters, call.response_format, request_ddl],
+            default=str,
+        )
+        name = f"__aifuncs_{call.function}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        if not _has_function(con, name):
+            fn = _typed_call(call) if request_ddl else _json_call(call)
+            _udf(con, name, fn, [request_ddl or "VARCHAR"], call.output_type)
+        return name
+
+    return EngineHooks(describe=describe, evaluate=evaluate, register=register)
+
+
+def _typed_call(call: CallSpec, runtime: Runtime | None = None) -> Callable[[pa.Array], pa.Array]:
+    runtime = runtime or default_runtime()
+
+    def udf(request: pa.Array) -> pa.Array:
+        return runtime.run_call(call, _as_array(request))
+
+    return udf
+
+
+def _json_call(call: CallSpec, runtime: Runtime | None = None) -> Callable[[pa.Array], pa.Array]:
+    runtime = runtime or default_runtime()
+
+    def udf(request_json: pa.Array) -> pa.Array:
+        return runtime.run_call(call, decode_json(_as_array(request_json)))
+
+    return udf
+
+
+def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def decode_json(texts: pa.Array) -> pa.Array:
+    """JSON texts (DuckDB's to_json) to an Arrow array, parsed in C++ by pyarrow: no per-row Python."""
+    texts = texts.cast(pa.string())
+    lines = pc.binary_join_element_wise('{"r":', pc.fill_null(texts, "null"), "}\n", "")
+    _, offsets, data = lines.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int32)
+    data = data[bounds[lines.offset] : bounds[lines.offset + len(lines)]]
+    table = pa_json.read_json(pa.BufferReader(data), read_options=pa_json.ReadOptions(use_threads=False))
+    return table.column("r").combine_chunks()
+
+
+def _generic_ai_query(runtime: Runtime) -> Callable[..., pa.Array]:
+    """The plain-connection ai_query: any endpoint per row, answers as VARCHAR."""
+
+    def udf(
+        endpoint: pa.Array, request: pa.Array, return_type: pa.Array, fail_on_error: pa.Array,
+        parameters: pa.Array, response_format: pa.Array,
+    ) -> pa.Array:
+        columns = [_as_array(c) for c in (endpoint, return_type, fail_on_error, parameters, response_format)]
+        options = pa.Table.from_arrays(columns, names=["e", "t", "f", "p", "r"])
+        requests = _as_array(request)
+        result: list[Any] = [None] * len(requests)
+        groups = options.append_column("i", pa.array(range(len(requests)), pa.int64())).group_by(
+            ["e", "t", "f", "p", "r"], use_threads=False
+        ).aggregate([("i", "list")])
+        for group in groups.to_pylist():
+            rows = pa.array(group["i_list"], pa.int64())
+            if group["e"] is None:
+                continue  # NULL endpoint: NULL answer
+            call = bind_call(
+                "ai_query", group["e"], None,
+                return_type=group["t"], fail_on_error=True if group["f"] is None else group["f"],
+                model_parameters=json.loads(group["p"]) if group["p"] else None,
+                response_format=group["r"],
+            )
+            values = runtime.run_call(call, decode_json(requests.take(rows)))
+            for row, text in zip(group["i_list"], _as_text(values).to_pylist(), strict=True):
+                result[row] = text
+        return pa.array(result, pa.string())
+
+    return udf
+
+
+def _as_text(values: pa.Array) -> pa.Array:
+    return to_arrow(values, pa.string())
+
+
+def _endpoints_snapshot() -> pa.Array:
+    rows = [
+        {
+            "name": e.name, "kind": e.kind, "version": e.version, "description": e.description,
+            "options": json.dumps(e.options, sort_keys=True),
+            "created_at": e.created_at.replace(tzinfo=None) if e.created_at else None,
+            "updated_at": e.updated_at.replace(tzinfo=None) if e.updated_at else None,
+        }
+        for e in default_catalog().list()
+    ]
+    return pa.array([rows], arrow_type(ENDPOINTS_TYPE))

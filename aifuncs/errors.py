@@ -1,0 +1,74 @@
+"""The one exception tree of aifuncs.
+
+Everything aifuncs raises on purpose derives from `AifuncsError`, so callers can catch one class.
+Third-party errors (DuckDB, MLflow, model code) are translated at the boundary where they occur,
+keeping the original as `__cause__`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AifuncsError(Exception):
+    """Root of every error aifuncs raises on purpose."""
+
+
+class ConfigError(AifuncsError):
+    """An endpoint definition or option is invalid."""
+
+
+class InvalidEndpointName(ConfigError):
+    """An endpoint name does not follow the naming rule."""
+
+
+class EndpointExists(ConfigError):
+    """`create` was asked for a name that is already taken."""
+
+
+class UnknownEndpoint(AifuncsError):
+    """A name that is not in the catalog; the message lists the closest names."""
+
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+        self.name = name
+        self.suggestions = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+        message = f"Unknown endpoint {name!r}."
+        if self.suggestions:
+            message += " Did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
+        else:
+            message += " Create it with aifuncs.endpoints.create() or `aifuncs endpoints create`."
+        super().__init__(message)
+
+
+class UnknownProviderKind(ConfigError):
+    """An endpoint kind that no installed provider implements."""
+
+
+class MissingDependency(AifuncsError):
+    """An optional package a provider needs is not installed; the message names the extra."""
+
+
+class SqlError(AifuncsError):
+    """A query that aifuncs cannot parse, plan or run."""
+
+
+class ArgumentError(SqlError):
+    """An AI function was called with arguments it does not accept."""
+
+
+class RequestMismatch(AifuncsError):
+    """A request's fields do not match the model's input columns."""
+
+
+class ModelError(AifuncsError):
+    """The model failed; with failOnError the query stops with this error."""
+
+    def __init__(self, endpoint: str, rows: int, message: str) -> None:
+        self.endpoint = endpoint
+        self.rows = rows
+        super().__init__(f"Endpoint {endpoint!r} failed on a batch of {rows:,} rows: {message}")
+
+
+class ResultTypeError(AifuncsError):
+    """A model's output cannot be converted to the result type of the call."""

@@ -1,0 +1,7 @@
+"""SQL function specs: the TOML files under `udfs/`, one per function, shared by every engine."""
+
+from __future__ import annotations
+
+from aifuncs.functions.spec import FunctionSpec, Param, all_specs, get_spec
+
+__all__ = ["FunctionSpec", "Param", "all_specs", "get_spec"]

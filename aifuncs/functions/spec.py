@@ -1,0 +1,69 @@
+"""Read and hold the function specs of `udfs/`."""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aifuncs._home import resource_dir
+
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: Literal["constant", "column"]
+    type: str | None = None
+    required: bool = False
+    default: Any = _MISSING
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not _MISSING
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    description: str
+    returns: str
+    params: tuple[Param, ...]
+
+    def param(self, name: str) -> Param | None:
+        lowered = name.lower()
+        return next((p for p in self.params if p.name.lower() == lowered), None)
+
+    @property
+    def signature(self) -> str:
+        parts = [p.name if p.required else f"[{p.name}]" for p in self.params]
+        return f"{self.name}({', '.join(parts)})"
+
+
+def _load(data: dict[str, Any]) -> FunctionSpec:
+    params = tuple(
+        Param(
+            name=p["name"],
+            kind=p["kind"],
+            type=p.get("type"),
+            required=p.get("required", False),
+            default=p.get("default", _MISSING),
+        )
+        for p in data.get("params", [])
+    )
+    return FunctionSpec(data["name"], data.get("description", ""), data.get("returns", "VARCHAR"), params)
+
+
+@functools.cache
+def all_specs() -> dict[str, FunctionSpec]:
+    specs = {}
+    for path in sorted(resource_dir("udfs").glob("*.toml")):
+        spec = _load(tomllib.loads(path.read_text()))
+        specs[spec.name.lower()] = spec
+    return specs
+
+
+def get_spec(name: str) -> FunctionSpec | None:
+    return all_specs().get(name.lower())

@@ -1,0 +1,8 @@
+"""The planner: parse with sqlglot, find AI calls, bind and type them, rewrite them into UDF calls."""
+
+from __future__ import annotations
+
+from aifuncs.planner._bind import bind_call, check_request
+from aifuncs.planner._rewrite import EngineHooks, bind_arguments, rewrite
+
+__all__ = ["EngineHooks", "bind_arguments", "bind_call", "check_request", "rewrite"]

@@ -1,0 +1,81 @@
+"""Bind one AI call: resolve its endpoint, its result type, and check its request against the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from aifuncs._types import arrow_type, to_duckdb_type
+from aifuncs.catalog import default_catalog
+from aifuncs.errors import RequestMismatch
+from aifuncs.providers import InputColumn
+from aifuncs.runtime import CallSpec, default_runtime
+
+DEFAULT_RESULT_TYPE = "VARCHAR"
+
+
+def bind_call(
+    function: str,
+    endpoint_name: str,
+    request_type: pa.DataType | None,
+    *,
+    return_type: str | None = None,
+    fail_on_error: bool = True,
+    model_parameters: dict[str, Any] | None = None,
+    response_format: str | None = None,
+) -> CallSpec:
+    """Everything about a call site that does not change per row, checked before any model call."""
+    endpoint = default_catalog().get(endpoint_name)  # UnknownEndpoint, with suggestions
+    provider = default_runtime().provider(endpoint)
+    if request_type is not None:
+        check_request(endpoint.name, request_type, provider.input_columns())
+    declared = return_type or provider.output_type()
+    result_type = to_duckdb_type(declared) if declared else DEFAULT_RESULT_TYPE
+    return CallSpec(
+        function=function,
+        endpoint=endpoint,
+        result_type=result_type,
+        fail_on_error=fail_on_error,
+        model_parameters=tuple(sorted((model_parameters or {}).items())),
+        response_format=response_format,
+    )
+
+
+def _describe_columns(columns: list[InputColumn]) -> str:
+    return ", ".join(f"{c.name} {c.type}" + ("" if c.required else " (optional)") for c in columns)
+
+
+def check_request(endpoint: str, request_type: pa.DataType, columns: list[InputColumn] | None) -> None:
+    """A STRUCT request maps its fields to the model's input columns by name, as in Databricks."""
+    if not columns or pa.types.is_null(request_type):
+        return
+    expected = _describe_columns(columns)
+    if not pa.types.is_struct(request_type):
+        if len([c for c in columns if c.required]) <= 1:
+            return
+        raise RequestMismatch(
+            f"Endpoint {endpoint!r} expects a STRUCT with fields ({expected}); the request is a single"
+            f" {request_type} value. Build it with struct_pack(name := value, ...)."
+        )
+    given = [f.name for f in request_type]
+    names = {c.name for c in columns}
+    missing = [c.name for c in columns if c.required and c.name not in given]
+    unknown = [g for g in given if g not in names]
+    if missing or unknown:
+        problems = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing)}" if missing else "",
+                f"not inputs of the model: {', '.join(unknown)}" if unknown else "",
+            )
+            if part
+        )
+        raise RequestMismatch(
+            f"Endpoint {endpoint!r} expects fields ({expected}); the request has ({', '.join(given)}):"
+            f" {problems}."
+        )
+
+
+def request_arrow_type(ddl: str) -> pa.DataType:
+    return arrow_type(ddl)

@@ -1,0 +1,176 @@
+"""Rewrite a query's AI calls into UDFs specialised for each call site.
+
+DuckDB fixes a Python UDF's types at registration, so `ai_query('ep', x, returnType => 'DOUBLE')` cannot
+be one function with a per-call type. The planner finds each AI call with sqlglot, binds its arguments
+against the function spec, resolves the endpoint and types, and replaces the call with a UDF registered
+for exactly that call: one request type in, one result type out, options bound in a closure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from aifuncs._types import arrow_type
+from aifuncs.errors import AifuncsError, ArgumentError, SqlError
+from aifuncs.functions import FunctionSpec, all_specs, get_spec
+from aifuncs.planner._bind import bind_call
+from aifuncs.runtime import CallSpec
+
+PROBE_ALIAS = "__aifuncs_request"
+
+
+@dataclass(frozen=True)
+class EngineHooks:
+    """What the planner needs from an engine, and nothing more."""
+
+    describe: Callable[[str], str]  # a one-column query -> the DuckDB type of its column
+    evaluate: Callable[[str], Any]  # a constant expression -> its value as Python
+    register: Callable[[CallSpec, str | None], str]  # call, request type (None: JSON) -> function name
+
+
+def rewrite(query: str, dialect: str, hooks: EngineHooks) -> list[str]:
+    """The statements of `query` as DuckDB SQL, every AI call replaced by its specialised UDF."""
+    if dialect == "duckdb" and not _mentions_ai_function(query):
+        return [query]  # nothing to do: DuckDB reads its own SQL better than any round trip
+    try:
+        statements = [s for s in sqlglot.parse(query, read=dialect) if s is not None]
+    except sqlglot.errors.ParseError as error:
+        first = error.errors[0] if error.errors else {}
+        where = f" at line {first.get('line')}, column {first.get('col')}" if first else ""
+        raise SqlError(f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}") from None
+    return [_rewrite_statement(s, hooks).sql("duckdb") for s in statements]
+
+
+def _mentions_ai_function(query: str) -> bool:
+    lowered = query.lower()
+    return any(name in lowered for name in all_specs())
+
+
+def _ancestors(node: exp.Expression) -> Iterator[exp.Expression]:
+    while node.parent is not None:
+        node = node.parent
+        yield node
+
+
+def _ai_calls(tree: exp.Expression) -> list[exp.Anonymous]:
+    calls = [node for node in tree.find_all(exp.Anonymous) if get_spec(node.name)]
+    return sorted(calls, key=lambda node: -len(list(_ancestors(node))))  # innermost first
+
+
+def _rewrite_statement(tree: exp.Expression, hooks: EngineHooks) -> exp.Expression:
+    for call in _ai_calls(tree):
+        spec = get_spec(call.name)
+        assert spec is not None
+        replacement = _rewrite_call(spec, call, hooks)
+        if replacement is not None:
+            call.replace(replacement)
+    return tree
+
+
+def bind_arguments(spec: FunctionSpec, call: exp.Anonymous) -> dict[str, exp.Expression]:
+    """Positional and named (`=>`, `:=`) arguments, checked against the spec."""
+    bound: dict[str, exp.Expression] = {}
+    positional_done = False
+    for index, arg in enumerate(call.expressions):
+        if isinstance(arg, exp.Kwarg | exp.PropertyEQ):
+            positional_done = True
+            param = spec.param(arg.this.name)
+            if param is None:
+                names = ", ".join(p.name for p in spec.params)
+                raise ArgumentError(
+                    f"{spec.name} has no argument {arg.this.name!r} (in {call.sql('duckdb')}). Arguments: {names}."
+                )
+            name, value = param.name, arg.expression
+        else:
+            if positional_done:
+                raise ArgumentError(f"In {call.sql('duckdb')}: a positional argument follows a named one.")
+            if index >= len(spec.params):
+                raise ArgumentError(f"{spec.signature} takes at most {len(spec.params)} arguments; got more.")
+            name, value = spec.params[index].name, arg
+        if name in bound:
+            raise ArgumentError(f"In {call.sql('duckdb')}: argument {name!r} is given twice.")
+        bound[name] = value
+    missing = [p.name for p in spec.params if p.required and p.name not in bound]
+    if missing:
+        raise ArgumentError(f"{spec.signature}: missing {', '.join(missing)} in {call.sql('duckdb')}.")
+    return bound
+
+
+def _constant(spec: FunctionSpec, name: str, value: exp.Expression | None, hooks: EngineHooks) -> Any:
+    param = spec.param(name)
+    if value is None or isinstance(value, exp.Null):
+        return param.default if param is not None and param.has_default else None
+    if isinstance(value, exp.Literal) and value.is_string:
+        return value.this
+    if isinstance(value, exp.Boolean):
+        return value.this
+    if value.find(exp.Column) is not None:
+        raise ArgumentError(f"{spec.name}: argument {name!r} must be a constant, not {value.sql('duckdb')}.")
+    try:
+        return hooks.evaluate(value.sql("duckdb"))
+    except AifuncsError:
+        raise
+    except Exception as error:
+        raise ArgumentError(f"{spec.name}: cannot evaluate argument {name!r} ({value.sql('duckdb')}): {error}") from None
+
+
+def _rewrite_call(spec: FunctionSpec, call: exp.Anonymous, hooks: EngineHooks) -> exp.Expression | None:
+    args = bind_arguments(spec, call)
+    endpoint = args["endpoint"]
+    if not (isinstance(endpoint, exp.Literal) and endpoint.is_string):
+        return None  # a per-row endpoint: left to the generic function, which resolves each row
+    request = args["request"]
+    request_ddl = _probe_type(call, request, hooks)
+    request_type: pa.DataType | None = arrow_type(request_ddl) if request_ddl else None
+    fail_on_error = _constant(spec, "failOnError", args.get("failOnError"), hooks)
+    if not isinstance(fail_on_error, bool):
+        raise ArgumentError(f"{spec.name}: failOnError must be true or false, not {fail_on_error!r}.")
+    parameters = _constant(spec, "modelParameters", args.get("modelParameters"), hooks)
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ArgumentError(f"{spec.name}: modelParameters must be a struct or map, not {parameters!r}.")
+    call_spec = bind_call(
+        spec.name,
+        endpoint.this,
+        request_type,
+        return_type=_constant(spec, "returnType", args.get("returnType"), hooks),
+        fail_on_error=fail_on_error,
+        model_parameters=parameters,
+        response_format=_json_text(_constant(spec, "responseFormat", args.get("responseFormat"), hooks)),
+    )
+    function = hooks.register(call_spec, request_ddl)
+    argument = request.copy() if request_ddl else exp.Anonymous(this="to_json", expressions=[request.copy()])
+    return exp.Anonymous(this=function, expressions=[argument])
+
+
+def _json_text(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else json.dumps(value)
+
+
+def _probe_type(call: exp.Expression, request: exp.Expression, hooks: EngineHooks) -> str | None:
+    """The DuckDB type of the request at the call site, found by DESCRIBE of a query over the call's scope.
+
+    None when the scope cannot be isolated (e.g. a correlated subquery); the call then passes its
+    request as JSON, which works for every type at some cost in speed.
+    """
+    probe = exp.Select(expressions=[request.copy().as_(PROBE_ALIAS)])
+    scope = call.find_ancestor(exp.Select)
+    if scope is not None:
+        for key in ("from_", "joins", "where", "laterals"):
+            if scope.args.get(key):
+                probe.set(key, scope.args[key].copy() if key != "joins" else [j.copy() for j in scope.args[key]])
+        if request.find(exp.AggFunc) is not None and scope.args.get("group"):
+            probe.set("group", scope.args["group"].copy())
+    ctes = [cte.copy() for node in reversed(list(_ancestors(call))) if (w := node.args.get("with_")) for cte in w.expressions]
+    if ctes:
+        probe.set("with_", exp.With(expressions=ctes))
+    try:
+        return hooks.describe(probe.sql("duckdb"))
+    except Exception:
+        return None

@@ -1,0 +1,72 @@
+"""The interface every endpoint kind implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from aifuncs.catalog._endpoint import Endpoint
+
+
+class ProviderOptions(BaseModel):
+    """Options every endpoint accepts; a provider subclasses this with its own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    returns: str | None = Field(
+        default=None, description="Result type (Databricks or DuckDB DDL) when the model declares none."
+    )
+    max_batch_rows: int | None = Field(default=None, ge=1, description="Rows per model call.")
+    max_concurrency: int | None = Field(default=None, ge=1, description="Model calls in flight at once.")
+
+
+@dataclass(frozen=True)
+class InputColumn:
+    name: str
+    type: str  # DuckDB DDL
+    required: bool = True
+
+
+class Provider(ABC):
+    """One endpoint kind. The runtime is the only caller of `predict`.
+
+    A provider turns one batch of requests into one batch of outputs; the runtime decides batch
+    sizes, concurrency, retries and per-row error handling.
+    """
+
+    kind: ClassVar[str]
+    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+    default_batch_rows: ClassVar[int] = 2048
+    default_concurrency: ClassVar[int] = 4
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.options = self.Options.model_validate(endpoint.options)
+
+    @property
+    def batch_rows(self) -> int:
+        return self.options.max_batch_rows or self.default_batch_rows
+
+    @property
+    def concurrency(self) -> int:
+        return self.options.max_concurrency or self.default_concurrency
+
+    def input_columns(self) -> list[InputColumn] | None:
+        """The named inputs the model expects, or None when it accepts anything."""
+        return None
+
+    def output_type(self) -> str | None:
+        """The DuckDB type of the model's output when the model declares one (e.g. a signature)."""
+        return None
+
+    @abstractmethod
+    async def predict(self, requests: pa.Array, parameters: dict[str, Any] | None = None) -> Any:
+        """Score a batch of non-null requests; return one output per request, in order.
+
+        The output may be an Arrow array or table, a pandas Series or DataFrame, a numpy array or a list;
+        the runtime converts it to the call's result type. Raise to fail the whole batch.
+        """

@@ -1,0 +1,30 @@
+"""What the planner hands the runtime for one AI call site."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aifuncs._types import error_struct_type
+from aifuncs.catalog import Endpoint
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """One call site of an AI function, with its options resolved and bound."""
+
+    function: str
+    endpoint: Endpoint
+    result_type: str  # DuckDB DDL of the value the model's answer becomes
+    fail_on_error: bool = True
+    model_parameters: tuple[tuple[str, Any], ...] = ()
+    response_format: str | None = None
+
+    @property
+    def output_type(self) -> str:
+        """The SQL type of the call: the value, or Databricks' (result, errorMessage) struct."""
+        return self.result_type if self.fail_on_error else error_struct_type(self.result_type)
+
+    @property
+    def parameters(self) -> dict[str, Any] | None:
+        return dict(self.model_parameters) or None

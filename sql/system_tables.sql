@@ -1,0 +1,3 @@
+-- System tables: read-only views over aifuncs state, read fresh on every query.
+CREATE OR REPLACE TEMP VIEW aifuncs_endpoints AS
+    SELECT unnest(__aifuncs_endpoints(), recursive := true);
