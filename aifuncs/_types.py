@@ -39,6 +39,9 @@ def to_duckdb_type(type_string: str, dialect: str = "databricks") -> str:
         ddl = exp.DataType.build(type_string, dialect=dialect).sql("duckdb")
     except (sqlglot.errors.ParseError, ValueError) as error:
         raise ArgumentError(f"Cannot read the type {type_string!r}: {error}") from None
+    if ("<" in type_string or "(" in type_string) and not any(c in ddl for c in "([<"):
+        # sqlglot drops what it cannot read inside a nested type; refuse rather than guess.
+        raise ArgumentError(f"Cannot read the type {type_string!r}: check its field types.")
     arrow_type(ddl)  # validates against DuckDB itself
     return ddl
 
@@ -169,6 +172,9 @@ def _cast(array: pa.Array, target: pa.DataType) -> pa.Array:
     if pa.types.is_string(target) and (pa.types.is_nested(array.type)):
         # Nested values become JSON text, as Databricks renders them in a STRING result.
         return pa.array([None if v is None else json.dumps(v, default=str) for v in array.to_pylist()], pa.string())
+    if pa.types.is_string(target) and pa.types.is_floating(array.type):
+        # Arrow writes 2.0 as "2"; DuckDB and Python write "2.0". Keep the SQL rendering.
+        return pa.array([None if v is None else repr(v) for v in array.to_pylist()], pa.string())
     if pa.types.is_struct(target) and pa.types.is_struct(array.type):
         names = [f.name for f in target]
         given = {f.name for f in array.type}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,10 @@ import pyarrow.json as pa_json
 from aifuncs._home import resource_dir
 from aifuncs._types import arrow_type, to_arrow
 from aifuncs.catalog import default_catalog
-from aifuncs.planner import EngineHooks, bind_call, rewrite
+from aifuncs.planner import EngineHooks, bind_call, rewrite, split_statements
 from aifuncs.runtime import CallSpec, Runtime, default_runtime
 
-__all__ = ["connect", "install", "sql"]
+__all__ = ["connect", "install", "sql", "sql_each"]
 
 _INSTALLED_MARK = "__aifuncs_ai_query"
 
@@ -64,12 +64,23 @@ def install(con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None) -> d
 
 def sql(con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckdb") -> duckdb.DuckDBPyRelation | None:
     """Run a query with AI functions; returns the relation of the last statement (None for DDL)."""
-    install(con)
-    statements = rewrite(query, dialect, _hooks(con))
     result = None
-    for statement in statements:
-        result = con.sql(statement)
+    for _, result in sql_each(con, query, dialect=dialect):
+        pass
     return result
+
+
+def sql_each(
+    con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckdb"
+) -> Iterator[tuple[str, duckdb.DuckDBPyRelation | None]]:
+    """Run the statements of a query one by one, yielding each one's text and relation."""
+    install(con)
+    hooks = _hooks(con)
+    for statement in split_statements(query, dialect):
+        result = None
+        for rewritten in rewrite(statement, dialect, hooks):
+            result = con.sql(rewritten)
+        yield statement, result
 
 
 def _has_function(con: duckdb.DuckDBPyConnection, name: str) -> bool:

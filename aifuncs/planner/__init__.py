@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from aifuncs.planner._bind import bind_call, check_request
-from aifuncs.planner._rewrite import EngineHooks, bind_arguments, rewrite
+from aifuncs.planner._rewrite import EngineHooks, bind_arguments, rewrite, split_statements
 
-__all__ = ["EngineHooks", "bind_arguments", "bind_call", "check_request", "rewrite"]
+__all__ = ["EngineHooks", "bind_arguments", "bind_call", "check_request", "rewrite", "split_statements"]

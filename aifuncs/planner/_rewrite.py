@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
+from sqlglot.tokens import TokenType
 
 from aifuncs._types import arrow_type
 from aifuncs.errors import AifuncsError, ArgumentError, SqlError
@@ -46,6 +47,25 @@ def rewrite(query: str, dialect: str, hooks: EngineHooks) -> list[str]:
         where = f" at line {first.get('line')}, column {first.get('col')}" if first else ""
         raise SqlError(f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}") from None
     return [_rewrite_statement(s, hooks).sql("duckdb") for s in statements]
+
+
+def split_statements(query: str, dialect: str) -> list[str]:
+    """Split a script at its semicolons, found by sqlglot's tokenizer (so none inside strings), keeping the text."""
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(query)
+    except sqlglot.errors.TokenError:
+        return [query]  # let the parser or DuckDB report the problem with its own position
+    pieces, start, has_tokens = [], 0, False
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            if has_tokens:
+                pieces.append(query[start : token.start].strip())
+            start, has_tokens = token.end + 1, False
+        else:
+            has_tokens = True
+    if has_tokens:  # a trailing piece of only comments is no statement
+        pieces.append(query[start:].strip())
+    return pieces
 
 
 def _mentions_ai_function(query: str) -> bool:

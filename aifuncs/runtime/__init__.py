@@ -8,6 +8,7 @@ converts the answers to the call's type and puts them back in row order, with pe
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pyarrow as pa
@@ -35,13 +36,13 @@ def describe(error: BaseException) -> str:
 class Runtime:
     def __init__(self) -> None:
         self._loop = BackgroundLoop()
-        self._providers: dict[tuple[str, int], Provider] = {}
-        self._semaphores: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self._providers: dict[str, Provider] = {}
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._lock = threading.Lock()
 
     def provider(self, endpoint: Endpoint) -> Provider:
         """The provider of an endpoint version, built once (models load once per process)."""
-        key = (endpoint.name, endpoint.version)
+        key = _identity(endpoint)
         with self._lock:
             provider = self._providers.get(key)
             if provider is None:
@@ -102,10 +103,15 @@ class Runtime:
             return _concat(parts, target)
 
     def _semaphore(self, endpoint: Endpoint, limit: int) -> asyncio.Semaphore:
-        key = (endpoint.name, endpoint.version)
+        key = _identity(endpoint)
         if key not in self._semaphores:  # only touched on the loop thread
             self._semaphores[key] = asyncio.Semaphore(limit)
         return self._semaphores[key]
+
+
+def _identity(endpoint: Endpoint) -> str:
+    # Name and version alone are not unique: a deleted and re-created endpoint, or another AIFUNCS_HOME.
+    return json.dumps([endpoint.name, endpoint.version, endpoint.kind, endpoint.options], sort_keys=True, default=str)
 
 
 def _concat(parts: list[Scored], target: pa.DataType) -> Scored:

@@ -1,0 +1,143 @@
+"""The `aifuncs` command line. Errors become one-line messages here, and only here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from aifuncs.errors import AifuncsError
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise AifuncsError(f"Option {text!r} is not of the form key=value.")
+    try:
+        value: Any = json.loads(raw)  # numbers, booleans, lists, objects
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    return dict(_parse_option(p) for p in pairs or [])
+
+
+def _print_endpoint(endpoint: Any, as_json: bool) -> None:
+    data = endpoint.to_dict()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        print(f"{key:12} {json.dumps(value) if isinstance(value, dict) else value}")
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    from aifuncs import catalog
+
+    if args.action == "create":
+        _print_endpoint(catalog.create(args.name, args.kind, description=args.description or "",
+                                       **_options(args.option)), args.json)
+    elif args.action == "get":
+        _print_endpoint(catalog.get(args.name), args.json)
+    elif args.action == "update":
+        _print_endpoint(catalog.update(args.name, description=args.description, **_options(args.option)), args.json)
+    elif args.action == "delete":
+        catalog.delete(args.name)
+        print(f"Deleted endpoint {args.name!r}.")
+    elif args.action == "versions":
+        for version in catalog.versions(args.name):
+            print(json.dumps(version))
+    else:
+        endpoints = catalog.list()
+        if args.json:
+            print(json.dumps([e.to_dict() for e in endpoints], indent=2))
+        elif not endpoints:
+            print("No endpoints yet. Create one with `aifuncs endpoints create NAME --kind KIND -o key=value`.")
+        else:
+            for e in endpoints:
+                print(f"{e.name:30} {e.kind:10} v{e.version:<4} {e.description}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from aifuncs.engines.duckdb import connect, sql_each
+
+    text = open(args.file).read() if args.file else args.sql
+    if not text:
+        raise AifuncsError("Give the SQL as an argument or with --file PATH.")
+    con = connect(args.db)
+    try:
+        for _, relation in sql_each(con, text, dialect=args.dialect):
+            if relation is None:
+                continue
+            if args.format == "csv":
+                relation.to_df().to_csv(sys.stdout, index=False)
+            elif args.format == "json":
+                print(relation.to_df().to_json(orient="records", date_format="iso"))
+            else:
+                relation.show(max_rows=args.max_rows, max_width=200)
+    finally:
+        con.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aifuncs", description="AI functions for SQL.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    endpoints = commands.add_parser("endpoints", help="manage the endpoint catalog")
+    actions = endpoints.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="list endpoints").add_argument("--json", action="store_true")
+    for name, helptext in (("get", "show one endpoint"), ("delete", "delete an endpoint"),
+                           ("versions", "show every version of an endpoint")):
+        sub = actions.add_parser(name, help=helptext)
+        sub.add_argument("name")
+        sub.add_argument("--json", action="store_true")
+    create = actions.add_parser("create", help="register a model as an endpoint")
+    create.add_argument("name")
+    create.add_argument("--kind", required=True, help="python, mlflow, ... (installed providers)")
+    update = actions.add_parser("update", help="change an endpoint's options (bumps its version)")
+    update.add_argument("name")
+    for sub in (create, update):
+        sub.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                         help="an option, e.g. -o model_uri=models:/wine/1 (values may be JSON)")
+        sub.add_argument("--description")
+        sub.add_argument("--json", action="store_true")
+    endpoints.set_defaults(handler=_endpoints)
+
+    query = commands.add_parser("query", help="run SQL with AI functions")
+    query.add_argument("sql", nargs="?")
+    query.add_argument("--file", "-f", help="read the SQL from a file")
+    query.add_argument("--db", default=":memory:", help="DuckDB database file (default: in memory)")
+    query.add_argument("--dialect", default="duckdb", choices=["duckdb", "databricks"])
+    query.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    query.add_argument("--max-rows", type=int, default=40)
+    query.set_defaults(handler=_query)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except AifuncsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except duckdb.Error as error:
+        # UDF failures arrive wrapped by DuckDB; show the message without the wrapping.
+        message = str(error).replace("Python exception occurred while executing the UDF: ", "")
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Models and functions the tests register as endpoints (importable by name: tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+CALLS: list[int] = []  # batch sizes seen by `doubled`, so tests can count model calls
+
+
+def doubled(data: pd.Series | pd.DataFrame) -> np.ndarray:
+    CALLS.append(len(data))
+    if isinstance(data, pd.DataFrame):
+        return (data["a"] * 2 + data["b"]).to_numpy()
+    return (data * 2).to_numpy()
+
+
+def fails_on_13(values: pd.Series) -> pd.Series:
+    if (values == 13).any():
+        raise ValueError("13 is unlucky")
+    return values * 10.0
+
+
+def arrow_length(values: pa.Array) -> pa.Array:
+    return pa.compute.utf8_length(values)
+
+
+def wrong_length(values: pd.Series) -> list[int]:
+    return [1]
+
+
+class SumAndLabel(mlflow.pyfunc.PythonModel):
+    """A custom pyfunc model returning several columns."""
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+        total = model_input["x"] + model_input["y"]
+        if (model_input["x"] < 0).any():
+            raise ValueError("x must not be negative")
+        return pd.DataFrame({"total": total, "label": np.where(total > 10, "big", "small")})

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import aifuncs
+from aifuncs.errors import ConfigError, EndpointExists, InvalidEndpointName, UnknownEndpoint, UnknownProviderKind
+
+
+def test_create_get_list_delete() -> None:
+    created = aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", description="x2")
+    assert created.version == 1 and created.kind == "python"
+    assert aifuncs.endpoints.get("doubler").options == {"function": "sample_models:doubled"}
+    assert [e.name for e in aifuncs.endpoints.list()] == ["doubler"]
+    aifuncs.endpoints.delete("doubler")
+    assert aifuncs.endpoints.list() == []
+    with pytest.raises(UnknownEndpoint):
+        aifuncs.endpoints.delete("doubler")
+
+
+def test_update_bumps_version_and_keeps_history() -> None:
+    aifuncs.endpoints.create("m", kind="python", function="sample_models:doubled")
+    updated = aifuncs.endpoints.update("m", returns="DOUBLE", description="now typed")
+    assert updated.version == 2
+    assert updated.options == {"function": "sample_models:doubled", "returns": "DOUBLE"}
+    removed = aifuncs.endpoints.update("m", returns=None)
+    assert removed.version == 3 and "returns" not in removed.options
+    history = aifuncs.endpoints.versions("m")
+    assert [v["version"] for v in history] == [1, 2, 3]
+    assert history[1]["options"]["returns"] == "DOUBLE"
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "has space", "semi;colon", "x" * 129, "quote'd"])
+def test_invalid_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidEndpointName, match="Invalid endpoint name"):
+        aifuncs.endpoints.create(name, kind="python", function="sample_models:doubled")
+
+
+def test_duplicate_name_is_refused_case_insensitively() -> None:
+    aifuncs.endpoints.create("Churn", kind="python", function="sample_models:doubled")
+    with pytest.raises(EndpointExists, match="already exists"):
+        aifuncs.endpoints.create("churn", kind="python", function="sample_models:doubled")
+
+
+def test_unknown_endpoint_suggests_close_names() -> None:
+    aifuncs.endpoints.create("churn-model", kind="python", function="sample_models:doubled")
+    with pytest.raises(UnknownEndpoint, match="Did you mean 'churn-model'"):
+        aifuncs.endpoints.get("churn-modle")
+
+
+def test_secrets_are_refused_and_env_names_accepted() -> None:
+    with pytest.raises(ConfigError, match="environment variable"):
+        aifuncs.endpoints.create("llm", kind="python", function="sample_models:doubled", api_key="sk-live-123")
+    assert not (Path(os.environ["AIFUNCS_HOME"]) / "catalog.db").read_bytes().count(b"sk-live-123")
+
+
+def test_options_are_validated_against_the_kind() -> None:
+    with pytest.raises(ConfigError, match=r"model_urii.*Accepted options: .*model_uri"):
+        aifuncs.endpoints.create("m", kind="mlflow", model_urii="models:/x/1")
+    with pytest.raises(ConfigError, match="function"):
+        aifuncs.endpoints.create("m", kind="python", function="not a target")
+    with pytest.raises(UnknownProviderKind, match="Installed kinds: .*mlflow.*python"):
+        aifuncs.endpoints.create("m", kind="nonesuch")
+
+
+def test_a_second_process_sees_the_same_catalog() -> None:
+    aifuncs.endpoints.create("mine", kind="python", function="sample_models:doubled")
+    script = (
+        "import aifuncs; print([e.name for e in aifuncs.endpoints.list()]);"
+        " aifuncs.endpoints.create('theirs', kind='python', function='sample_models:doubled')"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=os.environ)
+    assert out.stdout.strip() == "['mine']"
+    assert aifuncs.endpoints.get("theirs").version == 1
+
+
+def test_sql_view_is_read_fresh_on_every_query(con) -> None:  # type: ignore[no-untyped-def]
+    assert con.sql("SELECT count(*) FROM aifuncs_endpoints").fetchall() == [(0,)]
+    aifuncs.endpoints.create("m", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    aifuncs.endpoints.update("m", description="second")
+    rows = con.sql("SELECT name, kind, version, description, options FROM aifuncs_endpoints").fetchall()
+    assert rows == [("m", "python", 2, "second", '{"function": "sample_models:doubled", "returns": "DOUBLE"}')]
