@@ -1,9 +1,9 @@
 """aifuncs: AI functions for SQL.
 
-    import aifuncs
-    aifuncs.endpoints.create("wine", kind="mlflow", model_uri="models:/wine/1")
-    con = aifuncs.connect("warehouse.duckdb")
-    aifuncs.sql(con, "SELECT ai_query('wine', struct_pack(alcohol, proline)) FROM wines").df()
+import aifuncs
+aifuncs.endpoints.create("wine", kind="mlflow", model_uri="models:/wine/1")
+con = aifuncs.connect("warehouse.duckdb")
+aifuncs.sql(con, "SELECT ai_query('wine', struct_pack(alcohol, proline)) FROM wines").df()
 """
 
 from __future__ import annotations

@@ -125,7 +125,9 @@ def mlflow_schema_type(schema: Any) -> str | None:
         return None
     if len(specs) == 1:
         return mlflow_spec_type(specs[0])
-    fields = ", ".join(f"{quote_ident(s.name or f'col{i}')} {mlflow_spec_type(s)}" for i, s in enumerate(specs))
+    fields = ", ".join(
+        f"{quote_ident(s.name or f'col{i}')} {mlflow_spec_type(s)}" for i, s in enumerate(specs)
+    )
     return f"STRUCT({fields})"
 
 
@@ -149,7 +151,11 @@ def _as_arrow(output: Any, target: pa.DataType) -> pa.Array:
     if isinstance(output, pa.Array):
         return output
     if isinstance(output, pa.Table):
-        return output.to_struct_array().combine_chunks() if output.num_columns > 1 else output.column(0).combine_chunks()
+        return (
+            output.to_struct_array().combine_chunks()
+            if output.num_columns > 1
+            else output.column(0).combine_chunks()
+        )
     if isinstance(output, pd.DataFrame):
         if output.shape[1] == 1 and not pa.types.is_struct(target):
             return _as_arrow(output.iloc[:, 0], target)
@@ -165,13 +171,17 @@ def _as_arrow(output: Any, target: pa.DataType) -> pa.Array:
         return pa.array(list(output))
     if isinstance(output, (list, tuple)):
         return pa.array(list(output))
-    raise ResultTypeError(f"The model returned a {type(output).__name__}; expected an array, Series or DataFrame.")
+    raise ResultTypeError(
+        f"The model returned a {type(output).__name__}; expected an array, Series or DataFrame."
+    )
 
 
 def _cast(array: pa.Array, target: pa.DataType) -> pa.Array:
     if pa.types.is_string(target) and (pa.types.is_nested(array.type)):
         # Nested values become JSON text, as Databricks renders them in a STRING result.
-        return pa.array([None if v is None else json.dumps(v, default=str) for v in array.to_pylist()], pa.string())
+        return pa.array(
+            [None if v is None else json.dumps(v, default=str) for v in array.to_pylist()], pa.string()
+        )
     if pa.types.is_string(target) and pa.types.is_floating(array.type):
         # Arrow writes 2.0 as "2"; DuckDB and Python write "2.0". Keep the SQL rendering.
         return pa.array([None if v is None else repr(v) for v in array.to_pylist()], pa.string())

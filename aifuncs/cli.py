@@ -41,12 +41,16 @@ def _endpoints(args: argparse.Namespace) -> int:
     from aifuncs import catalog
 
     if args.action == "create":
-        _print_endpoint(catalog.create(args.name, args.kind, description=args.description or "",
-                                       **_options(args.option)), args.json)
+        _print_endpoint(
+            catalog.create(args.name, args.kind, description=args.description or "", **_options(args.option)),
+            args.json,
+        )
     elif args.action == "get":
         _print_endpoint(catalog.get(args.name), args.json)
     elif args.action == "update":
-        _print_endpoint(catalog.update(args.name, description=args.description, **_options(args.option)), args.json)
+        _print_endpoint(
+            catalog.update(args.name, description=args.description, **_options(args.option)), args.json
+        )
     elif args.action == "delete":
         catalog.delete(args.name)
         print(f"Deleted endpoint {args.name!r}.")
@@ -58,7 +62,9 @@ def _endpoints(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([e.to_dict() for e in endpoints], indent=2))
         elif not endpoints:
-            print("No endpoints yet. Create one with `aifuncs endpoints create NAME --kind KIND -o key=value`.")
+            print(
+                "No endpoints yet. Create one with `aifuncs endpoints create NAME --kind KIND -o key=value`."
+            )
         else:
             for e in endpoints:
                 print(f"{e.name:30} {e.kind:10} v{e.version:<4} {e.description}")
@@ -73,8 +79,8 @@ def _query(args: argparse.Namespace) -> int:
         raise AifuncsError("Give the SQL as an argument or with --file PATH.")
     con = connect(args.db)
     try:
-        for _, relation in sql_each(con, text, dialect=args.dialect):
-            if relation is None:
+        for statement, relation in sql_each(con, text, dialect=args.dialect):
+            if relation is None or not _returns_rows(statement):
                 continue
             if args.format == "csv":
                 relation.to_df().to_csv(sys.stdout, index=False)
@@ -87,6 +93,29 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+_ROW_KEYWORDS = {
+    "SELECT",
+    "WITH",
+    "FROM",
+    "VALUES",
+    "TABLE",
+    "DESCRIBE",
+    "SHOW",
+    "SUMMARIZE",
+    "EXPLAIN",
+    "PIVOT",
+    "UNPIVOT",
+    "(",
+}
+
+
+def _returns_rows(statement: str) -> bool:
+    """Queries print their rows; DDL and DML (whose relation is just a count) print nothing."""
+    text = "\n".join(line for line in statement.splitlines() if not line.lstrip().startswith("--")).lstrip()
+    first = text.split(None, 1)[0].upper() if text else ""
+    return first in _ROW_KEYWORDS or first.startswith("(")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aifuncs", description="AI functions for SQL.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     endpoints = commands.add_parser("endpoints", help="manage the endpoint catalog")
     actions = endpoints.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="list endpoints").add_argument("--json", action="store_true")
-    for name, helptext in (("get", "show one endpoint"), ("delete", "delete an endpoint"),
-                           ("versions", "show every version of an endpoint")):
+    for name, helptext in (
+        ("get", "show one endpoint"),
+        ("delete", "delete an endpoint"),
+        ("versions", "show every version of an endpoint"),
+    ):
         sub = actions.add_parser(name, help=helptext)
         sub.add_argument("name")
         sub.add_argument("--json", action="store_true")
@@ -105,8 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     update = actions.add_parser("update", help="change an endpoint's options (bumps its version)")
     update.add_argument("name")
     for sub in (create, update):
-        sub.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
-                         help="an option, e.g. -o model_uri=models:/wine/1 (values may be JSON)")
+        sub.add_argument(
+            "-o",
+            "--option",
+            action="append",
+            metavar="KEY=VALUE",
+            help="an option, e.g. -o model_uri=models:/wine/1 (values may be JSON)",
+        )
         sub.add_argument("--description")
         sub.add_argument("--json", action="store_true")
     endpoints.set_defaults(handler=_endpoints)

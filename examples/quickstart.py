@@ -36,6 +36,7 @@ def train_and_register() -> str:
     features = wine[FEATURES].astype("float64")
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(features, wine["target"])
     mlflow.set_tracking_uri(default_tracking_uri())
+    mlflow.set_registry_uri(default_tracking_uri())
     mlflow.set_experiment("aifuncs-quickstart")
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(

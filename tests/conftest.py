@@ -15,7 +15,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own AIFUNCS_HOME: its own catalog, nothing shared with the user's."""
     path = tmp_path / "aifuncs-home"
     monkeypatch.setenv("AIFUNCS_HOME", str(path))
+    # MLflow exports its URIs into the environment; never let one test's store leak into another.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     return path
 
 
@@ -41,12 +43,11 @@ def mlflow_models(tmp_path_factory: pytest.TempPathFactory) -> MlflowModels:
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
+    from sample_models import SumAndLabel
     from sklearn.datasets import load_wine
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from sample_models import SumAndLabel
 
     store = tmp_path_factory.mktemp("mlflow")
     tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
@@ -59,7 +60,10 @@ def mlflow_models(tmp_path_factory: pytest.TempPathFactory) -> MlflowModels:
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, wine["target"])
         with mlflow.start_run():
             mlflow.sklearn.log_model(
-                model, name="model", signature=infer_signature(x, model.predict(x)), registered_model_name="wine"
+                model,
+                name="model",
+                signature=infer_signature(x, model.predict(x)),
+                registered_model_name="wine",
             )
             example = pd.DataFrame({"x": [1.0, 20.0], "y": [2.0, 3.0]})
             mlflow.pyfunc.log_model(

@@ -8,11 +8,19 @@ from pathlib import Path
 import pytest
 
 import aifuncs
-from aifuncs.errors import ConfigError, EndpointExists, InvalidEndpointName, UnknownEndpoint, UnknownProviderKind
+from aifuncs.errors import (
+    ConfigError,
+    EndpointExists,
+    InvalidEndpointName,
+    UnknownEndpoint,
+    UnknownProviderKind,
+)
 
 
 def test_create_get_list_delete() -> None:
-    created = aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", description="x2")
+    created = aifuncs.endpoints.create(
+        "doubler", kind="python", function="sample_models:doubled", description="x2"
+    )
     assert created.version == 1 and created.kind == "python"
     assert aifuncs.endpoints.get("doubler").options == {"function": "sample_models:doubled"}
     assert [e.name for e in aifuncs.endpoints.list()] == ["doubler"]
@@ -54,7 +62,9 @@ def test_unknown_endpoint_suggests_close_names() -> None:
 
 def test_secrets_are_refused_and_env_names_accepted() -> None:
     with pytest.raises(ConfigError, match="environment variable"):
-        aifuncs.endpoints.create("llm", kind="python", function="sample_models:doubled", api_key="sk-live-123")
+        aifuncs.endpoints.create(
+            "llm", kind="python", function="sample_models:doubled", api_key="sk-live-123"
+        )
     assert not (Path(os.environ["AIFUNCS_HOME"]) / "catalog.db").read_bytes().count(b"sk-live-123")
 
 
@@ -73,7 +83,9 @@ def test_a_second_process_sees_the_same_catalog() -> None:
         "import aifuncs; print([e.name for e in aifuncs.endpoints.list()]);"
         " aifuncs.endpoints.create('theirs', kind='python', function='sample_models:doubled')"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=os.environ)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=os.environ
+    )
     assert out.stdout.strip() == "['mine']"
     assert aifuncs.endpoints.get("theirs").version == 1
 
@@ -83,4 +95,6 @@ def test_sql_view_is_read_fresh_on_every_query(con) -> None:  # type: ignore[no-
     aifuncs.endpoints.create("m", kind="python", function="sample_models:doubled", returns="DOUBLE")
     aifuncs.endpoints.update("m", description="second")
     rows = con.sql("SELECT name, kind, version, description, options FROM aifuncs_endpoints").fetchall()
-    assert rows == [("m", "python", 2, "second", '{"function": "sample_models:doubled", "returns": "DOUBLE"}')]
+    assert rows == [
+        ("m", "python", 2, "second", '{"function": "sample_models:doubled", "returns": "DOUBLE"}')
+    ]

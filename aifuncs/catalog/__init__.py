@@ -11,6 +11,7 @@ variable that holds its key.
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,10 @@ class Catalog:
             raise UnknownEndpoint(name, self._store.names())
         return endpoint
 
-    def list(self) -> list[Endpoint]:
+    def list(self) -> builtins.list[Endpoint]:
         return self._store.list()
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         return self._store.names()
 
     def update(
@@ -86,7 +87,7 @@ class Catalog:
         if not self._store.delete(name):
             raise UnknownEndpoint(name, self._store.names())
 
-    def versions(self, name: str) -> list[dict[str, Any]]:
+    def versions(self, name: str) -> builtins.list[dict[str, Any]]:
         self.get(name)
         return self._store.versions(name)
 
@@ -111,7 +112,7 @@ def get(name: str) -> Endpoint:
     return default_catalog().get(name)
 
 
-def list() -> list[Endpoint]:  # noqa: A001 - mirrors the CLI verb
+def list() -> builtins.list[Endpoint]:  # noqa: A001 - mirrors the CLI verb
     return default_catalog().list()
 
 
@@ -123,5 +124,5 @@ def delete(name: str) -> None:
     default_catalog().delete(name)
 
 
-def versions(name: str) -> list[dict[str, Any]]:
+def versions(name: str) -> builtins.list[dict[str, Any]]:
     return default_catalog().versions(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -82,12 +83,12 @@ class SqliteStore:
             row = db.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
         return _row_to_endpoint(row) if row else None
 
-    def list(self) -> list[Endpoint]:
+    def list(self) -> builtins.list[Endpoint]:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM endpoints ORDER BY name").fetchall()
         return [_row_to_endpoint(r) for r in rows]
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         with self._connect() as db:
             return [r[0] for r in db.execute("SELECT name FROM endpoints ORDER BY name")]
 
@@ -119,7 +120,9 @@ class SqliteStore:
                 " WHERE name = ?",
                 (endpoint.kind, options, endpoint.description, version, now, endpoint.name),
             )
-            self._record_version(db, endpoint.name, version, endpoint.kind, options, endpoint.description, now)
+            self._record_version(
+                db, endpoint.name, version, endpoint.kind, options, endpoint.description, now
+            )
         return self.get(endpoint.name)
 
     def delete(self, name: str) -> bool:
@@ -128,7 +131,7 @@ class SqliteStore:
             db.execute("DELETE FROM endpoint_versions WHERE name = ?", (name,))
         return bool(deleted)
 
-    def versions(self, name: str) -> list[dict[str, object]]:
+    def versions(self, name: str) -> builtins.list[dict[str, object]]:
         with self._connect() as db:
             rows = db.execute(
                 "SELECT * FROM endpoint_versions WHERE name = ? ORDER BY version", (name,)

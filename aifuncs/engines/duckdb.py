@@ -35,14 +35,18 @@ ENDPOINTS_TYPE = (
 )
 
 
-def _udf(con: duckdb.DuckDBPyConnection, name: str, fn: Callable[..., pa.Array], params: list[str], returns: str) -> None:
+def _udf(
+    con: duckdb.DuckDBPyConnection, name: str, fn: Callable[..., pa.Array], params: list[str], returns: str
+) -> None:
     # special null handling: NULL rows reach us (no silent drops); side effects: never folded or run twice.
-    con.create_function(
-        name, fn, params, returns, type="arrow", null_handling="special", side_effects=True  # type: ignore[arg-type]
+    con.create_function(  # type: ignore[call-overload]  # the stubs accept no arrow UDFs returning pa.Array
+        name, fn, params, returns, type="arrow", null_handling="special", side_effects=True
     )
 
 
-def connect(database: str | Path = ":memory:", *, read_only: bool = False, **config: Any) -> duckdb.DuckDBPyConnection:
+def connect(
+    database: str | Path = ":memory:", *, read_only: bool = False, **config: Any
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with aifuncs' functions and system views installed."""
     con = duckdb.connect(str(database), read_only=read_only, config=config or {})
     install(con)
@@ -54,19 +58,26 @@ def install(con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None) -> d
     if _has_function(con, _INSTALLED_MARK):
         return con
     runtime = runtime or default_runtime()
-    _udf(con, "__aifuncs_ai_query", _generic_ai_query(runtime),
-         ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"], "VARCHAR")
+    _udf(
+        con,
+        "__aifuncs_ai_query",
+        _generic_ai_query(runtime),
+        ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"],
+        "VARCHAR",
+    )
     _udf(con, "__aifuncs_endpoints", _endpoints_snapshot, [], ENDPOINTS_TYPE)
     for script in ("functions.sql", "system_tables.sql"):
         con.execute((resource_dir("sql") / script).read_text())
     return con
 
 
-def sql(con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckdb") -> duckdb.DuckDBPyRelation | None:
+def sql(
+    con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckdb"
+) -> duckdb.DuckDBPyRelation | None:
     """Run a query with AI functions; returns the relation of the last statement (None for DDL)."""
     result = None
-    for _, result in sql_each(con, query, dialect=dialect):
-        pass
+    for _, relation in sql_each(con, query, dialect=dialect):
+        result = relation
     return result
 
 
@@ -99,8 +110,16 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
 
     def register(call: CallSpec, request_ddl: str | None) -> str:
         key = json.dumps(
-            [call.function, call.endpoint.name, call.endpoint.version, call.result_type, call.fail_on_error,
-             call.model_parameters, call.response_format, request_ddl],
+            [
+                call.function,
+                call.endpoint.name,
+                call.endpoint.version,
+                call.result_type,
+                call.fail_on_error,
+                call.model_parameters,
+                call.response_format,
+                request_ddl,
+            ],
             default=str,
         )
         name = f"__aifuncs_{call.function}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
@@ -149,23 +168,32 @@ def _generic_ai_query(runtime: Runtime) -> Callable[..., pa.Array]:
     """The plain-connection ai_query: any endpoint per row, answers as VARCHAR."""
 
     def udf(
-        endpoint: pa.Array, request: pa.Array, return_type: pa.Array, fail_on_error: pa.Array,
-        parameters: pa.Array, response_format: pa.Array,
+        endpoint: pa.Array,
+        request: pa.Array,
+        return_type: pa.Array,
+        fail_on_error: pa.Array,
+        parameters: pa.Array,
+        response_format: pa.Array,
     ) -> pa.Array:
         columns = [_as_array(c) for c in (endpoint, return_type, fail_on_error, parameters, response_format)]
         options = pa.Table.from_arrays(columns, names=["e", "t", "f", "p", "r"])
         requests = _as_array(request)
         result: list[Any] = [None] * len(requests)
-        groups = options.append_column("i", pa.array(range(len(requests)), pa.int64())).group_by(
-            ["e", "t", "f", "p", "r"], use_threads=False
-        ).aggregate([("i", "list")])
+        groups = (
+            options.append_column("i", pa.array(range(len(requests)), pa.int64()))
+            .group_by(["e", "t", "f", "p", "r"], use_threads=False)
+            .aggregate([("i", "list")])
+        )
         for group in groups.to_pylist():
             rows = pa.array(group["i_list"], pa.int64())
             if group["e"] is None:
                 continue  # NULL endpoint: NULL answer
             call = bind_call(
-                "ai_query", group["e"], None,
-                return_type=group["t"], fail_on_error=True if group["f"] is None else group["f"],
+                "ai_query",
+                group["e"],
+                None,
+                return_type=group["t"],
+                fail_on_error=True if group["f"] is None else group["f"],
                 model_parameters=json.loads(group["p"]) if group["p"] else None,
                 response_format=group["r"],
             )
@@ -184,7 +212,10 @@ def _as_text(values: pa.Array) -> pa.Array:
 def _endpoints_snapshot() -> pa.Array:
     rows = [
         {
-            "name": e.name, "kind": e.kind, "version": e.version, "description": e.description,
+            "name": e.name,
+            "kind": e.kind,
+            "version": e.version,
+            "description": e.description,
             "options": json.dumps(e.options, sort_keys=True),
             "created_at": e.created_at.replace(tzinfo=None) if e.created_at else None,
             "updated_at": e.updated_at.replace(tzinfo=None) if e.updated_at else None,

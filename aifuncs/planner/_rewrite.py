@@ -45,7 +45,9 @@ def rewrite(query: str, dialect: str, hooks: EngineHooks) -> list[str]:
     except sqlglot.errors.ParseError as error:
         first = error.errors[0] if error.errors else {}
         where = f" at line {first.get('line')}, column {first.get('col')}" if first else ""
-        raise SqlError(f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}") from None
+        raise SqlError(
+            f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}"
+        ) from None
     return [_rewrite_statement(s, hooks).sql("duckdb") for s in statements]
 
 
@@ -73,18 +75,18 @@ def _mentions_ai_function(query: str) -> bool:
     return any(name in lowered for name in all_specs())
 
 
-def _ancestors(node: exp.Expression) -> Iterator[exp.Expression]:
+def _ancestors(node: exp.Expr) -> Iterator[exp.Expr]:
     while node.parent is not None:
         node = node.parent
         yield node
 
 
-def _ai_calls(tree: exp.Expression) -> list[exp.Anonymous]:
+def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
     calls = [node for node in tree.find_all(exp.Anonymous) if get_spec(node.name)]
     return sorted(calls, key=lambda node: -len(list(_ancestors(node))))  # innermost first
 
 
-def _rewrite_statement(tree: exp.Expression, hooks: EngineHooks) -> exp.Expression:
+def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks) -> exp.Expr:
     for call in _ai_calls(tree):
         spec = get_spec(call.name)
         assert spec is not None
@@ -94,9 +96,9 @@ def _rewrite_statement(tree: exp.Expression, hooks: EngineHooks) -> exp.Expressi
     return tree
 
 
-def bind_arguments(spec: FunctionSpec, call: exp.Anonymous) -> dict[str, exp.Expression]:
+def bind_arguments(spec: FunctionSpec, call: exp.Anonymous) -> dict[str, exp.Expr]:
     """Positional and named (`=>`, `:=`) arguments, checked against the spec."""
-    bound: dict[str, exp.Expression] = {}
+    bound: dict[str, exp.Expr] = {}
     positional_done = False
     for index, arg in enumerate(call.expressions):
         if isinstance(arg, exp.Kwarg | exp.PropertyEQ):
@@ -123,7 +125,7 @@ def bind_arguments(spec: FunctionSpec, call: exp.Anonymous) -> dict[str, exp.Exp
     return bound
 
 
-def _constant(spec: FunctionSpec, name: str, value: exp.Expression | None, hooks: EngineHooks) -> Any:
+def _constant(spec: FunctionSpec, name: str, value: exp.Expr | None, hooks: EngineHooks) -> Any:
     param = spec.param(name)
     if value is None or isinstance(value, exp.Null):
         return param.default if param is not None and param.has_default else None
@@ -138,10 +140,12 @@ def _constant(spec: FunctionSpec, name: str, value: exp.Expression | None, hooks
     except AifuncsError:
         raise
     except Exception as error:
-        raise ArgumentError(f"{spec.name}: cannot evaluate argument {name!r} ({value.sql('duckdb')}): {error}") from None
+        raise ArgumentError(
+            f"{spec.name}: cannot evaluate argument {name!r} ({value.sql('duckdb')}): {error}"
+        ) from None
 
 
-def _rewrite_call(spec: FunctionSpec, call: exp.Anonymous, hooks: EngineHooks) -> exp.Expression | None:
+def _rewrite_call(spec: FunctionSpec, call: exp.Anonymous, hooks: EngineHooks) -> exp.Expr | None:
     args = bind_arguments(spec, call)
     endpoint = args["endpoint"]
     if not (isinstance(endpoint, exp.Literal) and endpoint.is_string):
@@ -173,7 +177,7 @@ def _json_text(value: Any) -> str | None:
     return value if value is None or isinstance(value, str) else json.dumps(value)
 
 
-def _probe_type(call: exp.Expression, request: exp.Expression, hooks: EngineHooks) -> str | None:
+def _probe_type(call: exp.Expr, request: exp.Expr, hooks: EngineHooks) -> str | None:
     """The DuckDB type of the request at the call site, found by DESCRIBE of a query over the call's scope.
 
     None when the scope cannot be isolated (e.g. a correlated subquery); the call then passes its
@@ -184,10 +188,17 @@ def _probe_type(call: exp.Expression, request: exp.Expression, hooks: EngineHook
     if scope is not None:
         for key in ("from_", "joins", "where", "laterals"):
             if scope.args.get(key):
-                probe.set(key, scope.args[key].copy() if key != "joins" else [j.copy() for j in scope.args[key]])
+                probe.set(
+                    key, scope.args[key].copy() if key != "joins" else [j.copy() for j in scope.args[key]]
+                )
         if request.find(exp.AggFunc) is not None and scope.args.get("group"):
             probe.set("group", scope.args["group"].copy())
-    ctes = [cte.copy() for node in reversed(list(_ancestors(call))) if (w := node.args.get("with_")) for cte in w.expressions]
+    ctes = [
+        cte.copy()
+        for node in reversed(list(_ancestors(call)))
+        if (w := node.args.get("with_"))
+        for cte in w.expressions
+    ]
     if ctes:
         probe.set("with_", exp.With(expressions=ctes))
     try:

@@ -74,11 +74,18 @@ class Runtime:
         semaphore = self._semaphore(call.endpoint, provider.concurrency)
         size = provider.batch_rows
         chunks = [requests.slice(start, size) for start in range(0, len(requests), size)]
-        parts = await asyncio.gather(*(self._score_chunk(provider, call, c, target, semaphore) for c in chunks))
+        parts = await asyncio.gather(
+            *(self._score_chunk(provider, call, c, target, semaphore) for c in chunks)
+        )
         return _concat(parts, target)
 
     async def _score_chunk(
-        self, provider: Provider, call: CallSpec, chunk: pa.Array, target: pa.DataType, semaphore: asyncio.Semaphore
+        self,
+        provider: Provider,
+        call: CallSpec,
+        chunk: pa.Array,
+        target: pa.DataType,
+        semaphore: asyncio.Semaphore,
     ) -> Scored:
         try:
             async with semaphore:
@@ -100,7 +107,7 @@ class Runtime:
                 self._score_chunk(provider, call, chunk.slice(0, half), target, semaphore),
                 self._score_chunk(provider, call, chunk.slice(half), target, semaphore),
             )
-            return _concat(parts, target)
+            return _concat(list(parts), target)
 
     def _semaphore(self, endpoint: Endpoint, limit: int) -> asyncio.Semaphore:
         key = _identity(endpoint)
@@ -111,7 +118,9 @@ class Runtime:
 
 def _identity(endpoint: Endpoint) -> str:
     # Name and version alone are not unique: a deleted and re-created endpoint, or another AIFUNCS_HOME.
-    return json.dumps([endpoint.name, endpoint.version, endpoint.kind, endpoint.options], sort_keys=True, default=str)
+    return json.dumps(
+        [endpoint.name, endpoint.version, endpoint.kind, endpoint.options], sort_keys=True, default=str
+    )
 
 
 def _concat(parts: list[Scored], target: pa.DataType) -> Scored:

@@ -57,7 +57,9 @@ def main() -> None:
     frame = con.sql(f"SELECT {', '.join(features)} FROM wines ORDER BY id").df()
 
     query = f"CREATE OR REPLACE TABLE scored AS SELECT id, ai_query('wine', struct_pack({', '.join(features)})) AS label FROM wines"
-    aifuncs.sql(con, query.replace("FROM wines", "FROM wines LIMIT 10000"))  # warm-up: load the model, register the UDF
+    aifuncs.sql(
+        con, query.replace("FROM wines", "FROM wines LIMIT 10000")
+    )  # warm-up: load the model, register the UDF
 
     best_direct = best_sql = float("inf")
     for _ in range(3):

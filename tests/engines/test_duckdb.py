@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import duckdb
 import pytest
+import sample_models
 
 import aifuncs
-import sample_models
 from aifuncs.errors import ArgumentError, UnknownEndpoint
 
 
@@ -33,7 +33,9 @@ def test_sql_returns_the_endpoint_type_and_honours_return_type(con, doubler) -> 
     rel = aifuncs.sql(con, "SELECT i, ai_query('doubler', i::DOUBLE) AS r FROM range(4) t(i) ORDER BY i")
     assert rel.types == ["BIGINT", "DOUBLE"]
     assert [r[1] for r in rel.fetchall()] == [0.0, 2.0, 4.0, 6.0]
-    rel = aifuncs.sql(con, "SELECT ai_query('doubler', i::DOUBLE, returnType => 'STRING') AS r FROM range(2) t(i)")
+    rel = aifuncs.sql(
+        con, "SELECT ai_query('doubler', i::DOUBLE, returnType => 'STRING') AS r FROM range(2) t(i)"
+    )
     assert rel.types == ["VARCHAR"]
 
 
@@ -55,7 +57,13 @@ def test_fail_on_error_false_keeps_failures_per_row(con, doubler) -> None:  # ty
     assert str(rel.types[1]) == "STRUCT(result DOUBLE, errorMessage VARCHAR)"
     rows = {i: r for i, r in rel.fetchall()}
     assert rows[13] == {"result": None, "errorMessage": "ValueError: 13 is unlucky"}
-    assert {i: r["result"] for i, r in rows.items() if i != 13} == {10: 100.0, 11: 110.0, 12: 120.0, 14: 140.0, 15: 150.0}
+    assert {i: r["result"] for i, r in rows.items() if i != 13} == {
+        10: 100.0,
+        11: 110.0,
+        12: 120.0,
+        14: 140.0,
+        15: 150.0,
+    }
     results = aifuncs.sql(
         con,
         "SELECT r.result, r.errorMessage FROM (SELECT ai_query('flaky', 13.0, failOnError => false) AS r)",
@@ -65,7 +73,9 @@ def test_fail_on_error_false_keeps_failures_per_row(con, doubler) -> None:  # ty
 
 def test_fail_on_error_true_names_endpoint_rows_and_message(con, doubler) -> None:  # type: ignore[no-untyped-def]
     rel = aifuncs.sql(con, "SELECT ai_query('flaky', i::DOUBLE) FROM range(10, 16) t(i)")
-    with pytest.raises(duckdb.Error, match=r"Endpoint 'flaky' failed on a batch of 6 rows: ValueError: 13 is unlucky"):
+    with pytest.raises(
+        duckdb.Error, match=r"Endpoint 'flaky' failed on a batch of 6 rows: ValueError: 13 is unlucky"
+    ):
         rel.fetchall()
 
 
@@ -117,7 +127,9 @@ def test_calls_in_ctes_subqueries_and_ctas(con, doubler) -> None:  # type: ignor
         " SELECT a, ai_query('doubler', a) AS d FROM base",
     )
     assert con.sql("SELECT a, d FROM out ORDER BY a").fetchall() == [(2.0, 4.0), (3.0, 6.0), (4.0, 8.0)]
-    nested = aifuncs.sql(con, "SELECT ai_query('doubler', ai_query('doubler', a)) FROM src WHERE a = 3").fetchall()
+    nested = aifuncs.sql(
+        con, "SELECT ai_query('doubler', ai_query('doubler', a)) FROM src WHERE a = 3"
+    ).fetchall()
     assert nested == [(12.0,)]
 
 
@@ -137,8 +149,9 @@ def test_several_statements_run_in_order(con, doubler) -> None:  # type: ignore[
 
 
 def test_arrow_input_format_and_wrong_lengths(con) -> None:  # type: ignore[no-untyped-def]
-    aifuncs.endpoints.create("len", kind="python", function="sample_models:arrow_length", input_format="arrow",
-                             returns="INT")
+    aifuncs.endpoints.create(
+        "len", kind="python", function="sample_models:arrow_length", input_format="arrow", returns="INT"
+    )
     assert aifuncs.sql(con, "SELECT ai_query('len', 'hello')").fetchall() == [(5,)]
     aifuncs.endpoints.create("short", kind="python", function="sample_models:wrong_length", returns="INT")
     with pytest.raises(duckdb.Error, match="returned 1 results for 3 requests"):
