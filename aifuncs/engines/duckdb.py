@@ -131,8 +131,8 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
     return EngineHooks(describe=describe, evaluate=evaluate, register=register)
 
 
-def _typed_call(call: CallSpec, runtime: Runtime | None = None) -> Callable[[pa.Array], pa.Array]:
-    runtime = runtime or default_runtime()
+def _typed_call(call: CallSpec) -> Callable[[pa.Array], pa.Array]:
+    runtime = default_runtime()
 
     def udf(request: pa.Array) -> pa.Array:
         return runtime.run_call(call, _as_array(request))
@@ -140,8 +140,8 @@ def _typed_call(call: CallSpec, runtime: Runtime | None = None) -> Callable[[pa.
     return udf
 
 
-def _json_call(call: CallSpec, runtime: Runtime | None = None) -> Callable[[pa.Array], pa.Array]:
-    runtime = runtime or default_runtime()
+def _json_call(call: CallSpec) -> Callable[[pa.Array], pa.Array]:
+    runtime = default_runtime()
 
     def udf(request_json: pa.Array) -> pa.Array:
         return runtime.run_call(call, decode_json(_as_array(request_json)))

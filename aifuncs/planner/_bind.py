@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from aifuncs._types import arrow_type, to_duckdb_type
+from aifuncs._types import to_duckdb_type
 from aifuncs.catalog import default_catalog
 from aifuncs.errors import RequestMismatch
 from aifuncs.providers import InputColumn
@@ -76,6 +76,3 @@ def check_request(endpoint: str, request_type: pa.DataType, columns: list[InputC
             f" {problems}."
         )
 
-
-def request_arrow_type(ddl: str) -> pa.DataType:
-    return arrow_type(ddl)
