@@ -22,12 +22,13 @@ import pyarrow.json as pa_json
 from aifuncs._home import resource_dir
 from aifuncs._types import arrow_type, to_arrow
 from aifuncs.catalog import default_catalog
-from aifuncs.planner import EngineHooks, bind_call, rewrite, split_statements
+from aifuncs.planner import EngineHooks, PlannedStatement, Prescore, bind_call, rewrite, split_statements
 from aifuncs.runtime import CallSpec, Runtime, default_runtime
 
 __all__ = ["connect", "install", "sql", "sql_each"]
 
 _INSTALLED_MARK = "__aifuncs_ai_query"
+_PRESCORE_READ_ROWS = 1 << 20  # rows read from DuckDB per bulk step: bounds memory on huge tables
 
 ENDPOINTS_TYPE = (
     "STRUCT(name VARCHAR, kind VARCHAR, version INTEGER, description VARCHAR, options VARCHAR,"
@@ -89,9 +90,40 @@ def sql_each(
     hooks = _hooks(con)
     for statement in split_statements(query, dialect):
         result = None
-        for rewritten in rewrite(statement, dialect, hooks):
-            result = con.sql(rewritten)
+        for planned in rewrite(statement, dialect, hooks):
+            result = _execute(con, planned)
         yield statement, result
+
+
+def _execute(con: duckdb.DuckDBPyConnection, planned: PlannedStatement) -> duckdb.DuckDBPyRelation | None:
+    if not planned.prescores:
+        return con.sql(planned.sql)
+    runtime = default_runtime()
+    registered = []
+    try:
+        for prescore in planned.prescores:
+            con.register(prescore.name, _prescore(con, prescore, runtime))
+            registered.append(prescore.name)
+        relation = con.sql(planned.sql)
+        # Run it now, while the scores are registered: a lazy relation would outlive them, and
+        # running it twice would reuse scores of rows that may have changed.
+        return None if relation is None else con.from_arrow(relation.to_arrow_table())
+    finally:
+        for name in registered:
+            con.unregister(name)
+
+
+def _prescore(con: duckdb.DuckDBPyConnection, prescore: Prescore, runtime: Runtime) -> pa.Table:
+    """Score a bulk call site's requests in big model calls, keeping the table's row order."""
+    parts: list[list[pa.Array]] = [[] for _ in prescore.calls]
+    for batch in con.sql(prescore.source).to_arrow_reader(_PRESCORE_READ_ROWS):
+        for i, call in enumerate(prescore.calls):
+            parts[i].append(runtime.run_call(call, batch.column(i), batch_rows=call.bulk_rows))
+    columns = [
+        pa.chunked_array(chunks, arrow_type(call.output_type))
+        for chunks, call in zip(parts, prescore.calls, strict=True)
+    ]
+    return pa.table(columns, names=list(prescore.columns))
 
 
 def _has_function(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -128,7 +160,23 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
             _udf(con, name, fn, [request_ddl or "VARCHAR"], call.output_type)
         return name
 
-    return EngineHooks(describe=describe, evaluate=evaluate, register=register)
+    def is_table(name: str) -> bool:
+        try:  # views, CTEs and table functions have no rowid; base tables do
+            con.execute(f"DESCRIBE SELECT rowid FROM {name}").fetchall()
+        except duckdb.Error:
+            return False
+        return True
+
+    return EngineHooks(
+        describe=describe, evaluate=evaluate, register=register, is_table=is_table, volatile=_volatile(con)
+    )
+
+
+def _volatile(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
+    rows = con.execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE stability = 'VOLATILE'"
+    ).fetchall()
+    return frozenset(name for (name,) in rows) | {"__aifuncs_ai_query"}
 
 
 def _typed_call(call: CallSpec) -> Callable[[pa.Array], pa.Array]:

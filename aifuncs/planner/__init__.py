@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 from aifuncs.planner._bind import bind_call, check_request
-from aifuncs.planner._rewrite import EngineHooks, bind_arguments, rewrite, split_statements
+from aifuncs.planner._bulk import Prescore
+from aifuncs.planner._rewrite import (
+    EngineHooks,
+    PlannedStatement,
+    bind_arguments,
+    rewrite,
+    split_statements,
+)
 
-__all__ = ["EngineHooks", "bind_arguments", "bind_call", "check_request", "rewrite", "split_statements"]
+__all__ = [
+    "EngineHooks",
+    "PlannedStatement",
+    "Prescore",
+    "bind_arguments",
+    "bind_call",
+    "check_request",
+    "rewrite",
+    "split_statements",
+]

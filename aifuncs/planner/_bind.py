@@ -39,6 +39,7 @@ def bind_call(
         fail_on_error=fail_on_error,
         model_parameters=tuple(sorted((model_parameters or {}).items())),
         response_format=response_format,
+        bulk_rows=provider.bulk_rows,
     )
 
 
@@ -75,4 +76,3 @@ def check_request(endpoint: str, request_type: pa.DataType, columns: list[InputC
             f"Endpoint {endpoint!r} expects fields ({expected}); the request has ({', '.join(given)}):"
             f" {problems}."
         )
-

@@ -4,13 +4,14 @@ DuckDB fixes a Python UDF's types at registration, so `ai_query('ep', x, returnT
 be one function with a per-call type. The planner finds each AI call with sqlglot, binds its arguments
 against the function spec, resolves the endpoint and types, and replaces the call with a UDF registered
 for exactly that call: one request type in, one result type out, options bound in a closure.
+Calls to in-process models in a plain scoring query take the bulk path instead (see `_bulk.py`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -22,6 +23,7 @@ from aifuncs._types import arrow_type
 from aifuncs.errors import AifuncsError, ArgumentError, SqlError
 from aifuncs.functions import FunctionSpec, all_specs, get_spec
 from aifuncs.planner._bind import bind_call
+from aifuncs.planner._bulk import BulkPlanner, Prescore
 from aifuncs.runtime import CallSpec
 
 PROBE_ALIAS = "__aifuncs_request"
@@ -34,12 +36,22 @@ class EngineHooks:
     describe: Callable[[str], str]  # a one-column query -> the DuckDB type of its column
     evaluate: Callable[[str], Any]  # a constant expression -> its value as Python
     register: Callable[[CallSpec, str | None], str]  # call, request type (None: JSON) -> function name
+    is_table: Callable[[str], bool] = lambda name: False  # a base table, scanned in the same order each time
+    volatile: frozenset[str] = frozenset()  # functions whose value changes per call (random, nextval...)
 
 
-def rewrite(query: str, dialect: str, hooks: EngineHooks) -> list[str]:
+@dataclass(frozen=True)
+class PlannedStatement:
+    """One statement to run: its DuckDB SQL and the columns to score before it (the bulk path)."""
+
+    sql: str
+    prescores: tuple[Prescore, ...] = field(default=())
+
+
+def rewrite(query: str, dialect: str, hooks: EngineHooks) -> list[PlannedStatement]:
     """The statements of `query` as DuckDB SQL, every AI call replaced by its specialised UDF."""
     if dialect == "duckdb" and not _mentions_ai_function(query):
-        return [query]  # nothing to do: DuckDB reads its own SQL better than any round trip
+        return [PlannedStatement(query)]  # nothing to do: DuckDB reads its own SQL better than any round trip
     try:
         statements = [s for s in sqlglot.parse(query, read=dialect) if s is not None]
     except sqlglot.errors.ParseError as error:
@@ -48,7 +60,7 @@ def rewrite(query: str, dialect: str, hooks: EngineHooks) -> list[str]:
         raise SqlError(
             f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}"
         ) from None
-    return [_rewrite_statement(s, hooks).sql("duckdb") for s in statements]
+    return [_rewrite_statement(s, hooks) for s in statements]
 
 
 def split_statements(query: str, dialect: str) -> list[str]:
@@ -86,14 +98,16 @@ def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
     return sorted(calls, key=lambda node: -len(list(_ancestors(node))))  # innermost first
 
 
-def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks) -> exp.Expr:
+def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks) -> PlannedStatement:
+    bulk = BulkPlanner(hooks.is_table, hooks.volatile)
     for call in _ai_calls(tree):
         spec = get_spec(call.name)
         assert spec is not None
-        replacement = _rewrite_call(spec, call, hooks)
+        replacement = _rewrite_call(spec, call, hooks, bulk)
         if replacement is not None:
             call.replace(replacement)
-    return tree
+    prescores = tuple(bulk.finish())
+    return PlannedStatement(tree.sql("duckdb"), prescores)
 
 
 def bind_arguments(spec: FunctionSpec, call: exp.Anonymous) -> dict[str, exp.Expr]:
@@ -145,7 +159,9 @@ def _constant(spec: FunctionSpec, name: str, value: exp.Expr | None, hooks: Engi
         ) from None
 
 
-def _rewrite_call(spec: FunctionSpec, call: exp.Anonymous, hooks: EngineHooks) -> exp.Expr | None:
+def _rewrite_call(
+    spec: FunctionSpec, call: exp.Anonymous, hooks: EngineHooks, bulk: BulkPlanner
+) -> exp.Expr | None:
     args = bind_arguments(spec, call)
     endpoint = args["endpoint"]
     if not (isinstance(endpoint, exp.Literal) and endpoint.is_string):
@@ -168,6 +184,8 @@ def _rewrite_call(spec: FunctionSpec, call: exp.Anonymous, hooks: EngineHooks) -
         model_parameters=parameters,
         response_format=_json_text(_constant(spec, "responseFormat", args.get("responseFormat"), hooks)),
     )
+    if request_ddl and (column := bulk.try_add(call, request, call_spec)) is not None:
+        return column
     function = hooks.register(call_spec, request_ddl)
     argument = request.copy() if request_ddl else exp.Anonymous(this="to_json", expressions=[request.copy()])
     return exp.Anonymous(this=function, expressions=[argument])

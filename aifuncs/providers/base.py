@@ -42,6 +42,9 @@ class Provider(ABC):
     Options: ClassVar[type[ProviderOptions]] = ProviderOptions
     default_batch_rows: ClassVar[int] = 2048
     default_concurrency: ClassVar[int] = 4
+    # Rows per call when a whole column can be scored at once (in-process models with a fixed cost per
+    # call); None: the endpoint is only fed the engine's own batches.
+    bulk_batch_rows: ClassVar[int | None] = None
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -50,6 +53,13 @@ class Provider(ABC):
     @property
     def batch_rows(self) -> int:
         return self.options.max_batch_rows or self.default_batch_rows
+
+    @property
+    def bulk_rows(self) -> int | None:
+        """Rows per call on the bulk path; None when the endpoint takes no bulk path."""
+        if self.bulk_batch_rows is None:
+            return None
+        return self.options.max_batch_rows or self.bulk_batch_rows
 
     @property
     def concurrency(self) -> int:

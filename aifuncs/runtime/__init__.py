@@ -50,15 +50,18 @@ class Runtime:
                 self._providers[key] = provider
             return provider
 
-    def run_call(self, call: CallSpec, requests: pa.Array) -> pa.Array:
-        """Answer one batch for a call site: one value per request, NULL for NULL requests."""
+    def run_call(self, call: CallSpec, requests: pa.Array, *, batch_rows: int | None = None) -> pa.Array:
+        """Answer one batch for a call site: one value per request, NULL for NULL requests.
+
+        `batch_rows` overrides the endpoint's rows per model call (the planner's bulk path).
+        """
         output = arrow_type(call.output_type)
         valid = requests.is_valid()
         valid_count = pc.sum(valid).as_py() or 0
         if valid_count == 0:
             return pa.nulls(len(requests), output)
         present = requests if valid_count == len(requests) else requests.filter(valid)
-        values, errors = self._loop.run(self._score(call, present))
+        values, errors = self._loop.run(self._score(call, present, batch_rows))
         if not call.fail_on_error:
             messages = pa.array(errors, pa.string())
             values = pa.StructArray.from_arrays([values, messages], fields=list(output))
@@ -68,11 +71,11 @@ class Runtime:
         positions = pc.subtract(pc.cumulative_sum(valid.cast(pa.int64())), 1)
         return values.take(pc.if_else(valid, positions, pa.scalar(None, pa.int64())))
 
-    async def _score(self, call: CallSpec, requests: pa.Array) -> Scored:
+    async def _score(self, call: CallSpec, requests: pa.Array, batch_rows: int | None) -> Scored:
         provider = self.provider(call.endpoint)
         target = arrow_type(call.result_type)
         semaphore = self._semaphore(call.endpoint, provider.concurrency)
-        size = provider.batch_rows
+        size = batch_rows or provider.batch_rows
         chunks = [requests.slice(start, size) for start in range(0, len(requests), size)]
         parts = await asyncio.gather(
             *(self._score_chunk(provider, call, c, target, semaphore) for c in chunks)

@@ -19,6 +19,7 @@ class CallSpec:
     fail_on_error: bool = True
     model_parameters: tuple[tuple[str, Any], ...] = ()
     response_format: str | None = None
+    bulk_rows: int | None = None  # rows per model call when the planner scores a whole column at once
 
     @property
     def output_type(self) -> str:

@@ -8,7 +8,7 @@ from aifuncs._types import to_duckdb_type
 from aifuncs.errors import ArgumentError, SqlError
 from aifuncs.functions import get_spec
 from aifuncs.planner import bind_arguments, rewrite, split_statements
-from aifuncs.planner._rewrite import EngineHooks
+from aifuncs.planner._rewrite import EngineHooks, PlannedStatement
 
 
 def _call(sql: str, dialect: str = "duckdb") -> exp.Anonymous:
@@ -80,7 +80,7 @@ def test_databricks_types_convert(databricks: str, duckdb: str) -> None:
 def test_queries_without_ai_calls_pass_through_untouched() -> None:
     hooks = EngineHooks(describe=lambda q: "X", evaluate=lambda q: None, register=lambda c, t: "f")
     query = "SELECT * EXCLUDE (a) FROM t QUALIFY row_number() OVER () = 1"
-    assert rewrite(query, "duckdb", hooks) == [query]
+    assert rewrite(query, "duckdb", hooks) == [PlannedStatement(query)]
 
 
 def test_unparseable_ai_query_names_the_position() -> None:

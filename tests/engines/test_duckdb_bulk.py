@@ -1,0 +1,119 @@
+"""The bulk path: in-process models scored in big calls where that sees exactly the rows streaming would."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+import sample_models
+
+import aifuncs
+from aifuncs.errors import ModelError
+from aifuncs.planner import Prescore, rewrite
+from aifuncs.planner._bulk import BULK_PREFIX
+
+ROWS = 10_000  # several DuckDB vectors: streaming would call the model at least 5 times
+
+
+@pytest.fixture
+def numbers(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    aifuncs.endpoints.create("flaky", kind="python", function="sample_models:fails_on_13", returns="DOUBLE")
+    con.execute(f"CREATE TABLE numbers AS SELECT i AS id, i::DOUBLE AS x FROM range({ROWS}) t(i)")
+    sample_models.CALLS.clear()
+    return con
+
+
+def _prescores(con: duckdb.DuckDBPyConnection, query: str) -> list[Prescore]:
+    from aifuncs.engines.duckdb import _hooks
+
+    return [p for planned in rewrite(query, "duckdb", _hooks(con)) for p in planned.prescores]
+
+
+def test_a_scoring_query_calls_the_model_once_for_the_whole_table(numbers) -> None:  # type: ignore[no-untyped-def]
+    rows = aifuncs.sql(numbers, "SELECT id, ai_query('doubler', x) AS y FROM numbers").fetchall()
+    assert sample_models.CALLS == [ROWS]
+    assert len(rows) == ROWS and all(y == 2 * i for i, y in rows)
+
+
+def test_where_filters_rows_before_they_are_scored_and_answers_stay_aligned(numbers) -> None:  # type: ignore[no-untyped-def]
+    numbers.execute("DELETE FROM numbers WHERE id % 7 = 3")  # holes in the table's row ids
+    rows = aifuncs.sql(
+        numbers, "SELECT id, ai_query('doubler', x) AS y FROM numbers WHERE id % 2 = 0 ORDER BY id DESC"
+    ).fetchall()
+    expected = [i for i in range(ROWS) if i % 2 == 0 and i % 7 != 3]
+    assert sample_models.CALLS == [len(expected)]
+    assert [i for i, _ in rows] == sorted(expected, reverse=True)
+    assert all(y == 2 * i for i, y in rows)
+
+
+def test_select_star_create_table_as_and_insert(numbers) -> None:  # type: ignore[no-untyped-def]
+    rel = aifuncs.sql(numbers, "SELECT *, ai_query('doubler', x) AS y FROM numbers n WHERE n.id < 5")
+    assert rel.columns == ["id", "x", "y"]
+    aifuncs.sql(numbers, "CREATE TABLE scored AS SELECT id, ai_query('doubler', x) AS y FROM numbers")
+    aifuncs.sql(numbers, "INSERT INTO scored SELECT id + 1000000, ai_query('doubler', x) FROM numbers")
+    total = numbers.sql("SELECT count(*), sum(y) FROM scored").fetchall()[0]
+    assert total == (2 * ROWS, 2 * sum(2 * i for i in range(ROWS)))
+    assert sample_models.CALLS == [5, ROWS, ROWS]
+    tables = numbers.sql("SELECT count(*) FROM duckdb_views() WHERE view_name LIKE '__aifuncs_bulk%'")
+    assert tables.fetchall() == [(0,)]  # the scores were unregistered
+
+
+def test_two_calls_in_one_select_share_one_scan(numbers) -> None:  # type: ignore[no-untyped-def]
+    query = (
+        "SELECT id, ai_query('doubler', x) AS a, ai_query('flaky', x + 20, failOnError => false) AS b"
+        " FROM numbers WHERE id < 100"
+    )
+    [prescore] = _prescores(numbers, query)
+    assert prescore.name.startswith(BULK_PREFIX) and len(prescore.calls) == 2
+    rows = aifuncs.sql(numbers, query + " ORDER BY id").fetchall()
+    assert rows[0] == (0, 0.0, {"result": 200.0, "errorMessage": None})
+    assert rows[13] == (13, 26.0, {"result": 330.0, "errorMessage": None})
+    assert all(b["errorMessage"] is None for _, _, b in rows)
+
+
+def test_per_row_errors_and_fail_on_error_on_the_bulk_path(numbers) -> None:  # type: ignore[no-untyped-def]
+    rows = aifuncs.sql(
+        numbers, "SELECT id, ai_query('flaky', x, failOnError => false) AS r FROM numbers WHERE id < 20"
+    ).fetchall()
+    by_id = dict(rows)
+    assert by_id[13] == {"result": None, "errorMessage": "ValueError: 13 is unlucky"}
+    assert by_id[12] == {"result": 120.0, "errorMessage": None}
+    with pytest.raises(ModelError, match="Endpoint 'flaky' failed on a batch of 20 rows: ValueError: 13"):
+        aifuncs.sql(numbers, "SELECT ai_query('flaky', x) FROM numbers WHERE id < 20")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT ai_query('doubler', x) FROM numbers LIMIT 10",
+        "SELECT * FROM (SELECT id, ai_query('doubler', x) AS y FROM numbers) WHERE id < 10",
+        "SELECT CASE WHEN id < 10 THEN ai_query('doubler', x) END FROM numbers",
+        "SELECT coalesce(NULL, ai_query('doubler', x)) FROM numbers WHERE id < 10",
+        "SELECT ai_query('doubler', x) FROM numbers WHERE random() < 0.5",
+        "SELECT ai_query('doubler', x) FROM numbers USING SAMPLE 10",
+        "SELECT ai_query('doubler', n.x) FROM numbers n JOIN numbers m ON n.id = m.id",
+        "SELECT sum(ai_query('doubler', x)) FROM numbers GROUP BY id % 2",
+        "WITH numbers AS (SELECT * FROM range(3) t(x)) SELECT ai_query('doubler', x::DOUBLE) FROM numbers",
+        "SELECT ai_query('doubler', x) FROM numbers_view",
+        "SELECT ai_query('doubler', x) FROM numbers WHERE ai_query('doubler', x) > 10",
+    ],
+)
+def test_queries_that_could_score_fewer_rows_stream(numbers, query: str) -> None:  # type: ignore[no-untyped-def]
+    numbers.execute("CREATE VIEW numbers_view AS SELECT * FROM numbers")
+    assert _prescores(numbers, query) == []
+    aifuncs.sql(numbers, query).fetchall()
+    assert sample_models.CALLS and max(sample_models.CALLS) <= 2048
+
+
+def test_streaming_and_bulk_answers_agree(numbers) -> None:  # type: ignore[no-untyped-def]
+    bulk = aifuncs.sql(numbers, "SELECT id, ai_query('doubler', x) FROM numbers ORDER BY id").fetchall()
+    streamed = aifuncs.sql(
+        numbers, "SELECT id, ai_query('doubler', x) FROM numbers ORDER BY id LIMIT 100000"
+    ).fetchall()
+    assert bulk == streamed
+
+
+def test_max_batch_rows_bounds_bulk_calls(numbers) -> None:  # type: ignore[no-untyped-def]
+    aifuncs.endpoints.update("doubler", max_batch_rows=3000)
+    aifuncs.sql(numbers, "SELECT ai_query('doubler', x) FROM numbers").fetchall()
+    assert sorted(sample_models.CALLS) == [1000, 3000, 3000, 3000]
