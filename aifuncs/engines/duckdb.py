@@ -7,9 +7,12 @@ only moves Arrow arrays between DuckDB and the runtime.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from aifuncs.runtime import CallSpec, Runtime, default_runtime
 __all__ = ["connect", "install", "sql", "sql_each"]
 
 _INSTALLED_MARK = "__aifuncs_ai_query"
-_PRESCORE_READ_ROWS = 1 << 20  # rows read from DuckDB per bulk step: bounds memory on huge tables
+_PRESCORE_READ_ROWS = 1 << 19  # rows read per bulk step; a few steps in flight bound the memory
 
 ENDPOINTS_TYPE = (
     "STRUCT(name VARCHAR, kind VARCHAR, version INTEGER, description VARCHAR, options VARCHAR,"
@@ -43,6 +46,8 @@ def _udf(
     con.create_function(  # type: ignore[call-overload]  # the stubs accept no arrow UDFs returning pa.Array
         name, fn, params, returns, type="arrow", null_handling="special", side_effects=True
     )
+    with _registered_lock:
+        _registered.setdefault(con, set()).add(name)
 
 
 def connect(
@@ -115,19 +120,48 @@ def _execute(con: duckdb.DuckDBPyConnection, planned: PlannedStatement) -> duckd
 
 def _prescore(con: duckdb.DuckDBPyConnection, prescore: Prescore, runtime: Runtime) -> pa.Table:
     """Score a bulk call site's requests in big model calls, keeping the table's row order."""
-    parts: list[list[pa.Array]] = [[] for _ in prescore.calls]
-    for batch in con.sql(prescore.source).to_arrow_reader(_PRESCORE_READ_ROWS):
-        for i, call in enumerate(prescore.calls):
-            parts[i].append(runtime.run_call(call, batch.column(i), batch_rows=call.bulk_rows))
+    reader = con.sql(prescore.source).to_arrow_reader(_PRESCORE_READ_ROWS)
+    answers = runtime.score_batches(prescore.calls, _rebatched(reader, _PRESCORE_READ_ROWS))
     columns = [
-        pa.chunked_array(chunks, arrow_type(call.output_type))
-        for chunks, call in zip(parts, prescore.calls, strict=True)
+        pa.chunked_array([row[i] for row in answers], arrow_type(call.output_type))
+        for i, call in enumerate(prescore.calls)
     ]
     return pa.table(columns, names=list(prescore.columns))
 
 
+def _rebatched(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[list[pa.Array]]:
+    """Columns of at least `rows` rows (the last may have fewer): DuckDB yields one row group at a time."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        held.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield _columns(held)
+            held, count = [], 0
+    if held:
+        yield _columns(held)
+
+
+def _columns(batches: list[pa.RecordBatch]) -> list[pa.Array]:
+    if len(batches) == 1:
+        return batches[0].columns
+    return [c.combine_chunks() for c in pa.Table.from_batches(batches).columns]
+
+
+# The functions aifuncs registered per connection: asking duckdb_functions() costs ~10 ms a time.
+_registered: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, set[str]] = weakref.WeakKeyDictionary()
+_registered_lock = threading.Lock()
+
+
 def _has_function(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    with _registered_lock:
+        known = _registered.setdefault(con, set())
+    if name in known:
+        return True
     rows = con.execute("SELECT 1 FROM duckdb_functions() WHERE function_name = ? LIMIT 1", [name]).fetchall()
+    if rows:
+        known.add(name)
     return bool(rows)
 
 
@@ -168,14 +202,17 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
         return True
 
     return EngineHooks(
-        describe=describe, evaluate=evaluate, register=register, is_table=is_table, volatile=_volatile(con)
+        describe=describe, evaluate=evaluate, register=register, is_table=is_table, volatile=_volatile()
     )
 
 
-def _volatile(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
-    rows = con.execute(
-        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE stability = 'VOLATILE'"
-    ).fetchall()
+@functools.cache
+def _volatile() -> frozenset[str]:
+    """DuckDB's volatile functions (random, nextval...), read once per process: the query takes ~20 ms."""
+    with duckdb.connect() as probe:
+        rows = probe.execute(
+            "SELECT DISTINCT function_name FROM duckdb_functions() WHERE stability = 'VOLATILE'"
+        ).fetchall()
     return frozenset(name for (name,) in rows) | {"__aifuncs_ai_query"}
 
 

@@ -58,7 +58,7 @@ def _with_store(tracking_uri: str, action: Any) -> Any:
 
 class MlflowProvider(Provider):
     kind = "mlflow"
-    bulk_batch_rows = 131_072
+    bulk_batch_rows = 262_144
     Options = MlflowOptions
     options: MlflowOptions
 

@@ -61,7 +61,7 @@ def to_pandas_input(requests: pa.Array) -> Any:
 
 class PythonProvider(Provider):
     kind = "python"
-    bulk_batch_rows = 131_072
+    bulk_batch_rows = 262_144
     Options = PythonOptions
     options: PythonOptions
 
