@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import threading
 from typing import Any
 
@@ -197,3 +198,61 @@ def _cast(array: pa.Array, target: pa.DataType) -> pa.Array:
         children = [_cast(pc.struct_field(array, n), f.type) for n, f in zip(names, target, strict=True)]
         return pa.StructArray.from_arrays(children, fields=list(target), mask=array.is_null())
     return array.cast(target)
+
+
+_FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def parse_replies(texts: pa.Array, target: pa.DataType) -> tuple[pa.Array, list[str | None]]:
+    """Model-written text answers parsed as JSON into `target`; a reply that does not fit is a per-row error."""
+    values: list[Any] = []
+    errors: list[str | None] = []
+    for text in texts.to_pylist():
+        if text is None:
+            values.append(None)
+            errors.append(None)
+            continue
+        try:
+            value = _parse_one(text, target)
+        except (ValueError, TypeError, pa.ArrowException) as error:
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            values.append(None)
+            errors.append(f"The reply does not parse as {target}: {shown!r} ({error})")
+            continue
+        values.append(value)
+        errors.append(None)
+    return pa.array(values, target), errors
+
+
+def _parse_one(text: str, target: pa.DataType) -> Any:
+    fenced = _FENCE.match(text)
+    body = fenced.group(1) if fenced else text.strip()
+    value = json.loads(body)
+    if pa.types.is_struct(target) and not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    pa.array([value], target)  # raises when the value does not fit the type
+    return value
+
+
+def json_schema(ddl: str) -> dict[str, Any]:
+    """A JSON schema for a DuckDB type: what constrained decoding needs to produce it."""
+    return _schema_of(arrow_type(ddl))
+
+
+def _schema_of(t: pa.DataType) -> dict[str, Any]:
+    if pa.types.is_struct(t):
+        return {
+            "type": "object",
+            "properties": {f.name: _schema_of(f.type) for f in t},
+            "required": [f.name for f in t],
+            "additionalProperties": False,
+        }
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return {"type": "array", "items": _schema_of(t.value_type)}
+    if pa.types.is_boolean(t):
+        return {"type": "boolean"}
+    if pa.types.is_integer(t):
+        return {"type": "integer"}
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return {"type": "number"}
+    return {"type": "string"}

@@ -72,3 +72,32 @@ class ModelError(AifuncsError):
 
 class ResultTypeError(AifuncsError):
     """A model's output cannot be converted to the result type of the call."""
+
+
+class MissingSecret(ConfigError):
+    """The environment variable an endpoint names for its key is not set."""
+
+
+class RemoteError(AifuncsError):
+    """A remote endpoint answered with an error, or not at all.
+
+    `retryable` errors (429, 5xx, timeouts, dropped connections, garbled replies) are retried by the
+    runtime; `retry_after` is the server's `Retry-After` in seconds, when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ReplyParseError(AifuncsError):
+    """A model's text reply does not parse into the call's result type."""

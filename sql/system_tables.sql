@@ -1,3 +1,7 @@
 -- System tables: read-only views over aifuncs state, read fresh on every query.
 CREATE OR REPLACE TEMP VIEW aifuncs_endpoints AS
     SELECT unnest(__aifuncs_endpoints(), recursive := true);
+
+-- One row per model request: endpoint, rows, tokens, latency, status, attempts.
+CREATE OR REPLACE TEMP VIEW aifuncs_usage AS
+    SELECT unnest(__aifuncs_usage(), recursive := true);

@@ -13,6 +13,7 @@ import json
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,12 @@ _PRESCORE_READ_ROWS = 1 << 19  # rows read per bulk step; a few steps in flight 
 ENDPOINTS_TYPE = (
     "STRUCT(name VARCHAR, kind VARCHAR, version INTEGER, description VARCHAR, options VARCHAR,"
     " created_at TIMESTAMP, updated_at TIMESTAMP)[]"
+)
+
+USAGE_TYPE = (
+    "STRUCT(ts TIMESTAMP, endpoint VARCHAR, endpoint_version INTEGER, kind VARCHAR, function VARCHAR,"
+    " rows INTEGER, input_tokens BIGINT, output_tokens BIGINT, latency_ms DOUBLE, status VARCHAR,"
+    " attempts INTEGER, error VARCHAR)[]"
 )
 
 
@@ -72,6 +79,7 @@ def install(con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None) -> d
         "VARCHAR",
     )
     _udf(con, "__aifuncs_endpoints", _endpoints_snapshot, [], ENDPOINTS_TYPE)
+    _udf(con, "__aifuncs_usage", _usage_snapshot(runtime), [], USAGE_TYPE)
     for script in ("functions.sql", "system_tables.sql"):
         con.execute((resource_dir("sql") / script).read_text())
     return con
@@ -292,6 +300,16 @@ def _generic_ai_query(runtime: Runtime) -> Callable[..., pa.Array]:
 
 def _as_text(values: pa.Array) -> pa.Array:
     return to_arrow(values, pa.string())
+
+
+def _usage_snapshot(runtime: Runtime) -> Callable[[], pa.Array]:
+    def snapshot() -> pa.Array:
+        rows = runtime.usage.read()
+        for row in rows:
+            row["ts"] = datetime.fromisoformat(row["ts"]).replace(tzinfo=None)
+        return pa.array([rows], arrow_type(USAGE_TYPE))
+
+    return snapshot
 
 
 def _endpoints_snapshot() -> pa.Array:

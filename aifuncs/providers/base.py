@@ -25,6 +25,24 @@ class ProviderOptions(BaseModel):
 
 
 @dataclass(frozen=True)
+class CallOptions:
+    """What a provider may need of the call site besides the rows."""
+
+    parameters: dict[str, Any] | None = None  # modelParameters
+    response_format: str | None = None  # responseFormat as given (JSON text or a DDL type)
+    result_type: str = "VARCHAR"  # DuckDB DDL of the value each answer becomes
+
+
+@dataclass
+class Prediction:
+    """Outputs plus what the model reports about their cost (for usage accounting)."""
+
+    outputs: Any
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class InputColumn:
     name: str
     type: str  # DuckDB DDL
@@ -62,6 +80,15 @@ class Provider(ABC):
         return self.options.max_batch_rows or self.bulk_batch_rows
 
     @property
+    def max_retries(self) -> int:
+        """Retries of a retryable failure (`RemoteError(retryable=True)`); in-process models get none."""
+        return 0
+
+    @property
+    def retry_base_s(self) -> float:
+        return 0.5
+
+    @property
     def concurrency(self) -> int:
         return self.options.max_concurrency or self.default_concurrency
 
@@ -73,10 +100,17 @@ class Provider(ABC):
         """The DuckDB type of the model's output when the model declares one (e.g. a signature)."""
         return None
 
+    # True when answers are model-written text the runtime must parse into a non-text result type.
+    returns_text: ClassVar[bool] = False
+
     @abstractmethod
-    async def predict(self, requests: pa.Array, parameters: dict[str, Any] | None = None) -> Any:
+    async def predict(self, requests: pa.Array, options: CallOptions) -> Any:
         """Score a batch of non-null requests; return one output per request, in order.
 
-        The output may be an Arrow array or table, a pandas Series or DataFrame, a numpy array or a list;
-        the runtime converts it to the call's result type. Raise to fail the whole batch.
+        The output may be an Arrow array or table, a pandas Series or DataFrame, a numpy array or a list,
+        or a `Prediction` wrapping one with token counts; the runtime converts it to the call's result
+        type. Raise to fail the whole batch (a retryable `RemoteError` is retried by the runtime).
         """
+
+    async def aclose(self) -> None:  # noqa: B027 - most kinds hold nothing to release
+        """Release connections; the runtime calls it when it drops the provider."""

@@ -12,7 +12,7 @@ from pydantic import Field
 from aifuncs._home import home
 from aifuncs._types import mlflow_schema_type, mlflow_spec_type
 from aifuncs.errors import ConfigError, MissingDependency
-from aifuncs.providers.base import InputColumn, Provider, ProviderOptions
+from aifuncs.providers.base import CallOptions, InputColumn, Provider, ProviderOptions
 from aifuncs.providers.python import to_pandas_input
 
 _lock = threading.Lock()
@@ -108,9 +108,9 @@ class MlflowProvider(Provider):
         signature = self._info().signature
         return mlflow_schema_type(signature.outputs) if signature is not None else None
 
-    async def predict(self, requests: pa.Array, parameters: dict[str, Any] | None = None) -> Any:
+    async def predict(self, requests: pa.Array, options: CallOptions) -> Any:
         # Loading and scoring are CPU work: keep them off the event loop.
-        return await asyncio.to_thread(self._predict, requests, parameters)
+        return await asyncio.to_thread(self._predict, requests, options.parameters)
 
     def _predict(self, requests: pa.Array, parameters: dict[str, Any] | None) -> Any:
         model = self.model()

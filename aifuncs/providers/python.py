@@ -13,7 +13,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from aifuncs.errors import ConfigError
-from aifuncs.providers.base import Provider, ProviderOptions
+from aifuncs.providers.base import CallOptions, Provider, ProviderOptions
 
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _lock = threading.Lock()
@@ -68,8 +68,8 @@ class PythonProvider(Provider):
     def output_type(self) -> str | None:
         return self.options.returns
 
-    async def predict(self, requests: pa.Array, parameters: dict[str, Any] | None = None) -> Any:
+    async def predict(self, requests: pa.Array, options: CallOptions) -> Any:
         function = load_function(self.options.function)
         data = requests if self.options.input_format == "arrow" else to_pandas_input(requests)
-        kwargs = dict(parameters or {})
+        kwargs = dict(options.parameters or {})
         return await asyncio.to_thread(function, data, **kwargs)

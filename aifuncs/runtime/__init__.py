@@ -13,22 +13,36 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aifuncs._types import arrow_type, to_arrow
+from aifuncs._types import arrow_type, parse_replies, to_arrow
 from aifuncs.catalog import Endpoint
-from aifuncs.errors import AifuncsError, ConfigError, ModelError, ResultTypeError
+from aifuncs.errors import (
+    AifuncsError,
+    ConfigError,
+    ModelError,
+    RemoteError,
+    ReplyParseError,
+    ResultTypeError,
+)
 from aifuncs.providers import Provider, provider_class
+from aifuncs.providers.base import CallOptions, Prediction
 from aifuncs.runtime._call import CallSpec
+from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
 from aifuncs.runtime._loop import BackgroundLoop
+from aifuncs.runtime._usage import UsageLog, UsageRow
+from aifuncs.runtime._usage import now as usage_now
 
 __all__ = ["CallSpec", "Runtime", "default_runtime"]
 
 _MAX_MESSAGE = 1000
+T = TypeVar("T")
 
 Scored = tuple[pa.Array, list[str | None]]
 
@@ -42,7 +56,8 @@ class Runtime:
     def __init__(self) -> None:
         self._loop = BackgroundLoop()
         self._providers: dict[str, Provider] = {}
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._limits: dict[str, AdaptiveLimit] = {}
+        self.usage = UsageLog()
         self._lock = threading.Lock()
 
     def provider(self, endpoint: Endpoint) -> Provider:
@@ -119,49 +134,119 @@ class Runtime:
     async def _score(self, call: CallSpec, requests: pa.Array, batch_rows: int | None) -> Scored:
         provider = self.provider(call.endpoint)
         target = arrow_type(call.result_type)
-        semaphore = self._semaphore(call.endpoint, provider.concurrency)
+        limit = self._limit(call.endpoint, provider.concurrency)
         size = batch_rows or provider.batch_rows
         chunks = [requests.slice(start, size) for start in range(0, len(requests), size)]
-        parts = await asyncio.gather(
-            *(self._score_chunk(provider, call, c, target, semaphore) for c in chunks)
-        )
+        parts = await _all_or_nothing([self._score_chunk(provider, call, c, target, limit) for c in chunks])
         return _concat(parts, target)
 
     async def _score_chunk(
-        self,
-        provider: Provider,
-        call: CallSpec,
-        chunk: pa.Array,
-        target: pa.DataType,
-        semaphore: asyncio.Semaphore,
+        self, provider: Provider, call: CallSpec, chunk: pa.Array, target: pa.DataType, limit: AdaptiveLimit
     ) -> Scored:
         try:
-            async with semaphore:
-                output = await provider.predict(chunk, call.parameters)
-            values = to_arrow(output, target)
+            output = await self._predict(provider, call, chunk, limit)
+            if provider.returns_text and not pa.types.is_string(target):
+                values, row_errors = parse_replies(to_arrow(output, pa.string()), target)
+                if any(row_errors) and call.fail_on_error:
+                    first = next(i for i, e in enumerate(row_errors) if e)
+                    raise ReplyParseError(f"{row_errors[first]} (request {_start(chunk[first].as_py())})")
+            else:
+                values, row_errors = to_arrow(output, target), [None] * len(chunk)
             if len(values) != len(chunk):
                 raise ResultTypeError(f"The model returned {len(values)} results for {len(chunk)} requests.")
-            return values, [None] * len(chunk)
+            return values, row_errors
         except ConfigError:
             raise  # the endpoint itself is broken: no row can succeed
         except Exception as error:
             if call.fail_on_error:
                 raise ModelError(call.endpoint.name, len(chunk), describe(error)) from error
-            if len(chunk) == 1:
-                return pa.nulls(1, target), [describe(error)]
+            if len(chunk) == 1 or (isinstance(error, RemoteError) and error.retryable):
+                # A request that failed after its retries: each row carries the message.
+                return pa.nulls(len(chunk), target), [describe(error)] * len(chunk)
             # Bisect to find the rows that fail; the others keep their answers.
             half = len(chunk) // 2
             parts = await asyncio.gather(
-                self._score_chunk(provider, call, chunk.slice(0, half), target, semaphore),
-                self._score_chunk(provider, call, chunk.slice(half), target, semaphore),
+                self._score_chunk(provider, call, chunk.slice(0, half), target, limit),
+                self._score_chunk(provider, call, chunk.slice(half), target, limit),
             )
             return _concat(list(parts), target)
 
-    def _semaphore(self, endpoint: Endpoint, limit: int) -> asyncio.Semaphore:
+    async def _predict(
+        self, provider: Provider, call: CallSpec, chunk: pa.Array, limit: AdaptiveLimit
+    ) -> Any:
+        """One model request with its retries, recorded in the usage log whatever its fate."""
+        options = CallOptions(call.parameters, call.response_format, call.result_type)
+        started, attempt = time.perf_counter(), 0
+        while True:
+            attempt += 1
+            try:
+                async with limit:
+                    output = await provider.predict(chunk, options)
+                limit.succeeded()
+                break
+            except RemoteError as error:
+                if error.status == 429:
+                    limit.throttled()
+                if not error.retryable or attempt > provider.max_retries:
+                    self._record(call, provider, len(chunk), started, attempt, None, error)
+                    raise
+                await asyncio.sleep(backoff_s(attempt, provider.retry_base_s, error.retry_after))
+            except Exception as error:
+                self._record(call, provider, len(chunk), started, attempt, None, error)
+                raise
+        self._record(call, provider, len(chunk), started, attempt, output, None)
+        return output.outputs if isinstance(output, Prediction) else output
+
+    def _record(
+        self,
+        call: CallSpec,
+        provider: Provider,
+        rows: int,
+        started: float,
+        attempts: int,
+        output: Any,
+        error: BaseException | None,
+    ) -> None:
+        tokens = output if isinstance(output, Prediction) else Prediction(None)
+        self.usage.record(
+            UsageRow(
+                ts=usage_now(),
+                endpoint=call.endpoint.name,
+                endpoint_version=call.endpoint.version,
+                kind=call.endpoint.kind,
+                function=call.function,
+                rows=rows,
+                input_tokens=tokens.input_tokens,
+                output_tokens=tokens.output_tokens,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                status="ok" if error is None else "error",
+                attempts=attempts,
+                error=None if error is None else describe(error),
+            )
+        )
+
+    def _limit(self, endpoint: Endpoint, maximum: int) -> AdaptiveLimit:
         key = _identity(endpoint)
-        if key not in self._semaphores:  # only touched on the loop thread
-            self._semaphores[key] = asyncio.Semaphore(limit)
-        return self._semaphores[key]
+        if key not in self._limits:  # only touched on the loop thread
+            self._limits[key] = AdaptiveLimit(maximum)
+        return self._limits[key]
+
+
+async def _all_or_nothing(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Like gather, but the first failure cancels the rest: a failed query must not go on calling the model."""
+    if len(coroutines) == 1:
+        return [await coroutines[0]]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coroutines]
+    except BaseExceptionGroup as failures:
+        raise failures.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+def _start(value: Any, length: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return repr(text if len(text) <= length else text[: length - 3] + "...")
 
 
 @contextlib.contextmanager

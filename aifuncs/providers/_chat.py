@@ -1,0 +1,52 @@
+"""Shared by the LLM kinds: rows to prompts, and responseFormat / returnType to a JSON schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from aifuncs._types import json_schema, to_duckdb_type
+from aifuncs.errors import ArgumentError
+from aifuncs.providers.base import CallOptions
+
+GENERATION_PARAMETERS = ("max_tokens", "temperature", "top_p", "stop")
+
+
+def prompts(requests: pa.Array) -> list[str]:
+    """A text request is the prompt; anything else (a STRUCT, a list) is sent as its JSON."""
+    if pa.types.is_string(requests.type) or pa.types.is_large_string(requests.type):
+        return [str(v) for v in requests.to_pylist()]
+    return [json.dumps(v, default=str) for v in requests.to_pylist()]
+
+
+def wanted_schema(options: CallOptions) -> tuple[str, dict[str, Any] | None] | None:
+    """What shape the reply must have: ("json_object", None), ("json_schema", schema) or None for free text.
+
+    responseFormat may be a JSON schema, OpenAI's `{"type": "json_schema", ...}` or `{"type": "json_object"}`,
+    or a DDL type string (`STRUCT<label: STRING>`), as in Databricks. Without one, a non-text returnType
+    asks for a JSON object of that type.
+    """
+    given = options.response_format
+    if given:
+        try:
+            parsed = json.loads(given)
+        except json.JSONDecodeError:
+            return "json_schema", json_schema(to_duckdb_type(given))  # a DDL type string
+        if not isinstance(parsed, dict):
+            raise ArgumentError(f"responseFormat must be a JSON object or a type string, not {given!r}.")
+        if parsed.get("type") == "json_object":
+            return "json_object", parsed.get("schema")
+        if parsed.get("type") == "json_schema":
+            inner = parsed.get("json_schema") or {}
+            return "json_schema", inner.get("schema", inner)
+        return "json_schema", parsed
+    if options.result_type.upper().startswith("STRUCT"):
+        return "json_schema", json_schema(options.result_type)
+    return None
+
+
+def generation_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """modelParameters pass through as given (max_tokens, temperature, top_p, stop, and any other)."""
+    return dict(parameters or {})

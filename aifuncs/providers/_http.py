@@ -1,0 +1,142 @@
+"""What every remote endpoint kind shares: one httpx client per endpoint, keys from the environment,
+and HTTP failures sorted into retryable and final `RemoteError`s (the runtime does the retrying).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import Field
+
+from aifuncs.errors import MissingSecret, RemoteError
+from aifuncs.providers.base import Provider, ProviderOptions
+
+_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+_SHOWN_BODY = 300  # characters of an error reply quoted in messages
+
+
+class HttpOptions(ProviderOptions):
+    api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the API key (never the key)."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="Seconds before one request is given up.")
+    max_retries: int = Field(
+        default=6, ge=0, description="Retries of a request on 429, 5xx and network errors."
+    )
+    retry_base_s: float = Field(
+        default=0.5, ge=0, description="First backoff; it doubles per retry, with jitter."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (no secrets).")
+
+
+class HttpProvider(Provider):
+    """A provider that talks HTTP. Subclasses build payloads and read replies; this class sends them."""
+
+    Options: ClassVar[type[ProviderOptions]] = HttpOptions
+    options: HttpOptions
+    default_concurrency = 16
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def max_retries(self) -> int:
+        return self.options.max_retries
+
+    @property
+    def retry_base_s(self) -> float:
+        return self.options.retry_base_s
+
+    def __repr__(self) -> str:  # never the key: only the name of its variable
+        return f"{type(self).__name__}(endpoint={self.endpoint.name!r}, api_key_env={self.options.api_key_env!r})"
+
+    def api_key(self) -> str | None:
+        name = self.options.api_key_env
+        if name is None:
+            return None
+        value = os.environ.get(name)
+        if not value:
+            raise MissingSecret(
+                f"Endpoint {self.endpoint.name!r} needs an API key in the environment variable {name}, which"
+                f" is not set. Set it (export {name}=...) in the process that runs the query."
+            )
+        return value
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    def client(self) -> httpx.AsyncClient:
+        # One client per endpoint, created on the runtime's loop, so connections are reused across rows.
+        if self._client is None:
+            limits = httpx.Limits(
+                max_connections=self.concurrency * 2, max_keepalive_connections=self.concurrency
+            )
+            self._client = httpx.AsyncClient(timeout=self.options.timeout_s, limits=limits)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def post_json(self, url: str, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        """POST JSON, return the parsed reply; raise `RemoteError` (retryable where a retry may help)."""
+        key = self.api_key()
+        sent = {**self.options.headers, **(headers or {}), **(self.auth_headers(key) if key else {})}
+        name = self.endpoint.name
+        try:
+            response = await self.client().post(url, json=payload, headers=sent)
+        except httpx.TimeoutException:
+            raise RemoteError(
+                f"Endpoint {name!r}: no reply from {url} within {self.options.timeout_s:g} s", retryable=True
+            ) from None
+        except httpx.TransportError as error:  # refused, reset, dropped mid-reply
+            raise RemoteError(
+                f"Endpoint {name!r}: connection to {url} failed ({type(error).__name__}: {error})",
+                retryable=True,
+            ) from None
+        if response.status_code >= 400:
+            body = _scrub(response.text[:_SHOWN_BODY], key)
+            raise RemoteError(
+                f"Endpoint {name!r}: {url} answered HTTP {response.status_code}: {body}",
+                status=response.status_code,
+                retryable=response.status_code in _RETRYABLE_STATUS,
+                retry_after=_retry_after(response.headers.get("retry-after")),
+            )
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            # A proxy or an overloaded server can garble a reply; asking again is the remedy.
+            start = _scrub(response.text[:80], key)
+            raise RemoteError(
+                f"Endpoint {name!r}: {url} sent a reply that is not JSON: {start!r}", retryable=True
+            ) from None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:  # an HTTP date
+        from datetime import UTC, datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def _scrub(text: str, key: str | None) -> str:
+    """Some servers echo the credentials they refused; never pass a key on in a message."""
+    return text.replace(key, "***") if key else text
+
+
+def join_url(base: str, path: str) -> str:
+    return base.rstrip("/") + "/" + path.lstrip("/")

@@ -1,0 +1,111 @@
+"""`openai` endpoints: any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, Databricks models).
+
+Chat and completions send one prompt per request; embeddings send many rows per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from aifuncs.errors import RemoteError
+from aifuncs.providers._chat import generation_parameters, prompts, wanted_schema
+from aifuncs.providers._http import HttpOptions, HttpProvider, join_url
+from aifuncs.providers.base import CallOptions, Prediction
+
+
+class OpenAIOptions(HttpOptions):
+    model: str = Field(description="The model name the server knows.")
+    base_url: str = Field(default="https://api.openai.com/v1", description="Up to and including /v1.")
+    task: Literal["chat", "completions", "embeddings"] = Field(default="chat")
+    system_prompt: str | None = Field(default=None, description="Sent before every chat prompt.")
+    schema_style: Literal["openai", "llama.cpp"] = Field(
+        default="openai",
+        description='How a JSON schema is sent: OpenAI\'s {"type": "json_schema"}, or llama.cpp\'s'
+        ' {"type": "json_object", "schema": ...}.',
+    )
+
+
+class OpenAIProvider(HttpProvider):
+    kind = "openai"
+    Options = OpenAIOptions
+    options: OpenAIOptions
+
+    @property
+    def returns_text(self) -> bool:  # type: ignore[override]
+        return self.options.task != "embeddings"
+
+    @property
+    def batch_rows(self) -> int:
+        if self.options.task == "embeddings":
+            return self.options.max_batch_rows or 64
+        return 1  # one prompt per chat or completion request
+
+    def output_type(self) -> str | None:
+        if self.options.returns:
+            return self.options.returns
+        return "FLOAT[]" if self.options.task == "embeddings" else "VARCHAR"
+
+    async def predict(self, requests: pa.Array, options: CallOptions) -> Any:
+        texts = prompts(requests)
+        if self.options.task == "embeddings":
+            return await self._embed(texts, options)
+        answers = await asyncio.gather(*(self._complete(text, options) for text in texts))
+        return Prediction(
+            [a.outputs for a in answers],
+            input_tokens=_sum(a.input_tokens for a in answers),
+            output_tokens=_sum(a.output_tokens for a in answers),
+        )
+
+    async def _complete(self, text: str, options: CallOptions) -> Prediction:
+        payload: dict[str, Any] = {"model": self.options.model, **generation_parameters(options.parameters)}
+        if self.options.task == "completions":
+            reply = await self.post_json(
+                join_url(self.options.base_url, "completions"), {**payload, "prompt": text}
+            )
+            answer = _first_choice(reply, self.endpoint.name).get("text")
+        else:
+            messages = (
+                [{"role": "system", "content": self.options.system_prompt}]
+                if self.options.system_prompt
+                else []
+            )
+            payload["messages"] = [*messages, {"role": "user", "content": text}]
+            shape = wanted_schema(options)
+            if shape is not None:
+                payload["response_format"] = self._response_format(*shape)
+            reply = await self.post_json(join_url(self.options.base_url, "chat/completions"), payload)
+            answer = (_first_choice(reply, self.endpoint.name).get("message") or {}).get("content")
+        usage = reply.get("usage") or {}
+        return Prediction(answer, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+    def _response_format(self, kind: str, schema: dict[str, Any] | None) -> dict[str, Any]:
+        if self.options.schema_style == "llama.cpp" or kind == "json_object" or schema is None:
+            return {"type": "json_object", **({"schema": schema} if schema else {})}
+        return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+
+    async def _embed(self, texts: list[str], options: CallOptions) -> Prediction:
+        payload = {"model": self.options.model, "input": texts, **generation_parameters(options.parameters)}
+        reply = await self.post_json(join_url(self.options.base_url, "embeddings"), payload)
+        data = sorted(reply.get("data") or [], key=lambda d: d.get("index", 0))
+        if len(data) != len(texts):
+            raise RemoteError(
+                f"Endpoint {self.endpoint.name!r}: {len(texts)} texts sent, {len(data)} embeddings returned."
+            )
+        usage = reply.get("usage") or {}
+        return Prediction([d["embedding"] for d in data], usage.get("prompt_tokens"), None)
+
+
+def _first_choice(reply: Any, endpoint: str) -> dict[str, Any]:
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    if not choices:
+        raise RemoteError(f"Endpoint {endpoint!r}: the reply has no choices: {str(reply)[:200]}")
+    return choices[0]
+
+
+def _sum(values: Any) -> int | None:
+    numbers = [v for v in values if v is not None]
+    return sum(numbers) if numbers else None

@@ -1,0 +1,98 @@
+"""Usage accounting: one row per model request (endpoint, rows, tokens, latency, status, attempts).
+
+Rows are buffered in memory and written to SQLite under AIFUNCS_HOME in batches (at most every
+half second, before anyone reads them, and at exit), so accounting costs the hot path a list append.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sqlite3
+import threading
+import time
+from dataclasses import astuple, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aifuncs._home import home
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    ts TEXT NOT NULL, endpoint TEXT NOT NULL, endpoint_version INTEGER, kind TEXT, function TEXT,
+    rows INTEGER, input_tokens INTEGER, output_tokens INTEGER, latency_ms REAL,
+    status TEXT, attempts INTEGER, error TEXT
+)
+"""
+_FLUSH_EVERY_S = 0.5
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    ts: str
+    endpoint: str
+    endpoint_version: int
+    kind: str
+    function: str
+    rows: int
+    input_tokens: int | None
+    output_tokens: int | None
+    latency_ms: float
+    status: str  # ok | error
+    attempts: int
+    error: str | None
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class UsageLog:
+    def __init__(self) -> None:
+        self._pending: list[UsageRow] = []
+        self._lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        atexit.register(self.flush)
+
+    def record(self, row: UsageRow) -> None:
+        with self._lock:
+            self._pending.append(row)
+            due = time.monotonic() - self._last_flush > _FLUSH_EVERY_S
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            rows, self._pending = self._pending, []
+            self._last_flush = time.monotonic()
+            if not rows:
+                return
+            # Rows go to the home of the moment they are written: tests switch AIFUNCS_HOME per test.
+            db = _connect(home() / "usage.db")
+            try:
+                with db:
+                    db.executemany(
+                        f"INSERT INTO usage VALUES ({', '.join('?' * 12)})", [astuple(r) for r in rows]
+                    )
+            finally:
+                db.close()
+
+    def read(self) -> list[dict[str, Any]]:
+        self.flush()
+        path = home() / "usage.db"
+        if not path.exists():
+            return []
+        db = _connect(path)
+        try:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM usage ORDER BY ts")]
+        finally:
+            db.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(_SCHEMA)
+    return db

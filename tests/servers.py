@@ -1,0 +1,254 @@
+"""A small protocol-faithful server on 127.0.0.1 for tests and benchmarks, with fault injection.
+
+It runs in a process of its own: in the test's process it would share the GIL with the client and
+measure Python's thread switching (5 ms a time) instead of aifuncs.
+
+It speaks the parts of three wire formats aifuncs uses (OpenAI chat/completions/embeddings, Anthropic
+messages, MLflow `/invocations`), answers deterministically, counts what it receives, and can be told
+to fail: 429 with Retry-After, 500, slow replies, dropped connections, malformed JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Faults:
+    """Chance of each fault per request (deterministic for a seed)."""
+
+    rate_limit: float = 0.0  # 429 with Retry-After
+    server_error: float = 0.0  # 500
+    slow: float = 0.0  # sleeps `slow_s` before answering
+    drop: float = 0.0  # closes the connection without a reply
+    malformed: float = 0.0  # 200 with a body that is not JSON
+    retry_after: str = "0.05"
+    slow_s: float = 2.0
+    seed: int = 7
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    rows: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    auth: set[str] = field(default_factory=set)
+    bodies: list[Any] = field(default_factory=list)
+    max_in_flight: int = 0
+    in_flight: int = 0
+
+
+class _QuietServer(ThreadingHTTPServer):
+    request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out and hung up is part of the tests, not news
+
+
+class _Server:
+    def __init__(
+        self, *, delay_s: float = 0.0, faults: Faults | None = None, keep_bodies: bool = False
+    ) -> None:
+        self.delay_s = delay_s
+        self.faults = faults or Faults()
+        self.keep_bodies = keep_bodies
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self._random = random.Random(self.faults.seed)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms ACK wait
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                if self.path == "/__stats":
+                    with server._lock:
+                        stats = dict(vars(server.stats))
+                        stats["faults"] = dict(stats["faults"])
+                        stats["auth"] = sorted(stats["auth"])
+                        self._send(200, stats)
+                else:
+                    self._send(200, {"status": "ok"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+                fault = server._begin(self.headers, body)
+                try:
+                    if fault == "drop":
+                        self.close_connection = True
+                        return
+                    if fault == "rate_limit":
+                        self._send(429, {"error": "slow down"}, {"Retry-After": server.faults.retry_after})
+                        return
+                    if fault == "server_error":
+                        self._send(500, {"error": "boom"})
+                        return
+                    if fault == "slow":
+                        time.sleep(server.faults.slow_s)
+                    if server.delay_s:
+                        time.sleep(server.delay_s)
+                    if fault == "malformed":
+                        self._send_raw(200, b'{"choices": [ {"mess')
+                        return
+                    self._send(200, server.answer(self.path, body))
+                finally:
+                    server._end()
+
+            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+                self._send_raw(status, json.dumps(payload).encode(), headers)
+
+            def _send_raw(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def serve(self) -> None:
+        print(self._server.server_address[1], flush=True)
+        self._server.serve_forever()
+
+    def _begin(self, headers: Any, body: Any) -> str | None:
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.in_flight += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+            for name in ("authorization", "x-api-key"):
+                if headers.get(name):
+                    self.stats.auth.add(headers[name])
+            if self.keep_bodies:
+                self.stats.bodies.append(body)
+            draw = self._random.random()
+            fault = None
+            for name in ("rate_limit", "server_error", "slow", "drop", "malformed"):
+                chance = getattr(self.faults, name)
+                if draw < chance:
+                    fault = name
+                    break
+                draw -= chance
+            if fault:
+                self.stats.faults[fault] += 1
+            return fault
+
+    def _end(self) -> None:
+        with self._lock:
+            self.stats.in_flight -= 1
+
+    def answer(self, path: str, body: dict[str, Any]) -> Any:
+        if path.endswith("/chat/completions"):
+            prompt = body["messages"][-1]["content"]
+            fmt = body.get("response_format")
+            content = json.dumps({"echo": prompt, "length": len(prompt)}) if fmt else f"echo: {prompt}"
+            self._count(1)
+            return {
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(content.split())},
+            }
+        if path.endswith("/completions"):
+            self._count(1)
+            return {"choices": [{"text": f"echo: {body['prompt']}"}], "usage": {"prompt_tokens": 1}}
+        if path.endswith("/embeddings"):
+            texts = body["input"]
+            self._count(len(texts))
+            return {
+                "data": [{"index": i, "embedding": [float(len(t)), 1.0]} for i, t in enumerate(texts)],
+                "usage": {"prompt_tokens": len(texts)},
+            }
+        if path.endswith("/v1/messages"):
+            prompt = body["messages"][-1]["content"]
+            self._count(1)
+            text = json.dumps({"echo": prompt}) if "JSON" in body.get("system", "") else f"echo: {prompt}"
+            return {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "text", "text": text}],
+                "usage": {"input_tokens": 3, "output_tokens": 2},
+            }
+        if path.endswith("/invocations"):
+            split = body.get("dataframe_split")
+            rows = [r[0] for r in split["data"]] if split else body.get("inputs", [])
+            self._count(len(rows))
+            return {"predictions": [2 * r for r in rows]}
+        return {"error": f"unknown path {path}"}
+
+    def _count(self, rows: int) -> None:
+        with self._lock:
+            self.stats.rows += rows
+
+
+class FakeServer:
+    """The server in a child process; `stats` asks it what it has seen."""
+
+    def __init__(
+        self, *, delay_s: float = 0.0, faults: Faults | None = None, keep_bodies: bool = False
+    ) -> None:
+        self._config = {"delay_s": delay_s, "faults": asdict(faults or Faults()), "keep_bodies": keep_bodies}
+        self._process: subprocess.Popen[str] | None = None
+        self._final: Stats | None = None
+        self.url = ""
+
+    def __enter__(self) -> FakeServer:
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, json.dumps(self._config)], stdout=subprocess.PIPE, text=True
+        )
+        assert self._process.stdout is not None
+        port = self._process.stdout.readline().strip()
+        if not port:
+            raise RuntimeError("the fake server did not start")
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._process is not None:
+            self._final = self.stats  # what it saw, readable after it is gone
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+
+    @property
+    def stats(self) -> Stats:
+        import httpx
+
+        if self._final is not None:
+            return self._final
+        data = httpx.get(self.url + "/__stats", timeout=10).json()
+        return Stats(
+            requests=data["requests"],
+            rows=data["rows"],
+            faults=Counter(data["faults"]),
+            auth=set(data["auth"]),
+            bodies=data["bodies"],
+            max_in_flight=data["max_in_flight"],
+            in_flight=data["in_flight"],
+        )
+
+
+if __name__ == "__main__":
+    config = json.loads(sys.argv[1])
+    _Server(
+        delay_s=config["delay_s"], faults=Faults(**config["faults"]), keep_bodies=config["keep_bodies"]
+    ).serve()
