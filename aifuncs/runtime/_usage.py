@@ -49,14 +49,14 @@ def now() -> str:
 
 class UsageLog:
     def __init__(self) -> None:
-        self._pending: list[UsageRow] = []
+        self._pending: list[tuple[Path, UsageRow]] = []
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
         atexit.register(self.flush)
 
     def record(self, row: UsageRow) -> None:
         with self._lock:
-            self._pending.append(row)
+            self._pending.append((home() / "usage.db", row))  # the home of the moment the call ran
             due = time.monotonic() - self._last_flush > _FLUSH_EVERY_S
         if due:
             self.flush()
@@ -67,15 +67,16 @@ class UsageLog:
             self._last_flush = time.monotonic()
             if not rows:
                 return
-            # Rows go to the home of the moment they are written: tests switch AIFUNCS_HOME per test.
-            db = _connect(home() / "usage.db")
-            try:
-                with db:
-                    db.executemany(
-                        f"INSERT INTO usage VALUES ({', '.join('?' * 12)})", [astuple(r) for r in rows]
-                    )
-            finally:
-                db.close()
+            for path in dict.fromkeys(p for p, _ in rows):
+                db = _connect(path)
+                try:
+                    with db:
+                        db.executemany(
+                            f"INSERT INTO usage VALUES ({', '.join('?' * 12)})",
+                            [astuple(r) for p, r in rows if p == path],
+                        )
+                finally:
+                    db.close()
 
     def read(self) -> list[dict[str, Any]]:
         self.flush()
