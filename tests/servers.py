@@ -10,13 +10,17 @@ to fail: 429 with Retry-After, 500, slow replies, dropped connections, malformed
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -245,6 +249,42 @@ class FakeServer:
             max_in_flight=data["max_in_flight"],
             in_flight=data["in_flight"],
         )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str], ready_url: str, log_path: Any, env: dict[str, str] | None = None
+) -> Iterator[None]:
+    """Start a real server process, wait until `ready_url` answers 200, and stop it (and its children) after."""
+    import httpx
+
+    log = open(log_path, "w")  # noqa: SIM115 - closed in the finally below
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(ready_url, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command[2:4]} did not start; see {log_path}")
+            time.sleep(0.5)
+        yield
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        log.close()
 
 
 if __name__ == "__main__":

@@ -3,57 +3,28 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import duckdb
-import httpx
 import pytest
 from conftest import FEATURES, MlflowModels
+from servers import free_port, running
 
 import aifuncs
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def scoring_server(mlflow_models: MlflowModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
+    port = free_port()
     # The scoring server execs `uvicorn`: put this interpreter's scripts first on PATH.
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_models.tracking_uri, "PATH": path}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", mlflow_models.sklearn_uri,
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", mlflow_models.sklearn_uri,
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow models serve did not start; see {log.name}")
-            time.sleep(0.5)
+    with running(command, url + "/ping", tmp_path_factory.mktemp("serve") / "serve.log", env):
         yield url + "/invocations"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-        log.close()
 
 
 def test_serving_endpoint_matches_the_local_model(
