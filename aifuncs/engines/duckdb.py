@@ -26,6 +26,7 @@ import pyarrow.json as pa_json
 from aifuncs._home import resource_dir
 from aifuncs._types import arrow_type, to_arrow
 from aifuncs.catalog import default_catalog
+from aifuncs.errors import AifuncsError
 from aifuncs.planner import EngineHooks, PlannedStatement, Prescore, bind_call, rewrite, split_statements
 from aifuncs.runtime import CallSpec, Runtime, default_runtime
 
@@ -115,7 +116,13 @@ def _execute(con: duckdb.DuckDBPyConnection, planned: PlannedStatement) -> duckd
     registered = []
     try:
         for prescore in planned.prescores:
-            con.register(prescore.name, _prescore(con, prescore, runtime))
+            try:
+                scores = _prescore(con, prescore, runtime)
+            except AifuncsError as error:
+                # The same error a streamed call raises from inside DuckDB, whichever path the query took;
+                # the typed error stays reachable as its cause.
+                raise duckdb.InvalidInputException(str(error)) from error
+            con.register(prescore.name, scores)
             registered.append(prescore.name)
         relation = con.sql(planned.sql)
         # Run it now, while the scores are registered: a lazy relation would outlive them, and

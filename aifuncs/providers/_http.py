@@ -13,6 +13,7 @@ import httpx
 from pydantic import Field
 
 from aifuncs.errors import MissingSecret, RemoteError
+from aifuncs.providers._transport import LeanTransport
 from aifuncs.providers.base import Provider, ProviderOptions
 
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
@@ -39,6 +40,13 @@ class HttpProvider(Provider):
     Options: ClassVar[type[ProviderOptions]] = HttpOptions
     options: HttpOptions
     default_concurrency = 16
+    in_process = False
+
+    @property
+    def bulk_rows(self) -> int | None:
+        # On the bulk path a remote endpoint keeps its request size; what it gains is a stream of
+        # requests that never drains between the engine's 2,048-row vectors.
+        return self.batch_rows
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,10 +81,7 @@ class HttpProvider(Provider):
     def client(self) -> httpx.AsyncClient:
         # One client per endpoint, created on the runtime's loop, so connections are reused across rows.
         if self._client is None:
-            limits = httpx.Limits(
-                max_connections=self.concurrency * 2, max_keepalive_connections=self.concurrency
-            )
-            self._client = httpx.AsyncClient(timeout=self.options.timeout_s, limits=limits)
+            self._client = httpx.AsyncClient(timeout=self.options.timeout_s, transport=LeanTransport())
         return self._client
 
     async def aclose(self) -> None:

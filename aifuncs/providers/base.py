@@ -63,6 +63,8 @@ class Provider(ABC):
     # Rows per call when a whole column can be scored at once (in-process models with a fixed cost per
     # call); None: the endpoint is only fed the engine's own batches.
     bulk_batch_rows: ClassVar[int | None] = None
+    # In-process kinds run native code (BLAS, OpenMP) that the runtime must keep from oversubscribing.
+    in_process: ClassVar[bool] = True
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint

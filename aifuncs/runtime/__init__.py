@@ -91,12 +91,16 @@ class Runtime:
         The next batch is read while earlier ones are scored, with a few batches in flight at most,
         so memory stays bounded however long the stream is.
         """
-        ahead = max(self.provider(c.endpoint).concurrency for c in calls) if calls else 1
+        providers = [self.provider(c.endpoint) for c in calls]
+        native = max((p.concurrency for p in providers if p.in_process), default=1)
+        ahead: int | None = None
         answers: list[list[pa.Array]] = []
         pending: deque[list[concurrent.futures.Future[pa.Array]]] = deque()
-        with _one_native_thread_per_call(ahead):
+        with _one_native_thread_per_call(native):
             try:
                 for batch in batches:
+                    if ahead is None:
+                        ahead = _steps_ahead(calls, providers, len(batch[0]) if batch else 0)
                     pending.append(
                         [
                             self.submit_call(c, col, batch_rows=c.bulk_rows)
@@ -242,6 +246,15 @@ async def _all_or_nothing(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
     except BaseExceptionGroup as failures:
         raise failures.exceptions[0] from None
     return [t.result() for t in tasks]
+
+
+def _steps_ahead(calls: Sequence[CallSpec], providers: Sequence[Provider], step_rows: int) -> int:
+    """Stream steps to keep in flight so every endpoint has requests enough to fill its concurrency."""
+    steps = 1
+    for call, provider in zip(calls, providers, strict=True):
+        requests_per_step = max(1, -(-step_rows // (call.bulk_rows or provider.batch_rows)))
+        steps = max(steps, -(-provider.concurrency // requests_per_step))
+    return steps
 
 
 def _start(value: Any, length: int = 60) -> str:
