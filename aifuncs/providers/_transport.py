@@ -148,7 +148,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
             headers.insert(0, (b"Host", request.url.netloc))
         state = connection.state
         try:
-            data = state.send(h11.Request(method=request.method, target=request.url.raw_path, headers=headers))
+            data = state.send(
+                h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
+            )
             if body:
                 data = (data or b"") + (state.send(h11.Data(data=body)) or b"")
             data = (data or b"") + (state.send(h11.EndOfMessage()) or b"")

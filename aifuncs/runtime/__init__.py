@@ -185,8 +185,10 @@ class Runtime:
             attempt += 1
             try:
                 async with limit:
+                    sent = time.perf_counter()
                     output = await provider.predict(chunk, options)
-                limit.succeeded()
+                # In-process models slow down with concurrency by design; only a server's queueing counts.
+                limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
                 break
             except RemoteError as error:
                 if error.status == 429:

@@ -10,10 +10,9 @@ import atexit
 import sqlite3
 import threading
 import time
-from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aifuncs._home import home
 
@@ -27,8 +26,7 @@ CREATE TABLE IF NOT EXISTS usage (
 _FLUSH_EVERY_S = 0.5
 
 
-@dataclass(frozen=True)
-class UsageRow:
+class UsageRow(NamedTuple):  # a tuple: written to SQLite as it is
     ts: str
     endpoint: str
     endpoint_version: int
@@ -73,7 +71,7 @@ class UsageLog:
                     with db:
                         db.executemany(
                             f"INSERT INTO usage VALUES ({', '.join('?' * 12)})",
-                            [astuple(r) for p, r in rows if p == path],
+                            [r for p, r in rows if p == path],
                         )
                 finally:
                     db.close()

@@ -78,7 +78,9 @@ def test_per_row_errors_and_fail_on_error_on_the_bulk_path(numbers) -> None:  # 
     by_id = dict(rows)
     assert by_id[13] == {"result": None, "errorMessage": "ValueError: 13 is unlucky"}
     assert by_id[12] == {"result": 120.0, "errorMessage": None}
-    with pytest.raises(duckdb.Error, match="Endpoint 'flaky' failed on a batch of 20 rows: ValueError: 13") as e:
+    with pytest.raises(
+        duckdb.Error, match="Endpoint 'flaky' failed on a batch of 20 rows: ValueError: 13"
+    ) as e:
         aifuncs.sql(numbers, "SELECT ai_query('flaky', x) FROM numbers WHERE id < 20")
     assert isinstance(e.value.__cause__, ModelError)  # the typed error, for Python callers
 

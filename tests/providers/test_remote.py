@@ -211,3 +211,23 @@ def test_missing_secret_is_a_config_error_naming_the_variable() -> None:
     endpoint = aifuncs.endpoints.create("k", kind="openai", model="m", api_key_env="NOT_SET_ANYWHERE")
     with pytest.raises(MissingSecret, match="NOT_SET_ANYWHERE"):
         provider_class("openai")(endpoint).api_key()
+
+
+def test_in_flight_requests_back_off_when_the_server_starts_queueing(con) -> None:  # type: ignore[no-untyped-def]
+    # The server works on 4 requests at a time; the endpoint allows 32. Without backing off, every request
+    # would wait behind 28 others (latency x8); the limit must come down to what the server keeps up with.
+    with FakeServer(delay_s=0.02, capacity=4) as server:
+        aifuncs.endpoints.create(
+            "queued",
+            kind="serving",
+            url=server.url + "/invocations",
+            returns="BIGINT",
+            max_batch_rows=8,
+            max_concurrency=32,
+        )
+        rows = aifuncs.sql(con, "SELECT i, ai_query('queued', i) FROM range(3000) t(i) ORDER BY i").fetchall()
+        arrivals = server.stats.arrivals_in_flight
+    assert rows == [(i, 2 * i) for i in range(3000)]
+    assert max(arrivals) >= 24  # it started at the endpoint's maximum...
+    late = arrivals[-100:]
+    assert sum(late) / len(late) < 16  # ...and settled well below it

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
+from servers import free_port
 
 from aifuncs.providers._transport import LeanTransport
-from servers import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
@@ -43,7 +43,11 @@ async def serving(handler: Handler) -> AsyncIterator[tuple[Script, httpx.AsyncCl
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
     length = next(
-        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")),
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ),
         0,
     )
     return await reader.readexactly(length)
@@ -89,7 +93,9 @@ def test_concurrent_requests_each_get_their_own_reply() -> None:
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
-    async def one_reply_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    async def one_reply_then_hang_up(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
+    ) -> None:
         body = await read_request(reader)
         writer.write(reply(body))  # keep-alive implied, yet the server closes
         await writer.drain()
