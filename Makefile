@@ -37,6 +37,7 @@ test: lint test-servers
 bench: venv test-servers
 	$(BIN)/python tests/bench/bench_local_model.py
 	$(BIN)/python tests/bench/bench_remote.py
+	$(BIN)/python tests/bench/bench_dedup_cache.py
 	$(BIN)/python tests/bench/bench_llama_cpp.py
 
 clean:

@@ -8,6 +8,7 @@ aifuncs.sql(con, "SELECT ai_query('wine', struct_pack(alcohol, proline)) FROM wi
 
 from __future__ import annotations
 
+from aifuncs import cache
 from aifuncs import catalog as endpoints
 from aifuncs.catalog import Endpoint
 from aifuncs.engines.duckdb import connect, install, sql
@@ -15,4 +16,4 @@ from aifuncs.errors import AifuncsError
 
 __version__ = "0.1.0"
 
-__all__ = ["AifuncsError", "Endpoint", "connect", "endpoints", "install", "sql", "__version__"]
+__all__ = ["AifuncsError", "Endpoint", "cache", "connect", "endpoints", "install", "sql", "__version__"]

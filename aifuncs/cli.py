@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -74,6 +75,9 @@ def _endpoints(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from aifuncs.engines.duckdb import connect, sql_each
 
+    if args.no_cache:
+        os.environ["AIFUNCS_CACHE"] = "off"  # this process only: read the runtime's switch
+
     text = open(args.file).read() if args.file else args.sql
     if not text:
         raise AifuncsError("Give the SQL as an argument or with --file PATH.")
@@ -90,6 +94,24 @@ def _query(args: argparse.Namespace) -> int:
                 relation.show(max_rows=args.max_rows, max_width=200)
     finally:
         con.close()
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from aifuncs import cache
+
+    if args.action == "clear":
+        count = cache.clear(args.endpoint)
+        print(f"Forgot {count:,} answers" + (f" of endpoint {args.endpoint!r}." if args.endpoint else "."))
+        return 0
+    stats = cache.stats()
+    if args.json:
+        print(json.dumps({"path": str(stats.path), "answers": stats.answers, "bytes": stats.bytes,
+                          "endpoints": stats.endpoints}, indent=2))  # fmt: skip
+        return 0
+    print(f"{stats.answers:,} answers, {stats.bytes / 1e6:.1f} MB in {stats.path}")
+    for name, count in stats.endpoints.items():
+        print(f"  {name:30} {count:>12,}")
     return 0
 
 
@@ -155,7 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--dialect", default="duckdb", choices=["duckdb", "databricks"])
     query.add_argument("--format", default="table", choices=["table", "csv", "json"])
     query.add_argument("--max-rows", type=int, default=40)
+    query.add_argument(
+        "--no-cache", action="store_true", help="neither reuse nor keep answers (de-duplication stays)"
+    )
     query.set_defaults(handler=_query)
+
+    cache = commands.add_parser("cache", help="the kept answers under AIFUNCS_HOME")
+    cache_actions = cache.add_subparsers(dest="action", required=True)
+    cache_actions.add_parser("stats", help="answers kept, per endpoint").add_argument(
+        "--json", action="store_true"
+    )
+    cache_actions.add_parser("clear", help="forget kept answers").add_argument(
+        "--endpoint", help="only this endpoint's answers"
+    )
+    cache.set_defaults(handler=_cache)
     return parser
 
 

@@ -5,6 +5,7 @@
 -- values; with failOnError false, the JSON of {result, errorMessage}). aifuncs.sql() rewrites calls
 -- into typed functions instead.
 CREATE OR REPLACE TEMP MACRO ai_query(endpoint, request, returnType := NULL, failOnError := true,
-                                      modelParameters := NULL, responseFormat := NULL) AS
+                                      modelParameters := NULL, responseFormat := NULL,
+                                      cache := NULL) AS
     __aifuncs_ai_query(endpoint, to_json(request), returnType, failOnError,
-                       to_json(modelParameters), responseFormat);
+                       to_json(modelParameters), responseFormat, cache);

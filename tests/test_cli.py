@@ -60,3 +60,26 @@ def test_query_reads_a_file_against_a_database(tmp_path: Path) -> None:
     result = run("query", "--file", str(script), "--db", str(tmp_path / "w.duckdb"), "--format", "json")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == '[{"answer":42}]'
+
+
+def test_cache_stats_clear_and_no_cache_from_the_shell() -> None:
+    from servers import FakeServer
+
+    with FakeServer() as server:
+        url = f"url={server.url}/invocations"
+        assert (
+            run(
+                "endpoints", "create", "double", "--kind", "serving", "-o", url, "-o", "returns=BIGINT"
+            ).returncode
+            == 0
+        )
+        query = "SELECT sum(ai_query('double', i % 10))::BIGINT AS s FROM range(100) t(i)"
+        assert run("query", query, "--format", "csv", "--no-cache").stdout.split() == ["s", "900"]
+        assert run("cache", "stats").stdout.startswith("0 answers")
+        assert run("query", query, "--format", "csv").stdout.split() == ["s", "900"]
+        assert run("query", query, "--format", "csv").stdout.split() == ["s", "900"]
+        assert server.stats.rows == 20  # 10 distinct per run: --no-cache, then the first cached run only
+        stats = run("cache", "stats")
+        assert stats.stdout.startswith("10 answers") and "double" in stats.stdout
+        assert run("cache", "clear", "--endpoint", "double").stdout.startswith("Forgot 10 answers")
+        assert '"answers": 0' in run("cache", "stats", "--json").stdout

@@ -76,7 +76,7 @@ def install(con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None) -> d
         con,
         "__aifuncs_ai_query",
         _generic_ai_query(runtime),
-        ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"],
+        ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR", "BOOLEAN"],
         "VARCHAR",
     )
     _udf(con, "__aifuncs_endpoints", _endpoints_snapshot, [], ENDPOINTS_TYPE)
@@ -199,6 +199,7 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
                 call.fail_on_error,
                 call.model_parameters,
                 call.response_format,
+                call.cache,
                 request_ddl,
             ],
             default=str,
@@ -274,14 +275,17 @@ def _generic_ai_query(runtime: Runtime) -> Callable[..., pa.Array]:
         fail_on_error: pa.Array,
         parameters: pa.Array,
         response_format: pa.Array,
+        cache: pa.Array,
     ) -> pa.Array:
-        columns = [_as_array(c) for c in (endpoint, return_type, fail_on_error, parameters, response_format)]
-        options = pa.Table.from_arrays(columns, names=["e", "t", "f", "p", "r"])
+        columns = [
+            _as_array(c) for c in (endpoint, return_type, fail_on_error, parameters, response_format, cache)
+        ]
+        options = pa.Table.from_arrays(columns, names=["e", "t", "f", "p", "r", "c"])
         requests = _as_array(request)
         result: list[Any] = [None] * len(requests)
         groups = (
             options.append_column("i", pa.array(range(len(requests)), pa.int64()))
-            .group_by(["e", "t", "f", "p", "r"], use_threads=False)
+            .group_by(["e", "t", "f", "p", "r", "c"], use_threads=False)
             .aggregate([("i", "list")])
         )
         for group in groups.to_pylist():
@@ -296,6 +300,7 @@ def _generic_ai_query(runtime: Runtime) -> Callable[..., pa.Array]:
                 fail_on_error=True if group["f"] is None else group["f"],
                 model_parameters=json.loads(group["p"]) if group["p"] else None,
                 response_format=group["r"],
+                cache=group["c"],
             )
             values = runtime.run_call(call, decode_json(requests.take(rows)))
             for row, text in zip(group["i_list"], _as_text(values).to_pylist(), strict=True):

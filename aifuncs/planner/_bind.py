@@ -24,6 +24,7 @@ def bind_call(
     fail_on_error: bool = True,
     model_parameters: dict[str, Any] | None = None,
     response_format: str | None = None,
+    cache: bool | None = None,
 ) -> CallSpec:
     """Everything about a call site that does not change per row, checked before any model call."""
     endpoint = default_catalog().get(endpoint_name)  # UnknownEndpoint, with suggestions
@@ -40,6 +41,7 @@ def bind_call(
         model_parameters=tuple(sorted((model_parameters or {}).items())),
         response_format=response_format,
         bulk_rows=provider.bulk_rows,
+        cache=cache,
     )
 
 

@@ -175,6 +175,9 @@ def _rewrite_call(
     parameters = _constant(spec, "modelParameters", args.get("modelParameters"), hooks)
     if parameters is not None and not isinstance(parameters, dict):
         raise ArgumentError(f"{spec.name}: modelParameters must be a struct or map, not {parameters!r}.")
+    cache = _constant(spec, "cache", args.get("cache"), hooks)
+    if cache is not None and not isinstance(cache, bool):
+        raise ArgumentError(f"{spec.name}: cache must be true or false, not {cache!r}.")
     call_spec = bind_call(
         spec.name,
         endpoint.this,
@@ -183,6 +186,7 @@ def _rewrite_call(
         fail_on_error=fail_on_error,
         model_parameters=parameters,
         response_format=_json_text(_constant(spec, "responseFormat", args.get("responseFormat"), hooks)),
+        cache=cache,
     )
     if request_ddl and (column := bulk.try_add(call, request, call_spec)) is not None:
         return column

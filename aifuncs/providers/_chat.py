@@ -50,3 +50,9 @@ def wanted_schema(options: CallOptions) -> tuple[str, dict[str, Any] | None] | N
 def generation_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
     """modelParameters pass through as given (max_tokens, temperature, top_p, stop, and any other)."""
     return dict(parameters or {})
+
+
+def greedy(options: CallOptions) -> bool:
+    """Temperature 0: the model picks its likeliest token each time, so its answer is reproducible."""
+    temperature = (options.parameters or {}).get("temperature")
+    return isinstance(temperature, int | float) and temperature == 0

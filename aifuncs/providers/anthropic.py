@@ -10,7 +10,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from aifuncs.errors import RemoteError
-from aifuncs.providers._chat import generation_parameters, prompts, wanted_schema
+from aifuncs.providers._chat import generation_parameters, greedy, prompts, wanted_schema
 from aifuncs.providers._http import HttpOptions, HttpProvider, join_url
 from aifuncs.providers.base import CallOptions, Prediction
 
@@ -35,6 +35,9 @@ class AnthropicProvider(HttpProvider):
     @property
     def batch_rows(self) -> int:
         return 1
+
+    def deterministic(self, options: CallOptions) -> bool:
+        return greedy(options)
 
     def output_type(self) -> str | None:
         return self.options.returns or "VARCHAR"

@@ -22,6 +22,11 @@ class ProviderOptions(BaseModel):
     )
     max_batch_rows: int | None = Field(default=None, ge=1, description="Rows per model call.")
     max_concurrency: int | None = Field(default=None, ge=1, description="Model calls in flight at once.")
+    cache: bool | None = Field(
+        default=None,
+        description="Keep answers under AIFUNCS_HOME and reuse them. Default: for deterministic calls"
+        " to remote endpoints (in-process models score faster than a cache lookup).",
+    )
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,14 @@ class Provider(ABC):
     @property
     def concurrency(self) -> int:
         return self.options.max_concurrency or self.default_concurrency
+
+    def model_version(self) -> str | None:
+        """The version of the model behind the endpoint where the provider can tell (part of cache keys)."""
+        return None
+
+    def deterministic(self, options: CallOptions) -> bool:
+        """Whether the same request always gets the same answer (so an answer may be reused)."""
+        return not self.returns_text  # a tabular model; text generation depends on its temperature
 
     def input_columns(self) -> list[InputColumn] | None:
         """The named inputs the model expects, or None when it accepts anything."""

@@ -12,7 +12,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from aifuncs.errors import RemoteError
-from aifuncs.providers._chat import generation_parameters, prompts, wanted_schema
+from aifuncs.providers._chat import generation_parameters, greedy, prompts, wanted_schema
 from aifuncs.providers._http import HttpOptions, HttpProvider, join_url
 from aifuncs.providers.base import CallOptions, Prediction
 
@@ -43,6 +43,9 @@ class OpenAIProvider(HttpProvider):
         if self.options.task == "embeddings":
             return self.options.max_batch_rows or 64
         return 1  # one prompt per chat or completion request
+
+    def deterministic(self, options: CallOptions) -> bool:
+        return self.options.task == "embeddings" or greedy(options)
 
     def output_type(self) -> str | None:
         if self.options.returns:

@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aifuncs._home import home
 from aifuncs._types import arrow_type, parse_replies, to_arrow
 from aifuncs.catalog import Endpoint
 from aifuncs.errors import (
@@ -34,8 +38,10 @@ from aifuncs.errors import (
 from aifuncs.providers import Provider, provider_class
 from aifuncs.providers.base import CallOptions, Prediction
 from aifuncs.runtime._call import CallSpec
+from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, from_json_texts, to_json_texts
 from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
 from aifuncs.runtime._loop import BackgroundLoop
+from aifuncs.runtime._store import AnswerStore
 from aifuncs.runtime._usage import UsageLog, UsageRow
 from aifuncs.runtime._usage import now as usage_now
 
@@ -45,6 +51,8 @@ _MAX_MESSAGE = 1000
 T = TypeVar("T")
 
 Scored = tuple[pa.Array, list[str | None]]
+Answer = tuple[str | None, str | None]  # an answer as stored (JSON text), or the error that stands for it
+Keep = Callable[[list[bytes], pa.Array, list[str | None]], Awaitable[None]]
 
 
 def describe(error: BaseException) -> str:
@@ -59,6 +67,11 @@ class Runtime:
         self._limits: dict[str, AdaptiveLimit] = {}
         self.usage = UsageLog()
         self._lock = threading.Lock()
+        self._stores: dict[Path, AnswerStore] = {}
+        self._asking: dict[
+            bytes, asyncio.Future[Answer]
+        ] = {}  # requests in flight, by key (loop thread only)
+        self._awaited: set[bytes] = set()  # ...and those another batch waits for
 
     def provider(self, endpoint: Endpoint) -> Provider:
         """The provider of an endpoint version, built once (models load once per process)."""
@@ -125,7 +138,7 @@ class Runtime:
         if valid_count == 0:
             return pa.nulls(len(requests), output)
         present = requests if valid_count == len(requests) else requests.filter(valid)
-        values, errors = await self._score(call, present, batch_rows)
+        values, errors = await self._resolve(call, present, batch_rows)
         if not call.fail_on_error:
             messages = pa.array(errors, pa.string())
             values = pa.StructArray.from_arrays([values, messages], fields=list(output))
@@ -135,17 +148,156 @@ class Runtime:
         positions = pc.subtract(pc.cumulative_sum(valid.cast(pa.int64())), 1)
         return values.take(pc.if_else(valid, positions, pa.scalar(None, pa.int64())))
 
-    async def _score(self, call: CallSpec, requests: pa.Array, batch_rows: int | None) -> Scored:
+    async def _resolve(self, call: CallSpec, requests: pa.Array, batch_rows: int | None) -> Scored:
+        """Where answers are reusable, send each distinct request once: not at all when the store has its
+        answer, and not again while another batch of this process is asking it (another DuckDB thread,
+        another vector)."""
+        provider = self.provider(call.endpoint)
+        reuse = self._reuse(call, provider)
+        if reuse is None:
+            return await self._score(call, requests, batch_rows)
+        store = self._store() if reuse == "store" else None
+        unique = await asyncio.to_thread(distinct, requests)
+        keys = answer_keys(self._call_identity(call, provider, requests.type), unique.texts)
+        mine: list[int] = []
+        elsewhere: dict[int, asyncio.Future[Answer]] = {}
+        for i, key in enumerate(keys):  # on the loop thread: no other batch interleaves here
+            if (pending := self._asking.get(key)) is not None:
+                elsewhere[i] = pending
+                self._awaited.add(key)
+            else:
+                mine.append(i)
+                self._asking[key] = asyncio.get_running_loop().create_future()
+        # A batch stops "asking" a key only after its answer is committed, so a key neither asked nor
+        # stored when looked up below has truly no answer yet.
+        known: dict[bytes, str] = {}
+        todo: list[int] = mine
+        scored: Scored | None = None
+        try:
+            if store is not None and mine:
+                known = await asyncio.to_thread(store.lookup, [keys[i] for i in mine])
+                todo = [i for i in mine if keys[i] not in known]
+            if todo:
+                values = unique.values if len(todo) == len(keys) else unique.values.take(pa.array(todo))
+                keep = None if store is None else functools.partial(_keep, store, call.endpoint.name)
+                scored = await self._score(call, values, batch_rows, [keys[i] for i in todo], keep)
+        finally:
+            self._tell_waiters(keys, mine, known, todo, scored)
+        texts = {i: known[keys[i]] for i in mine if keys[i] in known}
+        errors: dict[int, str] = {}
+        for i, pending in elsewhere.items():
+            text, error = await pending
+            if text is not None:
+                texts[i] = text
+            else:
+                errors[i] = error or "no answer"
+        if errors and call.fail_on_error:
+            raise ModelError(call.endpoint.name, 1, next(iter(errors.values())))
+        target = arrow_type(call.result_type)
+        values, row_errors = _assemble(
+            call, len(keys), todo, scored or (pa.array([], target), []), texts, errors
+        )
+        return unique.expand(values), unique.expand_list(row_errors)
+
+    def _tell_waiters(
+        self,
+        keys: list[bytes],
+        mine: list[int],
+        known: dict[bytes, str],
+        todo: list[int],
+        scored: Scored | None,
+    ) -> None:
+        """Settle the futures of the requests this batch was asking, whatever happened to it."""
+        waited = [i for i in mine if keys[i] in self._awaited]
+        answers: dict[int, Answer] = {}
+        if waited:
+            if scored is not None:
+                texts = to_json_texts(scored[0]).to_pylist()
+                for i, text, error in zip(todo, texts, scored[1], strict=True):
+                    answers[i] = (text if error is None else None, error)
+            for i in mine:
+                if keys[i] in known:
+                    answers[i] = (known[keys[i]], None)
+        for i in mine:
+            pending = self._asking.pop(keys[i])
+            if keys[i] in self._awaited:
+                self._awaited.discard(keys[i])
+                pending.set_result(answers.get(i, (None, "the batch that was asking it failed")))
+
+    def _reuse(self, call: CallSpec, provider: Provider) -> str | None:
+        """How answers of this call may be reused: "store" (kept under AIFUNCS_HOME, shared by later
+        queries), "query" (duplicates within this process's batches only), or None (every row is asked:
+        a model that samples must give each row its own answer)."""
+        wanted = call.cache if call.cache is not None else provider.options.cache
+        if wanted is False:
+            return None
+        if wanted is None:
+            options = CallOptions(call.parameters, call.response_format, call.result_type)
+            if not provider.deterministic(options) or provider.in_process:
+                return None  # in-process models score a row faster than its duplicate is found
+        if os.environ.get("AIFUNCS_CACHE", "").lower() in ("0", "off", "false", "no"):
+            return "query"
+        return "store"
+
+    def _store(self) -> AnswerStore:
+        path = home() / "answers.db"
+        with self._lock:
+            store = self._stores.get(path)
+            if store is None:
+                store = self._stores[path] = AnswerStore(path)
+            return store
+
+    def _call_identity(self, call: CallSpec, provider: Provider, request_type: pa.DataType) -> bytes:
+        endpoint = call.endpoint
+        return call_identity(
+            call.function,
+            endpoint.name,
+            endpoint.version,
+            endpoint.kind,
+            endpoint.options,
+            provider.model_version(),
+            call.result_type,
+            call.model_parameters,
+            call.response_format,
+            str(request_type),
+        )
+
+    async def _score(
+        self,
+        call: CallSpec,
+        requests: pa.Array,
+        batch_rows: int | None,
+        keys: list[bytes] | None = None,
+        keep: Keep | None = None,
+    ) -> Scored:
         provider = self.provider(call.endpoint)
         target = arrow_type(call.result_type)
         limit = self._limit(call.endpoint, provider.concurrency)
         size = batch_rows or provider.batch_rows
-        chunks = [requests.slice(start, size) for start in range(0, len(requests), size)]
-        parts = await _all_or_nothing([self._score_chunk(provider, call, c, target, limit) for c in chunks])
+        chunks = [
+            self._score_chunk(
+                provider,
+                call,
+                requests.slice(start, size),
+                target,
+                limit,
+                None if keys is None else keys[start : start + size],
+                keep,
+            )
+            for start in range(0, len(requests), size)
+        ]
+        parts = await _all_or_nothing(chunks)
         return _concat(parts, target)
 
     async def _score_chunk(
-        self, provider: Provider, call: CallSpec, chunk: pa.Array, target: pa.DataType, limit: AdaptiveLimit
+        self,
+        provider: Provider,
+        call: CallSpec,
+        chunk: pa.Array,
+        target: pa.DataType,
+        limit: AdaptiveLimit,
+        keys: list[bytes] | None = None,
+        keep: Keep | None = None,
     ) -> Scored:
         try:
             output = await self._predict(provider, call, chunk, limit)
@@ -158,7 +310,6 @@ class Runtime:
                 values, row_errors = to_arrow(output, target), [None] * len(chunk)
             if len(values) != len(chunk):
                 raise ResultTypeError(f"The model returned {len(values)} results for {len(chunk)} requests.")
-            return values, row_errors
         except ConfigError:
             raise  # the endpoint itself is broken: no row can succeed
         except Exception as error:
@@ -170,10 +321,17 @@ class Runtime:
             # Bisect to find the rows that fail; the others keep their answers.
             half = len(chunk) // 2
             parts = await asyncio.gather(
-                self._score_chunk(provider, call, chunk.slice(0, half), target, limit),
-                self._score_chunk(provider, call, chunk.slice(half), target, limit),
+                self._score_chunk(
+                    provider, call, chunk.slice(0, half), target, limit, keys and keys[:half], keep
+                ),
+                self._score_chunk(
+                    provider, call, chunk.slice(half), target, limit, keys and keys[half:], keep
+                ),
             )
             return _concat(list(parts), target)
+        if keep is not None and keys is not None:
+            await keep(keys, values, row_errors)  # stored before the query goes on: a rerun resumes here
+        return values, row_errors
 
     async def _predict(
         self, provider: Provider, call: CallSpec, chunk: pa.Array, limit: AdaptiveLimit
@@ -286,6 +444,39 @@ def _identity(endpoint: Endpoint) -> str:
     return json.dumps(
         [endpoint.name, endpoint.version, endpoint.kind, endpoint.options], sort_keys=True, default=str
     )
+
+
+async def _keep(
+    store: AnswerStore, endpoint: str, keys: list[bytes], values: pa.Array, errors: list[str | None]
+) -> None:
+    """Store a request's answers (never its failures)."""
+    texts = (await asyncio.to_thread(to_json_texts, values)).to_pylist()
+    await store.put(endpoint, ((k, t) for k, t, e in zip(keys, texts, errors, strict=True) if e is None))
+
+
+def _assemble(
+    call: CallSpec, count: int, todo: list[int], scored: Scored, texts: dict[int, str], errors: dict[int, str]
+) -> Scored:
+    """Answers for the distinct requests, in their order, from what was scored, stored or answered elsewhere."""
+    target = arrow_type(call.result_type)
+    if len(todo) == count:
+        return scored
+    order = list(texts)
+    parts = [scored[0], from_json_texts([texts[i] for i in order], call.result_type, target)]
+    position = np.empty(count, dtype=np.int64)
+    position[todo] = np.arange(len(todo))
+    position[order] = len(todo) + np.arange(len(order))
+    failed = list(errors)
+    if failed:
+        parts.append(pa.nulls(len(failed), target))
+        position[failed] = len(todo) + len(order) + np.arange(len(failed))
+    values = pa.concat_arrays(parts).take(pa.array(position))
+    row_errors: list[str | None] = [None] * count
+    for i, error in zip(todo, scored[1], strict=True):
+        row_errors[i] = error
+    for i, error in errors.items():
+        row_errors[i] = error
+    return values, row_errors
 
 
 def _concat(parts: list[Scored], target: pa.DataType) -> Scored:

@@ -20,6 +20,7 @@ class CallSpec:
     model_parameters: tuple[tuple[str, Any], ...] = ()
     response_format: str | None = None
     bulk_rows: int | None = None  # rows per model call when the planner scores a whole column at once
+    cache: bool | None = None  # the call's `cache` argument: None lets the endpoint decide
 
     @property
     def output_type(self) -> str:

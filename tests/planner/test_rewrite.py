@@ -27,6 +27,7 @@ def test_spec_is_read_from_udfs() -> None:
         "failOnError",
         "modelParameters",
         "responseFormat",
+        "cache",
     ]
     assert spec.param("failonerror").default is True  # type: ignore[union-attr]
 
@@ -59,8 +60,8 @@ def test_binding_errors() -> None:
         bind_arguments(spec, _call("SELECT ai_query('e', x, request => y)"))  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match="positional argument follows a named one"):
         bind_arguments(spec, _call("SELECT ai_query('e', returnType => 'INT', x)"))  # type: ignore[arg-type]
-    with pytest.raises(ArgumentError, match="at most 6 arguments"):
-        bind_arguments(spec, _call("SELECT ai_query(1, 2, 3, 4, 5, 6, 7)"))  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="at most 7 arguments"):
+        bind_arguments(spec, _call("SELECT ai_query(1, 2, 3, 4, 5, 6, 7, 8)"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

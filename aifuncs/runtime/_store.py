@@ -1,0 +1,172 @@
+"""The answer store: model answers kept under AIFUNCS_HOME (`answers.db`), keyed by call and request.
+
+It serves two purposes with one table. The *cache*: a deterministic call (a tabular model, an LLM at
+temperature 0) asked the same question again, in this query or a later one, is answered from here.
+*Resumption*: answers are written as each request completes, before the query goes on, so a query
+killed half-way and run again only sends the requests that had no answer yet.
+
+Writes go through one writer thread that commits whatever has queued up in one transaction, so many
+requests finishing together cost one commit and the event loop never waits on the disk. A request's
+answers count as stored only once their commit is done. Failures are never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    key BLOB PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS answers_by_endpoint ON answers(endpoint);
+"""
+_LOOKUP_CHUNK = 500  # keys per SELECT ... IN (...): under SQLite's variable limit
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    path: Path
+    answers: int
+    endpoints: dict[str, int]
+    bytes: int
+
+
+class AnswerStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def lookup(self, keys: Sequence[bytes]) -> dict[bytes, str]:
+        """The stored answers among `keys`, as the JSON text they were stored as."""
+        found: dict[bytes, str] = {}
+        db = self._reader()
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                db.execute(f"SELECT key, value FROM answers WHERE key IN ({marks})", chunk).fetchall()
+            )
+        return found
+
+    async def put(self, endpoint: str, items: Iterable[tuple[bytes, str]]) -> None:
+        """Store answers; returns once they are committed (they survive the process being killed)."""
+        rows = [(key, endpoint, value) for key, value in items]
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._start_writer()
+        self._writes.put(_Write(rows, loop, done))
+        await done
+
+    def stats(self) -> StoreStats:
+        if not self.path.exists():
+            return StoreStats(self.path, 0, {}, 0)
+        db = self._reader()
+        endpoints = dict(db.execute("SELECT endpoint, count(*) FROM answers GROUP BY endpoint ORDER BY 1"))
+        size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+        return StoreStats(self.path, sum(endpoints.values()), endpoints, size)
+
+    def clear(self, endpoint: str | None = None) -> int:
+        """Forget stored answers (of one endpoint, or all); returns how many."""
+        db = _connect(self.path)
+        try:
+            with db:
+                if endpoint is None:
+                    return db.execute("DELETE FROM answers").rowcount
+                return db.execute("DELETE FROM answers WHERE endpoint = ?", (endpoint,)).rowcount
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writes.put(None)
+                self._writer.join(timeout=30)
+                self._writer = None
+
+    def _reader(self) -> sqlite3.Connection:
+        # One connection per thread: DuckDB calls UDFs from several threads at once.
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = _connect(self.path)
+        return db
+
+    def _start_writer(self) -> None:
+        with self._lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, name="aifuncs-store", daemon=True)
+                self._writer.start()
+
+    def _write_loop(self) -> None:
+        db = _connect(self.path)
+        try:
+            while True:
+                first = self._writes.get()
+                if first is None:
+                    return
+                batch = [first]
+                while True:  # everything queued meanwhile goes into the same transaction
+                    try:
+                        more = self._writes.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self._writes.put(None)
+                        break
+                    batch.append(more)
+                error: BaseException | None = None
+                try:
+                    now = time.time()
+                    with db:
+                        db.executemany(
+                            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
+                            [(key, endpoint, value, now) for w in batch for key, endpoint, value in w.rows],
+                        )
+                except sqlite3.Error as failure:
+                    error = failure
+                for write in batch:
+                    write.finish(error)
+        finally:
+            db.close()
+
+
+@dataclass
+class _Write:
+    rows: list[tuple[bytes, str, str]]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[None]
+
+    def finish(self, error: BaseException | None) -> None:
+        def settle() -> None:
+            if self.done.done():
+                return
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
+
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(settle)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a killed process; WAL keeps it consistent
+    db.executescript(_SCHEMA)
+    return db
