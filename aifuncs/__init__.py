@@ -11,9 +11,19 @@ from __future__ import annotations
 from aifuncs import cache
 from aifuncs import catalog as endpoints
 from aifuncs.catalog import Endpoint
-from aifuncs.engines.duckdb import connect, install, sql
+from aifuncs.engines.duckdb import connect, explain, install, sql
 from aifuncs.errors import AifuncsError
 
 __version__ = "0.1.0"
 
-__all__ = ["AifuncsError", "Endpoint", "cache", "connect", "endpoints", "install", "sql", "__version__"]
+__all__ = [
+    "AifuncsError",
+    "Endpoint",
+    "cache",
+    "connect",
+    "endpoints",
+    "explain",
+    "install",
+    "sql",
+    "__version__",
+]

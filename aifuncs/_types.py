@@ -55,17 +55,17 @@ def arrow_type(ddl: str) -> pa.DataType:
             schema = _probe().sql(f"SELECT CAST(NULL AS {ddl}) AS v LIMIT 0").to_arrow_table().schema
         except duckdb.Error as error:
             raise ArgumentError(f"{ddl!r} is not a DuckDB type: {str(error).splitlines()[0]}") from None
-    return _plain_strings(schema.field("v").type)
+    return plain_type(schema.field("v").type)
 
 
-def _plain_strings(t: pa.DataType) -> pa.DataType:
+def plain_type(t: pa.DataType) -> pa.DataType:
     """DuckDB may export VARCHAR as string_view; plain strings are what pandas and models produce."""
     if pa.types.is_string_view(t) or pa.types.is_large_string(t):
         return pa.string()
     if pa.types.is_struct(t):
-        return pa.struct([pa.field(f.name, _plain_strings(f.type), f.nullable) for f in t])
+        return pa.struct([pa.field(f.name, plain_type(f.type), f.nullable) for f in t])
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t):
-        return pa.list_(_plain_strings(t.value_type))
+        return pa.list_(plain_type(t.value_type))
     return t
 
 

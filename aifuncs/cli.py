@@ -78,9 +78,7 @@ def _query(args: argparse.Namespace) -> int:
     if args.no_cache:
         os.environ["AIFUNCS_CACHE"] = "off"  # this process only: read the runtime's switch
 
-    text = open(args.file).read() if args.file else args.sql
-    if not text:
-        raise AifuncsError("Give the SQL as an argument or with --file PATH.")
+    text = _sql_text(args)
     con = connect(args.db)
     try:
         for statement, relation in sql_each(con, text, dialect=args.dialect):
@@ -95,6 +93,29 @@ def _query(args: argparse.Namespace) -> int:
     finally:
         con.close()
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from aifuncs.engines.duckdb import connect, explain
+
+    text = _sql_text(args)
+    con = connect(args.db)
+    try:
+        explanation = explain(con, text, dialect=args.dialect)
+    finally:
+        con.close()
+    if args.json:
+        print(json.dumps([c.to_dict() for c in explanation.calls], indent=2))
+    else:
+        print(explanation)
+    return 0
+
+
+def _sql_text(args: argparse.Namespace) -> str:
+    text: str | None = open(args.file).read() if args.file else args.sql
+    if not text:
+        raise AifuncsError("Give the SQL as an argument or with --file PATH.")
+    return text
 
 
 def _cache(args: argparse.Namespace) -> int:
@@ -181,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-cache", action="store_true", help="neither reuse nor keep answers (de-duplication stays)"
     )
     query.set_defaults(handler=_query)
+
+    explain = commands.add_parser(
+        "explain", help="show what a query's AI calls will send and cost, calling no model"
+    )
+    explain.add_argument("sql", nargs="?")
+    explain.add_argument("--file", "-f", help="read the SQL from a file")
+    explain.add_argument("--db", default=":memory:", help="DuckDB database file (default: in memory)")
+    explain.add_argument("--dialect", default="duckdb", choices=["duckdb", "databricks"])
+    explain.add_argument("--json", action="store_true")
+    explain.set_defaults(handler=_explain)
 
     cache = commands.add_parser("cache", help="the kept answers under AIFUNCS_HOME")
     cache_actions = cache.add_subparsers(dest="action", required=True)

@@ -13,6 +13,7 @@ import json
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ import pyarrow.json as pa_json
 from aifuncs._home import resource_dir
 from aifuncs._types import arrow_type, to_arrow
 from aifuncs.catalog import default_catalog
+from aifuncs.engines._explain import explain_calls
 from aifuncs.errors import AifuncsError
 from aifuncs.planner import EngineHooks, PlannedStatement, Prescore, bind_call, rewrite, split_statements
+from aifuncs.planner._cost import CallEstimate, render
 from aifuncs.runtime import CallSpec, Runtime, default_runtime
 
 __all__ = ["connect", "install", "sql", "sql_each"]
@@ -94,6 +97,28 @@ def sql(
     for _, relation in sql_each(con, query, dialect=dialect):
         result = relation
     return result
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What a query's AI calls will send and cost; `str()` renders it as `aifuncs explain` prints it."""
+
+    calls: list[CallEstimate]
+
+    def __str__(self) -> str:
+        return render(self.calls)
+
+    @property
+    def cost_usd(self) -> float | None:
+        costs = [c.cost_usd for c in self.calls if c.cost_usd is not None]
+        return sum(costs) if costs else None
+
+
+def explain(con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckdb") -> Explanation:
+    """Each AI call of `query`: endpoint, rows, distinct and cached requests, requests to send, tokens and
+    cost, measured with plain SQL before any model is called. Nothing is executed but those counts."""
+    install(con)
+    return Explanation(explain_calls(con, query, dialect, _hooks(con), default_runtime()))
 
 
 def sql_each(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aifuncs.planner._bind import bind_call, check_request
 from aifuncs.planner._bulk import Prescore
 from aifuncs.planner._rewrite import (
+    CallSite,
     EngineHooks,
     PlannedStatement,
     bind_arguments,
@@ -13,6 +14,7 @@ from aifuncs.planner._rewrite import (
 )
 
 __all__ = [
+    "CallSite",
     "EngineHooks",
     "PlannedStatement",
     "Prescore",

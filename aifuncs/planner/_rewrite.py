@@ -41,11 +41,23 @@ class EngineHooks:
 
 
 @dataclass(frozen=True)
+class CallSite:
+    """One AI call of a statement, as EXPLAIN shows it."""
+
+    text: str  # the call as written (DuckDB SQL)
+    call: CallSpec
+    probe: str | None  # a query whose one column is the request, over the call's scope; None when unknown
+    request_type: str | None  # DuckDB DDL of the request (None: passed as JSON)
+    bulk: bool  # scored ahead of the statement (the bulk path) rather than streamed through a UDF
+
+
+@dataclass(frozen=True)
 class PlannedStatement:
-    """One statement to run: its DuckDB SQL and the columns to score before it (the bulk path)."""
+    """One statement to run: its DuckDB SQL, the columns to score before it (the bulk path), its AI calls."""
 
     sql: str
     prescores: tuple[Prescore, ...] = field(default=())
+    calls: tuple[CallSite, ...] = field(default=())
 
 
 def rewrite(query: str, dialect: str, hooks: EngineHooks) -> list[PlannedStatement]:
@@ -100,14 +112,21 @@ def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
 
 def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks) -> PlannedStatement:
     bulk = BulkPlanner(hooks.is_table, hooks.volatile)
+    sites: list[tuple[int, CallSite]] = []
+    reading_order = {id(node): i for i, node in enumerate(tree.walk(bfs=False))}
     for call in _ai_calls(tree):
         spec = get_spec(call.name)
         assert spec is not None
-        replacement = _rewrite_call(spec, call, hooks, bulk)
-        if replacement is not None:
+        text = call.sql("duckdb", normalize_functions="lower")
+        rewritten = _rewrite_call(spec, call, hooks, bulk)
+        if rewritten is not None:
+            replacement, site = rewritten
+            sites.append((reading_order[id(call)], CallSite(text, *site)))
             call.replace(replacement)
     prescores = tuple(bulk.finish())
-    return PlannedStatement(tree.sql("duckdb"), prescores)
+    return PlannedStatement(
+        tree.sql("duckdb"), prescores, tuple(site for _, site in sorted(sites, key=lambda s: s[0]))
+    )
 
 
 def bind_arguments(spec: FunctionSpec, call: exp.Anonymous) -> dict[str, exp.Expr]:
@@ -161,13 +180,14 @@ def _constant(spec: FunctionSpec, name: str, value: exp.Expr | None, hooks: Engi
 
 def _rewrite_call(
     spec: FunctionSpec, call: exp.Anonymous, hooks: EngineHooks, bulk: BulkPlanner
-) -> exp.Expr | None:
+) -> tuple[exp.Expr, tuple[CallSpec, str | None, str | None, bool]] | None:
     args = bind_arguments(spec, call)
     endpoint = args["endpoint"]
     if not (isinstance(endpoint, exp.Literal) and endpoint.is_string):
         return None  # a per-row endpoint: left to the generic function, which resolves each row
     request = args["request"]
-    request_ddl = _probe_type(call, request, hooks)
+    probe = _probe(call, request)
+    request_ddl = _probe_type(probe, hooks)
     request_type: pa.DataType | None = arrow_type(request_ddl) if request_ddl else None
     fail_on_error = _constant(spec, "failOnError", args.get("failOnError"), hooks)
     if not isinstance(fail_on_error, bool):
@@ -188,23 +208,32 @@ def _rewrite_call(
         response_format=_json_text(_constant(spec, "responseFormat", args.get("responseFormat"), hooks)),
         cache=cache,
     )
+    site = (call_spec, probe if request_ddl else None, request_ddl)
     if request_ddl and (column := bulk.try_add(call, request, call_spec)) is not None:
-        return column
+        return column, (*site, True)
     function = hooks.register(call_spec, request_ddl)
     argument = request.copy() if request_ddl else exp.Anonymous(this="to_json", expressions=[request.copy()])
-    return exp.Anonymous(this=function, expressions=[argument])
+    return exp.Anonymous(this=function, expressions=[argument]), (*site, False)
 
 
 def _json_text(value: Any) -> str | None:
     return value if value is None or isinstance(value, str) else json.dumps(value)
 
 
-def _probe_type(call: exp.Expr, request: exp.Expr, hooks: EngineHooks) -> str | None:
+def _probe_type(probe: str, hooks: EngineHooks) -> str | None:
     """The DuckDB type of the request at the call site, found by DESCRIBE of a query over the call's scope.
 
     None when the scope cannot be isolated (e.g. a correlated subquery); the call then passes its
     request as JSON, which works for every type at some cost in speed.
     """
+    try:
+        return hooks.describe(probe)
+    except Exception:
+        return None
+
+
+def _probe(call: exp.Expr, request: exp.Expr) -> str:
+    """A query whose one column (`__aifuncs_request`) is the call's request, over the call's scope."""
     probe = exp.Select(expressions=[request.copy().as_(PROBE_ALIAS)])
     scope = call.find_ancestor(exp.Select)
     if scope is not None:
@@ -223,7 +252,4 @@ def _probe_type(call: exp.Expr, request: exp.Expr, hooks: EngineHooks) -> str | 
     ]
     if ctes:
         probe.set("with_", exp.With(expressions=ctes))
-    try:
-        return hooks.describe(probe.sql("duckdb"))
-    except Exception:
-        return None
+    return probe.sql("duckdb")

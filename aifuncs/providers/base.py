@@ -22,6 +22,15 @@ class ProviderOptions(BaseModel):
     )
     max_batch_rows: int | None = Field(default=None, ge=1, description="Rows per model call.")
     max_concurrency: int | None = Field(default=None, ge=1, description="Model calls in flight at once.")
+    usd_per_1m_input_tokens: float | None = Field(
+        default=None, ge=0, description="Price, for cost estimates."
+    )
+    usd_per_1m_output_tokens: float | None = Field(
+        default=None, ge=0, description="Price, for cost estimates."
+    )
+    usd_per_1k_rows: float | None = Field(
+        default=None, ge=0, description="Price per row sent, for estimates."
+    )
     cache: bool | None = Field(
         default=None,
         description="Keep answers under AIFUNCS_HOME and reuse them. Default: for deterministic calls"

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aifuncs._home import home
-from aifuncs._types import arrow_type, parse_replies, to_arrow
+from aifuncs._types import arrow_type, parse_replies, plain_type, to_arrow
 from aifuncs.catalog import Endpoint
 from aifuncs.errors import (
     AifuncsError,
@@ -153,7 +153,7 @@ class Runtime:
         answer, and not again while another batch of this process is asking it (another DuckDB thread,
         another vector)."""
         provider = self.provider(call.endpoint)
-        reuse = self._reuse(call, provider)
+        reuse = self.reuse(call)
         if reuse is None:
             return await self._score(call, requests, batch_rows)
         store = self._store() if reuse == "store" else None
@@ -224,10 +224,11 @@ class Runtime:
                 self._awaited.discard(keys[i])
                 pending.set_result(answers.get(i, (None, "the batch that was asking it failed")))
 
-    def _reuse(self, call: CallSpec, provider: Provider) -> str | None:
+    def reuse(self, call: CallSpec) -> str | None:
         """How answers of this call may be reused: "store" (kept under AIFUNCS_HOME, shared by later
         queries), "query" (duplicates within this process's batches only), or None (every row is asked:
         a model that samples must give each row its own answer)."""
+        provider = self.provider(call.endpoint)
         wanted = call.cache if call.cache is not None else provider.options.cache
         if wanted is False:
             return None
@@ -238,6 +239,14 @@ class Runtime:
         if os.environ.get("AIFUNCS_CACHE", "").lower() in ("0", "off", "false", "no"):
             return "query"
         return "store"
+
+    def stored(self, call: CallSpec, request_type: pa.DataType, texts: list[str]) -> int:
+        """How many of these distinct requests (canonical JSON, as `to_json_texts` writes them) the store
+        can answer for this call: what EXPLAIN reports as cached."""
+        if self.reuse(call) != "store" or not texts:
+            return 0
+        keys = answer_keys(self._call_identity(call, self.provider(call.endpoint), request_type), texts)
+        return len(self._store().lookup(keys))
 
     def _store(self) -> AnswerStore:
         path = home() / "answers.db"
@@ -259,7 +268,7 @@ class Runtime:
             call.result_type,
             call.model_parameters,
             call.response_format,
-            str(request_type),
+            str(plain_type(request_type)),  # DuckDB may hand VARCHAR over as string or string_view
         )
 
     async def _score(
