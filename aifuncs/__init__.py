@@ -13,6 +13,7 @@ from aifuncs import catalog as endpoints
 from aifuncs.catalog import Endpoint
 from aifuncs.engines.duckdb import connect, explain, install, sql
 from aifuncs.errors import AifuncsError
+from aifuncs.runtime import set_session_budget
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "endpoints",
     "explain",
     "install",
+    "set_session_budget",
     "sql",
     "__version__",
 ]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import duckdb
 
-from aifuncs.errors import AifuncsError
+from aifuncs.errors import AifuncsError, BudgetExceeded
+
+BUDGET_MESSAGE = re.compile(r"The (query|session) budget")
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -74,14 +77,16 @@ def _endpoints(args: argparse.Namespace) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     from aifuncs.engines.duckdb import connect, sql_each
+    from aifuncs.runtime import Budget
 
     if args.no_cache:
         os.environ["AIFUNCS_CACHE"] = "off"  # this process only: read the runtime's switch
 
     text = _sql_text(args)
+    budget = Budget(args.max_requests, args.max_tokens, args.max_cost)
     con = connect(args.db)
     try:
-        for statement, relation in sql_each(con, text, dialect=args.dialect):
+        for statement, relation in sql_each(con, text, dialect=args.dialect, budget=budget):
             if relation is None or not _returns_rows(statement):
                 continue
             if args.format == "csv":
@@ -201,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument(
         "--no-cache", action="store_true", help="neither reuse nor keep answers (de-duplication stays)"
     )
+    query.add_argument(
+        "--max-cost", type=float, metavar="USD", help="refuse or stop the query past this cost"
+    )
+    query.add_argument("--max-requests", type=int, metavar="N", help="... past this many model requests")
+    query.add_argument("--max-tokens", type=int, metavar="N", help="... past this many tokens")
     query.set_defaults(handler=_query)
 
     explain = commands.add_parser(
@@ -225,18 +235,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_ERROR = 1
+EXIT_BUDGET = 3  # a budget refused or stopped the query: a scheduler may retry with a larger one
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except BudgetExceeded as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BUDGET
     except AifuncsError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except duckdb.Error as error:
         # UDF failures arrive wrapped by DuckDB; show the message without the wrapping.
         message = str(error).replace("Python exception occurred while executing the UDF: ", "")
         print(f"error: {message}", file=sys.stderr)
-        return 1
+        budget = isinstance(error.__cause__, BudgetExceeded) or BUDGET_MESSAGE.search(message)
+        return EXIT_BUDGET if budget else EXIT_ERROR
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -101,3 +101,8 @@ class RemoteError(AifuncsError):
 
 class ReplyParseError(AifuncsError):
     """A model's text reply does not parse into the call's result type."""
+
+
+class BudgetExceeded(AifuncsError):
+    """A query would exceed, or has reached, a limit on requests, tokens or cost. Answers already
+    received are kept (where the call's answers are reusable), so a rerun with a larger budget resumes."""

@@ -31,7 +31,7 @@ from aifuncs.engines._explain import explain_calls
 from aifuncs.errors import AifuncsError
 from aifuncs.planner import EngineHooks, PlannedStatement, Prescore, bind_call, rewrite, split_statements
 from aifuncs.planner._cost import CallEstimate, render
-from aifuncs.runtime import CallSpec, Runtime, default_runtime
+from aifuncs.runtime import Budget, CallSpec, Runtime, default_runtime, session_budget
 
 __all__ = ["connect", "install", "sql", "sql_each"]
 
@@ -90,11 +90,23 @@ def install(con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None) -> d
 
 
 def sql(
-    con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckdb"
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    *,
+    dialect: str = "duckdb",
+    max_requests: int | None = None,
+    max_tokens: int | None = None,
+    max_cost_usd: float | None = None,
 ) -> duckdb.DuckDBPyRelation | None:
-    """Run a query with AI functions; returns the relation of the last statement (None for DDL)."""
+    """Run a query with AI functions; returns the relation of the last statement (None for DDL).
+
+    `max_requests`, `max_tokens` and `max_cost_usd` limit what the query may spend (cost from the prices
+    set on its endpoints): a query estimated above a limit is refused before it starts, and one that
+    reaches a limit while running stops sending requests (with what it received kept).
+    """
     result = None
-    for _, relation in sql_each(con, query, dialect=dialect):
+    budget = Budget(max_requests, max_tokens, max_cost_usd)
+    for _, relation in sql_each(con, query, dialect=dialect, budget=budget):
         result = relation
     return result
 
@@ -122,16 +134,35 @@ def explain(con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckd
 
 
 def sql_each(
-    con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckdb"
+    con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckdb", budget: Budget | None = None
 ) -> Iterator[tuple[str, duckdb.DuckDBPyRelation | None]]:
     """Run the statements of a query one by one, yielding each one's text and relation."""
     install(con)
     hooks = _hooks(con)
+    budgets = tuple(b for b in (budget, session_budget()) if b is not None and b.limited)
+    if budgets:
+        _check_estimate(con, query, dialect, hooks, budgets)
     for statement in split_statements(query, dialect):
         result = None
-        for planned in rewrite(statement, dialect, hooks):
+        for planned in rewrite(statement, dialect, hooks, budgets):
             result = _execute(con, planned)
         yield statement, result
+
+
+def _check_estimate(
+    con: duckdb.DuckDBPyConnection, query: str, dialect: str, hooks: EngineHooks, budgets: tuple[Budget, ...]
+) -> None:
+    """Refuse a query whose estimate (as EXPLAIN gives it) exceeds a budget, before anything is sent."""
+    calls = explain_calls(con, query, dialect, hooks, default_runtime())
+
+    def total(values: list[Any]) -> Any:
+        return None if any(v is None for v in values) else sum(values)
+
+    requests = total([c.model_requests for c in calls])
+    tokens = total([(c.input_tokens or 0) + (c.output_tokens or 0) for c in calls])
+    costs = [c.cost_usd for c in calls if c.cost_usd is not None]
+    for budget in budgets:
+        budget.check_estimate(requests, tokens, sum(costs) if costs else None)
 
 
 def _execute(con: duckdb.DuckDBPyConnection, planned: PlannedStatement) -> duckdb.DuckDBPyRelation | None:
@@ -225,6 +256,7 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
                 call.model_parameters,
                 call.response_format,
                 call.cache,
+                [id(b) for b in call.budgets],  # limits are bound into the function
                 request_ddl,
             ],
             default=str,
@@ -326,6 +358,7 @@ def _generic_ai_query(runtime: Runtime) -> Callable[..., pa.Array]:
                 model_parameters=json.loads(group["p"]) if group["p"] else None,
                 response_format=group["r"],
                 cache=group["c"],
+                budgets=tuple(b for b in (session_budget(),) if b is not None),
             )
             values = runtime.run_call(call, decode_json(requests.take(rows)))
             for row, text in zip(group["i_list"], _as_text(values).to_pylist(), strict=True):

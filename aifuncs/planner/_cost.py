@@ -15,6 +15,7 @@ from sqlglot import exp
 
 from aifuncs.functions import get_spec
 from aifuncs.planner._rewrite import CallSite
+from aifuncs.runtime._budget import price
 
 CHARS_PER_TOKEN = 4.0  # the usual rule of thumb for English text with GPT-style tokenizers
 DEFAULT_OUTPUT_TOKENS = 256  # per answer, when neither modelParameters nor the endpoint bounds it
@@ -93,7 +94,7 @@ def estimate(
         output_tokens = to_send * per_answer
         notes.append(f"input tokens estimated at {CHARS_PER_TOKEN:g} characters per token")
 
-    cost = _cost(options, to_send, input_tokens, output_tokens)
+    cost = price(options, to_send, input_tokens, output_tokens)
     if cost is None and to_send:
         notes.append(
             "no prices on the endpoint (usd_per_1m_input_tokens, usd_per_1m_output_tokens, usd_per_1k_rows)"
@@ -117,20 +118,6 @@ def estimate(
         cost_usd=cost,
         notes=notes,
     )
-
-
-def _cost(
-    options: Any, rows: int | None, input_tokens: int | None, output_tokens: int | None
-) -> float | None:
-    prices = (
-        (getattr(options, "usd_per_1k_rows", None), rows, 1e3),
-        (getattr(options, "usd_per_1m_input_tokens", None), input_tokens, 1e6),
-        (getattr(options, "usd_per_1m_output_tokens", None), output_tokens, 1e6),
-    )
-    priced = [(price, amount, per) for price, amount, per in prices if price is not None]
-    if not priced or rows is None:
-        return None
-    return sum(price * (amount or 0) / per for price, amount, per in priced)
 
 
 def measurable(probe: str) -> tuple[str | None, bool]:

@@ -24,7 +24,7 @@ from aifuncs.errors import AifuncsError, ArgumentError, SqlError
 from aifuncs.functions import FunctionSpec, all_specs, get_spec
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore
-from aifuncs.runtime import CallSpec
+from aifuncs.runtime import Budget, CallSpec
 
 PROBE_ALIAS = "__aifuncs_request"
 
@@ -60,7 +60,9 @@ class PlannedStatement:
     calls: tuple[CallSite, ...] = field(default=())
 
 
-def rewrite(query: str, dialect: str, hooks: EngineHooks) -> list[PlannedStatement]:
+def rewrite(
+    query: str, dialect: str, hooks: EngineHooks, budgets: tuple[Budget, ...] = ()
+) -> list[PlannedStatement]:
     """The statements of `query` as DuckDB SQL, every AI call replaced by its specialised UDF."""
     if dialect == "duckdb" and not _mentions_ai_function(query):
         return [PlannedStatement(query)]  # nothing to do: DuckDB reads its own SQL better than any round trip
@@ -72,7 +74,7 @@ def rewrite(query: str, dialect: str, hooks: EngineHooks) -> list[PlannedStateme
         raise SqlError(
             f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}"
         ) from None
-    return [_rewrite_statement(s, hooks) for s in statements]
+    return [_rewrite_statement(s, hooks, budgets) for s in statements]
 
 
 def split_statements(query: str, dialect: str) -> list[str]:
@@ -110,7 +112,7 @@ def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
     return sorted(calls, key=lambda node: -len(list(_ancestors(node))))  # innermost first
 
 
-def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks) -> PlannedStatement:
+def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks, budgets: tuple[Budget, ...]) -> PlannedStatement:
     bulk = BulkPlanner(hooks.is_table, hooks.volatile)
     sites: list[tuple[int, CallSite]] = []
     reading_order = {id(node): i for i, node in enumerate(tree.walk(bfs=False))}
@@ -118,7 +120,7 @@ def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks) -> PlannedStatement:
         spec = get_spec(call.name)
         assert spec is not None
         text = call.sql("duckdb", normalize_functions="lower")
-        rewritten = _rewrite_call(spec, call, hooks, bulk)
+        rewritten = _rewrite_call(spec, call, hooks, bulk, budgets)
         if rewritten is not None:
             replacement, site = rewritten
             sites.append((reading_order[id(call)], CallSite(text, *site)))
@@ -179,7 +181,11 @@ def _constant(spec: FunctionSpec, name: str, value: exp.Expr | None, hooks: Engi
 
 
 def _rewrite_call(
-    spec: FunctionSpec, call: exp.Anonymous, hooks: EngineHooks, bulk: BulkPlanner
+    spec: FunctionSpec,
+    call: exp.Anonymous,
+    hooks: EngineHooks,
+    bulk: BulkPlanner,
+    budgets: tuple[Budget, ...],
 ) -> tuple[exp.Expr, tuple[CallSpec, str | None, str | None, bool]] | None:
     args = bind_arguments(spec, call)
     endpoint = args["endpoint"]
@@ -207,6 +213,7 @@ def _rewrite_call(
         model_parameters=parameters,
         response_format=_json_text(_constant(spec, "responseFormat", args.get("responseFormat"), hooks)),
         cache=cache,
+        budgets=budgets,
     )
     site = (call_spec, probe if request_ddl else None, request_ddl)
     if request_ddl and (column := bulk.try_add(call, request, call_spec)) is not None:

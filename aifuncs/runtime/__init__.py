@@ -29,6 +29,7 @@ from aifuncs._types import arrow_type, parse_replies, plain_type, to_arrow
 from aifuncs.catalog import Endpoint
 from aifuncs.errors import (
     AifuncsError,
+    BudgetExceeded,
     ConfigError,
     ModelError,
     RemoteError,
@@ -37,6 +38,7 @@ from aifuncs.errors import (
 )
 from aifuncs.providers import Provider, provider_class
 from aifuncs.providers.base import CallOptions, Prediction
+from aifuncs.runtime._budget import Budget, price, session_budget, set_session_budget
 from aifuncs.runtime._call import CallSpec
 from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, from_json_texts, to_json_texts
 from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
@@ -45,7 +47,7 @@ from aifuncs.runtime._store import AnswerStore
 from aifuncs.runtime._usage import UsageLog, UsageRow
 from aifuncs.runtime._usage import now as usage_now
 
-__all__ = ["CallSpec", "Runtime", "default_runtime"]
+__all__ = ["Budget", "CallSpec", "Runtime", "default_runtime", "session_budget", "set_session_budget"]
 
 _MAX_MESSAGE = 1000
 T = TypeVar("T")
@@ -283,6 +285,7 @@ class Runtime:
         target = arrow_type(call.result_type)
         limit = self._limit(call.endpoint, provider.concurrency)
         size = batch_rows or provider.batch_rows
+        refused: list[BudgetExceeded] = []
         chunks = [
             self._score_chunk(
                 provider,
@@ -292,10 +295,13 @@ class Runtime:
                 limit,
                 None if keys is None else keys[start : start + size],
                 keep,
+                refused,
             )
             for start in range(0, len(requests), size)
         ]
         parts = await _all_or_nothing(chunks)
+        if refused:  # raised only now: the requests in flight when the budget ran out finished and were kept
+            raise refused[0]
         return _concat(parts, target)
 
     async def _score_chunk(
@@ -307,6 +313,7 @@ class Runtime:
         limit: AdaptiveLimit,
         keys: list[bytes] | None = None,
         keep: Keep | None = None,
+        refused: list[BudgetExceeded] | None = None,
     ) -> Scored:
         try:
             output = await self._predict(provider, call, chunk, limit)
@@ -321,6 +328,11 @@ class Runtime:
                 raise ResultTypeError(f"The model returned {len(values)} results for {len(chunk)} requests.")
         except ConfigError:
             raise  # the endpoint itself is broken: no row can succeed
+        except BudgetExceeded as error:
+            if refused is None:
+                raise
+            refused.append(error)
+            return pa.nulls(len(chunk), target), [str(error)] * len(chunk)
         except Exception as error:
             if call.fail_on_error:
                 raise ModelError(call.endpoint.name, len(chunk), describe(error)) from error
@@ -331,10 +343,10 @@ class Runtime:
             half = len(chunk) // 2
             parts = await asyncio.gather(
                 self._score_chunk(
-                    provider, call, chunk.slice(0, half), target, limit, keys and keys[:half], keep
+                    provider, call, chunk.slice(0, half), target, limit, keys and keys[:half], keep, refused
                 ),
                 self._score_chunk(
-                    provider, call, chunk.slice(half), target, limit, keys and keys[half:], keep
+                    provider, call, chunk.slice(half), target, limit, keys and keys[half:], keep, refused
                 ),
             )
             return _concat(list(parts), target)
@@ -352,11 +364,20 @@ class Runtime:
             attempt += 1
             try:
                 async with limit:
+                    _begin(call.budgets)
                     sent = time.perf_counter()
-                    output = await provider.predict(chunk, options)
+                    try:
+                        output = await provider.predict(chunk, options)
+                    except BaseException:
+                        for budget in call.budgets:
+                            budget.cancel_request()
+                        raise
+                    _spend(call.budgets, provider, len(chunk), output)
                 # In-process models slow down with concurrency by design; only a server's queueing counts.
                 limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
                 break
+            except BudgetExceeded:
+                raise  # not a request: nothing was sent
             except RemoteError as error:
                 if error.status == 429:
                     limit.throttled()
@@ -403,6 +424,28 @@ class Runtime:
         if key not in self._limits:  # only touched on the loop thread
             self._limits[key] = AdaptiveLimit(maximum)
         return self._limits[key]
+
+
+def _begin(budgets: tuple[Budget, ...]) -> None:
+    begun: list[Budget] = []
+    try:
+        for budget in budgets:
+            budget.begin_request()
+            begun.append(budget)
+    except BudgetExceeded:
+        for budget in begun:
+            budget.cancel_request()
+        raise
+
+
+def _spend(budgets: tuple[Budget, ...], provider: Provider, rows: int, output: Any) -> None:
+    if not budgets:
+        return
+    used = output if isinstance(output, Prediction) else Prediction(None)
+    tokens = (used.input_tokens or 0) + (used.output_tokens or 0)
+    cost = price(provider.options, rows, used.input_tokens, used.output_tokens)
+    for budget in budgets:
+        budget.end_request(tokens, cost)
 
 
 async def _all_or_nothing(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:

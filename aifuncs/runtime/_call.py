@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aifuncs._types import error_struct_type
 from aifuncs.catalog import Endpoint
+
+if TYPE_CHECKING:
+    from aifuncs.runtime._budget import Budget
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class CallSpec:
     response_format: str | None = None
     bulk_rows: int | None = None  # rows per model call when the planner scores a whole column at once
     cache: bool | None = None  # the call's `cache` argument: None lets the endpoint decide
+    budgets: tuple[Budget, ...] = ()  # the query's and the session's limits, counted as requests go out
 
     @property
     def output_type(self) -> str:
