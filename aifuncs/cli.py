@@ -86,7 +86,10 @@ def _query(args: argparse.Namespace) -> int:
     budget = Budget(args.max_requests, args.max_tokens, args.max_cost)
     con = connect(args.db)
     try:
-        for statement, relation in sql_each(con, text, dialect=args.dialect, budget=budget):
+        progress = False if args.no_progress else None  # None: on a terminal only
+        for statement, relation in sql_each(
+            con, text, dialect=args.dialect, budget=budget, progress=progress
+        ):
             if relation is None or not _returns_rows(statement):
                 continue
             if args.format == "csv":
@@ -211,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--max-requests", type=int, metavar="N", help="... past this many model requests")
     query.add_argument("--max-tokens", type=int, metavar="N", help="... past this many tokens")
+    query.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
     query.set_defaults(handler=_query)
 
     explain = commands.add_parser(

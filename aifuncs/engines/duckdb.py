@@ -31,7 +31,8 @@ from aifuncs.engines._explain import explain_calls
 from aifuncs.errors import AifuncsError
 from aifuncs.planner import EngineHooks, PlannedStatement, Prescore, bind_call, rewrite, split_statements
 from aifuncs.planner._cost import CallEstimate, render
-from aifuncs.runtime import Budget, CallSpec, Runtime, default_runtime, session_budget
+from aifuncs.runtime import Budget, CallSpec, Meter, Runtime, default_runtime, session_budget
+from aifuncs.runtime._progress import Progress
 
 __all__ = ["connect", "install", "sql", "sql_each"]
 
@@ -97,16 +98,18 @@ def sql(
     max_requests: int | None = None,
     max_tokens: int | None = None,
     max_cost_usd: float | None = None,
+    progress: bool | None = None,
 ) -> duckdb.DuckDBPyRelation | None:
     """Run a query with AI functions; returns the relation of the last statement (None for DDL).
 
     `max_requests`, `max_tokens` and `max_cost_usd` limit what the query may spend (cost from the prices
     set on its endpoints): a query estimated above a limit is refused before it starts, and one that
-    reaches a limit while running stops sending requests (with what it received kept).
+    reaches a limit while running stops sending requests (with what it received kept). `progress` draws a
+    progress line on stderr: by default when stderr is a terminal.
     """
     result = None
     budget = Budget(max_requests, max_tokens, max_cost_usd)
-    for _, relation in sql_each(con, query, dialect=dialect, budget=budget):
+    for _, relation in sql_each(con, query, dialect=dialect, budget=budget, progress=progress):
         result = relation
     return result
 
@@ -134,7 +137,12 @@ def explain(con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckd
 
 
 def sql_each(
-    con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckdb", budget: Budget | None = None
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    *,
+    dialect: str = "duckdb",
+    budget: Budget | None = None,
+    progress: bool | Progress | None = None,
 ) -> Iterator[tuple[str, duckdb.DuckDBPyRelation | None]]:
     """Run the statements of a query one by one, yielding each one's text and relation."""
     install(con)
@@ -142,11 +150,20 @@ def sql_each(
     budgets = tuple(b for b in (budget, session_budget()) if b is not None and b.limited)
     if budgets:
         _check_estimate(con, query, dialect, hooks, budgets)
-    for statement in split_statements(query, dialect):
-        result = None
-        for planned in rewrite(statement, dialect, hooks, budgets):
-            result = _execute(con, planned)
-        yield statement, result
+    line = progress if isinstance(progress, Progress) else Progress.for_terminal(progress)
+    meters: tuple[Meter, ...] = (*budgets, line) if line is not None else budgets
+    ran_to_the_end = True
+    try:
+        for statement in split_statements(query, dialect):
+            result = None
+            for planned in rewrite(statement, dialect, hooks, meters):
+                result = _execute(con, planned, line)
+                # A streamed SELECT runs later, as its rows are fetched: the progress line ends by itself.
+                ran_to_the_end = result is None or bool(planned.prescores) or not planned.calls
+            yield statement, result
+    finally:
+        if line is not None and ran_to_the_end:
+            line.finish()
 
 
 def _check_estimate(
@@ -165,13 +182,18 @@ def _check_estimate(
         budget.check_estimate(requests, tokens, sum(costs) if costs else None)
 
 
-def _execute(con: duckdb.DuckDBPyConnection, planned: PlannedStatement) -> duckdb.DuckDBPyRelation | None:
+def _execute(
+    con: duckdb.DuckDBPyConnection, planned: PlannedStatement, progress: Progress | None = None
+) -> duckdb.DuckDBPyRelation | None:
     if not planned.prescores:
         return con.sql(planned.sql)
     runtime = default_runtime()
     registered = []
     try:
         for prescore in planned.prescores:
+            if progress is not None:
+                (rows,) = con.execute(f"SELECT count(*) FROM ({prescore.source})").fetchall()[0]
+                progress.expect(rows * len(prescore.calls))
             try:
                 scores = _prescore(con, prescore, runtime)
             except AifuncsError as error:
@@ -256,7 +278,7 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
                 call.model_parameters,
                 call.response_format,
                 call.cache,
-                [id(b) for b in call.budgets],  # limits are bound into the function
+                [id(m) for m in call.meters],  # budgets and progress are bound into the function
                 request_ddl,
             ],
             default=str,
@@ -358,7 +380,7 @@ def _generic_ai_query(runtime: Runtime) -> Callable[..., pa.Array]:
                 model_parameters=json.loads(group["p"]) if group["p"] else None,
                 response_format=group["r"],
                 cache=group["c"],
-                budgets=tuple(b for b in (session_budget(),) if b is not None),
+                meters=tuple(b for b in (session_budget(),) if b is not None),
             )
             values = runtime.run_call(call, decode_json(requests.take(rows)))
             for row, text in zip(group["i_list"], _as_text(values).to_pylist(), strict=True):

@@ -10,7 +10,7 @@ from aifuncs._types import to_duckdb_type
 from aifuncs.catalog import default_catalog
 from aifuncs.errors import RequestMismatch
 from aifuncs.providers import InputColumn
-from aifuncs.runtime import Budget, CallSpec, default_runtime
+from aifuncs.runtime import CallSpec, Meter, default_runtime
 
 DEFAULT_RESULT_TYPE = "VARCHAR"
 
@@ -25,7 +25,7 @@ def bind_call(
     model_parameters: dict[str, Any] | None = None,
     response_format: str | None = None,
     cache: bool | None = None,
-    budgets: tuple[Budget, ...] = (),
+    meters: tuple[Meter, ...] = (),
 ) -> CallSpec:
     """Everything about a call site that does not change per row, checked before any model call."""
     endpoint = default_catalog().get(endpoint_name)  # UnknownEndpoint, with suggestions
@@ -43,7 +43,7 @@ def bind_call(
         response_format=response_format,
         bulk_rows=provider.bulk_rows,
         cache=cache,
-        budgets=budgets,
+        meters=meters,
     )
 
 

@@ -24,7 +24,7 @@ from aifuncs.errors import AifuncsError, ArgumentError, SqlError
 from aifuncs.functions import FunctionSpec, all_specs, get_spec
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore
-from aifuncs.runtime import Budget, CallSpec
+from aifuncs.runtime import CallSpec, Meter
 
 PROBE_ALIAS = "__aifuncs_request"
 
@@ -61,7 +61,7 @@ class PlannedStatement:
 
 
 def rewrite(
-    query: str, dialect: str, hooks: EngineHooks, budgets: tuple[Budget, ...] = ()
+    query: str, dialect: str, hooks: EngineHooks, meters: tuple[Meter, ...] = ()
 ) -> list[PlannedStatement]:
     """The statements of `query` as DuckDB SQL, every AI call replaced by its specialised UDF."""
     if dialect == "duckdb" and not _mentions_ai_function(query):
@@ -74,7 +74,7 @@ def rewrite(
         raise SqlError(
             f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}"
         ) from None
-    return [_rewrite_statement(s, hooks, budgets) for s in statements]
+    return [_rewrite_statement(s, hooks, meters) for s in statements]
 
 
 def split_statements(query: str, dialect: str) -> list[str]:
@@ -112,7 +112,7 @@ def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
     return sorted(calls, key=lambda node: -len(list(_ancestors(node))))  # innermost first
 
 
-def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks, budgets: tuple[Budget, ...]) -> PlannedStatement:
+def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks, meters: tuple[Meter, ...]) -> PlannedStatement:
     bulk = BulkPlanner(hooks.is_table, hooks.volatile)
     sites: list[tuple[int, CallSite]] = []
     reading_order = {id(node): i for i, node in enumerate(tree.walk(bfs=False))}
@@ -120,7 +120,7 @@ def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks, budgets: tuple[Budget
         spec = get_spec(call.name)
         assert spec is not None
         text = call.sql("duckdb", normalize_functions="lower")
-        rewritten = _rewrite_call(spec, call, hooks, bulk, budgets)
+        rewritten = _rewrite_call(spec, call, hooks, bulk, meters)
         if rewritten is not None:
             replacement, site = rewritten
             sites.append((reading_order[id(call)], CallSite(text, *site)))
@@ -185,7 +185,7 @@ def _rewrite_call(
     call: exp.Anonymous,
     hooks: EngineHooks,
     bulk: BulkPlanner,
-    budgets: tuple[Budget, ...],
+    meters: tuple[Meter, ...],
 ) -> tuple[exp.Expr, tuple[CallSpec, str | None, str | None, bool]] | None:
     args = bind_arguments(spec, call)
     endpoint = args["endpoint"]
@@ -213,7 +213,7 @@ def _rewrite_call(
         model_parameters=parameters,
         response_format=_json_text(_constant(spec, "responseFormat", args.get("responseFormat"), hooks)),
         cache=cache,
-        budgets=budgets,
+        meters=meters,
     )
     site = (call_spec, probe if request_ddl else None, request_ddl)
     if request_ddl and (column := bulk.try_add(call, request, call_spec)) is not None:

@@ -43,11 +43,20 @@ from aifuncs.runtime._call import CallSpec
 from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, from_json_texts, to_json_texts
 from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
 from aifuncs.runtime._loop import BackgroundLoop
+from aifuncs.runtime._meter import Meter
 from aifuncs.runtime._store import AnswerStore
 from aifuncs.runtime._usage import UsageLog, UsageRow
 from aifuncs.runtime._usage import now as usage_now
 
-__all__ = ["Budget", "CallSpec", "Runtime", "default_runtime", "session_budget", "set_session_budget"]
+__all__ = [
+    "Budget",
+    "CallSpec",
+    "Meter",
+    "Runtime",
+    "default_runtime",
+    "session_budget",
+    "set_session_budget",
+]
 
 _MAX_MESSAGE = 1000
 T = TypeVar("T")
@@ -138,12 +147,16 @@ class Runtime:
         valid = requests.is_valid()
         valid_count = pc.sum(valid).as_py() or 0
         if valid_count == 0:
+            for meter in call.meters:
+                meter.answered(len(requests))
             return pa.nulls(len(requests), output)
         present = requests if valid_count == len(requests) else requests.filter(valid)
         values, errors = await self._resolve(call, present, batch_rows)
         if not call.fail_on_error:
             messages = pa.array(errors, pa.string())
             values = pa.StructArray.from_arrays([values, messages], fields=list(output))
+        for meter in call.meters:
+            meter.answered(len(requests))
         if valid_count == len(requests):
             return values
         # Scatter back: the i-th present row goes to the i-th valid position; NULL requests stay NULL.
@@ -364,15 +377,15 @@ class Runtime:
             attempt += 1
             try:
                 async with limit:
-                    _begin(call.budgets)
+                    _begin(call.meters)
                     sent = time.perf_counter()
                     try:
                         output = await provider.predict(chunk, options)
                     except BaseException:
-                        for budget in call.budgets:
-                            budget.cancel_request()
+                        for meter in call.meters:
+                            meter.cancel_request()
                         raise
-                    _spend(call.budgets, provider, len(chunk), output)
+                    _spend(call.meters, provider, len(chunk), output)
                 # In-process models slow down with concurrency by design; only a server's queueing counts.
                 limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
                 break
@@ -426,26 +439,26 @@ class Runtime:
         return self._limits[key]
 
 
-def _begin(budgets: tuple[Budget, ...]) -> None:
-    begun: list[Budget] = []
+def _begin(meters: tuple[Meter, ...]) -> None:
+    begun: list[Meter] = []
     try:
-        for budget in budgets:
-            budget.begin_request()
-            begun.append(budget)
+        for meter in meters:
+            meter.begin_request()
+            begun.append(meter)
     except BudgetExceeded:
-        for budget in begun:
-            budget.cancel_request()
+        for meter in begun:
+            meter.cancel_request()
         raise
 
 
-def _spend(budgets: tuple[Budget, ...], provider: Provider, rows: int, output: Any) -> None:
-    if not budgets:
+def _spend(meters: tuple[Meter, ...], provider: Provider, rows: int, output: Any) -> None:
+    if not meters:
         return
     used = output if isinstance(output, Prediction) else Prediction(None)
     tokens = (used.input_tokens or 0) + (used.output_tokens or 0)
     cost = price(provider.options, rows, used.input_tokens, used.output_tokens)
-    for budget in budgets:
-        budget.end_request(tokens, cost)
+    for meter in meters:
+        meter.end_request(rows, tokens, cost)
 
 
 async def _all_or_nothing(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:

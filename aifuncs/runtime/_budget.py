@@ -73,7 +73,10 @@ class Budget:
                     )
             self._in_flight += 1
 
-    def end_request(self, tokens: int, cost_usd: float | None) -> None:
+    def answered(self, rows: int) -> None:
+        pass
+
+    def end_request(self, rows: int, tokens: int, cost_usd: float | None) -> None:
         with self._lock:
             self._in_flight -= 1
             self.requests += 1

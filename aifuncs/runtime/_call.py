@@ -9,7 +9,7 @@ from aifuncs._types import error_struct_type
 from aifuncs.catalog import Endpoint
 
 if TYPE_CHECKING:
-    from aifuncs.runtime._budget import Budget
+    from aifuncs.runtime._meter import Meter
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class CallSpec:
     response_format: str | None = None
     bulk_rows: int | None = None  # rows per model call when the planner scores a whole column at once
     cache: bool | None = None  # the call's `cache` argument: None lets the endpoint decide
-    budgets: tuple[Budget, ...] = ()  # the query's and the session's limits, counted as requests go out
+    meters: tuple[Meter, ...] = ()  # the query's and the session's budgets, progress: told of every request
 
     @property
     def output_type(self) -> str:

@@ -1,0 +1,123 @@
+"""Progress of a long AI query on a terminal line: rows answered (and left), requests, tokens, cost, ETA.
+
+Drawn by a daemon thread every half second, only once the query has run for a second (short queries stay
+silent), only when the stream is a terminal, and never when AIFUNCS_PROGRESS=off. A query DuckDB still
+streams after `aifuncs.sql` returns has no end the engine can see: the line is closed once the counts
+have stood still for a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import TextIO
+
+_INTERVAL_S = 0.5
+_QUIET_FIRST_S = 1.0
+_IDLE_END_S = 3.0
+
+
+class Progress:
+    def __init__(self, stream: TextIO, *, quiet_first_s: float = _QUIET_FIRST_S) -> None:
+        self.stream = stream
+        self.rows = 0
+        self.sent_rows = 0  # rows whose requests came back: moves before a big batch is answered whole
+        self.total_rows: int | None = None
+        self.requests = 0
+        self.tokens = 0
+        self.cost_usd = 0.0
+        self._quiet_first_s = quiet_first_s
+        self._started = time.monotonic()
+        self._last_change = self._started
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._drawn = False
+        self._thread = threading.Thread(target=self._draw_loop, name="aifuncs-progress", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_terminal(cls, wanted: bool | None = None, stream: TextIO | None = None) -> Progress | None:
+        """A progress line on `stream` (stderr) when wanted: by default, when it is a terminal."""
+        stream = stream or sys.stderr
+        if wanted is False or os.environ.get("AIFUNCS_PROGRESS", "").lower() in ("0", "off", "false", "no"):
+            return None
+        if wanted is None and not (hasattr(stream, "isatty") and stream.isatty()):
+            return None
+        return cls(stream)
+
+    # The Meter interface: the runtime reports as requests go out and come back.
+    def begin_request(self) -> None:
+        pass
+
+    def cancel_request(self) -> None:
+        pass
+
+    def end_request(self, rows: int, tokens: int, cost_usd: float | None) -> None:
+        with self._lock:
+            self.requests += 1
+            self.sent_rows += rows
+            self.tokens += tokens
+            self.cost_usd += cost_usd or 0.0
+            self._last_change = time.monotonic()
+
+    def answered(self, rows: int) -> None:
+        with self._lock:
+            self.rows += rows
+            self._last_change = time.monotonic()
+
+    def expect(self, rows: int) -> None:
+        """More rows the query will answer (known on the bulk path): enables rows left and ETA."""
+        with self._lock:
+            self.total_rows = (self.total_rows or 0) + rows
+
+    def finish(self) -> None:
+        """The query is over: draw the last line and end it."""
+        if not self._done.is_set():
+            self._done.set()
+            self._thread.join(timeout=2)
+
+    def line(self) -> str:
+        with self._lock:
+            elapsed = time.monotonic() - self._started
+            done = max(self.rows, self.sent_rows)
+            parts = [f"{done:,} rows"]
+            if self.total_rows is not None:
+                done = min(done, self.total_rows)
+                left = self.total_rows - done
+                parts[0] = f"{done:,} of {self.total_rows:,} rows"
+                rate = done / elapsed if elapsed > 0 else 0.0
+                if left and rate > 0:
+                    parts.append(f"ETA {_clock(left / rate)}")
+            parts.append(f"{self.requests:,} requests")
+            if self.tokens:
+                parts.append(f"{self.tokens:,} tokens")
+            if self.cost_usd:
+                parts.append(f"${self.cost_usd:,.4f}")
+            parts.append(_clock(elapsed))
+        return "aifuncs: " + " · ".join(parts)
+
+    def _draw_loop(self) -> None:
+        while not self._done.wait(_INTERVAL_S):
+            now = time.monotonic()
+            if now - self._started < self._quiet_first_s:
+                continue
+            if self._drawn and now - self._last_change > _IDLE_END_S:
+                break  # a lazily streamed query that has ended
+            if self.rows or self.requests:
+                self._draw()
+        if self._drawn:
+            self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _draw(self) -> None:
+        self.stream.write("\r\x1b[2K" + self.line())  # carriage return, clear the line
+        self.stream.flush()
+        self._drawn = True
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
