@@ -16,7 +16,7 @@ def explain_calls(
 ) -> list[CallEstimate]:
     estimates = []
     for number, statement in enumerate(split_statements(query, dialect), start=1):
-        for planned in rewrite(statement, dialect, hooks):
+        for planned in rewrite(statement, dialect, hooks, number=number):
             for site in planned.calls:
                 provider = runtime.provider(site.call.endpoint)
                 reuse = runtime.reuse(site.call)

@@ -154,9 +154,9 @@ def sql_each(
     meters: tuple[Meter, ...] = (*budgets, line) if line is not None else budgets
     ran_to_the_end = True
     try:
-        for statement in split_statements(query, dialect):
+        for number, statement in enumerate(split_statements(query, dialect), start=1):
             result = None
-            for planned in rewrite(statement, dialect, hooks, meters):
+            for planned in rewrite(statement, dialect, hooks, meters, number):
                 result = _execute(con, planned, line)
                 # A streamed SELECT runs later, as its rows are fetched: the progress line ends by itself.
                 ran_to_the_end = result is None or bool(planned.prescores) or not planned.calls

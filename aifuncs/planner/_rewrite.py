@@ -24,6 +24,7 @@ from aifuncs.errors import AifuncsError, ArgumentError, SqlError
 from aifuncs.functions import FunctionSpec, all_specs, get_spec
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore
+from aifuncs.planner._dialects import adapt, to_duckdb
 from aifuncs.runtime import CallSpec, Meter
 
 PROBE_ALIAS = "__aifuncs_request"
@@ -61,9 +62,11 @@ class PlannedStatement:
 
 
 def rewrite(
-    query: str, dialect: str, hooks: EngineHooks, meters: tuple[Meter, ...] = ()
+    query: str, dialect: str, hooks: EngineHooks, meters: tuple[Meter, ...] = (), number: int = 1
 ) -> list[PlannedStatement]:
-    """The statements of `query` as DuckDB SQL, every AI call replaced by its specialised UDF."""
+    """The statements of `query` as DuckDB SQL, every AI call replaced by its specialised UDF.
+
+    `number` is the first statement's number in its script, for error messages."""
     if dialect == "duckdb" and not _mentions_ai_function(query):
         return [PlannedStatement(query)]  # nothing to do: DuckDB reads its own SQL better than any round trip
     try:
@@ -74,7 +77,10 @@ def rewrite(
         raise SqlError(
             f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}"
         ) from None
-    return [_rewrite_statement(s, hooks, meters) for s in statements]
+    return [
+        _rewrite_statement(adapt(s, dialect, n), hooks, meters, dialect, n)
+        for n, s in enumerate(statements, start=number)
+    ]
 
 
 def split_statements(query: str, dialect: str) -> list[str]:
@@ -112,7 +118,9 @@ def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
     return sorted(calls, key=lambda node: -len(list(_ancestors(node))))  # innermost first
 
 
-def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks, meters: tuple[Meter, ...]) -> PlannedStatement:
+def _rewrite_statement(
+    tree: exp.Expr, hooks: EngineHooks, meters: tuple[Meter, ...], dialect: str, number: int
+) -> PlannedStatement:
     bulk = BulkPlanner(hooks.is_table, hooks.volatile)
     sites: list[tuple[int, CallSite]] = []
     reading_order = {id(node): i for i, node in enumerate(tree.walk(bfs=False))}
@@ -127,7 +135,9 @@ def _rewrite_statement(tree: exp.Expr, hooks: EngineHooks, meters: tuple[Meter, 
             call.replace(replacement)
     prescores = tuple(bulk.finish())
     return PlannedStatement(
-        tree.sql("duckdb"), prescores, tuple(site for _, site in sorted(sites, key=lambda s: s[0]))
+        to_duckdb(tree, dialect, number),
+        prescores,
+        tuple(site for _, site in sorted(sites, key=lambda s: s[0])),
     )
 
 
