@@ -93,6 +93,12 @@ class MlflowProvider(Provider):
             _models[key] = model
         return model
 
+    def model_version(self) -> str | None:
+        # The logged model's id: an alias or "latest" that moves to another model changes it, and with
+        # it the cache keys of this endpoint's answers.
+        uuid = getattr(self._info(), "model_uuid", None)
+        return str(uuid) if uuid else None
+
     def input_columns(self) -> list[InputColumn] | None:
         signature = self._info().signature
         if signature is None or signature.inputs is None or not signature.inputs.has_input_names():

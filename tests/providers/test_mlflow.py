@@ -106,3 +106,24 @@ def test_a_missing_model_is_a_clear_error(con, mlflow_models: MlflowModels) -> N
         aifuncs.AifuncsError, match="Endpoint 'gone': cannot read the MLflow model 'models:/no-such-model/1'"
     ):
         aifuncs.sql(con, "SELECT ai_query('gone', 1.0)")
+
+
+def test_cached_answers_are_keyed_by_the_logged_model(con, wines, mlflow_models: MlflowModels) -> None:  # type: ignore[no-untyped-def]
+    import mlflow
+
+    from aifuncs.runtime import default_runtime
+
+    endpoint = aifuncs.endpoints.create(
+        "wine",
+        kind="mlflow",
+        model_uri=mlflow_models.sklearn_uri,
+        tracking_uri=mlflow_models.tracking_uri,
+        cache=True,  # in-process models are not cached unless asked
+    )
+    mlflow.set_tracking_uri(mlflow_models.tracking_uri)
+    uuid = mlflow.models.get_model_info(mlflow_models.sklearn_uri).model_uuid
+    assert default_runtime().provider(endpoint).model_version() == uuid
+    query = "SELECT ai_query('wine', struct_pack(alcohol, malic_acid, flavanoids, color_intensity, proline)) FROM wines"
+    first = aifuncs.sql(con, query).fetchall()
+    assert aifuncs.cache.stats().endpoints == {"wine": len(set(map(tuple, wines[FEATURES].to_numpy())))}
+    assert aifuncs.sql(con, query).fetchall() == first
