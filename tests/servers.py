@@ -175,7 +175,11 @@ class _Server:
         if path.endswith("/chat/completions"):
             prompt = body["messages"][-1]["content"]
             fmt = body.get("response_format")
-            content = json.dumps({"echo": prompt, "length": len(prompt)}) if fmt else f"echo: {prompt}"
+            schema = (fmt or {}).get("schema") or ((fmt or {}).get("json_schema") or {}).get("schema")
+            if schema and set(schema.get("properties", {})) - {"echo", "length"}:
+                content = json.dumps(_instance(schema, prompt.rpartition("Text: ")[2]))
+            else:
+                content = json.dumps({"echo": prompt, "length": len(prompt)}) if fmt else f"echo: {prompt}"
             self._count(1)
             return {
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
@@ -307,6 +311,28 @@ def running(
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
         log.close()
+
+
+def _instance(schema: dict[str, Any], text: str) -> Any:
+    """A reply that follows a task function's JSON schema, decided by the text (as a model would, simply):
+    an enum takes the first of its values the text mentions; a list of strings, the text's words with '@'."""
+    kind = schema.get("type")
+    if "enum" in schema:
+        return next((v for v in schema["enum"] if v.lower() in text.lower()), schema["enum"][0])
+    if kind == "object":
+        return {name: _instance(field, text) for name, field in schema.get("properties", {}).items()}
+    if kind == "array":
+        items = schema.get("items", {})
+        if "enum" in items:
+            return [v for v in items["enum"] if v.lower() in text.lower()] or items["enum"][:1]
+        return [word.strip(".,") for word in text.split() if "@" in word]
+    if kind == "integer":
+        return len(text)
+    if kind == "number":
+        return len(text) / 2
+    if kind == "boolean":
+        return True
+    return text[:20]
 
 
 def smollm2_gguf() -> Path:

@@ -23,7 +23,19 @@ from aifuncs.catalog._store import SqliteStore
 from aifuncs.errors import ConfigError, EndpointExists, UnknownEndpoint
 from aifuncs.providers import provider_class
 
-__all__ = ["Catalog", "Endpoint", "create", "default_catalog", "delete", "get", "list", "update", "versions"]
+__all__ = [
+    "Catalog",
+    "Endpoint",
+    "create",
+    "default",
+    "default_catalog",
+    "delete",
+    "get",
+    "list",
+    "set_default",
+    "update",
+    "versions",
+]
 
 
 def _validate(name: str, kind: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +103,39 @@ class Catalog:
         self.get(name)
         return self._store.versions(name)
 
+    def set_default(self, role: str, name: str | None) -> None:
+        """Make `name` the endpoint task functions use for `role` ("chat" or "embedding"); None unsets it."""
+        if role not in ROLES:
+            raise ConfigError(f"Unknown default role {role!r}: use one of {', '.join(ROLES)}.")
+        if name is not None:
+            name = self.get(name).name
+        self._store.set_default(role, name)
+
+    def default(self, role: str) -> Endpoint:
+        """The endpoint for a role: the one set, else the built-in offline model (created on first use)."""
+        name = self._store.default(role)
+        if name is not None:
+            return self.get(name)
+        builtin = BUILTIN_DEFAULTS.get(role)
+        if builtin is None:
+            raise ConfigError(
+                f"No default {role} endpoint. Set one: aifuncs.endpoints.set_default({role!r}, NAME)"
+                f" (or aifuncs endpoints default {role} NAME), or pass endpoint => 'NAME' to the function."
+            )
+        name, kind, options = builtin
+        if name not in {n.lower() for n in self._store.names()}:
+            try:
+                self.create(name, kind, description=f"built-in default {role} model (offline)", **options)
+            except EndpointExists:
+                pass  # another process created it meanwhile
+        return self.get(name)
+
+
+ROLES = ("chat", "embedding")
+# The offline models task functions use until a default is set: (endpoint name, kind, options).
+BUILTIN_DEFAULTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "chat": ("smollm2", "llama_cpp", {}),
+}
 
 _catalogs: dict[Path, Catalog] = {}
 
@@ -126,3 +171,12 @@ def delete(name: str) -> None:
 
 def versions(name: str) -> builtins.list[dict[str, Any]]:
     return default_catalog().versions(name)
+
+
+def set_default(role: str, name: str | None) -> None:
+    """The endpoint task functions (ai_classify, ai_summarize...) use for `role`: "chat" or "embedding"."""
+    default_catalog().set_default(role, name)
+
+
+def default(role: str) -> Endpoint:
+    return default_catalog().default(role)

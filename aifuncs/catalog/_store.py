@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS endpoint_versions (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS defaults (
+    role TEXT PRIMARY KEY,
+    name TEXT NOT NULL
+);
 """
 
 
@@ -130,6 +134,18 @@ class SqliteStore:
             deleted = db.execute("DELETE FROM endpoints WHERE name = ?", (name,)).rowcount
             db.execute("DELETE FROM endpoint_versions WHERE name = ?", (name,))
         return bool(deleted)
+
+    def default(self, role: str) -> str | None:
+        with self._connect() as db:
+            row = db.execute("SELECT name FROM defaults WHERE role = ?", (role,)).fetchone()
+        return None if row is None else str(row["name"])
+
+    def set_default(self, role: str, name: str | None) -> None:
+        with self._write() as db:
+            if name is None:
+                db.execute("DELETE FROM defaults WHERE role = ?", (role,))
+            else:
+                db.execute("INSERT OR REPLACE INTO defaults VALUES (?, ?)", (role, name))
 
     def versions(self, name: str) -> builtins.list[dict[str, object]]:
         with self._connect() as db:

@@ -278,6 +278,7 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
                 call.model_parameters,
                 call.response_format,
                 call.cache,
+                call.task.identity() if call.task else None,
                 [id(m) for m in call.meters],  # budgets and progress are bound into the function
                 request_ddl,
             ],

@@ -31,6 +31,11 @@ class FunctionSpec:
     description: str
     returns: str
     params: tuple[Param, ...]
+    kind: Literal["query", "task"] = "query"  # ai_query, or a task function answered by a chat endpoint
+    prompt: str = ""  # a task's prompt: {content} and the names of its constant parameters are filled in
+    answer: str = "text"  # how a task's reply becomes its value (see aifuncs/functions/tasks.py)
+    labels: tuple[str, ...] = ()  # a task's fixed labels (ai_analyze_sentiment)
+    max_tokens: int = 512  # a task's reply length
 
     def param(self, name: str) -> Param | None:
         lowered = name.lower()
@@ -53,7 +58,17 @@ def _load(data: dict[str, Any]) -> FunctionSpec:
         )
         for p in data.get("params", [])
     )
-    return FunctionSpec(data["name"], data.get("description", ""), data.get("returns", "VARCHAR"), params)
+    return FunctionSpec(
+        data["name"],
+        data.get("description", ""),
+        data.get("returns", "VARCHAR"),
+        params,
+        kind=data.get("kind", "query"),
+        prompt=data.get("prompt", ""),
+        answer=data.get("answer", "text"),
+        labels=tuple(data.get("labels", ())),
+        max_tokens=data.get("max_tokens", 512),
+    )
 
 
 @functools.cache

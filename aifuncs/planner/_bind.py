@@ -9,6 +9,7 @@ import pyarrow as pa
 from aifuncs._types import to_duckdb_type
 from aifuncs.catalog import default_catalog
 from aifuncs.errors import RequestMismatch
+from aifuncs.functions.tasks import Task
 from aifuncs.providers import InputColumn
 from aifuncs.runtime import CallSpec, Meter, default_runtime
 
@@ -26,6 +27,7 @@ def bind_call(
     response_format: str | None = None,
     cache: bool | None = None,
     meters: tuple[Meter, ...] = (),
+    task: Task | None = None,
 ) -> CallSpec:
     """Everything about a call site that does not change per row, checked before any model call."""
     endpoint = default_catalog().get(endpoint_name)  # UnknownEndpoint, with suggestions
@@ -44,6 +46,8 @@ def bind_call(
         bulk_rows=provider.bulk_rows,
         cache=cache,
         meters=meters,
+        task=task,
+        null_on_error=task is not None,
     )
 
 

@@ -20,12 +20,14 @@ from sqlglot import exp
 from sqlglot.tokens import TokenType
 
 from aifuncs._types import arrow_type
+from aifuncs.catalog import default_catalog
 from aifuncs.errors import AifuncsError, ArgumentError, SqlError
 from aifuncs.functions import FunctionSpec, all_specs, get_spec
+from aifuncs.functions.tasks import bind_task
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore
 from aifuncs.planner._dialects import adapt, to_duckdb
-from aifuncs.runtime import CallSpec, Meter
+from aifuncs.runtime import CallSpec, Meter, default_runtime
 
 PROBE_ALIAS = "__aifuncs_request"
 
@@ -78,7 +80,7 @@ def rewrite(
             f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}"
         ) from None
     return [
-        _rewrite_statement(adapt(s, dialect, n), hooks, meters, dialect, n)
+        _rewrite_statement(adapt(_as_anonymous(s), dialect, n), hooks, meters, dialect, n)
         for n, s in enumerate(statements, start=number)
     ]
 
@@ -111,6 +113,25 @@ def _ancestors(node: exp.Expr) -> Iterator[exp.Expr]:
     while node.parent is not None:
         node = node.parent
         yield node
+
+
+def _as_anonymous(tree: exp.Expr) -> exp.Expr:
+    """sqlglot parses some AI functions into typed nodes (AI_CLASSIFY, AI_AGG...); turn them back into plain
+    calls, arguments in order, so every AI function is bound by its own spec."""
+    for node in list(tree.walk()):
+        if isinstance(node, exp.Func) and not isinstance(node, exp.Anonymous) and get_spec(node.sql_name()):
+            arguments: list[exp.Expr] = []
+            for key in node.arg_types:
+                value = node.args.get(key)
+                if isinstance(value, list):
+                    arguments.extend(value)
+                elif isinstance(value, exp.Expr):
+                    arguments.append(value)
+            replacement = exp.Anonymous(this=node.sql_name().lower(), expressions=arguments)
+            if node is tree:
+                return replacement
+            node.replace(replacement)
+    return tree
 
 
 def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
@@ -198,6 +219,8 @@ def _rewrite_call(
     meters: tuple[Meter, ...],
 ) -> tuple[exp.Expr, tuple[CallSpec, str | None, str | None, bool]] | None:
     args = bind_arguments(spec, call)
+    if spec.kind == "task":
+        return _rewrite_task(spec, call, args, hooks, meters)
     endpoint = args["endpoint"]
     if not (isinstance(endpoint, exp.Literal) and endpoint.is_string):
         return None  # a per-row endpoint: left to the generic function, which resolves each row
@@ -231,6 +254,50 @@ def _rewrite_call(
     function = hooks.register(call_spec, request_ddl)
     argument = request.copy() if request_ddl else exp.Anonymous(this="to_json", expressions=[request.copy()])
     return exp.Anonymous(this=function, expressions=[argument]), (*site, False)
+
+
+def _rewrite_task(
+    spec: FunctionSpec,
+    call: exp.Anonymous,
+    args: dict[str, exp.Expr],
+    hooks: EngineHooks,
+    meters: tuple[Meter, ...],
+) -> tuple[exp.Expr, tuple[CallSpec, str | None, str | None, bool]]:
+    """A task function: its constants bound into a prompt and parser, sent to a chat endpoint row by row."""
+    text_param = next(p for p in spec.params if p.kind == "column")
+    constants = {
+        p.name: _constant(spec, p.name, args.get(p.name), hooks)
+        for p in spec.params
+        if p.kind == "constant" and p.name != "endpoint" and (p.name in args or p.has_default)
+    }
+    task = bind_task(spec, constants)
+    named = _constant(spec, "endpoint", args.get("endpoint"), hooks)
+    if named is not None and not isinstance(named, str):
+        raise ArgumentError(f"{spec.name}: endpoint must be an endpoint's name, not {named!r}.")
+    endpoint = named or default_catalog().default("chat").name
+    call_spec = bind_call(
+        spec.name,
+        endpoint,
+        pa.string(),
+        return_type=task.result_type,
+        fail_on_error=False,
+        model_parameters={"temperature": 0, "max_tokens": task.max_tokens},
+        response_format=task.schema,
+        meters=meters,
+        task=task,
+    )
+    if not default_runtime().provider(call_spec.endpoint).returns_text:
+        raise ArgumentError(
+            f"{spec.name} needs a chat endpoint; {endpoint!r} is a {call_spec.endpoint.kind} endpoint that"
+            " does not write text. Pass endpoint => 'NAME' of a chat model, or set the default chat endpoint."
+        )
+    # Text in; NULL and blank texts are answered NULL without a model call.
+    text = exp.cast(args[text_param.name].copy(), "VARCHAR")
+    blank = exp.EQ(this=exp.func("trim", text.copy()), expression=exp.Literal.string(""))
+    request = exp.Case(ifs=[exp.If(this=blank, true=exp.null())], default=text)
+    probe = _probe(call, request)
+    function = hooks.register(call_spec, "VARCHAR")
+    return exp.Anonymous(this=function, expressions=[request]), (call_spec, probe, "VARCHAR", False)
 
 
 def _json_text(value: Any) -> str | None:

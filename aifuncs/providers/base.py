@@ -108,6 +108,17 @@ class Provider(ABC):
     def concurrency(self) -> int:
         return self.options.max_concurrency or self.default_concurrency
 
+    @property
+    def reuse_pays(self) -> bool:
+        """Whether de-duplicating and caching answers saves time: not for in-process models that score a
+        row faster than its duplicate is found."""
+        return not self.in_process
+
+    @property
+    def max_prompt_chars(self) -> int | None:
+        """The longest text a prompt may hold (a local model's context); longer ones are cut. None: no limit."""
+        return None
+
     def model_version(self) -> str | None:
         """The version of the model behind the endpoint where the provider can tell (part of cache keys)."""
         return None

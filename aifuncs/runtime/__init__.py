@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import functools
 import json
+import logging
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from aifuncs.errors import (
     AifuncsError,
     BudgetExceeded,
     ConfigError,
+    MissingDependency,
     ModelError,
     RemoteError,
     ReplyParseError,
@@ -59,6 +61,7 @@ __all__ = [
 ]
 
 _MAX_MESSAGE = 1000
+_log = logging.getLogger("aifuncs")
 T = TypeVar("T")
 
 Scored = tuple[pa.Array, list[str | None]]
@@ -152,7 +155,12 @@ class Runtime:
             return pa.nulls(len(requests), output)
         present = requests if valid_count == len(requests) else requests.filter(valid)
         values, errors = await self._resolve(call, present, batch_rows)
-        if not call.fail_on_error:
+        if call.null_on_error:
+            if failed := [e for e in errors if e]:
+                _log.warning(
+                    "%s: %d rows have no answer (NULL); the first: %s", call.function, len(failed), failed[0]
+                )
+        elif not call.fail_on_error:
             messages = pa.array(errors, pa.string())
             values = pa.StructArray.from_arrays([values, messages], fields=list(output))
         for meter in call.meters:
@@ -249,8 +257,8 @@ class Runtime:
             return None
         if wanted is None:
             options = CallOptions(call.parameters, call.response_format, call.result_type)
-            if not provider.deterministic(options) or provider.in_process:
-                return None  # in-process models score a row faster than its duplicate is found
+            if not provider.deterministic(options) or not provider.reuse_pays:
+                return None
         if os.environ.get("AIFUNCS_CACHE", "").lower() in ("0", "off", "false", "no"):
             return "query"
         return "store"
@@ -283,6 +291,7 @@ class Runtime:
             call.result_type,
             call.model_parameters,
             call.response_format,
+            call.task.identity() if call.task else None,
             str(plain_type(request_type)),  # DuckDB may hand VARCHAR over as string or string_view
         )
 
@@ -329,6 +338,8 @@ class Runtime:
         refused: list[BudgetExceeded] | None = None,
     ) -> Scored:
         try:
+            if call.task is not None:
+                return await self._task_chunk(provider, call, chunk, target, limit, keys, keep)
             output = await self._predict(provider, call, chunk, limit)
             if provider.returns_text and not pa.types.is_string(target):
                 values, row_errors = parse_replies(to_arrow(output, pa.string()), target)
@@ -339,7 +350,7 @@ class Runtime:
                 values, row_errors = to_arrow(output, target), [None] * len(chunk)
             if len(values) != len(chunk):
                 raise ResultTypeError(f"The model returned {len(values)} results for {len(chunk)} requests.")
-        except ConfigError:
+        except (ConfigError, MissingDependency):
             raise  # the endpoint itself is broken: no row can succeed
         except BudgetExceeded as error:
             if refused is None:
@@ -365,6 +376,31 @@ class Runtime:
             return _concat(list(parts), target)
         if keep is not None and keys is not None:
             await keep(keys, values, row_errors)  # stored before the query goes on: a rerun resumes here
+        return values, row_errors
+
+    async def _task_chunk(
+        self,
+        provider: Provider,
+        call: CallSpec,
+        chunk: pa.Array,
+        target: pa.DataType,
+        limit: AdaptiveLimit,
+        keys: list[bytes] | None,
+        keep: Keep | None,
+    ) -> Scored:
+        """A task function's rows: prompts in, replies parsed and checked (a bad reply is a row's error)."""
+        assert call.task is not None
+        texts = [str(t) for t in chunk.to_pylist()]
+        prompts, cut = call.task.prompts(texts, provider.max_prompt_chars)
+        if cut:
+            _log.warning(
+                "%s: %d texts longer than endpoint %r takes (%s characters) were cut to fit",
+                call.function, cut, call.endpoint.name, f"{provider.max_prompt_chars:,}",
+            )  # fmt: skip
+        output = await self._predict(provider, call, pa.array(prompts, pa.string()), limit)
+        values, row_errors = call.task.parse(to_arrow(output, pa.string()).to_pylist(), texts, target)
+        if keep is not None and keys is not None:
+            await keep(keys, values, row_errors)
         return values, row_errors
 
     async def _predict(

@@ -9,6 +9,7 @@ from aifuncs._types import error_struct_type
 from aifuncs.catalog import Endpoint
 
 if TYPE_CHECKING:
+    from aifuncs.functions.tasks import Task
     from aifuncs.runtime._meter import Meter
 
 
@@ -24,12 +25,16 @@ class CallSpec:
     response_format: str | None = None
     bulk_rows: int | None = None  # rows per model call when the planner scores a whole column at once
     cache: bool | None = None  # the call's `cache` argument: None lets the endpoint decide
-    meters: tuple[Meter, ...] = ()  # the query's and the session's budgets, progress: told of every request
+    meters: tuple[Meter, ...] = ()
+    task: Task | None = None  # a task function's prompt and parser (None for ai_query)
+    null_on_error: bool = False  # a failed row becomes NULL (task functions) instead of stopping the query  # the query's and the session's budgets, progress: told of every request
 
     @property
     def output_type(self) -> str:
         """The SQL type of the call: the value, or Databricks' (result, errorMessage) struct."""
-        return self.result_type if self.fail_on_error else error_struct_type(self.result_type)
+        if self.fail_on_error or self.null_on_error:
+            return self.result_type
+        return error_struct_type(self.result_type)
 
     @property
     def parameters(self) -> dict[str, Any] | None:

