@@ -136,7 +136,14 @@ def bind_task(spec: FunctionSpec, constants: dict[str, Any]) -> Task:
             answer, result_type = "labels", "VARCHAR[]"
             schema = {
                 "type": "object",
-                "properties": {"labels": {"type": "array", "items": {"enum": list(labels)}}},
+                "properties": {
+                    "labels": {
+                        "type": "array",
+                        "items": {"enum": list(labels)},
+                        "minItems": 1,
+                        "maxItems": len(labels),
+                    }
+                },
                 "required": ["labels"],
             }
             fill["choice"] = "one or more"

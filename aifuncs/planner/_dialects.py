@@ -10,6 +10,8 @@ type strings). Two gaps matter to AI queries, and are closed here:
 
 from __future__ import annotations
 
+import functools
+
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel
@@ -19,6 +21,17 @@ from aifuncs.errors import ArgumentError, SqlError
 
 # Select arguments of Spark/Databricks SQL that have no DuckDB counterpart (the generator drops them).
 _DROPPED_CLAUSES = {"distribute": "DISTRIBUTE BY", "cluster": "CLUSTER BY", "sort": "SORT BY"}
+
+
+@functools.cache
+def reader(dialect: str) -> sqlglot.Dialect:
+    """The dialect to parse with: sqlglot's, less its own typed AI_* functions (AI_CLASSIFY, AI_AGG...), so
+    every AI call reaches the planner as written and is bound, and checked, by its spec in udfs/."""
+    base = sqlglot.Dialect.get_or_raise(dialect)
+    base_parser = type(base).parser_class
+    functions = {k: v for k, v in base_parser.FUNCTIONS.items() if not k.startswith("AI_")}
+    parser = type("Parser", (base_parser,), {"FUNCTIONS": functions})
+    return type(f"Aifuncs{type(base).__name__}", (type(base),), {"Parser": parser})()
 
 
 def adapt(tree: exp.Expr, dialect: str, number: int) -> exp.Expr:

@@ -26,7 +26,7 @@ from aifuncs.functions import FunctionSpec, all_specs, get_spec
 from aifuncs.functions.tasks import bind_task
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore
-from aifuncs.planner._dialects import adapt, to_duckdb
+from aifuncs.planner._dialects import adapt, reader, to_duckdb
 from aifuncs.runtime import CallSpec, Meter, default_runtime
 
 PROBE_ALIAS = "__aifuncs_request"
@@ -72,7 +72,7 @@ def rewrite(
     if dialect == "duckdb" and not _mentions_ai_function(query):
         return [PlannedStatement(query)]  # nothing to do: DuckDB reads its own SQL better than any round trip
     try:
-        statements = [s for s in sqlglot.parse(query, read=dialect) if s is not None]
+        statements = [s for s in sqlglot.parse(query, read=reader(dialect)) if s is not None]
     except sqlglot.errors.ParseError as error:
         first = error.errors[0] if error.errors else {}
         where = f" at line {first.get('line')}, column {first.get('col')}" if first else ""

@@ -8,6 +8,7 @@ returnType or responseFormat becomes a grammar: the model can only write a reply
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import threading
 from pathlib import Path
@@ -80,6 +81,8 @@ class LlamaCppProvider(Provider):
             ) from None
         key = (str(self.model_file()), self.options.n_ctx)
         with _load_lock:
+            if not _models:
+                atexit.register(_close_models)
             if key not in _models:
                 _models[key] = llama_cpp.Llama(
                     model_path=key[0],
@@ -112,6 +115,14 @@ class LlamaCppProvider(Provider):
             tokens_in += usage.get("prompt_tokens") or 0
             tokens_out += usage.get("completion_tokens") or 0
         return Prediction(answers, tokens_in, tokens_out)
+
+
+def _close_models() -> None:
+    # Closed while the interpreter is whole: Llama's own __del__ fails at shutdown (llama.cpp is gone by then).
+    with _load_lock:
+        for model in _models.values():
+            model.close()
+        _models.clear()
 
 
 def smollm2_file() -> Path:

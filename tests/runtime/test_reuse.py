@@ -159,7 +159,7 @@ def test_a_killed_query_resumes_without_paying_twice(tmp_path: Path, home: Path)
             (kept,) = store.execute("SELECT count(*) FROM answers").fetchone()
         subprocess.run([sys.executable, str(script), str(database)], env=env, check=True, timeout=120)
         total = server.stats.rows
-    assert 2000 <= kept < 5000
+    assert 1000 <= kept < 5000  # killed part-way (the server had seen 2,000 rows)
     # Lost at the kill: rows sent but not yet stored. At most the requests in flight (4 x 10 rows), and
     # one more request whose answer was being committed.
     assert sent_before - kept <= (4 + 1) * 10
