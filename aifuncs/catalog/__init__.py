@@ -71,6 +71,9 @@ class Catalog:
     def get(self, name: str) -> Endpoint:
         endpoint = self._store.get(name)
         if endpoint is None:
+            builtin = next((b for b in BUILTIN_DEFAULTS.items() if b[1][0] == name), None)
+            if builtin is not None:  # a built-in offline model, asked for by name before first use
+                return self._builtin(*builtin)
             raise UnknownEndpoint(name, self._store.names())
         return endpoint
 
@@ -122,13 +125,18 @@ class Catalog:
                 f"No default {role} endpoint. Set one: aifuncs.endpoints.set_default({role!r}, NAME)"
                 f" (or aifuncs endpoints default {role} NAME), or pass endpoint => 'NAME' to the function."
             )
+        return self._builtin(role, builtin)
+
+    def _builtin(self, role: str, builtin: tuple[str, str, dict[str, Any]]) -> Endpoint:
         name, kind, options = builtin
-        if name not in {n.lower() for n in self._store.names()}:
+        if self._store.get(name) is None:
             try:
                 self.create(name, kind, description=f"built-in default {role} model (offline)", **options)
             except EndpointExists:
                 pass  # another process created it meanwhile
-        return self.get(name)
+        endpoint = self._store.get(name)
+        assert endpoint is not None
+        return endpoint
 
 
 ROLES = ("chat", "embedding")

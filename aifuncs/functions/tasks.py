@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from aifuncs._types import parse_replies, quote_ident
@@ -87,6 +88,13 @@ class Task:
                 errors.append(f"{self.function}: {error}")
         return pa.array(values, target), errors
 
+    def nearest_labels(self, vectors: np.ndarray, target: pa.DataType) -> tuple[pa.Array, list[str | None]]:
+        """Zero-shot classification by embeddings: `vectors` holds the labels' embeddings, then the texts'."""
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        labels, texts = unit[: len(self.labels)], unit[len(self.labels) :]
+        best = (texts @ labels.T).argmax(axis=1)
+        return pa.array([self.labels[i] for i in best], target), [None] * len(best)
+
     def _parse_one(self, reply: str, text: str) -> Any:
         data = _json(reply)
         if self.answer == "label":
@@ -97,6 +105,14 @@ class Task:
             if not isinstance(found, list):
                 raise ValueError(f"the reply is not a list of labels: {_short(reply)}")
             return sorted({self._label(str(f)) for f in found}, key=self.labels.index)
+        if self.answer == "boolean":
+            found = data.get("answer") if isinstance(data, dict) else None
+            if isinstance(found, bool):
+                return found
+            word = reply.strip().strip("\"'.").lower()
+            if word in ("true", "yes", "false", "no"):
+                return word in ("true", "yes")
+            raise ValueError(f"the answer {_short(reply)} is not true or false")
         if self.answer == "mask":
             spans = data.get("spans") if isinstance(data, dict) else None
             if not isinstance(spans, list):
@@ -154,6 +170,8 @@ def bind_task(spec: FunctionSpec, constants: dict[str, Any]) -> Task:
                 "required": ["label"],
             }
             fill["choice"] = "exactly one"
+    elif spec.answer == "boolean":
+        schema = {"type": "object", "properties": {"answer": {"type": "boolean"}}, "required": ["answer"]}
     elif spec.answer == "mask":
         schema = {
             "type": "object",
@@ -167,6 +185,13 @@ def bind_task(spec: FunctionSpec, constants: dict[str, Any]) -> Task:
                 f"{spec.name}: max_words must be a whole number of words (0: no limit), not {words!r}."
             )
         fill["max_words"] = str(words) if words else "as few"
+    if "predicate" in constants:
+        predicate = constants["predicate"]
+        if not isinstance(predicate, str) or not predicate.strip():
+            raise ArgumentError(
+                f"{spec.name}: the predicate must be a statement in words, such as 'mentions a refund'."
+            )
+        fill["predicate"] = predicate.strip()
     if "to_lang" in constants:
         fill["to_lang"] = _language(spec.name, constants["to_lang"])
     prompt = spec.prompt

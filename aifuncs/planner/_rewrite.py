@@ -284,22 +284,28 @@ def _rewrite_task(
     }
     task = bind_task(spec, constants)
     endpoint = _endpoint_literal(spec, args, hooks, "chat").this
+    provider = default_runtime().provider(default_catalog().get(endpoint))
+    # A label task may also be answered by an embedding model: the label whose embedding is nearest the text's.
+    by_embedding = (
+        not provider.returns_text and task.answer == "label" and (provider.output_type() or "").endswith("[]")
+    )
+    if not provider.returns_text and not by_embedding:
+        raise ArgumentError(
+            f"{spec.name} needs a chat endpoint{' (or, for one label, an embedding endpoint)' if spec.answer == 'label' else ''};"
+            f" {endpoint!r} is a {provider.endpoint.kind} endpoint that does not write text. Pass endpoint => 'NAME'"
+            " of a chat model, or set the default chat endpoint."
+        )
     call_spec = bind_call(
         spec.name,
         endpoint,
         pa.string(),
         return_type=task.result_type,
         fail_on_error=False,
-        model_parameters={"temperature": 0, "max_tokens": task.max_tokens},
-        response_format=task.schema,
+        model_parameters=None if by_embedding else {"temperature": 0, "max_tokens": task.max_tokens},
+        response_format=None if by_embedding else task.schema,
         meters=meters,
         task=task,
     )
-    if not default_runtime().provider(call_spec.endpoint).returns_text:
-        raise ArgumentError(
-            f"{spec.name} needs a chat endpoint; {endpoint!r} is a {call_spec.endpoint.kind} endpoint that"
-            " does not write text. Pass endpoint => 'NAME' of a chat model, or set the default chat endpoint."
-        )
     request = _text(args[text_param.name])
     probe = _probe(call, request)
     function = hooks.register(call_spec, "VARCHAR")

@@ -391,6 +391,16 @@ class Runtime:
         """A task function's rows: prompts in, replies parsed and checked (a bad reply is a row's error)."""
         assert call.task is not None
         texts = [str(t) for t in chunk.to_pylist()]
+        if not provider.returns_text:  # an embedding endpoint: the nearest label wins
+            vectors = await self._predict(
+                provider, call, pa.array([*call.task.labels, *texts], pa.string()), limit
+            )
+            values, row_errors = call.task.nearest_labels(
+                _matrix(to_arrow(vectors, pa.list_(pa.float32()))), target
+            )
+            if keep is not None and keys is not None:
+                await keep(keys, values, row_errors)
+            return values, row_errors
         prompts, cut = call.task.prompts(texts, provider.max_prompt_chars)
         if cut:
             _log.warning(
@@ -473,6 +483,12 @@ class Runtime:
         if key not in self._limits:  # only touched on the loop thread
             self._limits[key] = AdaptiveLimit(maximum)
         return self._limits[key]
+
+
+def _matrix(vectors: pa.Array) -> np.ndarray:
+    """Equal-length embeddings as one 2-D float array."""
+    flat = np.asarray(pc.list_flatten(vectors).to_numpy(zero_copy_only=False), dtype=np.float32)
+    return flat.reshape(len(vectors), -1)
 
 
 def _begin(meters: tuple[Meter, ...]) -> None:

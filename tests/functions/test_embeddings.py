@@ -52,3 +52,14 @@ def test_a_remote_embedding_endpoint_and_a_wrong_one(con: duckdb.DuckDBPyConnect
         assert rows == [([3.0, 1.0], pytest.approx((2 * 4 + 1) / math.sqrt(5 * 17)))]
         with pytest.raises(AifuncsError, match="ai_embed needs an embedding endpoint; 'chat' answers"):
             aifuncs.sql(con, "SELECT ai_embed('abc', endpoint => 'chat')")
+
+
+def test_classify_with_an_embedding_endpoint_picks_the_nearest_label(con: duckdb.DuckDBPyConnection) -> None:
+    rows = aifuncs.sql(
+        con,
+        "SELECT ai_classify(t, ['billing and refunds', 'weather'], endpoint => 'minilm') FROM"
+        " (VALUES ('I was charged twice, refund me'), ('It will rain all week')) v(t)",
+    ).fetchall()
+    assert rows == [("billing and refunds",), ("weather",)]
+    with pytest.raises(AifuncsError, match="ai_summarize needs a chat endpoint; 'minilm'"):
+        aifuncs.sql(con, "SELECT ai_summarize('x', endpoint => 'minilm')")

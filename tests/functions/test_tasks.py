@@ -143,3 +143,21 @@ def test_without_a_default_chat_endpoint_the_builtin_local_model_is_used(
     assert (endpoint.name, endpoint.kind) == ("smollm2", "llama_cpp")
     with pytest.raises(ConfigError, match="Unknown default role"):
         aifuncs.endpoints.set_default("vision", "smollm2")
+
+
+def test_filter_in_where_and_join(tickets) -> None:  # type: ignore[no-untyped-def]
+    con, server = tickets
+    # The fake chat server answers `true` for every boolean: what matters here is the wiring and the type.
+    types, rows = _run(con, "SELECT id FROM tickets WHERE ai_filter(body, 'is about billing') ORDER BY id")
+    assert types == ["INTEGER"] and rows == [(1,), (2,), (5,)]  # NULL and blank bodies are not TRUE
+    con.execute("CREATE TABLE teams AS SELECT * FROM (VALUES ('billing'), ('mobile')) t(team)")
+    _, joined = _run(
+        con,
+        "SELECT id, team FROM tickets JOIN teams ON ai_filter(team || ': ' || body, 'the team owns the issue')"
+        " WHERE id = 1 ORDER BY team",
+    )
+    assert joined == [(1, "billing"), (1, "mobile")]
+    body = next(b for b in server.stats.bodies if "the team owns the issue" in b["messages"][-1]["content"])
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["answer"] == {"type": "boolean"}
+    with pytest.raises(AifuncsError, match="the predicate must be a statement"):
+        aifuncs.sql(con, "SELECT ai_filter(body, '  ') FROM tickets")
