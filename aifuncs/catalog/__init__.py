@@ -114,6 +114,10 @@ class Catalog:
             name = self.get(name).name
         self._store.set_default(role, name)
 
+    def configured_default(self, role: str) -> str | None:
+        """The endpoint set for a role, None while the built-in one stands in."""
+        return self._store.default(role)
+
     def default(self, role: str) -> Endpoint:
         """The endpoint for a role: the one set, else the built-in offline model (created on first use)."""
         name = self._store.default(role)
