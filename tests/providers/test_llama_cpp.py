@@ -69,3 +69,20 @@ def test_structured_output_follows_the_json_schema(reviews: duckdb.DuckDBPyConne
     rows = rel.fetchall()
     assert all(r[1]["sentiment"] in ("positive", "negative") for r in rows)
     assert all(isinstance(r[1]["stars"], int) for r in rows)
+
+
+def test_task_functions_through_the_server(reviews: duckdb.DuckDBPyConnection) -> None:
+    rows = aifuncs.sql(
+        reviews,
+        "SELECT id, ai_classify(body, ['movies', 'restaurants'], endpoint => 'smollm2') AS topic,"
+        " ai_analyze_sentiment(body, endpoint => 'smollm2') AS sentiment,"
+        " ai_extract(body, ['place'], endpoint => 'smollm2') AS facts,"
+        " ai_filter(body, 'the writer is unhappy', endpoint => 'smollm2') AS unhappy"
+        " FROM reviews ORDER BY id",
+    ).fetchall()
+    assert len(rows) == 3
+    for _, topic, sentiment, facts, unhappy in rows:
+        assert topic in ("movies", "restaurants")  # the server's grammar keeps the label in the list
+        assert sentiment in ("positive", "negative", "neutral", "mixed")
+        assert set(facts) == {"place"}
+        assert isinstance(unhappy, bool)
