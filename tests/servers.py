@@ -176,7 +176,9 @@ class _Server:
             prompt = body["messages"][-1]["content"]
             fmt = body.get("response_format")
             schema = (fmt or {}).get("schema") or ((fmt or {}).get("json_schema") or {}).get("schema")
-            if schema and set(schema.get("properties", {})) - {"echo", "length"}:
+            if "\nItems:\n" in prompt:  # an AI aggregate: a short answer, so stages can combine it
+                content = f"summary of {prompt.count(chr(10) + '- ')} items"
+            elif schema and set(schema.get("properties", {})) - {"echo", "length"}:
                 content = json.dumps(_instance(schema, prompt.rpartition("Text: ")[2]))
             else:
                 content = json.dumps({"echo": prompt, "length": len(prompt)}) if fmt else f"echo: {prompt}"

@@ -37,6 +37,7 @@ class FunctionSpec:
     answer: str = "text"  # how a task's reply becomes its value (see aifuncs/functions/tasks.py)
     labels: tuple[str, ...] = ()  # a task's fixed labels (ai_analyze_sentiment)
     max_tokens: int = 512  # a task's reply length
+    aggregate: bool = False  # answers a group (GROUP BY): planned as a function of list(expr)
 
     def param(self, name: str) -> Param | None:
         lowered = name.lower()
@@ -69,6 +70,7 @@ def _load(data: dict[str, Any]) -> FunctionSpec:
         answer=data.get("answer", "text"),
         labels=tuple(data.get("labels", ())),
         max_tokens=data.get("max_tokens", 512),
+        aggregate=data.get("aggregate", False),
     )
 
 

@@ -88,6 +88,10 @@ class Task:
                 errors.append(f"{self.function}: {error}")
         return pa.array(values, target), errors
 
+    def items_prompt(self, items: list[str]) -> str:
+        """An aggregate's prompt over some of its group's values (or over partial answers, when reducing)."""
+        return self.prompt.replace("{items}", "\n".join(f"- {item}" for item in items))
+
     def nearest_labels(self, vectors: np.ndarray, target: pa.DataType) -> tuple[pa.Array, list[str | None]]:
         """Zero-shot classification by embeddings: `vectors` holds the labels' embeddings, then the texts'."""
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -185,6 +189,11 @@ def bind_task(spec: FunctionSpec, constants: dict[str, Any]) -> Task:
                 f"{spec.name}: max_words must be a whole number of words (0: no limit), not {words!r}."
             )
         fill["max_words"] = str(words) if words else "as few"
+    if "instruction" in constants:
+        instruction = constants["instruction"]
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ArgumentError(f"{spec.name}: the instruction must say what to do with the group's values.")
+        fill["instruction"] = instruction.strip()
     if "predicate" in constants:
         predicate = constants["predicate"]
         if not isinstance(predicate, str) or not predicate.strip():

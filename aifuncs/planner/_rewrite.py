@@ -307,7 +307,7 @@ def _rewrite_task(
     call_spec = bind_call(
         spec.name,
         endpoint,
-        pa.string(),
+        pa.list_(pa.string()) if spec.aggregate else pa.string(),
         return_type=task.result_type,
         fail_on_error=False,
         model_parameters=None if by_embedding else {"temperature": 0, "max_tokens": task.max_tokens},
@@ -315,10 +315,18 @@ def _rewrite_task(
         meters=meters,
         task=task,
     )
-    request = _text(args[text_param.name])
+    if spec.aggregate:  # the group's values as a list; DuckDB's list() is the aggregate
+        values = exp.cast(args[text_param.name].copy(), "VARCHAR")
+        request: exp.Expr = exp.Filter(
+            this=exp.func("list", values),
+            expression=exp.Where(this=exp.Not(this=exp.Is(this=values.copy(), expression=exp.null()))),
+        )
+        request_ddl = "VARCHAR[]"
+    else:
+        request, request_ddl = _text(args[text_param.name]), "VARCHAR"
     probe = _probe(call, request)
-    function = hooks.register(call_spec, "VARCHAR")
-    return exp.Anonymous(this=function, expressions=[request]), (call_spec, probe, "VARCHAR", False)
+    function = hooks.register(call_spec, request_ddl)
+    return exp.Anonymous(this=function, expressions=[request]), (call_spec, probe, request_ddl, False)
 
 
 def _text(value: exp.Expr) -> exp.Expr:

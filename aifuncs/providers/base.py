@@ -31,6 +31,12 @@ class ProviderOptions(BaseModel):
     usd_per_1k_rows: float | None = Field(
         default=None, ge=0, description="Price per row sent, for estimates."
     )
+    max_prompt_chars: int | None = Field(
+        default=None,
+        ge=100,
+        description="Longest text a prompt may carry (the model's context): longer texts are cut with a"
+        " warning, and AI aggregates reduce in stages. Default: unlimited (remote), from n_ctx (llama_cpp).",
+    )
     cache: bool | None = Field(
         default=None,
         description="Keep answers under AIFUNCS_HOME and reuse them. Default: for deterministic calls"
@@ -116,8 +122,8 @@ class Provider(ABC):
 
     @property
     def max_prompt_chars(self) -> int | None:
-        """The longest text a prompt may hold (a local model's context); longer ones are cut. None: no limit."""
-        return None
+        """The longest text a prompt may hold (a model's context); longer ones are cut. None: no limit."""
+        return self.options.max_prompt_chars
 
     def model_version(self) -> str | None:
         """The version of the model behind the endpoint where the provider can tell (part of cache keys)."""

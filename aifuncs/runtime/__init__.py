@@ -390,6 +390,13 @@ class Runtime:
     ) -> Scored:
         """A task function's rows: prompts in, replies parsed and checked (a bad reply is a row's error)."""
         assert call.task is not None
+        if call.task.answer == "reduce":
+            answers = [await self._reduce(provider, call, group or [], limit) for group in chunk.to_pylist()]
+            values = pa.array([a[0] for a in answers], target)
+            row_errors = [a[1] for a in answers]
+            if keep is not None and keys is not None:
+                await keep(keys, values, row_errors)
+            return values, row_errors
         texts = [str(t) for t in chunk.to_pylist()]
         if not provider.returns_text:  # an embedding endpoint: the nearest label wins
             vectors = await self._predict(
@@ -412,6 +419,30 @@ class Runtime:
         if keep is not None and keys is not None:
             await keep(keys, values, row_errors)
         return values, row_errors
+
+    async def _reduce(
+        self, provider: Provider, call: CallSpec, items: list[str | None], limit: AdaptiveLimit
+    ) -> tuple[str | None, str | None]:
+        """An aggregate over a group: the values packed into prompts that fit the model's context, answered,
+        and the answers combined the same way until one remains (map, then reduce in stages)."""
+        assert call.task is not None
+        room = provider.max_prompt_chars or _REDUCE_PROMPT_CHARS
+        pieces = [item for item in items if item is not None and item.strip()]
+        for _stage in range(_REDUCE_MAX_STAGES):
+            if not pieces:
+                return None, None
+            groups = _pack(pieces, room)
+            prompts = pa.array([call.task.items_prompt(group) for group in groups], pa.string())
+            answers = [
+                str(a or "").strip()
+                for a in to_arrow(
+                    await self._predict(provider, call, prompts, limit), pa.string()
+                ).to_pylist()
+            ]
+            if len(groups) == 1:
+                return answers[0], None
+            pieces = answers
+        return None, f"{call.function}: the group did not reduce to one answer in {_REDUCE_MAX_STAGES} stages"
 
     async def _predict(
         self, provider: Provider, call: CallSpec, chunk: pa.Array, limit: AdaptiveLimit
@@ -483,6 +514,24 @@ class Runtime:
         if key not in self._limits:  # only touched on the loop thread
             self._limits[key] = AdaptiveLimit(maximum)
         return self._limits[key]
+
+
+_REDUCE_PROMPT_CHARS = 24_000  # per prompt, for endpoints that state no context size
+_REDUCE_MAX_STAGES = 8
+
+
+def _pack(pieces: list[str], room: int) -> list[list[str]]:
+    """Consecutive pieces in groups of at most `room` characters; a longer piece is cut to fit alone."""
+    groups: list[list[str]] = [[]]
+    used = 0
+    for piece in pieces:
+        piece = piece[:room]
+        if groups[-1] and used + len(piece) + 3 > room:
+            groups.append([])
+            used = 0
+        groups[-1].append(piece)
+        used += len(piece) + 3
+    return groups
 
 
 def _matrix(vectors: pa.Array) -> np.ndarray:

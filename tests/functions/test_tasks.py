@@ -161,3 +161,30 @@ def test_filter_in_where_and_join(tickets) -> None:  # type: ignore[no-untyped-d
     assert body["response_format"]["json_schema"]["schema"]["properties"]["answer"] == {"type": "boolean"}
     with pytest.raises(AifuncsError, match="the predicate must be a statement"):
         aifuncs.sql(con, "SELECT ai_filter(body, '  ') FROM tickets")
+
+
+def test_aggregates_answer_each_group_and_reduce_large_ones_in_stages(tickets) -> None:  # type: ignore[no-untyped-def]
+    con, server = tickets
+    con.execute(
+        "CREATE TABLE notes AS SELECT i % 2 AS team, 'note number ' || i AS body FROM range(40) t(i)"
+        " UNION ALL SELECT 1, NULL"
+    )
+    types, rows = _run(con, "SELECT team, ai_summarize_agg(body) AS s FROM notes GROUP BY team ORDER BY team")
+    assert types == ["BIGINT", "VARCHAR"]
+    assert rows == [(0, "summary of 20 items"), (1, "summary of 20 items")]  # NULLs left out
+    before = server.stats.requests
+    # A model that takes 120 characters: 20 notes of 13-14 characters (+3 for "- " and a newline) fit 7 to
+    # a prompt, so 3 prompts, then one to combine their 3 answers.
+    aifuncs.endpoints.create(
+        "small", kind="openai", model="m", base_url=server.url + "/v1", max_prompt_chars=120
+    )
+    _, staged = _run(
+        con,
+        "SELECT team, ai_agg(body, 'List the note numbers', endpoint => 'small') FROM notes WHERE team = 0 GROUP BY team",
+    )
+    assert staged == [(0, "summary of 3 items")]
+    assert server.stats.requests - before == 3 + 1
+    prompt = server.stats.bodies[-1]["messages"][-1]["content"]
+    assert prompt.startswith("List the note numbers\n\nItems:\n- summary of")
+    with pytest.raises(AifuncsError, match="the instruction must say what to do"):
+        aifuncs.sql(con, "SELECT ai_agg(body, '') FROM notes")
