@@ -1,4 +1,5 @@
-"""Offline quickstart: train a wine classifier, register it in MLflow, query it from DuckDB SQL.
+"""Offline quickstart: train a wine classifier, register it in MLflow, query it from DuckDB SQL, then
+run task functions (sentiment, classification, similarity) on the built-in local models.
 
 Everything stays on this machine: the data set ships with scikit-learn, the MLflow registry is a
 SQLite file under AIFUNCS_HOME (default ./.aifuncs-demo), and no network or key is needed.

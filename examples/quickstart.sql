@@ -34,3 +34,13 @@ FROM (
 )
 ORDER BY id
 LIMIT 6;
+
+-- 5. Task functions need no prompt and no endpoint: offline, they run on built-in local models
+--    (all-MiniLM-L6-v2 embeddings for one-label tasks and similarity, SmolLM2 for text).
+SELECT review,
+       ai_analyze_sentiment(review)                                   AS sentiment,
+       ai_classify(review, ['taste', 'price', 'delivery'])            AS topic,
+       round(ai_similarity(review, 'the wine tasted wonderful'), 2)   AS like_praise
+FROM (VALUES ('I love this wine, it tastes wonderful!'),
+             ('Far too expensive for what it is.'),
+             ('The delivery was late and the bottle broken.')) AS t(review);

@@ -21,3 +21,5 @@ def test_quickstart_runs_offline_end_to_end(home: Path) -> None:
     assert "Registered models:/wine-classifier/1 as endpoint 'wine-classifier'" in out
     assert "│   178 │ 0.98" in out  # accuracy over every wine, scored from SQL
     assert out.count("ValueError: Input X contains NaN") == 2  # rows 0 and 4 of the six shown fail, alone
+    assert "│ I love this wine, it tastes wonderful!       │ positive" in out  # task functions, offline
+    assert "│ Far too expensive for what it is.            │ negative  │ price" in out

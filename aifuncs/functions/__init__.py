@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from aifuncs.functions.spec import FunctionSpec, Param, all_specs, get_spec
+from aifuncs.functions.spec import FunctionSpec, Param, all_specs, define, get_spec, user_folder
 
-__all__ = ["FunctionSpec", "Param", "all_specs", "get_spec"]
+__all__ = ["FunctionSpec", "Param", "all_specs", "define", "get_spec", "user_folder"]

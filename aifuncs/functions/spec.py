@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-from aifuncs._home import resource_dir
+from aifuncs._home import home, resource_dir
+from aifuncs.errors import ConfigError
 
 _MISSING: Any = object()
 
@@ -38,6 +40,7 @@ class FunctionSpec:
     labels: tuple[str, ...] = ()  # a task's fixed labels (ai_analyze_sentiment)
     max_tokens: int = 512  # a task's reply length
     aggregate: bool = False  # answers a group (GROUP BY): planned as a function of list(expr)
+    label_text: str = "{label}"  # what is embedded for each label when an embedding model classifies
 
     def param(self, name: str) -> Param | None:
         lowered = name.lower()
@@ -71,17 +74,81 @@ def _load(data: dict[str, Any]) -> FunctionSpec:
         labels=tuple(data.get("labels", ())),
         max_tokens=data.get("max_tokens", 512),
         aggregate=data.get("aggregate", False),
+        label_text=data.get("label_text", "{label}"),
     )
 
 
 @functools.cache
-def all_specs() -> dict[str, FunctionSpec]:
+def _builtin_specs() -> dict[str, FunctionSpec]:
+    return _read_folder(resource_dir("udfs"))
+
+
+_user_cache: dict[tuple[str, float], dict[str, FunctionSpec]] = {}
+
+
+def user_folder() -> Path:
+    """Where users put their own function specs: AIFUNCS_HOME/udfs/*.toml."""
+    return home() / "udfs"
+
+
+def _user_specs() -> dict[str, FunctionSpec]:
+    folder = user_folder()
+    try:
+        stamp = folder.stat().st_mtime
+    except FileNotFoundError:
+        return {}
+    key = (str(folder), stamp)
+    if key not in _user_cache:  # re-read when a spec is added or removed
+        _user_cache.clear()
+        _user_cache[key] = _read_folder(folder)
+    return _user_cache[key]
+
+
+def _read_folder(folder: Path) -> dict[str, FunctionSpec]:
     specs = {}
-    for path in sorted(resource_dir("udfs").glob("*.toml")):
-        spec = _load(tomllib.loads(path.read_text()))
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            spec = _load(tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, KeyError, TypeError) as error:
+            raise ConfigError(f"The function spec {path} is invalid: {error}") from None
         specs[spec.name.lower()] = spec
     return specs
 
 
+def all_specs() -> dict[str, FunctionSpec]:
+    user = _user_specs()
+    return {**user, **_builtin_specs()} if user else _builtin_specs()  # built-ins cannot be replaced
+
+
 def get_spec(name: str) -> FunctionSpec | None:
     return all_specs().get(name.lower())
+
+
+def define(toml_text: str) -> FunctionSpec:
+    """Add a function of your own from its TOML spec (the format of `udfs/`); SQL can call it at once.
+
+    The spec is checked, then kept in AIFUNCS_HOME/udfs/<name>.toml, so every process sees it."""
+    try:
+        spec = _load(tomllib.loads(toml_text))
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as error:
+        raise ConfigError(f"Invalid function spec: {error}") from None
+    if spec.name.lower() in _builtin_specs():
+        raise ConfigError(f"{spec.name} is a built-in function; give yours another name.")
+    if spec.kind != "task" or not spec.prompt:
+        raise ConfigError(f'{spec.name}: a function of your own is a task: kind = "task" and a prompt.')
+    columns = [p for p in spec.params if p.kind == "column"]
+    if len(columns) != 1 or "{" + columns[0].name + "}" not in spec.prompt:
+        raise ConfigError(
+            f"{spec.name}: a task has one column parameter, and its prompt holds it as {{name}} of that parameter."
+        )
+    if spec.answer not in ANSWERS:
+        raise ConfigError(
+            f"{spec.name}: answer must be one of {', '.join(sorted(ANSWERS))}, not {spec.answer!r}."
+        )
+    folder = user_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{spec.name.lower()}.toml").write_text(toml_text)
+    return spec
+
+
+ANSWERS = {"text", "label", "boolean", "struct", "mask"}

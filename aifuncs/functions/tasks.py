@@ -50,6 +50,11 @@ class Task:
     result_type: str  # DuckDB DDL of the value
     labels: tuple[str, ...] = ()
     max_tokens: int = 512
+    label_text: str = "{label}"
+
+    def label_texts(self) -> list[str]:
+        """What an embedding model embeds for each label (a phrase embeds closer to texts than a bare word)."""
+        return [self.label_text.replace("{label}", label) for label in self.labels]
 
     def identity(self) -> str:
         return json.dumps(
@@ -218,6 +223,7 @@ def bind_task(spec: FunctionSpec, constants: dict[str, Any]) -> Task:
         result_type,
         labels,
         max_tokens,
+        spec.label_text,
     )
 
 

@@ -53,7 +53,9 @@ class LlamaCppProvider(Provider):
     @property
     def max_prompt_chars(self) -> int | None:
         # About 3 characters a token, after room for the instructions and the reply.
-        return self.options.max_prompt_chars or max(200, (self.options.n_ctx - self.options.max_tokens - 160) * 3)
+        return self.options.max_prompt_chars or max(
+            200, (self.options.n_ctx - self.options.max_tokens - 160) * 3
+        )
 
     def deterministic(self, options: CallOptions) -> bool:
         return greedy(options)

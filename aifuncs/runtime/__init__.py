@@ -400,7 +400,7 @@ class Runtime:
         texts = [str(t) for t in chunk.to_pylist()]
         if not provider.returns_text:  # an embedding endpoint: the nearest label wins
             vectors = await self._predict(
-                provider, call, pa.array([*call.task.labels, *texts], pa.string()), limit
+                provider, call, pa.array([*call.task.label_texts(), *texts], pa.string()), limit
             )
             values, row_errors = call.task.nearest_labels(
                 _matrix(to_arrow(vectors, pa.list_(pa.float32()))), target

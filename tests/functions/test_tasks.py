@@ -188,3 +188,39 @@ def test_aggregates_answer_each_group_and_reduce_large_ones_in_stages(tickets) -
     assert prompt.startswith("List the note numbers\n\nItems:\n- summary of")
     with pytest.raises(AifuncsError, match="the instruction must say what to do"):
         aifuncs.sql(con, "SELECT ai_agg(body, '') FROM notes")
+
+
+URGENCY = """
+name = "ai_urgency"
+description = "How urgent a support message is."
+kind = "task"
+returns = "VARCHAR"
+answer = "label"
+labels = ["urgent", "normal"]
+prompt = "Is this message urgent or normal?\\n\\nText: {message}"
+
+[[params]]
+name = "message"
+kind = "column"
+required = true
+
+[[params]]
+name = "endpoint"
+kind = "constant"
+type = "VARCHAR"
+"""
+
+
+def test_a_function_of_your_own_from_a_spec(tickets, home) -> None:  # type: ignore[no-untyped-def]
+    con, server = tickets
+    aifuncs.functions.define(URGENCY.replace('"Is this', '"Say urgent if it is urgent. Is this'))
+    assert (home / "udfs" / "ai_urgency.toml").exists()
+    types, rows = _run(con, "SELECT id, ai_urgency(body) FROM tickets WHERE id <= 2 ORDER BY id")
+    assert types == ["INTEGER", "VARCHAR"] and rows == [(1, "urgent"), (2, "urgent")]
+    assert "Say urgent if it is urgent" in server.stats.bodies[-1]["messages"][-1]["content"]
+    with pytest.raises(ConfigError, match="ai_classify is a built-in function"):
+        aifuncs.functions.define(URGENCY.replace("ai_urgency", "ai_classify"))
+    with pytest.raises(ConfigError, match=r"its prompt holds it as \{name\}"):
+        aifuncs.functions.define(URGENCY.replace("{message}", "{text}"))
+    with pytest.raises(ConfigError, match="answer must be one of"):
+        aifuncs.functions.define(URGENCY.replace('answer = "label"', 'answer = "poem"'))
