@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aifuncs._types import parse_replies, quote_ident
 from aifuncs.errors import ArgumentError
@@ -97,8 +98,9 @@ class Task:
         """An aggregate's prompt over some of its group's values (or over partial answers, when reducing)."""
         return self.prompt.replace("{items}", "\n".join(f"- {item}" for item in items))
 
-    def nearest_labels(self, vectors: np.ndarray, target: pa.DataType) -> tuple[pa.Array, list[str | None]]:
-        """Zero-shot classification by embeddings: `vectors` holds the labels' embeddings, then the texts'."""
+    def nearest_labels(self, embeddings: pa.Array, target: pa.DataType) -> tuple[pa.Array, list[str | None]]:
+        """Zero-shot classification by embeddings: the labels' embeddings come first, then the texts'."""
+        vectors = _matrix(embeddings)
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         labels, texts = unit[: len(self.labels)], unit[len(self.labels) :]
         best = (texts @ labels.T).argmax(axis=1)
@@ -311,3 +313,23 @@ def _json(reply: str) -> Any:
 
 def _short(text: str, length: int = 60) -> str:
     return repr(text if len(text) <= length else text[: length - 3] + "...")
+
+
+def pack_items(pieces: list[str], room: int) -> list[list[str]]:
+    """Consecutive pieces in groups of at most `room` characters; a longer piece is cut to fit alone."""
+    groups: list[list[str]] = [[]]
+    used = 0
+    for piece in pieces:
+        piece = piece[:room]
+        if groups[-1] and used + len(piece) + 3 > room:
+            groups.append([])
+            used = 0
+        groups[-1].append(piece)
+        used += len(piece) + 3
+    return groups
+
+
+def _matrix(vectors: pa.Array) -> np.ndarray:
+    """Equal-length embeddings as one 2-D float array."""
+    flat = np.asarray(pc.list_flatten(vectors).to_numpy(zero_copy_only=False), dtype=np.float32)
+    return flat.reshape(len(vectors), -1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import json
 import logging
@@ -17,11 +16,10 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,14 +36,17 @@ from aifuncs.errors import (
     ReplyParseError,
     ResultTypeError,
 )
+from aifuncs.functions.tasks import pack_items
 from aifuncs.providers import Provider, provider_class
 from aifuncs.providers.base import CallOptions, Prediction
-from aifuncs.runtime._budget import Budget, price, session_budget, set_session_budget
-from aifuncs.runtime._call import CallSpec
-from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, from_json_texts, to_json_texts
+from aifuncs.runtime._budget import Budget, session_budget, set_session_budget
+from aifuncs.runtime._bulk import one_native_thread_per_call, steps_ahead
+from aifuncs.runtime._call import CallSpec, Scored
+from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, to_json_texts
 from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
 from aifuncs.runtime._loop import BackgroundLoop
-from aifuncs.runtime._meter import Meter
+from aifuncs.runtime._meter import Meter, begin_request, end_request
+from aifuncs.runtime._reuse import assemble, keep_answers
 from aifuncs.runtime._store import AnswerStore
 from aifuncs.runtime._usage import UsageLog, UsageRow
 from aifuncs.runtime._usage import now as usage_now
@@ -64,7 +65,6 @@ _MAX_MESSAGE = 1000
 _log = logging.getLogger("aifuncs")
 T = TypeVar("T")
 
-Scored = tuple[pa.Array, list[str | None]]
 Answer = tuple[str | None, str | None]  # an answer as stored (JSON text), or the error that stands for it
 Keep = Callable[[list[bytes], pa.Array, list[str | None]], Awaitable[None]]
 
@@ -123,11 +123,11 @@ class Runtime:
         ahead: int | None = None
         answers: list[list[pa.Array]] = []
         pending: deque[list[concurrent.futures.Future[pa.Array]]] = deque()
-        with _one_native_thread_per_call(native):
+        with one_native_thread_per_call(native):
             try:
                 for batch in batches:
                     if ahead is None:
-                        ahead = _steps_ahead(calls, providers, len(batch[0]) if batch else 0)
+                        ahead = steps_ahead(calls, providers, len(batch[0]) if batch else 0)
                     pending.append(
                         [
                             self.submit_call(c, col, batch_rows=c.bulk_rows)
@@ -202,7 +202,7 @@ class Runtime:
                 todo = [i for i in mine if keys[i] not in known]
             if todo:
                 values = unique.values if len(todo) == len(keys) else unique.values.take(pa.array(todo))
-                keep = None if store is None else functools.partial(_keep, store, call.endpoint.name)
+                keep = None if store is None else functools.partial(keep_answers, store, call.endpoint.name)
                 scored = await self._score(call, values, batch_rows, [keys[i] for i in todo], keep)
         finally:
             self._tell_waiters(keys, mine, known, todo, scored)
@@ -217,7 +217,7 @@ class Runtime:
         if errors and call.fail_on_error:
             raise ModelError(call.endpoint.name, 1, next(iter(errors.values())))
         target = arrow_type(call.result_type)
-        values, row_errors = _assemble(
+        values, row_errors = assemble(
             call, len(keys), todo, scored or (pa.array([], target), []), texts, errors
         )
         return unique.expand(values), unique.expand_list(row_errors)
@@ -402,9 +402,7 @@ class Runtime:
             vectors = await self._predict(
                 provider, call, pa.array([*call.task.label_texts(), *texts], pa.string()), limit
             )
-            values, row_errors = call.task.nearest_labels(
-                _matrix(to_arrow(vectors, pa.list_(pa.float32()))), target
-            )
+            values, row_errors = call.task.nearest_labels(to_arrow(vectors, pa.list_(pa.float32())), target)
             if keep is not None and keys is not None:
                 await keep(keys, values, row_errors)
             return values, row_errors
@@ -431,7 +429,7 @@ class Runtime:
         for _stage in range(_REDUCE_MAX_STAGES):
             if not pieces:
                 return None, None
-            groups = _pack(pieces, room)
+            groups = pack_items(pieces, room)
             prompts = pa.array([call.task.items_prompt(group) for group in groups], pa.string())
             answers = [
                 str(a or "").strip()
@@ -454,7 +452,7 @@ class Runtime:
             attempt += 1
             try:
                 async with limit:
-                    _begin(call.meters)
+                    begin_request(call.meters)
                     sent = time.perf_counter()
                     try:
                         output = await provider.predict(chunk, options)
@@ -462,7 +460,7 @@ class Runtime:
                         for meter in call.meters:
                             meter.cancel_request()
                         raise
-                    _spend(call.meters, provider, len(chunk), output)
+                    end_request(call.meters, provider, len(chunk), output)
                 # In-process models slow down with concurrency by design; only a server's queueing counts.
                 limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
                 break
@@ -520,48 +518,6 @@ _REDUCE_PROMPT_CHARS = 24_000  # per prompt, for endpoints that state no context
 _REDUCE_MAX_STAGES = 8
 
 
-def _pack(pieces: list[str], room: int) -> list[list[str]]:
-    """Consecutive pieces in groups of at most `room` characters; a longer piece is cut to fit alone."""
-    groups: list[list[str]] = [[]]
-    used = 0
-    for piece in pieces:
-        piece = piece[:room]
-        if groups[-1] and used + len(piece) + 3 > room:
-            groups.append([])
-            used = 0
-        groups[-1].append(piece)
-        used += len(piece) + 3
-    return groups
-
-
-def _matrix(vectors: pa.Array) -> np.ndarray:
-    """Equal-length embeddings as one 2-D float array."""
-    flat = np.asarray(pc.list_flatten(vectors).to_numpy(zero_copy_only=False), dtype=np.float32)
-    return flat.reshape(len(vectors), -1)
-
-
-def _begin(meters: tuple[Meter, ...]) -> None:
-    begun: list[Meter] = []
-    try:
-        for meter in meters:
-            meter.begin_request()
-            begun.append(meter)
-    except BudgetExceeded:
-        for meter in begun:
-            meter.cancel_request()
-        raise
-
-
-def _spend(meters: tuple[Meter, ...], provider: Provider, rows: int, output: Any) -> None:
-    if not meters:
-        return
-    used = output if isinstance(output, Prediction) else Prediction(None)
-    tokens = (used.input_tokens or 0) + (used.output_tokens or 0)
-    cost = price(provider.options, rows, used.input_tokens, used.output_tokens)
-    for meter in meters:
-        meter.end_request(rows, tokens, cost)
-
-
 async def _all_or_nothing(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
     """Like gather, but the first failure cancels the rest: a failed query must not go on calling the model."""
     if len(coroutines) == 1:
@@ -574,35 +530,9 @@ async def _all_or_nothing(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
     return [t.result() for t in tasks]
 
 
-def _steps_ahead(calls: Sequence[CallSpec], providers: Sequence[Provider], step_rows: int) -> int:
-    """Stream steps to keep in flight so every endpoint has requests enough to fill its concurrency."""
-    steps = 1
-    for call, provider in zip(calls, providers, strict=True):
-        requests_per_step = max(1, -(-step_rows // (call.bulk_rows or provider.batch_rows)))
-        steps = max(steps, -(-provider.concurrency // requests_per_step))
-    return steps
-
-
 def _start(value: Any, length: int = 60) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return repr(text if len(text) <= length else text[: length - 3] + "...")
-
-
-@contextlib.contextmanager
-def _one_native_thread_per_call(concurrent_calls: int) -> Iterator[None]:
-    """Several in-process model calls at once, each with its own multi-threaded BLAS/OpenMP pool, oversubscribe
-    the CPU and run slower than one call alone (measured: 2 calls on 2 cores, 57 ms with 2 BLAS threads each,
-    37 ms with 1). As joblib does for nested parallelism, limit the native pools while the calls run."""
-    if concurrent_calls <= 1 or (os.cpu_count() or 1) <= 1:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a dependency; without it the calls only run slower
-        yield
-        return
-    with threadpool_limits(limits=1):
-        yield
 
 
 def _identity(endpoint: Endpoint) -> str:
@@ -610,39 +540,6 @@ def _identity(endpoint: Endpoint) -> str:
     return json.dumps(
         [endpoint.name, endpoint.version, endpoint.kind, endpoint.options], sort_keys=True, default=str
     )
-
-
-async def _keep(
-    store: AnswerStore, endpoint: str, keys: list[bytes], values: pa.Array, errors: list[str | None]
-) -> None:
-    """Store a request's answers (never its failures)."""
-    texts = (await asyncio.to_thread(to_json_texts, values)).to_pylist()
-    await store.put(endpoint, ((k, t) for k, t, e in zip(keys, texts, errors, strict=True) if e is None))
-
-
-def _assemble(
-    call: CallSpec, count: int, todo: list[int], scored: Scored, texts: dict[int, str], errors: dict[int, str]
-) -> Scored:
-    """Answers for the distinct requests, in their order, from what was scored, stored or answered elsewhere."""
-    target = arrow_type(call.result_type)
-    if len(todo) == count:
-        return scored
-    order = list(texts)
-    parts = [scored[0], from_json_texts([texts[i] for i in order], call.result_type, target)]
-    position = np.empty(count, dtype=np.int64)
-    position[todo] = np.arange(len(todo))
-    position[order] = len(todo) + np.arange(len(order))
-    failed = list(errors)
-    if failed:
-        parts.append(pa.nulls(len(failed), target))
-        position[failed] = len(todo) + len(order) + np.arange(len(failed))
-    values = pa.concat_arrays(parts).take(pa.array(position))
-    row_errors: list[str | None] = [None] * count
-    for i, error in zip(todo, scored[1], strict=True):
-        row_errors[i] = error
-    for i, error in errors.items():
-        row_errors[i] = error
-    return values, row_errors
 
 
 def _concat(parts: list[Scored], target: pa.DataType) -> Scored:

@@ -5,12 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from aifuncs._types import error_struct_type
 from aifuncs.catalog import Endpoint
 
 if TYPE_CHECKING:
     from aifuncs.functions.tasks import Task
     from aifuncs.runtime._meter import Meter
+
+
+Scored = tuple[pa.Array, list[str | None]]  # answers of a batch, and each row's error message (None: fine)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
+
+from aifuncs.errors import BudgetExceeded
+from aifuncs.providers.base import Prediction, Provider
+from aifuncs.runtime._budget import price
 
 
 class Meter(Protocol):
@@ -17,3 +21,27 @@ class Meter(Protocol):
 
     def answered(self, rows: int) -> None:
         """Rows of a batch got their answers (sent, reused or NULL)."""
+
+
+def begin_request(meters: tuple[Meter, ...]) -> None:
+    """Tell every meter a request is about to go; if one refuses, the others forget it."""
+    begun: list[Meter] = []
+    try:
+        for meter in meters:
+            meter.begin_request()
+            begun.append(meter)
+    except BudgetExceeded:
+        for meter in begun:
+            meter.cancel_request()
+        raise
+
+
+def end_request(meters: tuple[Meter, ...], provider: Provider, rows: int, output: Any) -> None:
+    """Tell every meter what a request used: rows, the tokens its provider reported, their cost."""
+    if not meters:
+        return
+    used = output if isinstance(output, Prediction) else Prediction(None)
+    tokens = (used.input_tokens or 0) + (used.output_tokens or 0)
+    cost = price(provider.options, rows, used.input_tokens, used.output_tokens)
+    for meter in meters:
+        meter.end_request(rows, tokens, cost)
