@@ -76,7 +76,7 @@ def _endpoints(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from aifuncs.engines.duckdb import connect, sql_each
+    from aifuncs.engines.duckdb import sql_each
     from aifuncs.runtime import Budget
 
     if args.no_cache:
@@ -84,7 +84,7 @@ def _query(args: argparse.Namespace) -> int:
 
     text = _sql_text(args)
     budget = Budget(args.max_requests, args.max_tokens, args.max_cost)
-    con = connect(args.db)
+    con = _connect(args.db)
     try:
         progress = False if args.no_progress else None  # None: on a terminal only
         for statement, relation in sql_each(
@@ -104,10 +104,10 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from aifuncs.engines.duckdb import connect, explain
+    from aifuncs.engines.duckdb import explain
 
     text = _sql_text(args)
-    con = connect(args.db)
+    con = _connect(args.db)
     try:
         explanation = explain(con, text, dialect=args.dialect)
     finally:
@@ -119,11 +119,49 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect(database: str) -> duckdb.DuckDBPyConnection:
+    from aifuncs.engines.duckdb import connect
+
+    con = connect(database)
+    # DuckDB draws its own progress bar on stdout for long queries, in the middle of CSV or JSON output;
+    # aifuncs' progress line goes to stderr instead.
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def _sql_text(args: argparse.Namespace) -> str:
     text: str | None = open(args.file).read() if args.file else args.sql
     if not text:
         raise AifuncsError("Give the SQL as an argument or with --file PATH.")
     return text
+
+
+def _index(args: argparse.Namespace) -> int:
+    from aifuncs import index
+
+    con = _connect(args.db)
+    try:
+        if args.action == "create":
+            rows = index.create(
+                con,
+                args.name,
+                table=args.table,
+                column=args.column,
+                endpoint=args.endpoint,
+                replace=args.replace,
+            )
+            print(f"Indexed {rows:,} rows of {args.table}.{args.column} as {args.name!r}.")
+        elif args.action == "drop":
+            index.drop(con, args.name)
+            print(f"Dropped vector index {args.name!r}.")
+        else:
+            for row in index.list(con):
+                print(
+                    f"{row['name']:24} {row['source']}.{row['column_name']:20} {row['rows']:>10,} rows  {row['endpoint']}"
+                )
+    finally:
+        con.close()
+    return 0
 
 
 def _cache(args: argparse.Namespace) -> int:
@@ -226,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--dialect", default="duckdb", choices=["duckdb", "databricks"])
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(handler=_explain)
+
+    index = commands.add_parser("index", help="vector indexes for vector_search(...)")
+    index_actions = index.add_subparsers(dest="action", required=True)
+    create_index = index_actions.add_parser("create", help="embed a table column into an index")
+    create_index.add_argument("name")
+    create_index.add_argument("--table", required=True)
+    create_index.add_argument("--column", required=True, help="the text column to embed")
+    create_index.add_argument("--endpoint", help="an embedding endpoint (default: the default embedding one)")
+    create_index.add_argument("--replace", action="store_true", help="rebuild an existing index")
+    index_actions.add_parser("drop", help="remove an index").add_argument("name")
+    index_actions.add_parser("list", help="the indexes of the database")
+    for sub in index_actions.choices.values():
+        sub.add_argument("--db", default=":memory:", help="DuckDB database file")
+    index.set_defaults(handler=_index)
 
     cache = commands.add_parser("cache", help="the kept answers under AIFUNCS_HOME")
     cache_actions = cache.add_subparsers(dest="action", required=True)

@@ -29,7 +29,9 @@ def reader(dialect: str) -> sqlglot.Dialect:
     every AI call reaches the planner as written and is bound, and checked, by its spec in udfs/."""
     base = sqlglot.Dialect.get_or_raise(dialect)
     base_parser = type(base).parser_class
-    functions = {k: v for k, v in base_parser.FUNCTIONS.items() if not k.startswith("AI_")}
+    functions = {
+        k: v for k, v in base_parser.FUNCTIONS.items() if not k.startswith("AI_") and k != "VECTOR_SEARCH"
+    }
     parser = type("Parser", (base_parser,), {"FUNCTIONS": functions})
     return type(f"Aifuncs{type(base).__name__}", (type(base),), {"Parser": parser})()
 

@@ -24,6 +24,9 @@ from aifuncs.catalog import default_catalog
 from aifuncs.errors import AifuncsError, ArgumentError, SqlError
 from aifuncs.functions import FunctionSpec, all_specs, get_spec
 from aifuncs.functions.tasks import bind_task
+from aifuncs.index import EMBEDDING as INDEX_EMBEDDING
+from aifuncs.index import REGISTRY as INDEX_REGISTRY
+from aifuncs.index import table_of as index_table
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore
 from aifuncs.planner._dialects import adapt, reader, to_duckdb
@@ -135,7 +138,11 @@ def _as_anonymous(tree: exp.Expr) -> exp.Expr:
 
 
 def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
-    calls = [node for node in tree.find_all(exp.Anonymous) if get_spec(node.name)]
+    calls = [
+        node
+        for node in tree.find_all(exp.Anonymous)
+        if (spec := get_spec(node.name)) and spec.kind != "table"
+    ]
     return sorted(calls, key=lambda node: -len(list(_ancestors(node))))  # innermost first
 
 
@@ -144,6 +151,7 @@ def _rewrite_statement(
 ) -> PlannedStatement:
     bulk = BulkPlanner(hooks.is_table, hooks.volatile)
     sites: list[tuple[int, CallSite]] = []
+    tree = _expand_vector_search(tree, hooks)
     reading_order = {id(node): i for i, node in enumerate(tree.walk(bfs=False))}
     for call in _ai_calls(tree):
         spec = get_spec(call.name)
@@ -366,6 +374,55 @@ def _expand_similarity(tree: exp.Expr) -> exp.Expr:
         if call is tree:
             return replacement
         call.replace(replacement)
+    return tree
+
+
+def _expand_vector_search(tree: exp.Expr, hooks: EngineHooks) -> exp.Expr:
+    """FROM vector_search(index => ..., query => ..., num_results => k): DuckDB has no Python table functions,
+    so it becomes a query over the index table, nearest first, the query embedded once (a scalar subquery)."""
+    for table in list(tree.find_all(exp.Table)):
+        call = table.this
+        spec = get_spec(call.name) if isinstance(call, exp.Anonymous) else None
+        if spec is None or spec.kind != "table":
+            continue
+        args = bind_arguments(spec, call)
+        name, text, count = (
+            _constant(spec, p, args.get(p), hooks) for p in ("index", "query", "num_results")
+        )
+        if not isinstance(name, str) or not isinstance(text, str) or not isinstance(count, int) or count < 1:
+            raise ArgumentError(
+                "vector_search takes index => 'name', query => 'text' and num_results => a positive number."
+            )
+        try:
+            endpoint = hooks.evaluate(
+                f"(SELECT endpoint FROM {INDEX_REGISTRY} WHERE name = {exp.Literal.string(name).sql()})"
+            )
+        except Exception:
+            endpoint = None
+        if not isinstance(endpoint, str):
+            raise ArgumentError(
+                f"There is no vector index {name!r} in this database. Create it with"
+                f" aifuncs.index.create(con, {name!r}, table=..., column=...) or `aifuncs index create`."
+            )
+        embed = exp.Anonymous(
+            this="ai_embed",
+            expressions=[
+                exp.Literal.string(text),
+                exp.Kwarg(this=exp.var("endpoint"), expression=exp.Literal.string(endpoint)),
+            ],
+        )
+        query_vector = exp.Subquery(this=exp.select(embed))
+        score = exp.func("list_cosine_similarity", exp.column(INDEX_EMBEDDING), query_vector).as_(
+            "search_score"
+        )
+        rows = (
+            exp.Select(expressions=[exp.Star(except_=[exp.column(INDEX_EMBEDDING)]), score])
+            .from_(index_table(name))
+            .order_by(exp.Ordered(this=exp.column("search_score"), desc=True))
+            .limit(count)
+        )
+        alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier("vector_search"))
+        table.replace(exp.Subquery(this=rows, alias=alias))
     return tree
 
 
