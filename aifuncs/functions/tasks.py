@@ -186,7 +186,9 @@ def bind_task(spec: FunctionSpec, constants: dict[str, Any]) -> Task:
     elif spec.answer == "mask":
         schema = {
             "type": "object",
-            "properties": {"spans": {"type": "array", "items": {"type": "string"}}},
+            "properties": {
+                "spans": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 16}
+            },
             "required": ["spans"],
         }
     if "max_words" in constants:

@@ -64,3 +64,21 @@ def test_a_text_longer_than_the_context_is_cut_with_a_warning(
         ).fetchall()[0]
     assert answer in ("positive", "negative", "neutral", "mixed")
     assert "1 texts longer than endpoint 'tiny' takes" in caplog.text
+
+
+REST = (
+    "SELECT ai_translate(body, 'fr') AS fr, ai_fix_grammar('i has went home') AS fixed,"
+    " ai_gen('Name a fruit.') AS gen, ai_mask(body, ['food']) AS masked,"
+    " ai_filter(body, 'the writer complains') AS complains FROM reviews WHERE id = 2"
+)
+
+
+def test_the_other_task_functions_answer_with_their_types(reviews: duckdb.DuckDBPyConnection) -> None:
+    relation = aifuncs.sql(reviews, REST)
+    assert relation is not None
+    assert [str(t) for t in relation.types] == ["VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN"]
+    fr, fixed, gen, masked, complains = relation.fetchall()[0]
+    assert all(isinstance(v, str) and v.strip() for v in (fr, fixed, gen, masked))
+    assert isinstance(complains, bool)
+    (summary,) = aifuncs.sql(reviews, "SELECT ai_summarize_agg(body) FROM reviews").fetchall()[0]
+    assert isinstance(summary, str) and summary.strip()

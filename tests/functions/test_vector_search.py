@@ -37,7 +37,8 @@ def test_search_returns_the_nearest_rows_with_scores(docs: duckdb.DuckDBPyConnec
     assert [r[0] for r in rows] == [3, rows[1][0]] and len(rows) == 2
     assert rows[0][1] > rows[1][1] > -1
     money = aifuncs.sql(
-        docs, "SELECT id FROM vector_search(index => 'docs_idx', query => 'how do I get my money back') LIMIT 1"
+        docs,
+        "SELECT id FROM vector_search(index => 'docs_idx', query => 'how do I get my money back') LIMIT 1",
     ).fetchall()
     assert money == [(1,)]
     joined = aifuncs.sql(  # composes with SQL like any subquery

@@ -86,3 +86,18 @@ def test_task_functions_through_the_server(reviews: duckdb.DuckDBPyConnection) -
         assert sentiment in ("positive", "negative", "neutral", "mixed")
         assert set(facts) == {"place"}
         assert isinstance(unhappy, bool)
+
+
+def test_the_other_task_functions_through_the_server(reviews: duckdb.DuckDBPyConnection) -> None:
+    aifuncs.endpoints.set_default("chat", "smollm2")  # the server's endpoint answers every chat task
+    relation = aifuncs.sql(
+        reviews,
+        "SELECT ai_translate(body, 'fr'), ai_fix_grammar(body), ai_gen('Name a fruit.'), ai_mask(body, ['food']),"
+        " ai_summarize(body, 5) FROM reviews WHERE id = 3",
+    )
+    assert relation is not None and all(str(t) == "VARCHAR" for t in relation.types)
+    assert all(isinstance(v, str) and v.strip() for v in relation.fetchall()[0])
+    (summary,) = aifuncs.sql(
+        reviews, "SELECT ai_agg(body, 'Say what the reviews have in common.') FROM reviews"
+    ).fetchall()[0]
+    assert isinstance(summary, str) and summary.strip()
