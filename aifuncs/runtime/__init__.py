@@ -42,7 +42,8 @@ from aifuncs.providers.base import CallOptions, Prediction
 from aifuncs.runtime._budget import Budget, session_budget, set_session_budget
 from aifuncs.runtime._bulk import one_native_thread_per_call, steps_ahead
 from aifuncs.runtime._call import CallSpec, Scored
-from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, to_json_texts
+from aifuncs.runtime._checkpoint import Checkpoint
+from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, every_row, to_json_texts
 from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
 from aifuncs.runtime._loop import BackgroundLoop
 from aifuncs.runtime._meter import Meter, begin_request, end_request
@@ -86,6 +87,7 @@ class Runtime:
             bytes, asyncio.Future[Answer]
         ] = {}  # requests in flight, by key (loop thread only)
         self._awaited: set[bytes] = set()  # ...and those another batch waits for
+        self.checkpoint: Checkpoint | None = None  # a scheduled job's, while it runs (aifuncs.jobs)
 
     def provider(self, endpoint: Endpoint) -> Provider:
         """The provider of an endpoint version, built once (models load once per process)."""
@@ -155,16 +157,16 @@ class Runtime:
             return pa.nulls(len(requests), output)
         present = requests if valid_count == len(requests) else requests.filter(valid)
         values, errors = await self._resolve(call, present, batch_rows)
+        failed = sum(1 for e in errors if e)
         if call.null_on_error:
-            if failed := [e for e in errors if e]:
-                _log.warning(
-                    "%s: %d rows have no answer (NULL); the first: %s", call.function, len(failed), failed[0]
-                )
+            if failed:
+                first = next(e for e in errors if e)
+                _log.warning("%s: %d rows have no answer (NULL); the first: %s", call.function, failed, first)
         elif not call.fail_on_error:
             messages = pa.array(errors, pa.string())
             values = pa.StructArray.from_arrays([values, messages], fields=list(output))
         for meter in call.meters:
-            meter.answered(len(requests))
+            meter.answered(len(requests), failed)
         if valid_count == len(requests):
             return values
         # Scatter back: the i-th present row goes to the i-th valid position; NULL requests stay NULL.
@@ -179,9 +181,14 @@ class Runtime:
         reuse = self.reuse(call)
         if reuse is None:
             return await self._score(call, requests, batch_rows)
-        store = self._store() if reuse == "store" else None
-        unique = await asyncio.to_thread(distinct, requests)
+        checkpoint = self.checkpoint
+        store = self._store() if reuse == "store" else checkpoint.store if checkpoint else None
+        # A sampling model's answers are kept for a job's rerun, but two equal requests still get two.
+        sampled = reuse == "checkpoint" and not self._deterministic(call, provider)
+        unique = await asyncio.to_thread(every_row if sampled else distinct, requests)
         keys = answer_keys(self._call_identity(call, provider, requests.type), unique.texts)
+        if sampled and checkpoint is not None:
+            keys = checkpoint.occurrences(keys)
         mine: list[int] = []
         elsewhere: dict[int, asyncio.Future[Answer]] = {}
         for i, key in enumerate(keys):  # on the loop thread: no other batch interleaves here
@@ -249,19 +256,26 @@ class Runtime:
 
     def reuse(self, call: CallSpec) -> str | None:
         """How answers of this call may be reused: "store" (kept under AIFUNCS_HOME, shared by later
-        queries), "query" (duplicates within this process's batches only), or None (every row is asked:
-        a model that samples must give each row its own answer)."""
+        queries), "query" (duplicates within this process's batches only), "checkpoint" (kept for a rerun
+        of the running job only), or None (every row is asked: a model that samples must give each row
+        its own answer)."""
         provider = self.provider(call.endpoint)
         wanted = call.cache if call.cache is not None else provider.options.cache
         if wanted is False:
             return None
+        checkpoint = "checkpoint" if self.checkpoint is not None else None
         if wanted is None:
-            options = CallOptions(call.parameters, call.response_format, call.result_type)
-            if not provider.deterministic(options) or not provider.reuse_pays:
-                return None
+            deterministic = self._deterministic(call, provider)
+            if not deterministic or not provider.reuse_pays:
+                # A job keeps what a rerun would pay for again; a cheap deterministic model rescoring is not.
+                return checkpoint if not deterministic else None
         if os.environ.get("AIFUNCS_CACHE", "").lower() in ("0", "off", "false", "no"):
-            return "query"
+            return checkpoint or "query"
         return "store"
+
+    @staticmethod
+    def _deterministic(call: CallSpec, provider: Provider) -> bool:
+        return provider.deterministic(CallOptions(call.parameters, call.response_format, call.result_type))
 
     def stored(self, call: CallSpec, request_type: pa.DataType, texts: list[str]) -> int:
         """How many of these distinct requests (canonical JSON, as `to_json_texts` writes them) the store

@@ -73,7 +73,7 @@ class Budget:
                     )
             self._in_flight += 1
 
-    def answered(self, rows: int) -> None:
+    def answered(self, rows: int, failed: int = 0) -> None:
         pass
 
     def end_request(self, rows: int, tokens: int, cost_usd: float | None) -> None:

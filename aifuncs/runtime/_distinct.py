@@ -76,6 +76,12 @@ def distinct(requests: pa.Array) -> Distinct:
     return Distinct(requests.take(pa.array(first)), texts, rows, all_distinct=False)
 
 
+def every_row(requests: pa.Array) -> Distinct:
+    """Each row its own request, equal ones included (a sampling model answers each anew)."""
+    texts = to_json_texts(requests).to_pylist()
+    return Distinct(requests, texts, np.arange(len(requests)), all_distinct=True)
+
+
 def call_identity(*parts: Any) -> bytes:
     return json.dumps(parts, sort_keys=True, default=str, separators=(",", ":")).encode()
 

@@ -19,8 +19,8 @@ class Meter(Protocol):
     def cancel_request(self) -> None:
         """A begun request failed or was cancelled."""
 
-    def answered(self, rows: int) -> None:
-        """Rows of a batch got their answers (sent, reused or NULL)."""
+    def answered(self, rows: int, failed: int = 0) -> None:
+        """Rows of a batch got their answers (sent, reused or NULL); `failed` of them carry an error instead."""
 
 
 def begin_request(meters: tuple[Meter, ...]) -> None:

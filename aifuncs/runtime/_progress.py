@@ -1,28 +1,41 @@
-"""Progress of a long AI query on a terminal line: rows answered (and left), requests, tokens, cost, ETA.
+"""Progress of a long AI query: rows answered (and left), failed rows, requests, tokens, cost, ETA.
 
-Drawn by a daemon thread every half second, only once the query has run for a second (short queries stay
-silent), only when the stream is a terminal, and never when AIFUNCS_PROGRESS=off. A query DuckDB still
-streams after `aifuncs.sql` returns has no end the engine can see: the line is closed once the counts
-have stood still for a few seconds.
+Two styles. On a terminal, one line redrawn in place by a daemon thread every half second, only once the
+query has run for a second (short queries stay silent), and never when AIFUNCS_PROGRESS=off. A query
+DuckDB still streams after `aifuncs.sql` returns has no end the engine can see: the line is closed once
+the counts have stood still for a few seconds. For schedulers and log collectors (`aifuncs run` off a
+terminal), one JSON object per line every few seconds while counts move. With no stream it only counts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Any, Literal, TextIO
 
 _INTERVAL_S = 0.5
 _QUIET_FIRST_S = 1.0
 _IDLE_END_S = 3.0
+_JSON_INTERVAL_S = 5.0
 
 
 class Progress:
-    def __init__(self, stream: TextIO, *, quiet_first_s: float = _QUIET_FIRST_S) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None,
+        *,
+        style: Literal["line", "json"] = "line",
+        interval_s: float | None = None,
+        quiet_first_s: float = _QUIET_FIRST_S,
+    ) -> None:
         self.stream = stream
+        self.style = style
+        self.interval_s = interval_s or (_JSON_INTERVAL_S if style == "json" else _INTERVAL_S)
         self.rows = 0
+        self.failed_rows = 0
         self.sent_rows = 0  # rows whose requests came back: moves before a big batch is answered whole
         self.total_rows: int | None = None
         self.requests = 0
@@ -34,8 +47,11 @@ class Progress:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._drawn = False
-        self._thread = threading.Thread(target=self._draw_loop, name="aifuncs-progress", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if stream is not None:
+            loop = self._json_loop if style == "json" else self._draw_loop
+            self._thread = threading.Thread(target=loop, name="aifuncs-progress", daemon=True)
+            self._thread.start()
 
     @classmethod
     def for_terminal(cls, wanted: bool | None = None, stream: TextIO | None = None) -> Progress | None:
@@ -62,9 +78,10 @@ class Progress:
             self.cost_usd += cost_usd or 0.0
             self._last_change = time.monotonic()
 
-    def answered(self, rows: int) -> None:
+    def answered(self, rows: int, failed: int = 0) -> None:
         with self._lock:
             self.rows += rows
+            self.failed_rows += failed
             self._last_change = time.monotonic()
 
     def expect(self, rows: int) -> None:
@@ -76,7 +93,29 @@ class Progress:
         """The query is over: draw the last line and end it."""
         if not self._done.is_set():
             self._done.set()
-            self._thread.join(timeout=2)
+            if self._thread is not None:
+                self._thread.join(timeout=2)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counts so far, as the JSON style writes them."""
+        with self._lock:
+            elapsed = time.monotonic() - self._started
+            done = max(self.rows, self.sent_rows)
+            eta = None
+            if self.total_rows is not None:
+                done = min(done, self.total_rows)
+                rate = done / elapsed if elapsed > 0 else 0.0
+                eta = round((self.total_rows - done) / rate, 1) if rate > 0 else None
+            return {
+                "rows": done,
+                "total_rows": self.total_rows,
+                "failed_rows": self.failed_rows,
+                "requests": self.requests,
+                "tokens": self.tokens,
+                "cost_usd": round(self.cost_usd, 6),
+                "elapsed_s": round(elapsed, 1),
+                "eta_s": eta,
+            }
 
     def line(self) -> str:
         with self._lock:
@@ -98,8 +137,20 @@ class Progress:
             parts.append(_clock(elapsed))
         return "aifuncs: " + " · ".join(parts)
 
+    def _json_loop(self) -> None:
+        assert self.stream is not None
+        written = None
+        while not self._done.wait(self.interval_s):
+            counts = self.snapshot()
+            moved = {k: v for k, v in counts.items() if k not in ("elapsed_s", "eta_s")}
+            if moved != written and (counts["rows"] or counts["requests"]):
+                self.stream.write(json.dumps({"event": "progress", **counts}) + "\n")
+                self.stream.flush()
+                written = moved
+
     def _draw_loop(self) -> None:
-        while not self._done.wait(_INTERVAL_S):
+        assert self.stream is not None
+        while not self._done.wait(self.interval_s):
             now = time.monotonic()
             if now - self._started < self._quiet_first_s:
                 continue
@@ -113,6 +164,7 @@ class Progress:
             self.stream.flush()
 
     def _draw(self) -> None:
+        assert self.stream is not None
         self.stream.write("\r\x1b[2K" + self.line())  # carriage return, clear the line
         self.stream.flush()
         self._drawn = True
