@@ -12,7 +12,7 @@ from typing import Any
 
 import duckdb
 
-from aifuncs.errors import AifuncsError, BudgetExceeded
+from aifuncs.errors import AifuncsError, BudgetExceeded, JobLocked
 
 BUDGET_MESSAGE = re.compile(r"The (query|session) budget")
 
@@ -77,6 +77,7 @@ def _endpoints(args: argparse.Namespace) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     from aifuncs.engines.duckdb import sql_each
+    from aifuncs.jobs import returns_rows
     from aifuncs.runtime import Budget
 
     if args.no_cache:
@@ -90,7 +91,7 @@ def _query(args: argparse.Namespace) -> int:
         for statement, relation in sql_each(
             con, text, dialect=args.dialect, budget=budget, progress=progress
         ):
-            if relation is None or not _returns_rows(statement):
+            if relation is None or not returns_rows(statement):
                 continue
             if args.format == "csv":
                 relation.to_df().to_csv(sys.stdout, index=False)
@@ -164,6 +165,96 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from aifuncs import jobs
+    from aifuncs.runtime._progress import Progress
+
+    as_json = args.json or not sys.stderr.isatty()  # a scheduler or a log collector reads it
+
+    def emit(event: dict[str, Any]) -> None:
+        if as_json:
+            print(json.dumps(event), flush=True)
+
+    if args.no_progress:
+        progress = Progress(None)
+    elif as_json:
+        progress = Progress(sys.stdout, style="json", interval_s=args.progress_interval)
+    else:
+        progress = Progress.for_terminal(True) or Progress(None)
+    result = jobs.run(
+        args.job,
+        db=args.db,
+        params=dict(_parse_param(p) for p in args.param or []),
+        output=args.output,
+        dialect=args.dialect,
+        max_requests=args.max_requests,
+        max_tokens=args.max_tokens,
+        max_cost_usd=args.max_cost,
+        max_failed_rows=args.max_failed_rows,
+        progress=progress,
+        on_event=emit,
+    )
+    if as_json:
+        print(json.dumps({"event": "summary", **result.to_dict()}), flush=True)
+    else:
+        print(_run_line(result.to_dict()), file=sys.stderr)
+        if result.error:
+            print(f"error: {result.error}", file=sys.stderr)
+    return result.exit_code
+
+
+def _parse_param(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise AifuncsError(f"--param {text!r} is not of the form name=value.")
+    return name.strip(), value
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    parts = [
+        f"run {run.get('run_id', run.get('id'))}",
+        run["job"],
+        run["status"],
+        f"{run['rows']:,} rows",
+        f"{run['failed_rows']:,} failed",
+        f"{run['requests']:,} requests",
+        f"{run['tokens']:,} tokens",
+        f"${run['cost_usd']:,.4f}",
+    ]
+    if run.get("output"):
+        parts.append(
+            f"-> {run['output']}"
+            + (f" ({run['output_rows']:,} rows)" if run.get("output_rows") is not None else "")
+        )
+    if run.get("resumed_from"):
+        parts.append(f"resumed from run {run['resumed_from']}")
+    return " · ".join(parts)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from aifuncs import jobs
+
+    if args.action == "show":
+        found = jobs.get_run(args.id)
+        if found is None:
+            raise AifuncsError(f"No run {args.id} in the ledger; see `aifuncs runs list`.")
+        if args.json:
+            print(json.dumps(found, indent=2))
+        else:
+            for key, value in found.items():
+                print(f"{key:18} {json.dumps(value) if isinstance(value, dict) else value}")
+        return 0
+    rows = jobs.list_runs(args.job, args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("No runs yet. Run a job with `aifuncs run JOB.sql`.")
+    else:
+        for row in rows:
+            print(f"{row['started_at'][:19]}  " + _run_line(row))
+    return 0
+
+
 def _cache(args: argparse.Namespace) -> int:
     from aifuncs import cache
 
@@ -180,29 +271,6 @@ def _cache(args: argparse.Namespace) -> int:
     for name, count in stats.endpoints.items():
         print(f"  {name:30} {count:>12,}")
     return 0
-
-
-_ROW_KEYWORDS = {
-    "SELECT",
-    "WITH",
-    "FROM",
-    "VALUES",
-    "TABLE",
-    "DESCRIBE",
-    "SHOW",
-    "SUMMARIZE",
-    "EXPLAIN",
-    "PIVOT",
-    "UNPIVOT",
-    "(",
-}
-
-
-def _returns_rows(statement: str) -> bool:
-    """Queries print their rows; DDL and DML (whose relation is just a count) print nothing."""
-    text = "\n".join(line for line in statement.splitlines() if not line.lstrip().startswith("--")).lstrip()
-    first = text.split(None, 1)[0].upper() if text else ""
-    return first in _ROW_KEYWORDS or first.startswith("(")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +347,50 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--db", default=":memory:", help="DuckDB database file")
     index.set_defaults(handler=_index)
 
+    run = commands.add_parser(
+        "run",
+        help="run a SQL job: parameters, output, progress, checkpoint and a ledger entry",
+        description="Exit codes: 0 success, 1 failed, 2 bad arguments, 3 budget, 4 too many failed rows,"
+        " 5 endpoint unreachable, 6 bad SQL, 7 already running.",
+    )
+    run.add_argument("job", help="a .sql file of one or more statements")
+    run.add_argument("--db", default=":memory:", help="DuckDB database file (default: in memory)")
+    run.add_argument(
+        "--param", "-p", action="append", metavar="NAME=VALUE", help="fills :NAME, $NAME, ${NAME}"
+    )
+    run.add_argument(
+        "--output",
+        "-o",
+        metavar="TARGET",
+        help="where the last query's rows go: table:NAME, FILE.parquet or FILE.csv",
+    )
+    run.add_argument("--dialect", default="duckdb", choices=["duckdb", "databricks"])
+    run.add_argument("--json", action="store_true", help="JSON lines on stdout (the default off a terminal)")
+    run.add_argument("--max-failed-rows", type=int, metavar="N", help="exit 4 when more rows fail")
+    run.add_argument("--max-cost", type=float, metavar="USD", help="refuse or stop the job past this cost")
+    run.add_argument("--max-requests", type=int, metavar="N", help="... past this many model requests")
+    run.add_argument("--max-tokens", type=int, metavar="N", help="... past this many tokens")
+    run.add_argument("--no-progress", action="store_true", help="no progress line or progress events")
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between JSON progress events (5)",
+    )
+    run.set_defaults(handler=_run)
+
+    runs = commands.add_parser("runs", help="the ledger of job runs")
+    runs_actions = runs.add_subparsers(dest="action", required=True)
+    runs_list = runs_actions.add_parser("list", help="runs, newest first")
+    runs_list.add_argument("--job", help="only this job (its name or file)")
+    runs_list.add_argument("--limit", type=int, default=20)
+    runs_list.add_argument("--json", action="store_true")
+    runs_show = runs_actions.add_parser("show", help="one run, whole")
+    runs_show.add_argument("id", type=int)
+    runs_show.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=_runs)
+
     cache = commands.add_parser("cache", help="the kept answers under AIFUNCS_HOME")
     cache_actions = cache.add_subparsers(dest="action", required=True)
     cache_actions.add_parser("stats", help="answers kept, per endpoint").add_argument(
@@ -293,12 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 EXIT_ERROR = 1
 EXIT_BUDGET = 3  # a budget refused or stopped the query: a scheduler may retry with a larger one
+EXIT_LOCKED = (
+    7  # another run of the same job is running (the other codes of `aifuncs run`: aifuncs.jobs.Exit)
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except JobLocked as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_LOCKED
     except BudgetExceeded as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BUDGET

@@ -99,6 +99,10 @@ class RemoteError(AifuncsError):
         self.retry_after = retry_after
 
 
+class EndpointUnreachable(RemoteError):
+    """No reply at all: the connection was refused or dropped, or the reply did not come in time."""
+
+
 class ReplyParseError(AifuncsError):
     """A model's text reply does not parse into the call's result type."""
 
@@ -106,3 +110,7 @@ class ReplyParseError(AifuncsError):
 class BudgetExceeded(AifuncsError):
     """A query would exceed, or has reached, a limit on requests, tokens or cost. Answers already
     received are kept (where the call's answers are reusable), so a rerun with a larger budget resumes."""
+
+
+class JobLocked(AifuncsError):
+    """Another run of the same job (same file, parameters and database) is still running."""

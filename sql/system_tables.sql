@@ -5,3 +5,7 @@ CREATE OR REPLACE TEMP VIEW aifuncs_endpoints AS
 -- One row per model request: endpoint, rows, tokens, latency, status, attempts.
 CREATE OR REPLACE TEMP VIEW aifuncs_usage AS
     SELECT unnest(__aifuncs_usage(), recursive := true);
+
+-- One row per job run (`aifuncs run`): job, parameters, times, status, rows, requests, tokens, cost, output.
+CREATE OR REPLACE TEMP VIEW aifuncs_runs AS
+    SELECT unnest(__aifuncs_runs(), recursive := true);

@@ -85,6 +85,7 @@ def install(con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None) -> d
     )
     _udf(con, "__aifuncs_endpoints", _endpoints_snapshot, [], ENDPOINTS_TYPE)
     _udf(con, "__aifuncs_usage", _usage_snapshot(runtime), [], USAGE_TYPE)
+    _udf(con, "__aifuncs_runs", _runs_snapshot, [], RUNS_TYPE)
     for script in ("functions.sql", "system_tables.sql"):
         con.execute((resource_dir("sql") / script).read_text())
     return con
@@ -393,6 +394,24 @@ def _generic_ai_query(runtime: Runtime) -> Callable[..., pa.Array]:
 
 def _as_text(values: pa.Array) -> pa.Array:
     return to_arrow(values, pa.string())
+
+
+RUNS_TYPE = (
+    "STRUCT(id BIGINT, job VARCHAR, path VARCHAR, params VARCHAR, db VARCHAR, output VARCHAR, status VARCHAR,"
+    " exit_code INTEGER, started_at TIMESTAMP, ended_at TIMESTAMP, rows BIGINT, failed_rows BIGINT,"
+    " requests BIGINT, tokens BIGINT, cost_usd DOUBLE, output_rows BIGINT, resumed_from BIGINT, error VARCHAR)[]"
+)
+
+
+def _runs_snapshot() -> pa.Array:
+    from aifuncs.jobs import list_runs  # the jobs module builds on this one
+
+    rows = list_runs()
+    for row in rows:
+        row["params"] = json.dumps(row["params"], sort_keys=True)
+        for key in ("started_at", "ended_at"):
+            row[key] = datetime.fromisoformat(row[key]).replace(tzinfo=None) if row[key] else None
+    return pa.array([rows], arrow_type(RUNS_TYPE))
 
 
 def _usage_snapshot(runtime: Runtime) -> Callable[[], pa.Array]:

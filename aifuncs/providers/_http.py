@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import Field
 
-from aifuncs.errors import MissingSecret, RemoteError
+from aifuncs.errors import EndpointUnreachable, MissingSecret, RemoteError
 from aifuncs.providers._transport import LeanTransport
 from aifuncs.providers.base import Provider, ProviderOptions
 
@@ -109,11 +109,11 @@ class HttpProvider(Provider):
                 parsed, content=content, headers={"content-type": "application/json", **sent}
             )
         except httpx.TimeoutException:
-            raise RemoteError(
+            raise EndpointUnreachable(
                 f"Endpoint {name!r}: no reply from {url} within {self.options.timeout_s:g} s", retryable=True
             ) from None
         except httpx.TransportError as error:  # refused, reset, dropped mid-reply
-            raise RemoteError(
+            raise EndpointUnreachable(
                 f"Endpoint {name!r}: connection to {url} failed ({type(error).__name__}: {error})",
                 retryable=True,
             ) from None

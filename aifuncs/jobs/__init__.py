@@ -1,0 +1,321 @@
+"""Scheduled jobs: a SQL file with AI functions, run with parameters, checkpointed, recorded in a ledger.
+
+    aifuncs run nightly.sql --db warehouse.duckdb --param day=2026-11-24 --output table:ticket_topics
+
+A run takes the job's lock (one run of a job at a time), records itself in the ledger, and keeps every
+answer a rerun would pay for again in the job's checkpoint (`aifuncs.runtime._checkpoint`): killed or
+failed half-way and run again, it asks only for what had no answer. The checkpoint is deleted once the
+job succeeds. `run()` never raises for what happens inside the job: the result (and the ledger) says
+how it ended, with an exit code a scheduler can act on (`Exit`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import sqlglot
+from sqlglot import exp
+
+from aifuncs._home import home
+from aifuncs.engines.duckdb import connect, sql_each
+from aifuncs.errors import (
+    AifuncsError,
+    ArgumentError,
+    BudgetExceeded,
+    EndpointUnreachable,
+    RequestMismatch,
+    SqlError,
+    UnknownEndpoint,
+)
+from aifuncs.jobs import _ledger as ledger
+from aifuncs.jobs._lock import JobLock
+from aifuncs.jobs._params import substitute
+from aifuncs.planner import split_statements
+from aifuncs.runtime import Budget, default_runtime
+from aifuncs.runtime._checkpoint import Checkpoint
+from aifuncs.runtime._progress import Progress
+
+__all__ = ["Exit", "RunResult", "get_run", "list_runs", "run"]
+
+
+class Exit(IntEnum):
+    """How a run ended, as the process exit code of `aifuncs run`."""
+
+    OK = 0
+    ERROR = 1  # the job failed for another reason (a model error with failOnError, a DuckDB error...)
+    USAGE = 2  # bad command-line arguments
+    BUDGET = 3  # a budget refused or stopped the job: rerun with a larger one to finish (nothing paid twice)
+    FAILED_ROWS = 4  # the job finished, but more rows failed than --max-failed-rows allows
+    UNREACHABLE = 5  # an endpoint did not answer at all (refused, dropped, timed out): retry later
+    BAD_SQL = 6  # the job's SQL does not parse or bind (unknown table, endpoint, function argument...)
+    LOCKED = 7  # another run of the same job is still running: this one did nothing
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    job: str
+    status: str  # succeeded or failed
+    exit_code: int
+    rows: int
+    failed_rows: int
+    requests: int
+    tokens: int
+    cost_usd: float
+    seconds: float
+    output: str | None
+    output_rows: int | None
+    resumed_from: int | None
+    checkpoint_answers: int
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run(
+    path: str | Path,
+    *,
+    db: str | Path = ":memory:",
+    params: dict[str, str] | None = None,
+    output: str | None = None,
+    dialect: str = "duckdb",
+    max_requests: int | None = None,
+    max_tokens: int | None = None,
+    max_cost_usd: float | None = None,
+    max_failed_rows: int | None = None,
+    progress: Progress | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run the job in `path` (see the module's text). Raises only before the run starts: a missing file,
+    a bad output target, `JobLocked` when another run of the job holds its lock."""
+    path = Path(path).resolve()
+    try:
+        text = path.read_text()
+    except OSError as unreadable:
+        raise AifuncsError(f"Cannot read the job {str(path)!r}: {unreadable.strerror or unreadable}.") from None
+    params = dict(params or {})
+    target = _Output.parse(output)
+    database = str(db if str(db) == ":memory:" else Path(db).resolve())
+    key = hashlib.sha256(json.dumps([str(path), sorted(params.items()), database, output, dialect]).encode())
+    job_dir = home() / "jobs" / f"{path.stem}-{key.hexdigest()[:12]}"
+    with JobLock(job_dir / "lock", path.stem):
+        run_id = ledger.start(path.stem, key.hexdigest(), str(path), params, database, output)
+        checkpoint_path = job_dir / "checkpoint.db"
+        resumed_from = ledger.last_unfinished(key.hexdigest(), run_id) if checkpoint_path.exists() else None
+        checkpoint = Checkpoint(checkpoint_path)
+        answers = checkpoint.answers() if resumed_from is not None else 0
+        ledger.update(run_id, resumed_from=resumed_from, checkpoint_answers=answers)
+        emit = on_event or (lambda event: None)
+        emit({"event": "start", "run_id": run_id, "job": path.stem, "resumed_from": resumed_from,
+              "checkpoint_answers": answers})  # fmt: skip
+        counts = progress or Progress(None)
+        started = time.monotonic()
+        error: BaseException | None = None
+        output_rows = None
+        runtime = default_runtime()
+        runtime.checkpoint = checkpoint
+        try:
+            budget = Budget(max_requests, max_tokens, max_cost_usd, name="job")
+            output_rows = _execute(text, database, params, dialect, target, budget, counts, emit)
+        except (AifuncsError, duckdb.Error, sqlglot.errors.SqlglotError) as failure:
+            error = failure
+        finally:
+            runtime.checkpoint = None
+            counts.finish()
+            checkpoint.close()
+        code = Exit.OK if error is None else _exit_code(error)
+        message = None if error is None else _message(error)
+        if error is None and max_failed_rows is not None and counts.failed_rows > max_failed_rows:
+            code = Exit.FAILED_ROWS
+            message = f"{counts.failed_rows:,} rows failed; --max-failed-rows allows {max_failed_rows:,}."
+        if code == Exit.OK:
+            checkpoint.delete()  # done: a later run of the job starts afresh
+        snapshot = counts.snapshot()
+        result = RunResult(
+            run_id=run_id,
+            job=path.stem,
+            status="succeeded" if code == Exit.OK else "failed",
+            exit_code=int(code),
+            rows=max(counts.rows, counts.sent_rows),  # answers given, every AI call of every statement
+            failed_rows=snapshot["failed_rows"],
+            requests=snapshot["requests"],
+            tokens=snapshot["tokens"],
+            cost_usd=snapshot["cost_usd"],
+            seconds=round(time.monotonic() - started, 3),
+            output=output,
+            output_rows=output_rows,
+            resumed_from=resumed_from,
+            checkpoint_answers=answers,
+            error=message,
+        )
+        ledger.update(
+            run_id,
+            status=result.status,
+            exit_code=result.exit_code,
+            ended_at=ledger.now(),
+            rows=result.rows,
+            failed_rows=result.failed_rows,
+            requests=result.requests,
+            tokens=result.tokens,
+            cost_usd=result.cost_usd,
+            output_rows=output_rows,
+            error=message,
+        )
+        return result
+
+
+def list_runs(job: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The ledger, newest first: every run's job, parameters, times, status, counts, cost and output."""
+    return ledger.runs(job, limit)
+
+
+def get_run(run_id: int) -> dict[str, Any] | None:
+    return ledger.get(run_id)
+
+
+def _execute(
+    text: str,
+    database: str,
+    params: dict[str, str],
+    dialect: str,
+    target: _Output | None,
+    budget: Budget,
+    counts: Progress,
+    emit: Callable[[dict[str, Any]], None],
+) -> int | None:
+    """Run the statements; the last one's rows go to the output. Returns the output's row count."""
+    sql = substitute(text, dialect, params)
+    statements = len(split_statements(sql, dialect))
+    con = connect(database)
+    try:
+        con.execute("SET enable_progress_bar = false")
+        output_rows = None
+        began = time.monotonic()
+        stream = sql_each(con, sql, dialect=dialect, budget=budget, progress=counts)
+        for number, (statement, relation) in enumerate(stream, start=1):
+            if relation is not None and returns_rows(statement):
+                if number == statements and target is not None:
+                    output_rows = target.write(con, relation)
+                else:
+                    output_rows = _consume(relation)
+            emit({"event": "statement", "number": number, "of": statements,
+                  "seconds": round(time.monotonic() - began, 3), "sql": _first_line(statement)})  # fmt: skip
+            began = time.monotonic()
+        if target is not None and output_rows is None:
+            raise SqlError(
+                f"The job's last statement returns no rows to write to {target.text}: end it with a query."
+            )
+        return output_rows
+    finally:
+        con.close()
+
+
+def _consume(relation: duckdb.DuckDBPyRelation) -> int:
+    """Run a query nobody reads (a streamed SELECT runs only as it is fetched), counting its rows."""
+    return sum(batch.num_rows for batch in relation.to_arrow_reader(1 << 16))
+
+
+@dataclass(frozen=True)
+class _Output:
+    text: str
+    kind: str  # table, parquet, csv
+    target: str
+
+    @classmethod
+    def parse(cls, text: str | None) -> _Output | None:
+        if text is None:
+            return None
+        if text.startswith("table:"):
+            name = text.removeprefix("table:")
+            try:
+                exp.to_table(name, dialect="duckdb")
+            except sqlglot.errors.ParseError:
+                name = ""
+            if not name:
+                raise AifuncsError(f"--output {text!r}: give a table name, e.g. table:ticket_topics.")
+            return cls(text, "table", name)
+        suffix = Path(text).suffix.lower()
+        if suffix in (".parquet", ".csv"):
+            return cls(text, suffix[1:], str(Path(text).resolve()))
+        raise AifuncsError(f"--output {text!r}: use table:NAME, FILE.parquet or FILE.csv.")
+
+    def write(self, con: duckdb.DuckDBPyConnection, relation: duckdb.DuckDBPyRelation) -> int:
+        """Write the rows whole or not at all: a failed job leaves the previous output in place."""
+        if self.kind == "table":
+            table = exp.to_table(self.target, dialect="duckdb")
+            staging = f"__aifuncs_output_{os.getpid()}"
+            relation.create(staging)
+            try:
+                con.execute(f"CREATE OR REPLACE TABLE {table.sql('duckdb')} AS FROM {staging}")
+            finally:
+                con.execute(f"DROP TABLE IF EXISTS {staging}")
+            (count,) = con.execute(f"SELECT count(*) FROM {table.sql('duckdb')}").fetchall()[0]
+            return int(count)
+        partial = f"{self.target}.{os.getpid()}.partial"
+        if self.kind == "parquet":
+            relation.to_parquet(partial)
+            (count,) = con.execute("SELECT count(*) FROM read_parquet(?)", [partial]).fetchall()[0]
+        else:
+            relation.to_csv(partial, header=True)
+            (count,) = con.execute("SELECT count(*) FROM read_csv(?, header = true)", [partial]).fetchall()[0]
+        os.replace(partial, self.target)
+        return int(count)
+
+
+_ROW_KEYWORDS = {"SELECT", "WITH", "FROM", "VALUES", "TABLE", "DESCRIBE", "SHOW", "SUMMARIZE", "EXPLAIN", "PIVOT",
+                 "UNPIVOT"}  # fmt: skip
+
+
+def returns_rows(statement: str) -> bool:
+    """Queries return rows; DDL and DML (whose relation is just a count) do not."""
+    text = "\n".join(line for line in statement.splitlines() if not line.lstrip().startswith("--")).lstrip()
+    first = text.split(None, 1)[0].upper() if text else ""
+    return first in _ROW_KEYWORDS or first.startswith("(")
+
+
+def _first_line(statement: str, length: int = 80) -> str:
+    line = " ".join(statement.split())
+    return line if len(line) <= length else line[: length - 3] + "..."
+
+
+_BUDGET_TEXT = re.compile(r"The (query|session|job) budget")
+_UNREACHABLE_TEXT = re.compile(r"Endpoint '[^']+': (connection to \S+ failed|no reply from)")
+_BAD_SQL = (SqlError, ArgumentError, UnknownEndpoint, RequestMismatch, sqlglot.errors.SqlglotError)
+_BAD_SQL_DUCKDB = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
+
+
+def _exit_code(error: BaseException) -> Exit:
+    chain = _chain(error)
+    message = _message(error)
+    if any(isinstance(e, BudgetExceeded) for e in chain) or _BUDGET_TEXT.search(message):
+        return Exit.BUDGET
+    if any(isinstance(e, EndpointUnreachable) for e in chain) or _UNREACHABLE_TEXT.search(message):
+        return Exit.UNREACHABLE
+    if any(isinstance(e, _BAD_SQL) for e in chain) or isinstance(error, _BAD_SQL_DUCKDB):
+        return Exit.BAD_SQL
+    return Exit.ERROR
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in found:
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _message(error: BaseException) -> str:
+    # UDF failures arrive wrapped by DuckDB; keep the message without the wrapping.
+    return str(error).replace("Python exception occurred while executing the UDF: ", "")
