@@ -26,6 +26,7 @@ import duckdb
 import sqlglot
 from sqlglot import exp
 
+from aifuncs import errors
 from aifuncs._home import home
 from aifuncs.engines.duckdb import connect, sql_each
 from aifuncs.errors import (
@@ -103,7 +104,9 @@ def run(
     try:
         text = path.read_text()
     except OSError as unreadable:
-        raise AifuncsError(f"Cannot read the job {str(path)!r}: {unreadable.strerror or unreadable}.") from None
+        raise AifuncsError(
+            f"Cannot read the job {str(path)!r}: {unreadable.strerror or unreadable}."
+        ) from None
     params = dict(params or {})
     target = _Output.parse(output)
     database = str(db if str(db) == ":memory:" else Path(db).resolve())
@@ -316,6 +319,18 @@ def _chain(error: BaseException) -> list[BaseException]:
     return found
 
 
+_UDF_WRAPPING = re.compile(
+    r"^Invalid Input Error: (Python exception occurred while executing the UDF: )?(?P<kind>\w+): "
+)
+
+
 def _message(error: BaseException) -> str:
-    # UDF failures arrive wrapped by DuckDB; keep the message without the wrapping.
-    return str(error).replace("Python exception occurred while executing the UDF: ", "")
+    """The failure in words: aifuncs' own message where there is one, without DuckDB's wrapping."""
+    ours = next((e for e in _chain(error) if isinstance(e, AifuncsError)), None)
+    if ours is not None:
+        return str(ours)
+    text = str(error)
+    wrapped = _UDF_WRAPPING.match(text)  # a UDF's error, raised inside DuckDB: its type is lost
+    if wrapped and isinstance(getattr(errors, wrapped["kind"], None), type):
+        return text[wrapped.end() :]
+    return text.replace("Python exception occurred while executing the UDF: ", "")

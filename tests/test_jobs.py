@@ -1,0 +1,230 @@
+"""Scheduled jobs: `aifuncs run` end to end, as a scheduler runs it (a child process, no terminal)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from servers import FakeServer, free_port
+
+import aifuncs
+from aifuncs import jobs
+from aifuncs.cli import main
+from aifuncs.errors import SqlError
+from aifuncs.jobs import Exit
+from aifuncs.jobs._params import markers, substitute
+
+TESTS = Path(__file__).resolve().parent
+
+# 60 tickets, 30 distinct texts: classified at temperature 0 (shared cache) and answered by sampling
+# (temperature 0.7: every row its own answer, equal texts included, kept in the job's checkpoint).
+JOB = """
+CREATE OR REPLACE TABLE tickets AS
+    SELECT range AS id, 'ticket ' || (range % 30) || ' about my bill' AS body,
+           DATE '2026-11-23' + CAST(range % 2 AS INTEGER) AS day
+    FROM range(120);
+SELECT id, ai_classify(body, ['bug', 'billing'], endpoint => 'chat') AS topic,
+       ai_query('chat', body, modelParameters => {'temperature': 0.7}) AS reply
+FROM tickets WHERE day = CAST(:day AS DATE)
+"""
+ROWS = 60
+# Requests the job needs: the day's 15 distinct texts classified once each, and all 60 rows sampled.
+NEEDED = 15 + ROWS
+
+
+def start_job(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "aifuncs.cli", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, list[dict[str, Any]], str]:
+    out, err = process.communicate(timeout=120)
+    return process.returncode, [json.loads(line) for line in out.splitlines() if line.strip()], err
+
+
+def events_until(process: subprocess.Popen[str], done: Any, timeout_s: float = 60) -> list[dict[str, Any]]:
+    """JSON events of a running job, read until `done(event)` holds."""
+    assert process.stdout is not None
+    seen, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(json.loads(line))
+        if done(seen[-1]):
+            return seen
+    raise AssertionError(f"the job never got there; events: {seen}")
+
+
+def stored_answers(home: Path) -> int:
+    """Answers kept on disk: the shared cache plus every job checkpoint."""
+    total = 0
+    for db in [home / "answers.db", *home.glob("jobs/*/checkpoint.db")]:
+        if db.exists():
+            with sqlite3.connect(db) as con:
+                total += con.execute("SELECT count(*) FROM answers").fetchone()[0]
+    return total
+
+
+@pytest.fixture
+def chat(home: Path):  # type: ignore[no-untyped-def]
+    with FakeServer(delay_s=0.05) as server:
+        aifuncs.endpoints.create(
+            "chat", kind="openai", base_url=server.url + "/v1", model="m", max_concurrency=2,
+            usd_per_1m_input_tokens=1.0,
+        )  # fmt: skip
+        yield server
+
+
+def test_a_killed_job_resumes_without_paying_twice_and_the_ledger_shows_both_runs(
+    chat: FakeServer, tmp_path: Path, home: Path
+) -> None:
+    job = tmp_path / "nightly.sql"
+    job.write_text(JOB)
+    args = (str(job), "--db", str(tmp_path / "w.duckdb"), "--param", "day=2026-11-24", "--output",
+            "table:replies", "--progress-interval", "0.1")  # fmt: skip
+    first = start_job(*args)
+    events_until(first, lambda e: e["event"] == "progress" and e["requests"] >= 30)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    paid_before = chat.stats.rows
+    kept = stored_answers(home)
+    assert 0 < kept < NEEDED  # killed half-way, with answers kept
+
+    code, events, err = finish(start_job(*args))
+    assert code == 0, err
+    summary = events[-1]
+    assert summary["event"] == "summary" and summary["status"] == "succeeded"
+    assert summary["resumed_from"] == events[0]["run_id"] - 1 and summary["checkpoint_answers"] > 0
+    # The rerun asked exactly what had no answer kept: rows answered before the kill were not paid again.
+    assert chat.stats.rows - paid_before == NEEDED - kept
+    assert summary["requests"] == NEEDED - kept
+    # Paid at most once per row, but for what was in flight when the process died (2 per call site).
+    assert chat.stats.rows <= NEEDED + 4
+
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        rows = con.execute(
+            "SELECT count(*), count(topic), count(reply), count(DISTINCT id) FROM replies"
+        ).fetchall()
+    assert rows == [(ROWS, ROWS, ROWS, ROWS)] and summary["output_rows"] == ROWS
+    assert not list(home.glob("jobs/*/checkpoint.db"))  # a finished job leaves no checkpoint
+
+    runs = jobs.list_runs("nightly")
+    assert [r["status"] for r in runs] == ["succeeded", "interrupted"]
+    assert runs[0]["params"] == {"day": "2026-11-24"} and runs[0]["output"] == "table:replies"
+    assert runs[0]["requests"] == summary["requests"] and runs[0]["cost_usd"] > 0
+    con = aifuncs.connect()
+    assert con.sql("SELECT status, resumed_from FROM aifuncs_runs ORDER BY id").fetchall() == [
+        ("interrupted", None),
+        ("succeeded", runs[1]["id"]),
+    ]
+    con.close()
+
+
+def test_a_second_run_of_a_running_job_does_nothing(chat: FakeServer, tmp_path: Path) -> None:
+    job = tmp_path / "nightly.sql"
+    job.write_text(JOB)
+    args = (str(job), "--param", "day=2026-11-24", "--progress-interval", "0.1")
+    first = start_job(*args)
+    try:
+        events_until(first, lambda e: e["event"] == "progress")
+        code, events, err = finish(start_job(*args))
+        assert code == Exit.LOCKED and "already running" in err and events == []
+        other_day = finish(start_job(str(job), "--param", "day=2026-11-23"))  # another job: not locked
+        assert other_day[0] == 0, other_day[2]
+    finally:
+        first.kill()
+        first.wait()
+
+
+def run_job(tmp_path: Path, sql: str, *args: str) -> int:
+    job = tmp_path / "job.sql"
+    job.write_text(sql)
+    return main(["run", str(job), "--json", *args])
+
+
+def test_exit_codes_a_scheduler_can_act_on(
+    chat: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ok = "SELECT ai_query('chat', 'hello ' || range) AS r FROM range(4)"
+    assert run_job(tmp_path, ok) == Exit.OK
+    assert run_job(tmp_path, "SELEC 1") == Exit.BAD_SQL
+    assert run_job(tmp_path, "SELECT ai_query('chta', 'x')") == Exit.BAD_SQL  # unknown endpoint
+    assert run_job(tmp_path, "SELECT ai_classify('x', 'not a list', endpoint => 'chat')") == Exit.BAD_SQL
+    assert run_job(tmp_path, "SELECT * FROM no_such_table") == Exit.BAD_SQL
+    assert run_job(tmp_path, "SELECT :day") == Exit.BAD_SQL  # a parameter with no value
+    assert run_job(tmp_path, ok, "--max-requests", "2") == Exit.BUDGET
+    assert run_job(tmp_path, "SELECT 1/0 AS x, error('boom')") == Exit.ERROR
+
+    aifuncs.endpoints.create("flaky", kind="python", function="sample_models:fails_on_13", returns="DOUBLE")
+    failing = "SELECT ai_query('flaky', range::DOUBLE, failOnError => false) AS r FROM range(20)"
+    assert run_job(tmp_path, failing) == Exit.OK  # per-row failures are the job's business...
+    assert run_job(tmp_path, failing, "--max-failed-rows", "1") == Exit.OK
+    assert run_job(tmp_path, failing, "--max-failed-rows", "0") == Exit.FAILED_ROWS  # ...past a threshold
+    raising = "SELECT ai_query('flaky', range::DOUBLE) AS r FROM range(20)"
+    assert run_job(tmp_path, raising) == Exit.ERROR  # failOnError: the model's error fails the job
+
+    aifuncs.endpoints.create(
+        "gone", kind="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", max_retries=1,
+        retry_base_s=0.01,
+    )  # fmt: skip
+    assert run_job(tmp_path, "SELECT ai_query('gone', 'hello') AS r") == Exit.UNREACHABLE
+    summaries = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"summary"' in line]
+    assert summaries[-1]["error"].startswith("Endpoint 'gone'") and summaries[-1]["status"] == "failed"
+    assert [r["exit_code"] for r in jobs.list_runs("job")][::-1] == [
+        0, 6, 6, 6, 6, 6, 3, 1, 0, 0, 4, 1, 5
+    ]  # fmt: skip
+
+
+def test_outputs_and_parameters(chat: FakeServer, tmp_path: Path) -> None:
+    sql = "SELECT range AS id, ai_query('chat', $word || range) AS r FROM range(${n})"
+    for output in ("out.parquet", "out.csv"):
+        target = tmp_path / output
+        assert run_job(tmp_path, sql, "-p", "word=hi ", "-p", "n=5", "-o", str(target)) == 0
+        rows = duckdb.sql(f"SELECT id, r FROM '{target}' ORDER BY id").fetchall()
+        assert rows[0] == (0, "echo: hi 0") and len(rows) == 5
+    assert run_job(tmp_path, sql, "-p", "word=x", "-p", "n=2", "-p", "extra=1") == Exit.BAD_SQL
+    with pytest.raises(SystemExit) as usage:
+        main(["run"])
+    assert usage.value.code == Exit.USAGE
+    assert main(["run", str(tmp_path / "job.sql"), "-p", "word=x", "-p", "n=1", "-o", "out.txt"]) == 1
+
+
+def test_parameter_markers_are_found_by_the_tokenizer() -> None:
+    sql = "SELECT $a, :b, x::INT, ':c $d', j:path, l[1:n], {'k':v}, CAST(:e AS DATE) -- :f\nFROM t WHERE y = ${g}"
+    assert [name for _, _, name in markers(sql, "duckdb")] == ["a", "b", "e", "g"]
+    filled = substitute(sql, "duckdb", {"a": "it's", "b": "2", "e": "2026-11-24", "g": "-1.5"})
+    assert filled.startswith(
+        "SELECT 'it''s', 2, x::INT, ':c $d', j:path, l[1:n], {'k':v}, CAST('2026-11-24' AS DATE)"
+    )
+    assert filled.endswith("WHERE y = -1.5")
+    with pytest.raises(SqlError, match="--param b=VALUE"):
+        substitute("SELECT :b", "duckdb", {})
+
+
+def test_runs_from_the_shell(chat: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_job(tmp_path, "SELECT ai_query('chat', 'hi') AS r") == 0
+    capsys.readouterr()
+    assert main(["runs", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "run 1 · job · succeeded · 1 rows" in listed
+    assert main(["runs", "show", "1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "succeeded" and shown["requests"] == 1 and shown["exit_code"] == 0
+    assert main(["runs", "show", "99"]) == 1
