@@ -228,3 +228,27 @@ def test_runs_from_the_shell(chat: FakeServer, tmp_path: Path, capsys: pytest.Ca
     shown = json.loads(capsys.readouterr().out)
     assert shown["status"] == "succeeded" and shown["requests"] == 1 and shown["exit_code"] == 0
     assert main(["runs", "show", "99"]) == 1
+
+
+def test_the_nightly_example_job_on_the_offline_models(tmp_path: Path) -> None:
+    """examples/nightly_tickets.sql as cron would run it, on a warehouse built by its companion job."""
+    examples, warehouse = TESTS.parent / "examples", str(tmp_path / "warehouse.duckdb")
+    built = finish(start_job(str(examples / "tickets_warehouse.sql"), "--db", warehouse, "-p",
+                             f"csv={TESTS / 'data' / 'support_messages.csv'}", "-p", "day=2026-11-24"))  # fmt: skip
+    assert built[0] == 0, built[2]
+    nightly = (str(examples / "nightly_tickets.sql"), "--db", warehouse, "-p", "day=2026-11-24", "-o",
+               str(tmp_path / "topics.csv"), "--max-failed-rows", "0")  # fmt: skip
+    for _ in range(2):  # a rerun of the day replaces its rows
+        code, events, err = finish(start_job(*nightly))
+        assert code == 0, err
+    with duckdb.connect(warehouse) as con:
+        (day_tickets,) = con.execute(
+            "SELECT count(*) FROM tickets WHERE created_at::DATE = '2026-11-24'"
+        ).fetchone() or (0,)
+        insights = con.execute("SELECT topic, sentiment, summary FROM ticket_insights").fetchall()
+    assert day_tickets > 0 and len(insights) == day_tickets
+    assert {t for t, _, _ in insights} <= {"billing", "shipping", "product", "account", "other"}
+    assert all(summary for _, _, summary in insights)
+    report = duckdb.sql(f"SELECT sum(tickets) FROM '{tmp_path / 'topics.csv'}'").fetchall()
+    assert report == [(day_tickets,)] and events[-1]["output_rows"] > 0
+    assert [r["status"] for r in jobs.list_runs("nightly_tickets")] == ["succeeded", "succeeded"]

@@ -40,7 +40,9 @@ def main() -> None:
     import aifuncs
 
     frame = pd.DataFrame({"body": [f"ticket {i}: the app crashes when I pay" for i in range(args.rows)]})
-    print(f"server delay: {DELAY_S * 1000:.0f} ms per request; {args.rows:,} rows ({args.loop_rows:,} for the loop)")
+    print(
+        f"server delay: {DELAY_S * 1000:.0f} ms per request; {args.rows:,} rows ({args.loop_rows:,} for the loop)"
+    )
     with FakeServer(delay_s=DELAY_S) as server:
         aifuncs.endpoints.create("chat", kind="openai", base_url=server.url + "/v1", model="m", cache=False)
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
@@ -74,7 +76,9 @@ def main() -> None:
                 results[name] = run()
                 rates[name] = max(rates[name], args.rows / (time.perf_counter() - start))
 
-    assert looped.tolist() == results["accessor"].head(args.loop_rows).tolist(), "the loop and the accessor differ"
+    assert looped.tolist() == results["accessor"].head(args.loop_rows).tolist(), (
+        "the loop and the accessor differ"
+    )
     assert results["accessor"].tolist() == results["sql"].tolist(), "the accessor and SQL differ"
     print(f"loop (openai client per row): {loop_rate:10,.0f} rows/s")
     print(f"accessor (s.ai.query):        {rates['accessor']:10,.0f} rows/s")
