@@ -331,8 +331,10 @@ def _select(
 
 
 def _arrow(series: pd.Series) -> pa.Array | pa.ChunkedArray:
-    if isinstance(series.dtype, pd.ArrowDtype):
-        return series.array._pa_array  # the Arrow data itself: no copy
+    values = series.array
+    if hasattr(values, "__arrow_array__"):  # Arrow-backed (pandas 3 strings, ArrowDtype) or masked: no copy
+        converted: pa.Array | pa.ChunkedArray = values.__arrow_array__()
+        return converted
     return pa.Array.from_pandas(series)
 
 
