@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,8 @@ class Provider(ABC):
     kind: ClassVar[str]
     Options: ClassVar[type[ProviderOptions]] = ProviderOptions
     default_batch_rows: ClassVar[int] = 2048
-    default_concurrency: ClassVar[int] = 4
+    # In-process models are CPU work: one call per core (more only contend for the cores and the GIL).
+    default_concurrency: ClassVar[int] = max(1, os.cpu_count() or 1)
     # Rows per call when a whole column can be scored at once (in-process models with a fixed cost per
     # call); None: the endpoint is only fed the engine's own batches.
     bulk_batch_rows: ClassVar[int | None] = None

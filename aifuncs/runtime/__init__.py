@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import itertools
 import json
 import logging
 import os
@@ -157,7 +158,8 @@ class Runtime:
             return pa.nulls(len(requests), output)
         present = requests if valid_count == len(requests) else requests.filter(valid)
         values, errors = await self._resolve(call, present, batch_rows)
-        failed = sum(1 for e in errors if e)
+        # Only these calls keep failures per row (others raise); counted in C: a batch may have 1M rows.
+        failed = len(errors) - errors.count(None) if call.null_on_error or not call.fail_on_error else 0
         if call.null_on_error:
             if failed:
                 first = next(e for e in errors if e)
@@ -560,7 +562,7 @@ def _concat(parts: list[Scored], target: pa.DataType) -> Scored:
     if len(parts) == 1:
         return parts[0]
     values = pa.concat_arrays([p[0] for p in parts]) if parts else pa.array([], target)
-    return values, [e for p in parts for e in p[1]]
+    return values, list(itertools.chain.from_iterable(p[1] for p in parts))
 
 
 _default: Runtime | None = None

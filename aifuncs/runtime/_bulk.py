@@ -4,8 +4,11 @@ oversubscribing the CPU while several in-process model calls run at once."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from aifuncs.providers import Provider
 from aifuncs.runtime._call import CallSpec
@@ -28,10 +31,21 @@ def one_native_thread_per_call(concurrent_calls: int) -> Iterator[None]:
     if concurrent_calls <= 1 or (os.cpu_count() or 1) <= 1:
         yield
         return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a dependency; without it the calls only run slower
+    controller = _controller(len(sys.modules))
+    if controller is None:  # pragma: no cover - a dependency; without it the calls only run slower
         yield
         return
-    with threadpool_limits(limits=1):
+    with controller.limit(limits=1):
         yield
+
+
+@functools.lru_cache(maxsize=1)
+def _controller(modules: int) -> Any:
+    """The native thread pools of the process, found again only when modules were imported since (a model's
+    library may bring its own): `threadpool_limits()` looks anew on each call, ~7 ms with torch and MLflow
+    loaded, paid by every bulk query."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover
+        return None
+    return ThreadpoolController()
