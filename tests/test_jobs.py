@@ -200,6 +200,10 @@ def test_outputs_and_parameters(chat: FakeServer, tmp_path: Path) -> None:
         rows = duckdb.sql(f"SELECT id, r FROM '{target}' ORDER BY id").fetchall()
         assert rows[0] == (0, "echo: hi 0") and len(rows) == 5
     assert run_job(tmp_path, sql, "-p", "word=x", "-p", "n=2", "-p", "extra=1") == Exit.BAD_SQL
+    databricks = "SELECT ai_query('chat', :word, returnType => 'STRING') AS r"
+    target = tmp_path / "databricks.parquet"
+    assert run_job(tmp_path, databricks, "--dialect", "databricks", "-p", "word=hey", "-o", str(target)) == 0
+    assert duckdb.sql(f"SELECT r FROM '{target}'").fetchall() == [("echo: hey",)]
     with pytest.raises(SystemExit) as usage:
         main(["run"])
     assert usage.value.code == Exit.USAGE

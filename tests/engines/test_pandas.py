@@ -126,6 +126,24 @@ def test_query_options_and_struct_requests(chat: FakeServer) -> None:
         frame.name.ai.query("chta")
 
 
+def test_functions_of_your_own_and_usage_accounting(chat: FakeServer) -> None:
+    from functions.test_tasks import URGENCY
+
+    aifuncs.functions.define(URGENCY)
+    messages = pd.Series(
+        ["urgent: the site is down", "a normal question", "urgent: the site is down"], index=[3, 2, 1]
+    )
+    urgency = messages.ai.call("ai_urgency", endpoint="chat")
+    assert urgency.tolist() == ["urgent", "normal", "urgent"] and urgency.index.equals(messages.index)
+    assert chat.stats.rows == 2  # equal texts asked once (temperature 0), as in SQL
+    con = aifuncs.connect()
+    usage = con.sql("SELECT function, sum(rows) FROM aifuncs_usage GROUP BY ALL").fetchall()
+    assert ("ai_urgency", 2) in usage  # the pandas call is in the usage log like any query
+    con.close()
+    with pytest.raises(ArgumentError, match="Unknown AI function 'ai_nothing'"):
+        messages.ai.call("ai_nothing")
+
+
 def test_budgets_stop_a_pandas_call(chat: FakeServer) -> None:
     values = pd.Series(range(1_000))
     with pytest.raises(BudgetExceeded, match="estimated at \\$1.0000"):
