@@ -169,6 +169,12 @@ def _run(args: argparse.Namespace) -> int:
     from aifuncs import jobs
     from aifuncs.runtime._progress import Progress
 
+    try:
+        jobs.check_output(args.output)
+        params = dict(_parse_param(p) for p in args.param or [])
+    except AifuncsError as error:
+        print(f"aifuncs run: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     as_json = args.json or not sys.stderr.isatty()  # a scheduler or a log collector reads it
 
     def emit(event: dict[str, Any]) -> None:
@@ -184,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     result = jobs.run(
         args.job,
         db=args.db,
-        params=dict(_parse_param(p) for p in args.param or []),
+        params=params,
         output=args.output,
         dialect=args.dialect,
         max_requests=args.max_requests,
@@ -404,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2  # as argparse: the command line itself is wrong
 EXIT_BUDGET = 3  # a budget refused or stopped the query: a scheduler may retry with a larger one
 EXIT_LOCKED = (
     7  # another run of the same job is running (the other codes of `aifuncs run`: aifuncs.jobs.Exit)

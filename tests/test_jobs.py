@@ -207,7 +207,10 @@ def test_outputs_and_parameters(chat: FakeServer, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as usage:
         main(["run"])
     assert usage.value.code == Exit.USAGE
-    assert main(["run", str(tmp_path / "job.sql"), "-p", "word=x", "-p", "n=1", "-o", "out.txt"]) == 1
+    assert (
+        main(["run", str(tmp_path / "job.sql"), "-p", "word=x", "-p", "n=1", "-o", "out.txt"]) == Exit.USAGE
+    )
+    assert main(["run", str(tmp_path / "job.sql"), "-p", "word"]) == Exit.USAGE
 
 
 def test_parameter_markers_are_found_by_the_tokenizer() -> None:

@@ -46,7 +46,7 @@ from aifuncs.runtime import Budget, default_runtime
 from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._progress import Progress
 
-__all__ = ["Exit", "RunResult", "get_run", "list_runs", "run"]
+__all__ = ["Exit", "RunResult", "check_output", "get_run", "list_runs", "run"]
 
 
 class Exit(IntEnum):
@@ -176,6 +176,11 @@ def run(
             error=message,
         )
         return result
+
+
+def check_output(output: str | None) -> None:
+    """Raise `AifuncsError` when `output` is not a target `run` can write (table:NAME, FILE.parquet, FILE.csv)."""
+    _Output.parse(output)
 
 
 def list_runs(job: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
