@@ -176,6 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"aifuncs run: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     as_json = args.json or not sys.stderr.isatty()  # a scheduler or a log collector reads it
+    shown: list[Any] = []
 
     def emit(event: dict[str, Any]) -> None:
         if as_json:
@@ -199,7 +200,10 @@ def _run(args: argparse.Namespace) -> int:
         max_failed_rows=args.max_failed_rows,
         progress=progress,
         on_event=emit,
+        on_result=None if as_json else shown.append,
     )
+    for table in shown:  # after the progress line has ended
+        _show_rows(table)
     if as_json:
         print(json.dumps({"event": "summary", **result.to_dict()}), flush=True)
     else:
@@ -207,6 +211,12 @@ def _run(args: argparse.Namespace) -> int:
         if result.error:
             print(f"error: {result.error}", file=sys.stderr)
     return result.exit_code
+
+
+def _show_rows(table: Any) -> None:
+    """On a terminal, a job without --output shows its last query's rows, as `aifuncs query` does."""
+    frame = table.to_pandas()
+    print(frame.to_string(index=False, max_rows=40) if len(frame) else "(no rows)")
 
 
 def _parse_param(text: str) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
@@ -97,9 +98,11 @@ def run(
     max_failed_rows: int | None = None,
     progress: Progress | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[pa.Table], None] | None = None,
 ) -> RunResult:
     """Run the job in `path` (see the module's text). Raises only before the run starts: a missing file,
-    a bad output target, `JobLocked` when another run of the job holds its lock."""
+    a bad output target, `JobLocked` when another run of the job holds its lock. `on_event` receives the
+    JSON events; `on_result` the last query's rows when there is no `output` (the CLI shows them)."""
     path = Path(path).resolve()
     try:
         text = path.read_text()
@@ -130,7 +133,7 @@ def run(
         runtime.checkpoint = checkpoint
         try:
             budget = Budget(max_requests, max_tokens, max_cost_usd, name="job")
-            output_rows = _execute(text, database, params, dialect, target, budget, counts, emit)
+            output_rows = _execute(text, database, params, dialect, target, budget, counts, emit, on_result)
         except (AifuncsError, duckdb.Error, sqlglot.errors.SqlglotError) as failure:
             error = failure
         finally:
@@ -150,7 +153,7 @@ def run(
             job=path.stem,
             status="succeeded" if code == Exit.OK else "failed",
             exit_code=int(code),
-            rows=max(counts.rows, counts.sent_rows),  # answers given, every AI call of every statement
+            rows=counts.rows,  # answers given (NULL requests included), every AI call of every statement
             failed_rows=snapshot["failed_rows"],
             requests=snapshot["requests"],
             tokens=snapshot["tokens"],
@@ -201,6 +204,7 @@ def _execute(
     budget: Budget,
     counts: Progress,
     emit: Callable[[dict[str, Any]], None],
+    on_result: Callable[[pa.Table], None] | None,
 ) -> int | None:
     """Run the statements; the last one's rows go to the output. Returns the output's row count."""
     sql = substitute(text, dialect, params)
@@ -215,6 +219,10 @@ def _execute(
             if relation is not None and returns_rows(statement):
                 if number == statements and target is not None:
                     output_rows = target.write(con, relation)
+                elif number == statements and on_result is not None:
+                    rows = relation.to_arrow_table()  # run once: showing and counting must not run it twice
+                    on_result(rows)
+                    output_rows = rows.num_rows
                 else:
                     output_rows = _consume(relation)
             emit({"event": "statement", "number": number, "of": statements,
