@@ -259,3 +259,16 @@ def test_the_nightly_example_job_on_the_offline_models(tmp_path: Path) -> None:
     report = duckdb.sql(f"SELECT sum(tickets) FROM '{tmp_path / 'topics.csv'}'").fetchall()
     assert report == [(day_tickets,)] and events[-1]["output_rows"] > 0
     assert [r["status"] for r in jobs.list_runs("nightly_tickets")] == ["succeeded", "succeeded"]
+
+
+def test_the_python_api_returns_how_the_run_ended(chat: FakeServer, tmp_path: Path) -> None:
+    job = tmp_path / "report.sql"
+    job.write_text("SELECT range AS id, ai_query('chat', 'hi ' || range) AS r FROM range(3)")
+    shown: list[Any] = []
+    result = jobs.run(job, on_result=shown.append)
+    assert result.status == "succeeded" and result.exit_code == 0 and result.output_rows == 3
+    assert shown[0].column("r").to_pylist() == ["echo: hi 0", "echo: hi 1", "echo: hi 2"]
+    assert chat.stats.rows == 3  # shown and counted from one execution
+    job.write_text("SELECT ai_query('chat', 'x', returnType => 'NOT A TYPE')")
+    failed = jobs.run(job)  # what happens inside the job is the result's business, not an exception
+    assert failed.exit_code == Exit.BAD_SQL and failed.status == "failed" and failed.error
