@@ -76,8 +76,7 @@ def _endpoints(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from aifuncs.engines.duckdb import sql_each
-    from aifuncs.jobs import returns_rows
+    from aifuncs.engines.duckdb import returns_rows, sql_each
     from aifuncs.runtime import Budget
 
     if args.no_cache:

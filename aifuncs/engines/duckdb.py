@@ -30,11 +30,11 @@ from aifuncs.catalog import default_catalog
 from aifuncs.engines._explain import explain_calls
 from aifuncs.errors import AifuncsError
 from aifuncs.planner import EngineHooks, PlannedStatement, Prescore, bind_call, rewrite, split_statements
-from aifuncs.planner._cost import CallEstimate, render
+from aifuncs.planner._cost import CallEstimate, measurable, render
 from aifuncs.runtime import Budget, CallSpec, Meter, Runtime, default_runtime, session_budget
 from aifuncs.runtime._progress import Progress
 
-__all__ = ["connect", "install", "sql", "sql_each"]
+__all__ = ["connect", "install", "returns_rows", "sql", "sql_each"]
 
 _INSTALLED_MARK = "__aifuncs_ai_query"
 _PRESCORE_READ_ROWS = 1 << 19  # rows read per bulk step; a few steps in flight bound the memory
@@ -160,11 +160,27 @@ def sql_each(
             for planned in rewrite(statement, dialect, hooks, meters, number):
                 result = _execute(con, planned, line)
                 # A streamed SELECT runs later, as its rows are fetched: the progress line ends by itself.
-                ran_to_the_end = result is None or bool(planned.prescores) or not planned.calls
+                ran_to_the_end = (
+                    result is None
+                    or not returns_rows(statement)
+                    or bool(planned.prescores)
+                    or not planned.calls
+                )
             yield statement, result
     finally:
         if line is not None and ran_to_the_end:
             line.finish()
+
+
+_ROW_KEYWORDS = {"SELECT", "WITH", "FROM", "VALUES", "TABLE", "DESCRIBE", "SHOW", "SUMMARIZE", "EXPLAIN", "PIVOT",
+                 "UNPIVOT"}  # fmt: skip
+
+
+def returns_rows(statement: str) -> bool:
+    """Queries return rows; DDL and DML (whose relation is just a count) do not."""
+    text = "\n".join(line for line in statement.splitlines() if not line.lstrip().startswith("--")).lstrip()
+    first = text.split(None, 1)[0].upper() if text else ""
+    return first in _ROW_KEYWORDS or first.startswith("(")
 
 
 def _check_estimate(
@@ -187,6 +203,8 @@ def _execute(
     con: duckdb.DuckDBPyConnection, planned: PlannedStatement, progress: Progress | None = None
 ) -> duckdb.DuckDBPyRelation | None:
     if not planned.prescores:
+        if progress is not None and planned.calls:
+            progress.expect(_streamed_rows(con, planned))
         return con.sql(planned.sql)
     runtime = default_runtime()
     registered = []
@@ -210,6 +228,22 @@ def _execute(
     finally:
         for name in registered:
             con.unregister(name)
+
+
+def _streamed_rows(con: duckdb.DuckDBPyConnection, planned: PlannedStatement) -> int | None:
+    """The rows a streamed statement's AI calls will answer, counted with plain SQL over each call's scope
+    (as EXPLAIN does), for the progress line's rows left and ETA; None where a scope cannot be counted."""
+    total = 0
+    for site in planned.calls:
+        probe, upper_bound = measurable(site.probe) if site.probe else (None, False)
+        if probe is None or upper_bound:
+            return None
+        try:
+            (rows,) = con.execute(f"SELECT count(*) FROM ({probe})").fetchall()[0]
+        except duckdb.Error:
+            return None  # a scope that only makes sense inside its query (e.g. correlated)
+        total += rows
+    return total
 
 
 def _prescore(con: duckdb.DuckDBPyConnection, prescore: Prescore, runtime: Runtime) -> pa.Table:

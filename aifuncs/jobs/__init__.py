@@ -29,7 +29,7 @@ from sqlglot import exp
 
 from aifuncs import errors
 from aifuncs._home import home
-from aifuncs.engines.duckdb import connect, sql_each
+from aifuncs.engines.duckdb import connect, returns_rows, sql_each
 from aifuncs.errors import (
     AifuncsError,
     ArgumentError,
@@ -287,17 +287,6 @@ class _Output:
             (count,) = con.execute("SELECT count(*) FROM read_csv(?, header = true)", [partial]).fetchall()[0]
         os.replace(partial, self.target)
         return int(count)
-
-
-_ROW_KEYWORDS = {"SELECT", "WITH", "FROM", "VALUES", "TABLE", "DESCRIBE", "SHOW", "SUMMARIZE", "EXPLAIN", "PIVOT",
-                 "UNPIVOT"}  # fmt: skip
-
-
-def returns_rows(statement: str) -> bool:
-    """Queries return rows; DDL and DML (whose relation is just a count) do not."""
-    text = "\n".join(line for line in statement.splitlines() if not line.lstrip().startswith("--")).lstrip()
-    first = text.split(None, 1)[0].upper() if text else ""
-    return first in _ROW_KEYWORDS or first.startswith("(")
 
 
 def _first_line(statement: str, length: int = 80) -> str:

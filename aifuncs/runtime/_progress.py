@@ -38,6 +38,7 @@ class Progress:
         self.failed_rows = 0
         self.sent_rows = 0  # rows whose requests came back: moves before a big batch is answered whole
         self.total_rows: int | None = None
+        self._unknown = False  # some statement's rows could not be counted: no total, no ETA
         self.requests = 0
         self.tokens = 0
         self.cost_usd = 0.0
@@ -84,9 +85,13 @@ class Progress:
             self.failed_rows += failed
             self._last_change = time.monotonic()
 
-    def expect(self, rows: int) -> None:
-        """More rows the query will answer (known on the bulk path): enables rows left and ETA."""
+    def expect(self, rows: int | None) -> None:
+        """More rows the query will answer: enables rows left and ETA. None: unknown, so no total is shown."""
         with self._lock:
+            if rows is None or self._unknown:
+                self._unknown = True
+                self.total_rows = None
+                return
             self.total_rows = (self.total_rows or 0) + rows
 
     def finish(self) -> None:

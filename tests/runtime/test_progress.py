@@ -56,3 +56,23 @@ def test_no_progress_off_a_terminal_or_when_asked(
     monkeypatch.delenv("AIFUNCS_PROGRESS")
     aifuncs.sql(slow, "SELECT ai_query('slow', id) FROM items").fetchall()  # stderr is not a terminal here
     assert capsys.readouterr().err == ""
+
+
+def test_a_streamed_query_counts_its_rows_first_for_rows_left(slow: duckdb.DuckDBPyConnection) -> None:
+    terminal = Terminal()
+    line = Progress.for_terminal(stream=terminal)
+    assert line is not None
+    # A join is streamed through the UDF (not the bulk path): its rows are counted with plain SQL first.
+    query = (
+        "CREATE TABLE scored AS SELECT i.id, ai_query('slow', i.id) AS y"
+        " FROM items i JOIN (SELECT 1 AS one) o ON true"
+    )
+    aifuncs.sql(slow, query, progress=line)
+    assert line.total_rows == 300
+    last = terminal.getvalue().rstrip("\n").split("\r\x1b[2K")[-1]
+    assert last.startswith("aifuncs: 300 of 300 rows · ")
+    line = Progress(None)
+    line.expect(10)
+    line.expect(None)  # a statement that cannot be counted: no total at all, rather than a wrong one
+    line.expect(5)
+    assert line.total_rows is None and line.snapshot()["eta_s"] is None
