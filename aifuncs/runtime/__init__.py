@@ -37,7 +37,6 @@ from aifuncs.errors import (
     ReplyParseError,
     ResultTypeError,
 )
-from aifuncs.functions.tasks import pack_items
 from aifuncs.providers import Provider, provider_class
 from aifuncs.providers.base import CallOptions, Prediction
 from aifuncs.runtime._budget import Budget, session_budget, set_session_budget
@@ -50,6 +49,7 @@ from aifuncs.runtime._loop import BackgroundLoop
 from aifuncs.runtime._meter import Meter, begin_request, end_request
 from aifuncs.runtime._reuse import assemble, keep_answers
 from aifuncs.runtime._store import AnswerStore
+from aifuncs.runtime._tasks import answer_task
 from aifuncs.runtime._usage import UsageLog, UsageRow
 from aifuncs.runtime._usage import now as usage_now
 
@@ -355,15 +355,13 @@ class Runtime:
     ) -> Scored:
         try:
             if call.task is not None:
-                return await self._task_chunk(provider, call, chunk, target, limit, keys, keep)
-            output = await self._predict(provider, call, chunk, limit)
-            if provider.returns_text and not pa.types.is_string(target):
-                values, row_errors = parse_replies(to_arrow(output, pa.string()), target)
-                if any(row_errors) and call.fail_on_error:
-                    first = next(i for i, e in enumerate(row_errors) if e)
-                    raise ReplyParseError(f"{row_errors[first]} (request {_start(chunk[first].as_py())})")
+
+                def predict(rows: pa.Array) -> Awaitable[Any]:
+                    return self._predict(provider, call, rows, limit)
+
+                values, row_errors = await answer_task(call, provider, chunk, target, predict)
             else:
-                values, row_errors = to_arrow(output, target), [None] * len(chunk)
+                values, row_errors = await self._answer_model(provider, call, chunk, target, limit)
             if len(values) != len(chunk):
                 raise ResultTypeError(f"The model returned {len(values)} results for {len(chunk)} requests.")
         except (ConfigError, MissingDependency):
@@ -394,69 +392,18 @@ class Runtime:
             await keep(keys, values, row_errors)  # stored before the query goes on: a rerun resumes here
         return values, row_errors
 
-    async def _task_chunk(
-        self,
-        provider: Provider,
-        call: CallSpec,
-        chunk: pa.Array,
-        target: pa.DataType,
-        limit: AdaptiveLimit,
-        keys: list[bytes] | None,
-        keep: Keep | None,
+    async def _answer_model(
+        self, provider: Provider, call: CallSpec, chunk: pa.Array, target: pa.DataType, limit: AdaptiveLimit
     ) -> Scored:
-        """A task function's rows: prompts in, replies parsed and checked (a bad reply is a row's error)."""
-        assert call.task is not None
-        if call.task.answer == "reduce":
-            answers = [await self._reduce(provider, call, group or [], limit) for group in chunk.to_pylist()]
-            values = pa.array([a[0] for a in answers], target)
-            row_errors = [a[1] for a in answers]
-            if keep is not None and keys is not None:
-                await keep(keys, values, row_errors)
-            return values, row_errors
-        texts = [str(t) for t in chunk.to_pylist()]
-        if not provider.returns_text:  # an embedding endpoint: the nearest label wins
-            vectors = await self._predict(
-                provider, call, pa.array([*call.task.label_texts(), *texts], pa.string()), limit
-            )
-            values, row_errors = call.task.nearest_labels(to_arrow(vectors, pa.list_(pa.float32())), target)
-            if keep is not None and keys is not None:
-                await keep(keys, values, row_errors)
-            return values, row_errors
-        prompts, cut = call.task.prompts(texts, provider.max_prompt_chars)
-        if cut:
-            _log.warning(
-                "%s: %d texts longer than endpoint %r takes (%s characters) were cut to fit",
-                call.function, cut, call.endpoint.name, f"{provider.max_prompt_chars:,}",
-            )  # fmt: skip
-        output = await self._predict(provider, call, pa.array(prompts, pa.string()), limit)
-        values, row_errors = call.task.parse(to_arrow(output, pa.string()).to_pylist(), texts, target)
-        if keep is not None and keys is not None:
-            await keep(keys, values, row_errors)
+        """ai_query's rows: the model's output as the call's type (a text reply parsed into it)."""
+        output = await self._predict(provider, call, chunk, limit)
+        if not provider.returns_text or pa.types.is_string(target):
+            return to_arrow(output, target), [None] * len(chunk)
+        values, row_errors = parse_replies(to_arrow(output, pa.string()), target)
+        if any(row_errors) and call.fail_on_error:
+            first = next(i for i, e in enumerate(row_errors) if e)
+            raise ReplyParseError(f"{row_errors[first]} (request {_start(chunk[first].as_py())})")
         return values, row_errors
-
-    async def _reduce(
-        self, provider: Provider, call: CallSpec, items: list[str | None], limit: AdaptiveLimit
-    ) -> tuple[str | None, str | None]:
-        """An aggregate over a group: the values packed into prompts that fit the model's context, answered,
-        and the answers combined the same way until one remains (map, then reduce in stages)."""
-        assert call.task is not None
-        room = provider.max_prompt_chars or _REDUCE_PROMPT_CHARS
-        pieces = [item for item in items if item is not None and item.strip()]
-        for _stage in range(_REDUCE_MAX_STAGES):
-            if not pieces:
-                return None, None
-            groups = pack_items(pieces, room)
-            prompts = pa.array([call.task.items_prompt(group) for group in groups], pa.string())
-            answers = [
-                str(a or "").strip()
-                for a in to_arrow(
-                    await self._predict(provider, call, prompts, limit), pa.string()
-                ).to_pylist()
-            ]
-            if len(groups) == 1:
-                return answers[0], None
-            pieces = answers
-        return None, f"{call.function}: the group did not reduce to one answer in {_REDUCE_MAX_STAGES} stages"
 
     async def _predict(
         self, provider: Provider, call: CallSpec, chunk: pa.Array, limit: AdaptiveLimit
@@ -528,10 +475,6 @@ class Runtime:
         if key not in self._limits:  # only touched on the loop thread
             self._limits[key] = AdaptiveLimit(maximum)
         return self._limits[key]
-
-
-_REDUCE_PROMPT_CHARS = 24_000  # per prompt, for endpoints that state no context size
-_REDUCE_MAX_STAGES = 8
 
 
 async def _all_or_nothing(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
