@@ -110,14 +110,15 @@ def query(
         request: exp.Expr = exp.column("c0")
         name = data.name
     else:
-        names = [str(c) for c in (columns if columns is not None else data.columns)]
-        missing = [c for c in names if c not in data.columns]
+        labels = list(columns if columns is not None else data.columns)
+        missing = [c for c in labels if c not in data.columns]
         if missing:
             raise ArgumentError(
                 f"ai_query: the DataFrame has no column {', '.join(map(repr, missing))}; it has"
-                f" {', '.join(map(repr, map(str, data.columns)))}."
+                f" {', '.join(map(repr, data.columns))}."
             )
-        table = pa.table({c: _arrow(data[c]) for c in names})
+        names = [str(c) for c in labels]  # the request's field names: the model's input names
+        table = pa.table({n: _arrow(data[c]) for n, c in zip(names, labels, strict=True)})
         request = exp.func(
             "struct_pack",
             *[exp.PropertyEQ(this=exp.to_identifier(c, quoted=True), expression=exp.column(c, quoted=True))

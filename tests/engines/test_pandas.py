@@ -120,6 +120,14 @@ def test_query_options_and_struct_requests(chat: FakeServer) -> None:
     frame.name.ai.query("chat", model_parameters={"temperature": 0.5, "max_tokens": 7})
     with pytest.raises(ArgumentError, match="no option 'temprature'"):
         frame.name.ai.classify(["a", "b"], endpoint="chat", temprature=1)
+    numbered = pd.DataFrame({0: [1], "when": pd.to_datetime(["2026-01-01"])}).ai.query("chat")
+    assert numbered.tolist() == ['echo: {"0": 1, "when": "2026-01-01 00:00:00"}']  # any column label
+    categories = pd.Series(["billing issue", "a bug", "billing issue"], dtype="category")
+    assert categories.ai.classify(["bug", "billing"], endpoint="chat").tolist() == [
+        "billing",
+        "bug",
+        "billing",
+    ]
     with pytest.raises(ArgumentError, match="no column 'agee'"):
         frame.ai.query("chat", columns=["agee"])
     with pytest.raises(AifuncsError, match="Did you mean 'chat'"):
