@@ -3,14 +3,12 @@ batch's distinct requests from what was scored, stored, or answered by another b
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pyarrow as pa
 
 from aifuncs._types import arrow_type
 from aifuncs.runtime._call import CallSpec, Scored
-from aifuncs.runtime._distinct import from_json_texts, to_json_texts
+from aifuncs.runtime._distinct import from_json_texts
 from aifuncs.runtime._store import AnswerStore
 
 
@@ -18,8 +16,10 @@ async def keep_answers(
     store: AnswerStore, endpoint: str, keys: list[bytes], values: pa.Array, errors: list[str | None]
 ) -> None:
     """Store a request's answers (never its failures)."""
-    texts = (await asyncio.to_thread(to_json_texts, values)).to_pylist()
-    await store.put(endpoint, ((k, t) for k, t, e in zip(keys, texts, errors, strict=True) if e is None))
+    if errors.count(None) != len(errors):
+        answered = [i for i, e in enumerate(errors) if e is None]
+        keys, values = [keys[i] for i in answered], values.take(pa.array(answered, pa.int64()))
+    await store.put(endpoint, keys, values)
 
 
 def assemble(

@@ -17,9 +17,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from aifuncs.runtime._distinct import to_json_texts
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -61,15 +66,16 @@ class AnswerStore:
             )
         return found
 
-    async def put(self, endpoint: str, items: Iterable[tuple[bytes, str]]) -> None:
-        """Store answers; returns once they are committed (they survive the process being killed)."""
-        rows = [(key, endpoint, value) for key, value in items]
-        if not rows:
+    async def put(self, endpoint: str, keys: Sequence[bytes], values: pa.Array) -> None:
+        """Store answers, one per key; returns once they are committed (they survive the process being
+        killed). The writer thread turns them into their stored JSON text, all that has queued at once:
+        one DuckDB conversion per commit rather than one per request (~2 ms each)."""
+        if not keys:
             return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._start_writer()
-        self._writes.put(_Write(rows, loop, done))
+        self._writes.put(_Write(endpoint, list(keys), values, loop, done))
         await done
 
     def stats(self) -> StoreStats:
@@ -130,13 +136,10 @@ class AnswerStore:
                     batch.append(more)
                 error: BaseException | None = None
                 try:
-                    now = time.time()
+                    rows = _rows(batch, time.time())
                     with db:
-                        db.executemany(
-                            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
-                            [(key, endpoint, value, now) for w in batch for key, endpoint, value in w.rows],
-                        )
-                except sqlite3.Error as failure:
+                        db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", rows)
+                except (sqlite3.Error, duckdb.Error, pa.ArrowException) as failure:
                     error = failure
                 for write in batch:
                     write.finish(error)
@@ -146,7 +149,9 @@ class AnswerStore:
 
 @dataclass
 class _Write:
-    rows: list[tuple[bytes, str, str]]
+    endpoint: str
+    keys: list[bytes]
+    values: pa.Array
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[None]
 
@@ -161,6 +166,20 @@ class _Write:
 
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(settle)
+
+
+def _rows(batch: list[_Write], now: float) -> list[tuple[bytes, str, str, float]]:
+    """The answers of the queued writes as table rows, converted to JSON one value type at a time."""
+    by_type: dict[pa.DataType, list[_Write]] = {}
+    for write in batch:
+        by_type.setdefault(write.values.type, []).append(write)
+    rows = []
+    for writes in by_type.values():
+        values = writes[0].values if len(writes) == 1 else pa.concat_arrays([w.values for w in writes])
+        texts = iter(to_json_texts(values).to_pylist())
+        for write in writes:
+            rows += [(key, write.endpoint, next(texts), now) for key in write.keys]
+    return rows
 
 
 def _connect(path: Path) -> sqlite3.Connection:
