@@ -53,6 +53,8 @@ class AnswerStore:
         self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self._generation = 0
 
     def lookup(self, keys: Sequence[bytes]) -> dict[bytes, str]:
         """The stored answers among `keys`, as the JSON text they were stored as."""
@@ -98,17 +100,25 @@ class AnswerStore:
             db.close()
 
     def close(self) -> None:
+        """Stop the writer (after what is queued) and close the readers: a job's checkpoint is done with."""
         with self._lock:
             if self._writer is not None:
                 self._writes.put(None)
                 self._writer.join(timeout=30)
                 self._writer = None
+            readers, self._readers = self._readers, []
+            self._generation += 1  # a thread's reader from before is not used again
+        for db in readers:
+            db.close()
 
     def _reader(self) -> sqlite3.Connection:
         # One connection per thread: DuckDB calls UDFs from several threads at once.
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
+        if db is None or getattr(self._local, "generation", None) != self._generation:
             db = self._local.db = _connect(self.path)
+            with self._lock:
+                self._local.generation = self._generation
+                self._readers.append(db)
         return db
 
     def _start_writer(self) -> None:
