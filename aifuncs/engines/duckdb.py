@@ -37,7 +37,6 @@ from aifuncs.runtime._progress import Progress
 __all__ = ["connect", "install", "returns_rows", "sql", "sql_each"]
 
 _INSTALLED_MARK = "__aifuncs_ai_query"
-_PRESCORE_READ_ROWS = 1 << 19  # rows read per bulk step; a few steps in flight bound the memory
 
 ENDPOINTS_TYPE = (
     "STRUCT(name VARCHAR, kind VARCHAR, version INTEGER, description VARCHAR, options VARCHAR,"
@@ -210,11 +209,11 @@ def _execute(
     registered = []
     try:
         for prescore in planned.prescores:
+            (rows,) = con.execute(f"SELECT count(*) FROM ({prescore.source})").fetchall()[0]
             if progress is not None:
-                (rows,) = con.execute(f"SELECT count(*) FROM ({prescore.source})").fetchall()[0]
                 progress.expect(rows * len(prescore.calls))
             try:
-                scores = _prescore(con, prescore, runtime)
+                scores = _prescore(con, prescore, runtime, rows)
             except AifuncsError as error:
                 # The same error a streamed call raises from inside DuckDB, whichever path the query took;
                 # the typed error stays reachable as its cause.
@@ -246,10 +245,16 @@ def _streamed_rows(con: duckdb.DuckDBPyConnection, planned: PlannedStatement) ->
     return total
 
 
-def _prescore(con: duckdb.DuckDBPyConnection, prescore: Prescore, runtime: Runtime) -> pa.Table:
+def _prescore(con: duckdb.DuckDBPyConnection, prescore: Prescore, runtime: Runtime, rows: int) -> pa.Table:
     """Score a bulk call site's requests in big model calls, keeping the table's row order."""
-    reader = con.sql(prescore.source).to_arrow_reader(_PRESCORE_READ_ROWS)
-    answers = runtime.score_batches(prescore.calls, _rebatched(reader, _PRESCORE_READ_ROWS))
+    # Read in steps of exactly one model call's rows (DuckDB yields row groups of 122,880): the calls in
+    # flight are equal work and finish together, and the first starts as soon as its rows are read.
+    step = runtime.bulk_step(prescore.calls, rows)
+    reader = con.sql(prescore.source).to_arrow_reader(step)
+    try:
+        answers = runtime.score_batches(prescore.calls, _rebatched(reader, step), step)
+    finally:
+        reader.close()  # a failed call leaves rows unread: the connection must be free for the next query
     columns = [
         pa.chunked_array([row[i] for row in answers], arrow_type(call.output_type))
         for i, call in enumerate(prescore.calls)
@@ -258,15 +263,18 @@ def _prescore(con: duckdb.DuckDBPyConnection, prescore: Prescore, runtime: Runti
 
 
 def _rebatched(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[list[pa.Array]]:
-    """Columns of at least `rows` rows (the last may have fewer): DuckDB yields one row group at a time."""
+    """Columns of exactly `rows` rows (the last may have fewer), whatever sizes the reader yields."""
     held: list[pa.RecordBatch] = []
     count = 0
     for batch in batches:
-        held.append(batch)
-        count += batch.num_rows
-        if count >= rows:
-            yield _columns(held)
-            held, count = [], 0
+        while batch.num_rows:
+            take = min(rows - count, batch.num_rows)
+            held.append(batch.slice(0, take))
+            count += take
+            batch = batch.slice(take)
+            if count == rows:
+                yield _columns(held)
+                held, count = [], 0
     if held:
         yield _columns(held)
 

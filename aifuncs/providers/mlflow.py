@@ -19,6 +19,18 @@ _lock = threading.Lock()
 _models: dict[tuple[str, str], Any] = {}
 _infos: dict[tuple[str, str], Any] = {}
 
+# Flavours whose pyfunc predict is the estimator's own method applied to the schema-enforced frame, with
+# nothing else in between: for them the enforcement may be done by us, once, from the Arrow types.
+_PLAIN_FLAVOURS = frozenset({"mlflow.sklearn"})
+# Arrow types that MLflow's schema enforcement leaves as they are (to_pandas gives the exact NumPy dtype).
+_EXACT_ARROW = {
+    "double": pa.float64(),
+    "float": pa.float32(),
+    "long": pa.int64(),
+    "integer": pa.int32(),
+    "boolean": pa.bool_(),
+}
+
 
 class MlflowOptions(ProviderOptions):
     model_uri: str = Field(description="models:/name/version, models:/name@alias, runs:/id/path or a path.")
@@ -58,7 +70,7 @@ def _with_store(tracking_uri: str, action: Any) -> Any:
 
 class MlflowProvider(Provider):
     kind = "mlflow"
-    bulk_batch_rows = 262_144
+    bulk_batch_rows = 524_288
     Options = MlflowOptions
     options: MlflowOptions
 
@@ -120,9 +132,45 @@ class MlflowProvider(Provider):
 
     def _predict(self, requests: pa.Array, parameters: dict[str, Any] | None) -> Any:
         model = self.model()
+        if not parameters:
+            frame = self._enforced_frame(model, requests)
+            if frame is not None:
+                return self._flavour_predict(model)(frame)
         data = to_pandas_input(requests)
         if not pa.types.is_struct(requests.type):
             columns = self.input_columns()
             if columns and len(columns) == 1:
                 data = data.to_frame(columns[0].name)
         return model.predict(data, params=parameters or None)
+
+    def _enforced_frame(self, model: Any, requests: pa.Array) -> Any:
+        """The frame MLflow's schema enforcement would hand a plain flavour's estimator, built straight from
+        Arrow: columns in the signature's order, already of its types. On 262,144 rows enforcement copies
+        the frame and costs ~4 ms of mostly GIL-bound pandas work, which serializes concurrent bulk calls.
+        None where enforcement could change anything (another type, an integer NULL, a missing optional
+        column, a flavour with its own pre-processing): the model's own predict runs then."""
+        plain = getattr(model, "loader_module", None) in _PLAIN_FLAVOURS
+        if not plain or not pa.types.is_struct(requests.type):
+            return None
+        signature = self._info().signature
+        inputs = signature.inputs if signature is not None else None
+        if inputs is None or inputs.is_tensor_spec() or not inputs.has_input_names():
+            return None
+        fields = {field.name: field.type for field in requests.type}
+        names = []
+        for spec in inputs.inputs:
+            exact = _EXACT_ARROW.get(getattr(spec.type, "name", ""))
+            if exact is None or fields.get(spec.name) != exact:
+                return None
+            names.append(spec.name)
+        if len(names) != len(fields):
+            return None
+        table = pa.Table.from_struct_array(requests).select(names)
+        if any(c.null_count and not pa.types.is_floating(c.type) for c in table.columns):
+            return None  # pandas would make it float with NaN, which enforcement refuses
+        return table.to_pandas()
+
+    def _flavour_predict(self, model: Any) -> Any:
+        # The method the pyfunc calls (a model logged with pyfunc_predict_fn="predict_proba" names it).
+        name = model.metadata.flavors.get("python_function", {}).get("predict_fn", "predict")
+        return getattr(model._model_impl, name)

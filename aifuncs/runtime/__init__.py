@@ -40,7 +40,7 @@ from aifuncs.errors import (
 from aifuncs.providers import Provider, provider_class
 from aifuncs.providers.base import CallOptions, Prediction
 from aifuncs.runtime._budget import Budget, session_budget, set_session_budget
-from aifuncs.runtime._bulk import one_native_thread_per_call, steps_ahead
+from aifuncs.runtime._bulk import one_native_thread_per_call, step_rows, steps_ahead
 from aifuncs.runtime._call import CallSpec, Scored
 from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, every_row, to_json_texts
@@ -113,16 +113,22 @@ class Runtime:
         """`run_call` without waiting: the answers arrive in the returned future."""
         return self._loop.submit(self._answer(call, requests, batch_rows))
 
+    def bulk_step(self, calls: Sequence[CallSpec], total_rows: int | None) -> int:
+        """Rows an engine should hand `score_batches` per batch: one equal model call per call site each."""
+        return step_rows(calls, [self.provider(c.endpoint) for c in calls], total_rows)
+
     def score_batches(
-        self, calls: Sequence[CallSpec], batches: Iterable[Sequence[pa.Array]]
+        self, calls: Sequence[CallSpec], batches: Iterable[Sequence[pa.Array]], step: int | None = None
     ) -> list[list[pa.Array]]:
         """Answer a stream of batches (one column per call) in big model calls, in order (the bulk path).
 
         The next batch is read while earlier ones are scored, with a few batches in flight at most,
-        so memory stays bounded however long the stream is.
+        so memory stays bounded however long the stream is. `step` (from `bulk_step`) caps the rows per
+        model call, so batches of that size are scored in one call each.
         """
         providers = [self.provider(c.endpoint) for c in calls]
         native = max((p.concurrency for p in providers if p.in_process), default=1)
+        call_rows = [min(filter(None, (c.bulk_rows, step)), default=None) for c in calls]
         ahead: int | None = None
         answers: list[list[pa.Array]] = []
         pending: deque[list[concurrent.futures.Future[pa.Array]]] = deque()
@@ -130,11 +136,11 @@ class Runtime:
             try:
                 for batch in batches:
                     if ahead is None:
-                        ahead = steps_ahead(calls, providers, len(batch[0]) if batch else 0)
+                        ahead = steps_ahead(call_rows, providers, len(batch[0]) if batch else 0)
                     pending.append(
                         [
-                            self.submit_call(c, col, batch_rows=c.bulk_rows)
-                            for c, col in zip(calls, batch, strict=True)
+                            self.submit_call(c, col, batch_rows=rows)
+                            for c, col, rows in zip(calls, batch, call_rows, strict=True)
                         ]
                     )
                     if len(pending) > ahead:

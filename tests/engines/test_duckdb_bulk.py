@@ -85,6 +85,14 @@ def test_per_row_errors_and_fail_on_error_on_the_bulk_path(numbers) -> None:  # 
     assert isinstance(e.value.__cause__, ModelError)  # the typed error, for Python callers
 
 
+def test_a_failure_part_way_leaves_the_connection_usable(numbers) -> None:  # type: ignore[no-untyped-def]
+    aifuncs.endpoints.update("flaky", max_batch_rows=100)  # 100 steps: the failure comes with rows unread
+    with pytest.raises(duckdb.Error, match="13 is unlucky"):
+        aifuncs.sql(numbers, "SELECT ai_query('flaky', x) FROM numbers")
+    rel = aifuncs.sql(numbers, "SELECT ai_query('doubler', x) FROM numbers WHERE id = 4")
+    assert rel.fetchall() == [(8.0,)]
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -119,4 +127,17 @@ def test_streaming_and_bulk_answers_agree(numbers) -> None:  # type: ignore[no-u
 def test_max_batch_rows_bounds_bulk_calls(numbers) -> None:  # type: ignore[no-untyped-def]
     aifuncs.endpoints.update("doubler", max_batch_rows=3000)
     aifuncs.sql(numbers, "SELECT ai_query('doubler', x) FROM numbers").fetchall()
-    assert sorted(sample_models.CALLS) == [1000, 3000, 3000, 3000]
+    assert sample_models.CALLS == [2500] * 4  # the fewest equal calls within the bound
+
+
+def test_a_big_table_is_split_in_equal_calls_one_per_core(con: duckdb.DuckDBPyConnection) -> None:
+    aifuncs.endpoints.create(
+        "doubler", kind="python", function="sample_models:doubled", returns="DOUBLE", max_concurrency=3
+    )
+    con.execute("CREATE TABLE big AS SELECT i::DOUBLE AS x FROM range(300000) t(i)")
+    sample_models.CALLS.clear()
+    aifuncs.sql(con, "CREATE TABLE scored AS SELECT x, ai_query('doubler', x) AS y FROM big")
+    checked = con.sql("SELECT count(*), count(*) FILTER (y = 2 * x) FROM scored")
+    assert checked.fetchall() == [(300000, 300000)]
+    # Not one call of 262,144 and one of 37,856: three equal calls, all in flight together.
+    assert sample_models.CALLS == [100000] * 3
