@@ -27,6 +27,14 @@ def arrow_length(values: pa.Array) -> pa.Array:
     return pa.compute.utf8_length(values)
 
 
+ARROW_TYPES: list[str] = []  # what `arrow_doubled` was handed, so tests can check the promised type
+
+
+def arrow_doubled(values: pa.Array) -> pa.Array:
+    ARROW_TYPES.append(type(values).__name__)
+    return pa.compute.multiply(values, 2.0)
+
+
 def wrong_length(values: pd.Series) -> list[int]:
     return [1]
 

@@ -260,6 +260,17 @@ class FakeServer:
             if self._process.stdout is not None:
                 self._process.stdout.close()
 
+    def settled(self, timeout_s: float = 10.0) -> Stats:
+        """The stats once nothing is in flight: a client killed mid-request leaves requests the server is
+        still answering, and counting them later would charge them to whoever asks next."""
+        deadline = time.monotonic() + timeout_s
+        stats = self.stats
+        while stats.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+            stats = self.stats
+        assert not stats.in_flight, f"the server still answers {stats.in_flight} requests"
+        return stats
+
     @property
     def stats(self) -> Stats:
         import httpx

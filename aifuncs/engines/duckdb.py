@@ -29,7 +29,15 @@ from aifuncs._types import arrow_type, to_arrow
 from aifuncs.catalog import default_catalog
 from aifuncs.engines._explain import explain_calls
 from aifuncs.errors import AifuncsError
-from aifuncs.planner import EngineHooks, PlannedStatement, Prescore, bind_call, rewrite, split_statements
+from aifuncs.planner import (
+    EngineHooks,
+    PlannedStatement,
+    Prescore,
+    TableShape,
+    bind_call,
+    rewrite,
+    split_statements,
+)
 from aifuncs.planner._cost import CallEstimate, measurable, render
 from aifuncs.runtime import Budget, CallSpec, Meter, Runtime, default_runtime, session_budget
 from aifuncs.runtime._progress import Progress
@@ -246,23 +254,34 @@ def _streamed_rows(con: duckdb.DuckDBPyConnection, planned: PlannedStatement) ->
 
 
 def _prescore(con: duckdb.DuckDBPyConnection, prescore: Prescore, runtime: Runtime, rows: int) -> pa.Table:
-    """Score a bulk call site's requests in big model calls, keeping the table's row order."""
+    """Score a bulk call site's requests in big model calls, keeping the table's row order: the carried
+    columns as read, then one column of answers per call."""
     # Read in steps of exactly one model call's rows (DuckDB yields row groups of 122,880): the calls in
     # flight are equal work and finish together, and the first starts as soon as its rows are read.
     step = runtime.bulk_step(prescore.calls, rows)
     reader = con.sql(prescore.source).to_arrow_reader(step)
+    carried: list[list[pa.Array]] = [[] for _ in prescore.carried]
+
+    def requests() -> Iterator[list[pa.ChunkedArray]]:
+        for columns in _rebatched(reader, step):
+            for kept, column in zip(carried, columns, strict=False):
+                kept.extend(column.chunks)
+            yield columns[len(carried) :]
+
     try:
-        answers = runtime.score_batches(prescore.calls, _rebatched(reader, step), step)
+        answers = runtime.score_batches(prescore.calls, requests(), step)
     finally:
         reader.close()  # a failed call leaves rows unread: the connection must be free for the next query
-    columns = [
+    schema = reader.schema
+    columns = [pa.chunked_array(chunks, schema.field(i).type) for i, chunks in enumerate(carried)]
+    columns += [
         pa.chunked_array([row[i] for row in answers], arrow_type(call.output_type))
         for i, call in enumerate(prescore.calls)
     ]
-    return pa.table(columns, names=list(prescore.columns))
+    return pa.table(columns, names=[*prescore.carried, *prescore.columns])
 
 
-def _rebatched(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[list[pa.Array]]:
+def _rebatched(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[list[pa.ChunkedArray]]:
     """Columns of exactly `rows` rows (the last may have fewer), whatever sizes the reader yields."""
     held: list[pa.RecordBatch] = []
     count = 0
@@ -279,10 +298,9 @@ def _rebatched(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[list[pa
         yield _columns(held)
 
 
-def _columns(batches: list[pa.RecordBatch]) -> list[pa.Array]:
-    if len(batches) == 1:
-        return batches[0].columns
-    return [c.combine_chunks() for c in pa.Table.from_batches(batches).columns]
+def _columns(batches: list[pa.RecordBatch]) -> list[pa.ChunkedArray]:
+    # DuckDB's row groups as they are: the runtime copies them into one array only where a provider needs it.
+    return pa.Table.from_batches(batches).columns
 
 
 # The functions aifuncs registered per connection: asking duckdb_functions() costs ~10 ms a time.
@@ -340,8 +358,18 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
             return False
         return True
 
+    def shape(name: str) -> TableShape:
+        columns = {str(row[0]): str(row[1]) for row in con.execute(f"DESCRIBE {name}").fetchall()}
+        (rows,) = con.execute(f"SELECT count(*) FROM {name}").fetchall()[0]
+        return TableShape(columns, int(rows))
+
     return EngineHooks(
-        describe=describe, evaluate=evaluate, register=register, is_table=is_table, volatile=_volatile()
+        describe=describe,
+        evaluate=evaluate,
+        register=register,
+        is_table=is_table,
+        volatile=_volatile(),
+        shape=shape,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aifuncs.planner._bind import bind_call, check_request
-from aifuncs.planner._bulk import Prescore
+from aifuncs.planner._bulk import Prescore, TableShape
 from aifuncs.planner._rewrite import (
     CallSite,
     EngineHooks,
@@ -14,6 +14,7 @@ from aifuncs.planner._rewrite import (
 )
 
 __all__ = [
+    "TableShape",
     "CallSite",
     "EngineHooks",
     "PlannedStatement",

@@ -10,6 +10,12 @@ the planner instead emits a *prescore*: a query `SELECT CASE WHEN filter THEN re
 that the engine streams through the runtime in big batches, and rewrites the call into a column of
 that result, attached with `POSITIONAL JOIN` (DuckDB scans a base table in the same order each time).
 
+Where the statement needs only a few fixed-width columns of the table besides the requests (`SELECT id,
+ai_query(...) FROM t`), the prescore *carries* them instead: `SELECT id, request FROM table WHERE filter`,
+and the statement reads everything from the prescored result. A POSITIONAL JOIN runs on one thread, so its
+statement writes every row on one core (measured: 8.6 ms against 3.5 ms for the same 1M-row CREATE TABLE
+from a parallel scan); carried columns cost an Arrow copy of those columns, bounded below.
+
 Only where that scores exactly the rows the streaming UDF would: a base table (no join, sample or
 table function), the call in the projection and outside any CASE, COALESCE or boolean operator, and
 nothing above that could stop early or push a filter down (LIMIT, an outer query). The request and
@@ -30,6 +36,25 @@ from aifuncs.runtime import CallSpec
 
 BULK_PREFIX = "__aifuncs_bulk_"
 COLUMN_PREFIX = "__aifuncs_v"
+
+# Carried columns: at most this many bytes a row, and this many bytes for the whole table.
+_CARRY_ROW_BYTES = 32
+_CARRY_TABLE_BYTES = 256 << 20
+_FIXED_WIDTH = {
+    "BOOLEAN": 1, "TINYINT": 1, "UTINYINT": 1, "SMALLINT": 2, "USMALLINT": 2, "INTEGER": 4, "UINTEGER": 4,
+    "BIGINT": 8, "UBIGINT": 8, "HUGEINT": 16, "UHUGEINT": 16, "FLOAT": 4, "DOUBLE": 8, "DATE": 4, "TIME": 8,
+    "TIMESTAMP": 8, "TIMESTAMP WITH TIME ZONE": 8, "TIMESTAMP_S": 8, "TIMESTAMP_MS": 8, "TIMESTAMP_NS": 8,
+    "UUID": 16,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """What the planner needs to know of a base table to carry its columns: their types and its size."""
+
+    columns: dict[str, str]  # name -> DuckDB type, in the table's order
+    rows: int
+
 
 # Constructs that may skip evaluating a branch: a call under them must not be scored for every row.
 _CONDITIONAL = (exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.And, exp.Or, exp.Filter, exp.Window)
@@ -53,9 +78,10 @@ class Prescore:
     """Columns to score before a statement runs, registered under `name` for its POSITIONAL JOIN."""
 
     name: str
-    source: str  # DuckDB SQL: one column per call, rows in the table's scan order
+    source: str  # DuckDB SQL: the carried columns, then one column per call, rows in the table's scan order
     calls: tuple[CallSpec, ...]
-    columns: tuple[str, ...]
+    columns: tuple[str, ...]  # the calls' columns
+    carried: tuple[str, ...] = ()  # the table's columns read along (the statement then reads only `name`)
 
 
 @dataclass
@@ -69,8 +95,14 @@ class _Scope:
 class BulkPlanner:
     """Collects the bulk calls of one statement, then attaches their prescored columns."""
 
-    def __init__(self, is_table: Callable[[str], bool], volatile: frozenset[str]) -> None:
+    def __init__(
+        self,
+        is_table: Callable[[str], bool],
+        volatile: frozenset[str],
+        shape: Callable[[str], TableShape | None] = lambda name: None,
+    ) -> None:
         self._is_table = is_table
+        self._shape = shape
         self._volatile = (
             re.compile(r"\b(" + "|".join(sorted(map(re.escape, volatile))) + r")\s*\(", re.IGNORECASE)
             if volatile
@@ -94,18 +126,70 @@ class BulkPlanner:
         return exp.column(column, table=scope.alias)
 
     def finish(self) -> list[Prescore]:
-        """Add the POSITIONAL JOINs to the collected scopes; the prescores the engine must run first."""
+        """Attach the collected scopes' scores (POSITIONAL JOIN, or carried columns); the prescores the engine
+        must run first."""
         prescores = []
         for scope in self._scopes.values():
             columns = tuple(f"{COLUMN_PREFIX}{i}" for i in range(len(scope.calls)))
-            prescores.append(
-                Prescore(scope.alias, _source(scope, columns).sql("duckdb"), tuple(scope.calls), columns)
-            )
-            scope.select.append("joins", exp.Join(this=exp.to_table(scope.alias), method="POSITIONAL"))
+            carried = self._carried(scope) if len(self._scopes) == 1 else None
+            if carried is not None:
+                source = _carried_source(scope, columns, carried)
+                _read_from_scores(scope)
+            else:
+                source = _source(scope, columns)
+                scope.select.append("joins", exp.Join(this=exp.to_table(scope.alias), method="POSITIONAL"))
             for star in scope.select.expressions:
                 if isinstance(star, exp.Star):  # `SELECT *` must not show the scored columns
                     star.set("except_", [*(star.args.get("except_") or []), *map(exp.column, columns)])
+            prescores.append(
+                Prescore(scope.alias, source.sql("duckdb"), tuple(scope.calls), columns, tuple(carried or ()))
+            )
         return prescores
+
+    def _carried(self, scope: _Scope) -> list[str] | None:
+        """The table columns the statement reads besides the requests, where carrying them pays: plain
+        references to fixed-width columns, few bytes a row, a bounded copy. None: use a POSITIONAL JOIN."""
+        select = scope.select
+        table = select.args["from_"].this
+        name = table.copy()
+        name.set("alias", None)
+        shape = self._shape(name.sql("duckdb"))
+        if shape is None:
+            return None
+        outside = [value for key, value in select.args.items() if key not in ("from_", "where", "joins")]
+        nodes = [node for value in outside for item in (value if isinstance(value, list) else [value])
+                 if isinstance(item, exp.Expr) for node in item.walk()]  # fmt: skip
+        if any(isinstance(node, exp.Subquery | exp.Select | exp.Lambda | exp.Columns) for node in nodes):
+            return (
+                None  # a correlated reference, a lambda's own names, a COLUMNS(regex) that could match ours
+            )
+        own = table.alias_or_name.lower()
+        aliases = {e.alias.lower() for e in select.expressions if isinstance(e, exp.Alias)}
+        names = {column.lower(): column for column in shape.columns}  # DuckDB's names are case-insensitive
+        wanted: set[str] = set()
+        for node in nodes:
+            if isinstance(node, exp.Star):
+                wanted.update(shape.columns)
+            elif isinstance(node, exp.Column):
+                if node.table == scope.alias:
+                    continue  # a scored column
+                if (
+                    node.args.get("db")
+                    or isinstance(node.this, exp.Star)
+                    or node.table.lower() not in ("", own)
+                ):
+                    return None  # `s.a` may be a field of a STRUCT column s, not the table's column a
+                if node.name.lower() in names:
+                    wanted.add(names[node.name.lower()])
+                elif node.name.lower() not in aliases or node.table:
+                    return None  # not a column of the table (e.g. a pseudo-column such as rowid)
+        widths = [_FIXED_WIDTH.get(shape.columns[c]) for c in wanted]
+        if any(w is None for w in widths):
+            return None
+        row_bytes = sum(w or 0 for w in widths)
+        if row_bytes > _CARRY_ROW_BYTES or row_bytes * shape.rows > _CARRY_TABLE_BYTES:
+            return None
+        return [c for c in shape.columns if c in wanted]  # the table's order: `*` expands as it would there
 
     def _eligible_scope(self, call: exp.Anonymous, request: exp.Expr) -> exp.Select | None:
         select = call.find_ancestor(exp.Select)
@@ -180,6 +264,28 @@ def _ancestors(node: exp.Expr) -> list[exp.Expr]:
         node = node.parent
         found.append(node)
     return found
+
+
+def _carried_source(scope: _Scope, columns: tuple[str, ...], carried: list[str]) -> exp.Select:
+    """`SELECT carried..., request ... FROM table WHERE filter`: the filter applied once, here."""
+    projections: list[exp.Expr] = [exp.column(c, quoted=True) for c in carried]
+    projections += [exp.alias_(r, c) for r, c in zip(scope.requests, columns, strict=True)]
+    source = exp.Select(expressions=projections).from_(scope.select.args["from_"].this.copy())
+    where = scope.select.args.get("where")
+    return source.where(where.this.copy()) if where is not None else source
+
+
+def _read_from_scores(scope: _Scope) -> None:
+    """Point the statement at the prescored result, under the table's own name (so `t.id` still resolves),
+    its filter dropped (the prescore applied it)."""
+    select = scope.select
+    table = select.args["from_"].this
+    name = table.alias_or_name
+    for column in select.find_all(exp.Column):
+        if column.table == scope.alias:
+            column.set("table", exp.to_identifier(name))
+    select.set("from_", exp.From(this=exp.to_table(scope.alias).as_(name)))
+    select.set("where", None)
 
 
 def _source(scope: _Scope, columns: tuple[str, ...]) -> exp.Select:

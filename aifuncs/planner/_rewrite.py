@@ -28,7 +28,7 @@ from aifuncs.index import EMBEDDING as INDEX_EMBEDDING
 from aifuncs.index import REGISTRY as INDEX_REGISTRY
 from aifuncs.index import table_of as index_table
 from aifuncs.planner._bind import bind_call
-from aifuncs.planner._bulk import BulkPlanner, Prescore
+from aifuncs.planner._bulk import BulkPlanner, Prescore, TableShape
 from aifuncs.planner._dialects import adapt, reader, to_duckdb
 from aifuncs.runtime import CallSpec, Meter, default_runtime
 
@@ -44,6 +44,7 @@ class EngineHooks:
     register: Callable[[CallSpec, str | None], str]  # call, request type (None: JSON) -> function name
     is_table: Callable[[str], bool] = lambda name: False  # a base table, scanned in the same order each time
     volatile: frozenset[str] = frozenset()  # functions whose value changes per call (random, nextval...)
+    shape: Callable[[str], TableShape | None] = lambda name: None  # a base table's columns and rows
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
 def _rewrite_statement(
     tree: exp.Expr, hooks: EngineHooks, meters: tuple[Meter, ...], dialect: str, number: int
 ) -> PlannedStatement:
-    bulk = BulkPlanner(hooks.is_table, hooks.volatile)
+    bulk = BulkPlanner(hooks.is_table, hooks.volatile, hooks.shape)
     sites: list[tuple[int, CallSite]] = []
     tree = _expand_vector_search(tree, hooks)
     reading_order = {id(node): i for i, node in enumerate(tree.walk(bfs=False))}

@@ -52,7 +52,7 @@ def load_function(target: str) -> Callable[..., Any]:
         return obj
 
 
-def to_pandas_input(requests: pa.Array) -> Any:
+def to_pandas_input(requests: pa.Array | pa.ChunkedArray) -> Any:
     """A STRUCT batch becomes a DataFrame (one column per field); anything else a Series."""
     if pa.types.is_struct(requests.type):
         return pa.Table.from_struct_array(requests).to_pandas()
@@ -62,14 +62,22 @@ def to_pandas_input(requests: pa.Array) -> Any:
 class PythonProvider(Provider):
     kind = "python"
     bulk_batch_rows = 262_144
+    accepts_chunks = True
     Options = PythonOptions
     options: PythonOptions
 
     def output_type(self) -> str | None:
         return self.options.returns
 
-    async def predict(self, requests: pa.Array, options: CallOptions) -> Any:
+    async def predict(self, requests: pa.Array | pa.ChunkedArray, options: CallOptions) -> Any:
         function = load_function(self.options.function)
-        data = requests if self.options.input_format == "arrow" else to_pandas_input(requests)
         kwargs = dict(options.parameters or {})
-        return await asyncio.to_thread(function, data, **kwargs)
+        return await asyncio.to_thread(self._call, function, requests, kwargs)
+
+    def _call(self, function: Callable[..., Any], requests: pa.Array | pa.ChunkedArray, kwargs: Any) -> Any:
+        # Converted here, in the worker thread: a bulk step's conversion would stall the event loop.
+        if self.options.input_format == "pandas":
+            return function(to_pandas_input(requests), **kwargs)
+        if isinstance(requests, pa.ChunkedArray):  # the function was promised one array
+            requests = requests.combine_chunks()
+        return function(requests, **kwargs)

@@ -48,7 +48,8 @@ def now() -> str:
 class UsageLog:
     def __init__(self) -> None:
         self._pending: list[tuple[Path, UsageRow]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending
+        self._writing = threading.Lock()  # one write at a time
         self._last_flush = time.monotonic()
         atexit.register(self.flush)
 
@@ -60,21 +61,29 @@ class UsageLog:
             self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            rows, self._pending = self._pending, []
-            self._last_flush = time.monotonic()
+        with self._writing:
+            with self._lock:
+                rows, self._pending = self._pending, []
+                self._last_flush = time.monotonic()
             if not rows:
                 return
-            for path in dict.fromkeys(p for p, _ in rows):
-                db = _connect(path)
-                try:
-                    with db:
-                        db.executemany(
-                            f"INSERT INTO usage VALUES ({', '.join('?' * 12)})",
-                            [r for p, r in rows if p == path],
-                        )
-                finally:
-                    db.close()
+            written: set[Path] = set()
+            try:
+                for path in dict.fromkeys(p for p, _ in rows):
+                    db = _connect(path)
+                    try:
+                        with db:
+                            db.executemany(
+                                f"INSERT INTO usage VALUES ({', '.join('?' * 12)})",
+                                [r for p, r in rows if p == path],
+                            )
+                    finally:
+                        db.close()
+                    written.add(path)
+            except BaseException:
+                with self._lock:  # not lost: the rows not committed go with the next flush
+                    self._pending[:0] = [(p, r) for p, r in rows if p not in written]
+                raise
 
     def read(self) -> list[dict[str, Any]]:
         self.flush()

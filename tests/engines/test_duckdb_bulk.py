@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import duckdb
 import pytest
 import sample_models
@@ -141,3 +143,100 @@ def test_a_big_table_is_split_in_equal_calls_one_per_core(con: duckdb.DuckDBPyCo
     assert checked.fetchall() == [(300000, 300000)]
     # Not one call of 262,144 and one of 37,856: three equal calls, all in flight together.
     assert sample_models.CALLS == [100000] * 3
+
+
+def test_steps_across_duckdb_row_groups_keep_their_order_and_the_promised_input(  # type: ignore[no-untyped-def]
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """DuckDB reads 122,880-row groups; a step of 150,000 rows spans two of them. Models that accept chunked
+    batches get them uncopied, a function promised a `pa.Array` still gets one, and rows stay in order."""
+    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    aifuncs.endpoints.create(
+        "arrow-doubler", kind="python", function="sample_models:arrow_doubled", input_format="arrow",
+        returns="DOUBLE", max_concurrency=1,
+    )  # fmt: skip
+    con.execute("CREATE TABLE big AS SELECT i AS id, (i % 1000)::DOUBLE AS x FROM range(300000) t(i)")
+    sample_models.CALLS.clear()
+    sample_models.ARROW_TYPES.clear()
+    aifuncs.sql(
+        con,
+        "CREATE TABLE scored AS SELECT id, x, ai_query('doubler', x) AS a, ai_query('arrow-doubler', x) AS b"
+        " FROM big",
+    )
+    checked = con.sql(
+        "SELECT count(*), count(*) FILTER (a = 2 * x AND b = 2 * x AND x = id % 1000) FROM scored"
+    )
+    assert checked.fetchall() == [(300000, 300000)]
+    assert sample_models.ARROW_TYPES == ["DoubleArray", "DoubleArray"]  # two steps of 150,000, each one array
+
+
+def _statement(con: duckdb.DuckDBPyConnection, query: str) -> tuple[Prescore, str]:
+    from aifuncs.engines.duckdb import _hooks
+
+    [planned] = rewrite(query, "duckdb", _hooks(con))
+    [prescore] = planned.prescores
+    return prescore, planned.sql
+
+
+def test_few_fixed_width_columns_are_carried_instead_of_joined(numbers) -> None:  # type: ignore[no-untyped-def]
+    """The statement reads the scores and its own columns from one prescored result: no POSITIONAL JOIN
+    (a one-thread write), the filter applied once in the prescore."""
+    numbers.execute("ALTER TABLE numbers ADD COLUMN Day DATE DEFAULT DATE '2026-12-01'")
+    query = (
+        "SELECT n.id, DAY, ai_query('doubler', x) AS y FROM numbers AS n WHERE id % 3 = 0 AND id < 3000"
+        " ORDER BY y DESC, n.id"
+    )
+    prescore, sql = _statement(numbers, query)
+    assert prescore.carried == ("id", "Day")  # the table's own spelling, in its order
+    assert "POSITIONAL" not in sql and "WHERE" not in sql
+    rows = aifuncs.sql(numbers, query).fetchall()
+    assert sample_models.CALLS == [1000]
+    assert [r[0] for r in rows] == list(range(2997, -1, -3))
+    assert all(y == 2 * i and str(day) == "2026-12-01" for i, day, y in rows)
+
+
+def test_select_star_carries_every_column_in_the_tables_order(numbers) -> None:  # type: ignore[no-untyped-def]
+    query = "SELECT x, *, ai_query('doubler', x) AS y FROM numbers WHERE id < 3"
+    prescore, _ = _statement(numbers, query)
+    assert prescore.carried == ("id", "x")
+    rel = aifuncs.sql(numbers, query)
+    assert rel.columns == ["x", "id", "x_1", "y"]  # as DuckDB names a repeated column
+    assert rel.fetchall() == [(float(i), i, float(i), 2.0 * i) for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT label, ai_query('doubler', x) FROM numbers",  # a VARCHAR: no fixed width
+        "SELECT id, id2, id3, id4, id5, ai_query('doubler', x) FROM numbers",  # 40 bytes a row
+        "SELECT rowid, ai_query('doubler', x) FROM numbers",  # a pseudo-column
+        "SELECT id, (SELECT max(id) FROM numbers m WHERE m.id < numbers.id), ai_query('doubler', x) FROM numbers",
+        "SELECT list_transform([1], v -> v + id), ai_query('doubler', x) FROM numbers",
+        "SELECT s.id, ai_query('doubler', x) FROM numbers",  # a field of the STRUCT column s, not id
+        "SELECT COLUMNS('i.*'), ai_query('doubler', x) FROM numbers",  # a regex could match the scores
+    ],
+)
+def test_other_columns_are_joined_by_position(numbers, query: str) -> None:  # type: ignore[no-untyped-def]
+    numbers.execute("ALTER TABLE numbers ADD COLUMN label VARCHAR DEFAULT 'n'")
+    numbers.execute("ALTER TABLE numbers ADD COLUMN s STRUCT(id INTEGER) DEFAULT {'id': 7}")
+    for extra in ("id2", "id3", "id4", "id5"):
+        numbers.execute(f"ALTER TABLE numbers ADD COLUMN {extra} BIGINT DEFAULT 1")
+    prescore, sql = _statement(numbers, query)
+    assert prescore.carried == () and "POSITIONAL JOIN" in sql
+    rows = aifuncs.sql(numbers, query + " ORDER BY 1").fetchall()
+    assert len(rows) == ROWS and sample_models.CALLS == [ROWS]
+
+
+def test_carried_and_joined_plans_give_the_same_rows(numbers) -> None:  # type: ignore[no-untyped-def]
+    from aifuncs.engines import duckdb as engine
+
+    query = "SELECT id, ai_query('doubler', x) AS y, id * 2 AS z FROM numbers WHERE id > 17 ORDER BY id"
+    carried = aifuncs.sql(numbers, query).fetchall()
+    hooks = engine._hooks
+    try:  # an engine that cannot tell a table's shape: every bulk statement joins by position
+        engine._hooks = lambda con: dataclasses.replace(hooks(con), shape=lambda name: None)
+        assert "POSITIONAL JOIN" in _statement(numbers, query)[1]
+        joined = aifuncs.sql(numbers, query).fetchall()
+    finally:
+        engine._hooks = hooks
+    assert carried == joined and len(carried) == ROWS - 18
