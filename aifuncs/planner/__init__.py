@@ -14,11 +14,11 @@ from aifuncs.planner._rewrite import (
 )
 
 __all__ = [
-    "TableShape",
     "CallSite",
     "EngineHooks",
     "PlannedStatement",
     "Prescore",
+    "TableShape",
     "bind_arguments",
     "bind_call",
     "check_request",

@@ -75,7 +75,8 @@ _ROW_CHANGING = (
 
 @dataclass(frozen=True)
 class Prescore:
-    """Columns to score before a statement runs, registered under `name` for its POSITIONAL JOIN."""
+    """Columns to score before a statement runs, registered under `name`: attached by POSITIONAL JOIN, or,
+    with carried columns, read by the statement in place of its table."""
 
     name: str
     source: str  # DuckDB SQL: the carried columns, then one column per call, rows in the table's scan order
@@ -151,18 +152,17 @@ class BulkPlanner:
         references to fixed-width columns, few bytes a row, a bounded copy. None: use a POSITIONAL JOIN."""
         select = scope.select
         table = select.args["from_"].this
-        name = table.copy()
-        name.set("alias", None)
-        shape = self._shape(name.sql("duckdb"))
-        if shape is None:
-            return None
         outside = [value for key, value in select.args.items() if key not in ("from_", "where", "joins")]
         nodes = [node for value in outside for item in (value if isinstance(value, list) else [value])
                  if isinstance(item, exp.Expr) for node in item.walk()]  # fmt: skip
+        # A correlated reference, a lambda's own names, a COLUMNS(regex) that could match the scored columns.
         if any(isinstance(node, exp.Subquery | exp.Select | exp.Lambda | exp.Columns) for node in nodes):
-            return (
-                None  # a correlated reference, a lambda's own names, a COLUMNS(regex) that could match ours
-            )
+            return None
+        name = table.copy()
+        name.set("alias", None)
+        shape = self._shape(name.sql("duckdb"))  # two queries: asked only once the syntax allows carrying
+        if shape is None:
+            return None
         own = table.alias_or_name.lower()
         aliases = {e.alias.lower() for e in select.expressions if isinstance(e, exp.Alias)}
         names = {column.lower(): column for column in shape.columns}  # DuckDB's names are case-insensitive
