@@ -58,6 +58,7 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # kept in the file: later connections need not ask again
             db.executescript(_SCHEMA)
 
     @contextmanager
@@ -66,7 +67,6 @@ class SqliteStore:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             yield db
         finally:
             db.close()

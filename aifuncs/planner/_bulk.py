@@ -143,7 +143,13 @@ class BulkPlanner:
                 if isinstance(star, exp.Star):  # `SELECT *` must not show the scored columns
                     star.set("except_", [*(star.args.get("except_") or []), *map(exp.column, columns)])
             prescores.append(
-                Prescore(scope.alias, source.sql("duckdb"), tuple(scope.calls), columns, tuple(carried or ()))
+                Prescore(
+                    scope.alias,
+                    source.sql("duckdb", copy=False),
+                    tuple(scope.calls),
+                    columns,
+                    tuple(carried or ()),
+                )
             )
         return prescores
 

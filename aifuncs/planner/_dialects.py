@@ -52,11 +52,12 @@ def adapt(tree: exp.Expr, dialect: str, number: int) -> exp.Expr:
 
 
 def to_duckdb(tree: exp.Expr, dialect: str, number: int) -> str:
-    """The statement as DuckDB SQL; an error naming what DuckDB cannot express, if anything."""
+    """The statement as DuckDB SQL; an error naming what DuckDB cannot express, if anything. The tree is
+    the planner's own by now, so the generator may use it as it is (a copy costs ~10% of planning)."""
     if dialect == "duckdb":
-        return tree.sql("duckdb")
+        return tree.sql("duckdb", copy=False)
     try:
-        return tree.sql("duckdb", unsupported_level=ErrorLevel.RAISE)
+        return tree.sql("duckdb", copy=False, unsupported_level=ErrorLevel.RAISE)
     except sqlglot.errors.UnsupportedError as error:
         raise SqlError(
             f"Cannot translate statement {number} from {dialect} SQL to DuckDB: {error}. Rewrite that part"

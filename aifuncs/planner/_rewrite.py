@@ -463,4 +463,4 @@ def _probe(call: exp.Expr, request: exp.Expr) -> str:
     ]
     if ctes:
         probe.set("with_", exp.With(expressions=ctes))
-    return probe.sql("duckdb")
+    return probe.sql("duckdb", copy=False)  # built of copies: the generator may use it as it is

@@ -1,12 +1,15 @@
 """Usage accounting: one row per model request (endpoint, rows, tokens, latency, status, attempts).
 
 Rows are buffered in memory and written to SQLite under AIFUNCS_HOME in batches (at most every
-half second, before anyone reads them, and at exit), so accounting costs the hot path a list append.
+half second, before anyone reads them, and at exit), so accounting costs the hot path a list append:
+the timed writes run on a thread of their own (a write takes 1-4 ms, which on the event loop delayed
+the answers of the model calls still in flight).
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import sqlite3
 import threading
 import time
@@ -24,6 +27,7 @@ CREATE TABLE IF NOT EXISTS usage (
 )
 """
 _FLUSH_EVERY_S = 0.5
+_log = logging.getLogger("aifuncs")
 
 
 class UsageRow(NamedTuple):  # a tuple: written to SQLite as it is
@@ -51,14 +55,27 @@ class UsageLog:
         self._lock = threading.Lock()  # guards _pending
         self._writing = threading.Lock()  # one write at a time
         self._last_flush = time.monotonic()
+        self._flushing = False  # a timed write is on its way
         atexit.register(self.flush)
 
     def record(self, row: UsageRow) -> None:
         with self._lock:
             self._pending.append((home() / "usage.db", row))  # the home of the moment the call ran
-            due = time.monotonic() - self._last_flush > _FLUSH_EVERY_S
+            due = not self._flushing and time.monotonic() - self._last_flush > _FLUSH_EVERY_S
+            self._flushing = self._flushing or due
         if due:
+            threading.Thread(target=self._timed_flush, name="aifuncs-usage", daemon=True).start()
+
+    def _timed_flush(self) -> None:
+        try:
             self.flush()
+        except Exception as error:  # the rows stay pending; accounting must not fail a query
+            _log.warning(
+                "usage log: cannot write %s (kept for the next write): %s", home() / "usage.db", error
+            )
+        finally:
+            with self._lock:
+                self._flushing = False
 
     def flush(self) -> None:
         with self._writing:

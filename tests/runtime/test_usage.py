@@ -42,3 +42,56 @@ def test_rows_that_failed_to_write_go_with_the_next_flush(
     monkeypatch.setattr(_usage, "_connect", connect)
     log.record(_row(2))
     assert [r["rows"] for r in log.read()] == [1, 2]  # kept, written once
+
+
+def _wait_until(condition: object, timeout_s: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_timed_writes_run_off_the_recording_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """record() runs on the event loop: a due write must not make the model calls in flight wait for SQLite."""
+    import threading
+
+    monkeypatch.setenv("AIFUNCS_HOME", str(tmp_path))
+    monkeypatch.setattr(_usage, "_FLUSH_EVERY_S", 0.0)
+    writers: list[str] = []
+    connect = _usage._connect
+
+    def watched(path: Path) -> sqlite3.Connection:
+        writers.append(threading.current_thread().name)
+        return connect(path)
+
+    monkeypatch.setattr(_usage, "_connect", watched)
+    log = UsageLog()
+    log.record(_row(1))
+    assert _wait_until(lambda: _stored(tmp_path / "usage.db") == [1])
+    assert writers and threading.current_thread().name not in writers
+
+
+def test_a_failed_timed_write_warns_and_keeps_its_rows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("AIFUNCS_HOME", str(tmp_path))
+    monkeypatch.setattr(_usage, "_FLUSH_EVERY_S", 0.0)
+    connect = _usage._connect
+    attempts: list[int] = []
+
+    def broken(path: Path) -> sqlite3.Connection:
+        attempts.append(1)
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(_usage, "_connect", broken)
+    log = UsageLog()
+    with caplog.at_level("WARNING", logger="aifuncs"):
+        log.record(_row(1))
+        assert _wait_until(lambda: attempts and not log._flushing)
+    assert "database is locked" in caplog.text
+    monkeypatch.setattr(_usage, "_connect", connect)
+    assert [r["rows"] for r in log.read()] == [1]
