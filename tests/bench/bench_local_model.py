@@ -1,6 +1,6 @@
 """Benchmark: 1,000,000 rows scored by MLflow scikit-learn models, ai_query in DuckDB vs one direct predict.
 
-    python tests/bench/bench_local_model.py [--rows N] [--threads N] [--models logistic,forest]
+    python tests/bench/bench_local_model.py [--rows N] [--threads N] [--models logistic,forest] [--repeats N]
 
 Both sides run in this one process on the same data and the same loaded pyfunc model; the direct side
 gets its pandas frame before the clock starts, the SQL side reads the table and writes a new one
@@ -98,6 +98,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--models", default="logistic,forest")
+    parser.add_argument(
+        "--repeats", type=int, default=15, help="runs per side for the logistic model (best kept)"
+    )
     args = parser.parse_args()
     os.environ["AIFUNCS_HOME"] = tempfile.mkdtemp(prefix="aifuncs-bench-")
 
@@ -126,7 +129,7 @@ def main() -> None:
     print(f"rows: {args.rows:,}   DuckDB threads: {args.threads}   CPUs: {os.cpu_count()}")
     print(f"{'model':10} {'direct predict':>22} {'ai_query in DuckDB':>24} {'SQL/direct':>11}")
     for kind in kinds:
-        repeats = 15 if kind == "logistic" else 3
+        repeats = args.repeats if kind == "logistic" else 3
         direct, sql = measure(con, kind, frame, args.rows, repeats)
         print(
             f"{kind:10} {direct:7.3f} s {args.rows / direct:10,.0f}/s"
