@@ -17,6 +17,17 @@ def doubled(data: pd.Series | pd.DataFrame) -> np.ndarray:
     return (data * 2).to_numpy()
 
 
+SWITCH_INTERVALS: list[float] = []
+
+
+def doubled_noting_switch_interval(values: pd.Series) -> np.ndarray:
+    """Doubles, noting the GIL switch interval the call ran under."""
+    import sys
+
+    SWITCH_INTERVALS.append(sys.getswitchinterval())
+    return (values * 2).to_numpy()
+
+
 def fails_on_13(values: pd.Series) -> pd.Series:
     if (values == 13).any():
         raise ValueError("13 is unlucky")

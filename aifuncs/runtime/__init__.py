@@ -40,7 +40,7 @@ from aifuncs.errors import (
 from aifuncs.providers import Provider, provider_class
 from aifuncs.providers.base import CallOptions, Prediction
 from aifuncs.runtime._budget import Budget, session_budget, set_session_budget
-from aifuncs.runtime._bulk import one_native_thread_per_call, step_rows, steps_ahead
+from aifuncs.runtime._bulk import one_native_thread_per_call, prompt_gil_handoffs, step_rows, steps_ahead
 from aifuncs.runtime._call import CallSpec, Scored
 from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, every_row, to_json_texts
@@ -136,7 +136,7 @@ class Runtime:
         ahead: int | None = None
         answers: list[list[pa.Array]] = []
         pending: deque[list[concurrent.futures.Future[pa.Array]]] = deque()
-        with one_native_thread_per_call(native):
+        with one_native_thread_per_call(native), prompt_gil_handoffs(native):
             try:
                 for batch in batches:
                     if ahead is None:

@@ -1,5 +1,6 @@
-"""The runtime's side of the bulk path: how far to read ahead, and native thread pools kept from
-oversubscribing the CPU while several in-process model calls run at once."""
+"""The runtime's side of the bulk path: how far to read ahead, native thread pools kept from
+oversubscribing the CPU while several in-process model calls run at once, and the GIL passed on promptly
+between the threads of one bulk query."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -60,6 +62,40 @@ def one_native_thread_per_call(concurrent_calls: int) -> Iterator[None]:
         return
     with controller.limit(limits=1):
         yield
+
+
+# Python hands the GIL to a waiting thread only every `sys.getswitchinterval()` (5 ms by default) while
+# another runs Python code. A bulk query passes each step through four threads (the reader, the event
+# loop, a model thread, back), and a model thread busy in scikit-learn's Python made each handoff wait up
+# to 5 ms. Measured in one process, 1M rows in two scikit-learn calls, interleaved, 30 runs a side: the
+# median 2-10 ms lower at 1 ms (e.g. 79.5 against 74.9 ms), the best run no worse.
+_SWITCH_INTERVAL_S = 0.001
+_switching = threading.Lock()
+_switch_users = 0
+_switch_before = 0.0
+
+
+@contextlib.contextmanager
+def prompt_gil_handoffs(concurrent_calls: int) -> Iterator[None]:
+    """A shorter GIL switch interval while in-process model calls run beside the bulk path's other threads,
+    restored when the last such query ends (several may overlap on different threads). A process that
+    set a shorter interval itself keeps it."""
+    global _switch_users, _switch_before
+    if concurrent_calls <= 1:
+        yield
+        return
+    with _switching:
+        if _switch_users == 0:
+            _switch_before = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_before, _SWITCH_INTERVAL_S))
+        _switch_users += 1
+    try:
+        yield
+    finally:
+        with _switching:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_before)
 
 
 @functools.lru_cache(maxsize=1)

@@ -145,6 +145,52 @@ def test_a_big_table_is_split_in_equal_calls_one_per_core(con: duckdb.DuckDBPyCo
     assert sample_models.CALLS == [100000] * 3
 
 
+def test_concurrent_model_calls_pass_the_gil_on_promptly_and_the_interval_comes_back(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    import sys
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)  # a process's own setting, longer than the bulk path's
+    try:
+        aifuncs.endpoints.create(
+            "noting", kind="python", function="sample_models:doubled_noting_switch_interval", returns="DOUBLE",
+            max_concurrency=2,
+        )  # fmt: skip
+        con.execute("CREATE TABLE big AS SELECT i::DOUBLE AS x FROM range(200000) t(i)")
+        sample_models.SWITCH_INTERVALS.clear()
+        aifuncs.sql(con, "CREATE TABLE scored AS SELECT ai_query('noting', x) AS y FROM big")
+        assert len(sample_models.SWITCH_INTERVALS) == 2
+        assert all(interval <= 0.001 for interval in sample_models.SWITCH_INTERVALS)
+        assert sys.getswitchinterval() == pytest.approx(0.004, abs=1e-5)
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def test_overlapping_bulk_queries_restore_the_interval_only_when_the_last_ends() -> None:
+    import sys
+
+    from aifuncs.runtime._bulk import prompt_gil_handoffs
+
+    previous = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        first, second = prompt_gil_handoffs(2), prompt_gil_handoffs(2)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert sys.getswitchinterval() <= 0.001  # the second query still runs
+        second.__exit__(None, None, None)
+        assert sys.getswitchinterval() == pytest.approx(0.005, abs=1e-5)
+        sys.setswitchinterval(0.0002)  # shorter already: kept
+        with prompt_gil_handoffs(2):
+            assert sys.getswitchinterval() == pytest.approx(0.0002, abs=1e-5)
+        with prompt_gil_handoffs(1):  # one call at a time: nothing to hand over
+            assert sys.getswitchinterval() == pytest.approx(0.0002, abs=1e-5)
+    finally:
+        sys.setswitchinterval(previous)
+
+
 def test_steps_across_duckdb_row_groups_keep_their_order_and_the_promised_input(  # type: ignore[no-untyped-def]
     con: duckdb.DuckDBPyConnection,
 ) -> None:
