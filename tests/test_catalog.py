@@ -98,3 +98,24 @@ def test_sql_view_is_read_fresh_on_every_query(con) -> None:  # type: ignore[no-
     assert rows == [
         ("m", "python", 2, "second", '{"function": "sample_models:doubled", "returns": "DOUBLE"}')
     ]
+
+
+def test_kept_connections_roll_back_a_failed_write_and_stay_usable(tmp_path: Path) -> None:
+    import threading
+
+    from aifuncs.catalog._store import SqliteStore
+
+    store = SqliteStore(tmp_path / "catalog.db")
+    with pytest.raises(RuntimeError), store._write() as db:
+        db.execute("INSERT INTO defaults VALUES ('chat', 'half-done')")
+        raise RuntimeError("failed half-way")
+    assert store.default("chat") is None  # rolled back, not left open on the kept connection
+    store.set_default("chat", "done")
+    seen: list[str | None] = []
+    reader = threading.Thread(target=lambda: seen.append(store.default("chat")))  # its own connection
+    reader.start()
+    reader.join()
+    assert seen == ["done"]
+    other = SqliteStore(tmp_path / "catalog.db")  # another connection (as another process would hold)
+    other.set_default("chat", "changed")
+    assert store.default("chat") == "changed"  # the kept connection reads what others commit
