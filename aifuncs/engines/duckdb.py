@@ -217,7 +217,9 @@ def _execute(
     registered = []
     try:
         for prescore in planned.prescores:
-            (rows,) = con.execute(f"SELECT count(*) FROM ({prescore.source})").fetchall()[0]
+            rows = prescore.rows
+            if rows is None:
+                (rows,) = con.execute(f"SELECT count(*) FROM ({prescore.source})").fetchall()[0]
             if progress is not None:
                 progress.expect(rows * len(prescore.calls))
             try:

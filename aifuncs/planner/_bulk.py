@@ -83,6 +83,7 @@ class Prescore:
     calls: tuple[CallSpec, ...]
     columns: tuple[str, ...]  # the calls' columns
     carried: tuple[str, ...] = ()  # the table's columns read along (the statement then reads only `name`)
+    rows: int | None = None  # the rows `source` gives, where the planner knows (the table's count, no filter)
 
 
 @dataclass
@@ -132,8 +133,11 @@ class BulkPlanner:
         prescores = []
         for scope in self._scopes.values():
             columns = tuple(f"{COLUMN_PREFIX}{i}" for i in range(len(scope.calls)))
-            carried = self._carried(scope) if len(self._scopes) == 1 else None
-            if carried is not None:
+            found = self._carried(scope) if len(self._scopes) == 1 else None
+            carried, rows = None, None
+            if found is not None:
+                carried, shape = found
+                rows = shape.rows if scope.select.args.get("where") is None else None
                 source = _carried_source(scope, columns, carried)
                 _read_from_scores(scope)
             else:
@@ -149,13 +153,15 @@ class BulkPlanner:
                     tuple(scope.calls),
                     columns,
                     tuple(carried or ()),
+                    rows,
                 )
             )
         return prescores
 
-    def _carried(self, scope: _Scope) -> list[str] | None:
+    def _carried(self, scope: _Scope) -> tuple[list[str], TableShape] | None:
         """The table columns the statement reads besides the requests, where carrying them pays: plain
-        references to fixed-width columns, few bytes a row, a bounded copy. None: use a POSITIONAL JOIN."""
+        references to fixed-width columns, few bytes a row, a bounded copy; with the table's shape. None: use
+        a POSITIONAL JOIN."""
         select = scope.select
         table = select.args["from_"].this
         outside = [value for key, value in select.args.items() if key not in ("from_", "where", "joins")]
@@ -195,7 +201,7 @@ class BulkPlanner:
         row_bytes = sum(w or 0 for w in widths)
         if row_bytes > _CARRY_ROW_BYTES or row_bytes * shape.rows > _CARRY_TABLE_BYTES:
             return None
-        return [c for c in shape.columns if c in wanted]  # the table's order: `*` expands as it would there
+        return [c for c in shape.columns if c in wanted], shape  # the table's order: `*` expands as it would
 
     def _eligible_scope(self, call: exp.Anonymous, request: exp.Expr) -> exp.Select | None:
         select = call.find_ancestor(exp.Select)

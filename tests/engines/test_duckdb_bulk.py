@@ -241,6 +241,32 @@ def test_few_fixed_width_columns_are_carried_instead_of_joined(numbers) -> None:
     assert all(y == 2 * i and str(day) == "2026-12-01" for i, day, y in rows)
 
 
+def test_an_unfiltered_carried_prescore_knows_its_rows_without_counting_again(numbers) -> None:  # type: ignore[no-untyped-def]
+    whole, _ = _statement(numbers, "SELECT id, ai_query('doubler', x) AS y FROM numbers")
+    assert whole.rows == ROWS  # the planner counted the table for its shape
+    filtered, _ = _statement(numbers, "SELECT id, ai_query('doubler', x) AS y FROM numbers WHERE id < 10")
+    assert filtered.rows is None  # the engine counts what the filter keeps
+    from aifuncs.runtime._progress import Progress
+
+    expected: list[int] = []
+
+    class Recording(Progress):
+        def expect(self, rows: int | None) -> None:
+            expected.append(rows or 0)
+            super().expect(rows)
+
+    import io
+
+    line = Recording(io.StringIO())
+    for sql in (
+        "SELECT id, ai_query('doubler', x) FROM numbers",
+        "SELECT id, ai_query('doubler', x) FROM numbers WHERE id < 10",
+    ):
+        for _ in aifuncs.engines.duckdb.sql_each(numbers, sql, progress=line):
+            pass
+    assert expected == [ROWS, 10]
+
+
 def test_select_star_carries_every_column_in_the_tables_order(numbers) -> None:  # type: ignore[no-untyped-def]
     query = "SELECT x, *, ai_query('doubler', x) AS y FROM numbers WHERE id < 3"
     prescore, _ = _statement(numbers, query)
