@@ -119,3 +119,21 @@ def test_kept_connections_roll_back_a_failed_write_and_stay_usable(tmp_path: Pat
     other = SqliteStore(tmp_path / "catalog.db")  # another connection (as another process would hold)
     other.set_default("chat", "changed")
     assert store.default("chat") == "changed"  # the kept connection reads what others commit
+
+
+def test_a_forked_child_uses_a_connection_of_its_own(tmp_path: Path) -> None:
+    from forking import in_a_forked_child
+
+    from aifuncs.catalog._store import SqliteStore
+
+    store = SqliteStore(tmp_path / "catalog.db")
+    store.set_default("chat", "parent")  # the parent's kept connection exists now
+    kept = store._local.kept[1]
+
+    def child() -> None:
+        assert store.default("chat") == "parent"
+        assert store._local.kept[1] is not kept
+        store.set_default("chat", "child")
+
+    assert in_a_forked_child(child) == 0
+    assert store.default("chat") == "child" and store._local.kept[1] is kept

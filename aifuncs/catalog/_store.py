@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -67,12 +68,14 @@ class SqliteStore:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # One connection per thread, kept: opening one (and reading the schema again) cost ~0.6 ms a lookup,
         # paid by every AI call a query plans. Autocommit, so each read sees what others have committed.
-        db = getattr(self._local, "db", None)
-        if db is None:
+        # A forked child (multiprocessing's default on Linux) opens its own: SQLite connections must not
+        # cross a fork.
+        kept = getattr(self._local, "kept", None)
+        if kept is None or kept[0] != os.getpid():
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db.row_factory = sqlite3.Row
-            self._local.db = db
-        yield db
+            kept = self._local.kept = (os.getpid(), db)
+        yield kept[1]
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,6 +59,23 @@ class UsageLog:
         self._last_flush = time.monotonic()
         self._flushing = False  # a timed write is on its way
         atexit.register(self.flush)
+        if hasattr(os, "register_at_fork"):
+            alive = weakref.ref(self)  # the hook must not keep every log ever made alive
+
+            def reset_in_child() -> None:
+                log = alive()
+                if log is not None:
+                    log._after_fork()
+
+            os.register_at_fork(after_in_child=reset_in_child)
+
+    def _after_fork(self) -> None:
+        # A forked child has only the forking thread: a lock held by the writing thread would stay held, and
+        # the rows pending are the parent's to write.
+        self._lock = threading.Lock()
+        self._writing = threading.Lock()
+        self._pending = []
+        self._flushing = False
 
     def record(self, row: UsageRow) -> None:
         with self._lock:

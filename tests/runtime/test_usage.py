@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from forking import in_a_forked_child
 
 from aifuncs.runtime import _usage
 from aifuncs.runtime._usage import UsageLog, UsageRow
@@ -95,3 +96,24 @@ def test_a_failed_timed_write_warns_and_keeps_its_rows(
     assert "database is locked" in caplog.text
     monkeypatch.setattr(_usage, "_connect", connect)
     assert [r["rows"] for r in log.read()] == [1]
+
+
+def test_a_forked_child_writes_its_own_rows_even_if_the_parent_was_writing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """multiprocessing forks on Linux: a write in progress in another thread must not leave the child's lock held,
+    and the parent's pending rows are the parent's to write (not twice)."""
+    monkeypatch.setenv("AIFUNCS_HOME", str(tmp_path))
+    log = UsageLog()
+    log.record(_row(1))  # pending in the parent
+    log._writing.acquire()  # as if the timed writer were mid-write when the process forked
+
+    def child() -> None:
+        log.record(_row(2))
+        log.flush()  # would wait forever on the inherited lock
+
+    try:
+        assert in_a_forked_child(child) == 0
+    finally:
+        log._writing.release()
+    assert [r["rows"] for r in log.read()] == [1, 2]  # the parent's row once, the child's once
