@@ -1,20 +1,24 @@
-"""Run a function in a forked child process, as multiprocessing's default start method does on Linux."""
+"""Fork a child as multiprocessing's default start method does on Linux, in a fresh interpreter: forking the
+test process itself (DuckDB's and pyarrow's threads running) can crash the child in their code, not ours."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
+import subprocess
+import sys
+import textwrap
 
-
-def in_a_forked_child(body: Callable[[], object], timeout_s: float = 20.0) -> int:
-    """Run `body()` in a forked child: its exit status (0: it returned, 1: it raised), or -1 if it hung."""
+_RUNNER = """
+import os, sys, time
+def in_a_forked_child(body, timeout_s=20.0):
     pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
+    if pid == 0:
         code = 1
         try:
             body()
             code = 0
+        except BaseException as error:
+            print("child:", repr(error), file=sys.stderr, flush=True)
         finally:
             os._exit(code)
     deadline = time.monotonic() + timeout_s
@@ -26,3 +30,16 @@ def in_a_forked_child(body: Callable[[], object], timeout_s: float = 20.0) -> in
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     return -1
+"""
+
+
+def run_forking(script: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run `script` in a new interpreter where `in_a_forked_child(body)` gives the child's exit status
+    (0: body returned, 1: it raised, -1: it hung)."""
+    return subprocess.run(
+        [sys.executable, "-c", _RUNNER + textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=os.environ.copy(),
+    )

@@ -122,18 +122,25 @@ def test_kept_connections_roll_back_a_failed_write_and_stay_usable(tmp_path: Pat
 
 
 def test_a_forked_child_uses_a_connection_of_its_own(tmp_path: Path) -> None:
-    from forking import in_a_forked_child
+    from forking import run_forking
 
-    from aifuncs.catalog._store import SqliteStore
+    done = run_forking(
+        f"""
+        from pathlib import Path
+        from aifuncs.catalog._store import SqliteStore
 
-    store = SqliteStore(tmp_path / "catalog.db")
-    store.set_default("chat", "parent")  # the parent's kept connection exists now
-    kept = store._local.kept[1]
+        store = SqliteStore(Path({str(tmp_path / "catalog.db")!r}))
+        store.set_default("chat", "parent")  # the parent's kept connection exists now
+        kept = store._local.kept[1]
 
-    def child() -> None:
-        assert store.default("chat") == "parent"
-        assert store._local.kept[1] is not kept
-        store.set_default("chat", "child")
+        def child():
+            assert store.default("chat") == "parent"
+            assert store._local.kept[1] is not kept
+            store.set_default("chat", "child")
 
-    assert in_a_forked_child(child) == 0
-    assert store.default("chat") == "child" and store._local.kept[1] is kept
+        print("child exit", in_a_forked_child(child))
+        print("parent reads", store.default("chat"), store._local.kept[1] is kept)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["child exit 0", "parent reads child True"]

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from forking import in_a_forked_child
+from forking import run_forking
 
 from aifuncs.runtime import _usage
 from aifuncs.runtime._usage import UsageLog, UsageRow
@@ -104,16 +104,28 @@ def test_a_forked_child_writes_its_own_rows_even_if_the_parent_was_writing(
     """multiprocessing forks on Linux: a write in progress in another thread must not leave the child's lock held,
     and the parent's pending rows are the parent's to write (not twice)."""
     monkeypatch.setenv("AIFUNCS_HOME", str(tmp_path))
-    log = UsageLog()
-    log.record(_row(1))  # pending in the parent
-    log._writing.acquire()  # as if the timed writer were mid-write when the process forked
+    done = run_forking(
+        """
+        from aifuncs.runtime._usage import UsageLog, UsageRow, now
 
-    def child() -> None:
-        log.record(_row(2))
-        log.flush()  # would wait forever on the inherited lock
+        def row(n):
+            return UsageRow(now(), "ep", 1, "python", "ai_query", n, None, None, 1.0, "ok", 1, None)
 
-    try:
-        assert in_a_forked_child(child) == 0
-    finally:
+        log = UsageLog()
+        log.record(row(1))  # pending in the parent
+        log._writing.acquire()  # as if the timed writer were mid-write when the process forked
+
+        def child():
+            log.record(row(2))
+            log.flush()  # would wait forever on the inherited lock
+
+        print("child exit", in_a_forked_child(child))
         log._writing.release()
-    assert [r["rows"] for r in log.read()] == [1, 2]  # the parent's row once, the child's once
+        print("rows", [r["rows"] for r in log.read()])
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == [
+        "child exit 0",
+        "rows [1, 2]",
+    ]  # the parent's row once, the child's once
