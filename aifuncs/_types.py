@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
 
+from aifuncs._fork import after_fork_in_child, leave_behind
 from aifuncs.errors import ArgumentError, ResultTypeError
 
 _probe_lock = threading.Lock()
@@ -31,6 +32,15 @@ def _probe() -> duckdb.DuckDBPyConnection:
     if _probe_con is None:
         _probe_con = duckdb.connect()
     return _probe_con
+
+
+def _forget_probe() -> None:
+    global _probe_con, _probe_lock
+    leave_behind(_probe_con)
+    _probe_con, _probe_lock = None, threading.Lock()
+
+
+after_fork_in_child(_forget_probe)
 
 
 @functools.lru_cache(maxsize=512)

@@ -131,15 +131,15 @@ def test_a_forked_child_uses_a_connection_of_its_own(tmp_path: Path) -> None:
 
         store = SqliteStore(Path({str(tmp_path / "catalog.db")!r}))
         store.set_default("chat", "parent")  # the parent's kept connection exists now
-        kept = store._local.kept[1]
+        kept = store._local.values.db
 
         def child():
             assert store.default("chat") == "parent"
-            assert store._local.kept[1] is not kept
+            assert store._local.values.db is not kept
             store.set_default("chat", "child")
 
         print("child exit", in_a_forked_child(child))
-        print("parent reads", store.default("chat"), store._local.kept[1] is kept)
+        print("parent reads", store.default("chat"), store._local.values.db is kept)
         """
     )
     assert done.returncode == 0, done.stderr

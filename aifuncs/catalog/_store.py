@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aifuncs._fork import ProcessLocal
 from aifuncs.catalog._endpoint import Endpoint
 
 _SCHEMA = """
@@ -59,23 +58,20 @@ def _row_to_endpoint(row: sqlite3.Row) -> Endpoint:
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._local = threading.local()
+        self._local = ProcessLocal()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # kept in the file: later connections need not ask again
             db.executescript(_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        # One connection per thread, kept: opening one (and reading the schema again) cost ~0.6 ms a lookup,
-        # paid by every AI call a query plans. Autocommit, so each read sees what others have committed.
-        # A forked child (multiprocessing's default on Linux) opens its own: SQLite connections must not
-        # cross a fork.
-        kept = getattr(self._local, "kept", None)
-        if kept is None or kept[0] != os.getpid():
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        # One connection per thread (and process), kept: opening one and reading the schema again cost ~0.6 ms
+        # a lookup, paid by every AI call a query plans. Autocommit: each read sees what others committed.
+        db: sqlite3.Connection | None = getattr(self._local.values, "db", None)
+        if db is None:
+            db = self._local.values.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db.row_factory = sqlite3.Row
-            kept = self._local.kept = (os.getpid(), db)
-        yield kept[1]
+        yield db
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -13,7 +13,6 @@ The accessors are registered when `aifuncs` is imported.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -22,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 from sqlglot import exp
 
+from aifuncs._fork import ProcessLocal
 from aifuncs.engines.duckdb import connect
 from aifuncs.engines.duckdb import sql as run_sql
 from aifuncs.errors import ArgumentError
@@ -31,14 +31,14 @@ __all__ = ["AiDataFrameAccessor", "AiSeriesAccessor", "call", "query"]
 
 DtypeBackend = Literal["pyarrow", "numpy_nullable"]
 _FRAME = "__aifuncs_frame"
-_local = threading.local()
+_local = ProcessLocal()  # per thread and process: a forked worker must not use its parent's
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
     # One per thread: a connection runs one query at a time, and pandas code may use threads.
-    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
+    con: duckdb.DuckDBPyConnection | None = getattr(_local.values, "con", None)
     if con is None:
-        con = _local.con = connect()
+        con = _local.values.con = connect()
         con.execute("SET enable_progress_bar = false")  # aifuncs' own progress goes to stderr
     return con
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aifuncs._fork import after_fork_in_child, leave_behind
 from aifuncs._home import home
 from aifuncs._types import arrow_type, parse_replies, plain_type, to_arrow
 from aifuncs.catalog import Endpoint
@@ -569,3 +570,15 @@ def default_runtime() -> Runtime:
         if _default is None:
             _default = Runtime()
         return _default
+
+
+def _forget_after_fork() -> None:
+    """A forked child (multiprocessing's default on Linux) has none of the parent's threads: the parent's
+    runtime, whose event loop, store writer and HTTP connections (sockets shared with the parent) live
+    there, would hang its first call. The child builds its own on first use; loaded models stay loaded."""
+    global _default, _default_lock
+    leave_behind(_default)
+    _default, _default_lock = None, threading.Lock()
+
+
+after_fork_in_child(_forget_after_fork)

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from aifuncs._fork import after_fork_in_child
 from aifuncs.providers import Provider
 from aifuncs.runtime._call import CallSpec
 
@@ -96,6 +97,17 @@ def prompt_gil_handoffs(concurrent_calls: int) -> Iterator[None]:
             _switch_users -= 1
             if _switch_users == 0:
                 sys.setswitchinterval(_switch_before)
+
+
+def _reset_after_fork() -> None:
+    # A query of another thread may have been running at the fork: the child must not keep its interval.
+    global _switching, _switch_users
+    if _switch_users:
+        sys.setswitchinterval(_switch_before)
+    _switching, _switch_users = threading.Lock(), 0
+
+
+after_fork_in_child(_reset_after_fork)
 
 
 @functools.lru_cache(maxsize=1)

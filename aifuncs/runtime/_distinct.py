@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,16 +17,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aifuncs._fork import ProcessLocal
 from aifuncs._types import to_arrow
 
-_local = threading.local()
+_local = ProcessLocal()
 
 
 def _con() -> duckdb.DuckDBPyConnection:
     # One connection per thread: the loop thread and DuckDB's threads may all convert at once.
-    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
+    con: duckdb.DuckDBPyConnection | None = getattr(_local.values, "con", None)
     if con is None:
-        con = _local.con = duckdb.connect(config={"threads": 1})
+        con = _local.values.con = duckdb.connect(config={"threads": 1})
     return con
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -19,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from aifuncs._fork import after_fork_in_child
 from aifuncs._home import home
 
 _SCHEMA = """
@@ -59,15 +59,14 @@ class UsageLog:
         self._last_flush = time.monotonic()
         self._flushing = False  # a timed write is on its way
         atexit.register(self.flush)
-        if hasattr(os, "register_at_fork"):
-            alive = weakref.ref(self)  # the hook must not keep every log ever made alive
+        alive = weakref.ref(self)  # the hook must not keep every log ever made alive
 
-            def reset_in_child() -> None:
-                log = alive()
-                if log is not None:
-                    log._after_fork()
+        def reset_in_child() -> None:
+            log = alive()
+            if log is not None:
+                log._after_fork()
 
-            os.register_at_fork(after_in_child=reset_in_child)
+        after_fork_in_child(reset_in_child)
 
     def _after_fork(self) -> None:
         # A forked child has only the forking thread: a lock held by the writing thread would stay held, and

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import pytest
 import sample_models
@@ -156,3 +158,45 @@ def test_arrow_input_format_and_wrong_lengths(con) -> None:  # type: ignore[no-u
     aifuncs.endpoints.create("short", kind="python", function="sample_models:wrong_length", returns="INT")
     with pytest.raises(duckdb.Error, match="returned 1 results for 3 requests"):
         aifuncs.sql(con, "SELECT ai_query('short', i) FROM range(3) t(i)").fetchall()
+
+
+def test_a_forked_child_runs_ai_queries_of_its_own() -> None:
+    """multiprocessing forks on Linux: the parent's event loop, store writer and connections stay behind, and
+    the child's first AI call waited on them forever."""
+    from forking import run_forking
+
+    tests_dir = Path(__file__).resolve().parents[1]
+    done = run_forking(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tests_dir)!r})
+        import aifuncs
+
+        aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+        queries = [
+            "SELECT sum(ai_query('doubler', i::DOUBLE)) FROM range(10) t(i)",  # the bulk path
+            "SELECT sum(ai_query('doubler', i::DOUBLE)) FROM range(10) t(i) LIMIT 1",  # streamed through the UDF
+            "SELECT sum(ai_query('doubler', (i % 3)::DOUBLE, cache => true)) FROM range(10) t(i)",  # the store
+        ]
+
+        def answers():
+            con = aifuncs.connect()
+            found = [aifuncs.sql(con, q).fetchall()[0][0] for q in queries]
+            import pandas as pd  # the pandas accessors keep a DuckDB connection per thread
+
+            return [*found, float(pd.Series([1.0, 2.0]).ai.query("doubler").sum())]
+
+        print("parent", answers(), flush=True)
+
+        def child():
+            print("child", answers(), flush=True)
+
+        print("child exit", in_a_forked_child(child))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:3] == [
+        "parent [90.0, 90.0, 18.0, 6.0]",
+        "child [90.0, 90.0, 18.0, 6.0]",
+        "child exit 0",
+    ]
