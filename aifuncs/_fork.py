@@ -13,12 +13,15 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _left_behind: list[object] = []  # the parent's objects: never used nor finalized in this process
 _locals: weakref.WeakSet[ProcessLocal] = weakref.WeakSet()
 _registry_lock = threading.Lock()
 _holding: list[object] = []  # every thread's values, held while a fork is under way
+_forked = False
 
 
 class _Values:
@@ -57,6 +60,35 @@ def after_fork_in_child(reset: Callable[[], None]) -> None:
         os.register_at_fork(after_in_child=reset)
 
 
+def held_across_fork(owner: T, lock: Callable[[T], threading.Lock]) -> None:
+    """Take `lock(owner)` before every fork and give it back on both sides. A thread of ours inside SQLite or
+    DuckDB when the process forks leaves their internal mutexes locked in the child, whose next connection
+    then waits forever: holding the lock that thread works under keeps it out of them meanwhile. Held weakly:
+    `owner` may go away."""
+    if not hasattr(os, "register_at_fork"):
+        return
+    alive = weakref.ref(owner)
+    taken: list[threading.Lock] = []
+
+    def take() -> None:
+        found = alive()
+        if found is not None:
+            taken.append(lock(found))
+            taken[-1].acquire()
+
+    def give_back() -> None:
+        while taken:
+            taken.pop().release()
+
+    os.register_at_fork(before=take, after_in_parent=give_back, after_in_child=give_back)
+
+
+def forked_child() -> bool:
+    """Whether this process was forked from one that had imported aifuncs (a multiprocessing worker, say):
+    such a process usually ends with `os._exit`, which runs no atexit handlers and stops threads mid-work."""
+    return _forked
+
+
 def _hold() -> None:
     global _holding
     _registry_lock.acquire()  # released on both sides: no thread adds values mid-fork
@@ -70,7 +102,8 @@ def _release_in_parent() -> None:
 
 
 def _renew_in_child() -> None:
-    global _holding, _registry_lock
+    global _holding, _registry_lock, _forked
+    _forked = True
     leave_behind(*_holding)
     _holding = []
     _registry_lock = threading.Lock()  # the parent's may be held by a thread that is not here

@@ -177,6 +177,7 @@ def sql_each(
     finally:
         if line is not None and ran_to_the_end:
             line.finish()
+        default_runtime().usage.query_done()
 
 
 _ROW_KEYWORDS = {"SELECT", "WITH", "FROM", "VALUES", "TABLE", "DESCRIBE", "SHOW", "SUMMARIZE", "EXPLAIN", "PIVOT",

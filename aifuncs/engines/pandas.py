@@ -26,6 +26,7 @@ from aifuncs.engines.duckdb import connect
 from aifuncs.engines.duckdb import sql as run_sql
 from aifuncs.errors import ArgumentError
 from aifuncs.functions import FunctionSpec, get_spec
+from aifuncs.runtime import default_runtime
 
 __all__ = ["AiDataFrameAccessor", "AiSeriesAccessor", "call", "query"]
 
@@ -157,6 +158,7 @@ def sql(
     finally:
         for name in frames:
             con.unregister(name)
+        default_runtime().usage.query_done()  # a streamed query's requests ran while its rows were fetched
     return _frame(table, dtype_backend)
 
 
@@ -329,6 +331,7 @@ def _select(
         return relation.to_arrow_table()
     finally:
         con.unregister(_FRAME)
+        default_runtime().usage.query_done()  # a streamed query's requests ran while its rows were fetched
 
 
 def _arrow(series: pd.Series) -> pa.Array | pa.ChunkedArray:

@@ -24,6 +24,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from aifuncs._fork import held_across_fork
 from aifuncs.runtime._distinct import to_json_texts
 
 _SCHEMA = """
@@ -55,6 +56,8 @@ class AnswerStore:
         self._lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._generation = 0
+        self._committing = threading.Lock()  # held by the writer while it works in DuckDB and SQLite
+        held_across_fork(self, lambda store: store._committing)
 
     def lookup(self, keys: Sequence[bytes]) -> dict[bytes, str]:
         """The stored answers among `keys`, as the JSON text they were stored as."""
@@ -146,9 +149,10 @@ class AnswerStore:
                     batch.append(more)
                 error: BaseException | None = None
                 try:
-                    rows = _rows(batch, time.time())
-                    with db:
-                        db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", rows)
+                    with self._committing:
+                        rows = _rows(batch, time.time())
+                        with db:
+                            db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", rows)
                 except (sqlite3.Error, duckdb.Error, pa.ArrowException) as failure:
                     error = failure
                 for write in batch:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from aifuncs._fork import after_fork_in_child
+from aifuncs._fork import after_fork_in_child, forked_child, held_across_fork
 from aifuncs._home import home
 
 _SCHEMA = """
@@ -67,12 +67,12 @@ class UsageLog:
                 log._after_fork()
 
         after_fork_in_child(reset_in_child)
+        held_across_fork(self, lambda log: log._writing)
 
     def _after_fork(self) -> None:
-        # A forked child has only the forking thread: a lock held by the writing thread would stay held, and
-        # the rows pending are the parent's to write.
+        # A forked child has only the forking thread: a lock held by another thread would stay held, and the
+        # rows pending are the parent's to write. (No write is under way: the fork waited for it.)
         self._lock = threading.Lock()
-        self._writing = threading.Lock()
         self._pending = []
         self._flushing = False
 
@@ -82,6 +82,25 @@ class UsageLog:
             due = not self._flushing and time.monotonic() - self._last_flush > _FLUSH_EVERY_S
             self._flushing = self._flushing or due
         if due:
+            threading.Thread(target=self._timed_flush, name="aifuncs-usage", daemon=True).start()
+
+    def query_done(self) -> None:
+        """A query ended: its rows are written now, so that other processes see them while this one idles.
+        Off the caller's thread, except in a forked child (a multiprocessing worker): it ends with
+        `os._exit`, which skips atexit and stops threads mid-write, so its rows are written before the
+        query returns (1-4 ms)."""
+        if forked_child():
+            try:
+                self.flush()
+            except Exception as error:
+                _log.warning(
+                    "usage log: cannot write %s (kept for the next write): %s", home() / "usage.db", error
+                )
+            return
+        with self._lock:
+            start = bool(self._pending) and not self._flushing
+            self._flushing = self._flushing or start
+        if start:
             threading.Thread(target=self._timed_flush, name="aifuncs-usage", daemon=True).start()
 
     def _timed_flush(self) -> None:

@@ -183,3 +183,38 @@ def test_sql_results_convert_to_pandas_arrow_and_polars(chat: FakeServer) -> Non
     assert relation.df()["y"].tolist() == [0, 2, 4, 6, 8]
     assert relation.pl()["y"].to_list() == [0, 2, 4, 6, 8] and isinstance(relation.pl(), pl.DataFrame)
     con.close()
+
+
+def test_fork_pool_workers_answer_and_account_for_their_requests() -> None:
+    """A multiprocessing pool (fork, Linux's default) after the parent's own AI calls: the workers answer, and
+    their usage rows are written before each call returns (a worker ends with os._exit: no atexit)."""
+    from pathlib import Path
+
+    from forking import run_forking
+
+    tests_dir = Path(__file__).resolve().parents[1]
+    done = run_forking(
+        f"""
+        import multiprocessing, sys
+        sys.path.insert(0, {str(tests_dir)!r})
+        import pandas as pd
+        import aifuncs
+
+        aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+
+        def work(n):
+            return float(pd.Series([float(i) for i in range(n)]).ai.query("doubler", cache=False).sum())
+
+        print("parent", work(100))
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            print("workers", pool.map(work, [10, 20, 30, 40]))
+        con = aifuncs.connect()
+        print("usage rows", aifuncs.sql(con, "SELECT count(*) FROM aifuncs_usage").fetchall()[0][0])
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:3] == [
+        "parent 9900.0",
+        "workers [90.0, 380.0, 870.0, 1560.0]",
+        "usage rows 5",
+    ]

@@ -171,3 +171,43 @@ def test_a_killed_query_resumes_without_paying_twice(tmp_path: Path, home: Path)
 @pytest.fixture(autouse=True)
 def _no_cache_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIFUNCS_CACHE", raising=False)
+
+
+def test_a_fork_waits_for_the_store_writer_and_the_child_stores_answers_of_its_own(tmp_path: Path) -> None:
+    """The store's writer works inside DuckDB and SQLite; a fork while it does would leave their mutexes
+    locked in the child, whose first store access then hung (seen: 2 runs in 12 of a fork pool)."""
+    from forking import run_forking
+
+    done = run_forking(
+        f"""
+        import asyncio, threading, time
+        from pathlib import Path
+        import pyarrow as pa
+        from aifuncs.runtime._store import AnswerStore
+
+        store = AnswerStore(Path({str(tmp_path / "answers.db")!r}))
+        asyncio.run(store.put("ep", [b"k1"], pa.array([1])))
+        committing = threading.Event()
+
+        def slow_commit():  # as the writer does while it converts and commits a batch
+            with store._committing:
+                committing.set()
+                time.sleep(0.3)
+
+        writer = threading.Thread(target=slow_commit)
+        writer.start()
+        committing.wait()
+        started = time.monotonic()
+
+        def child():
+            mine = AnswerStore(store.path)  # the child's runtime makes its own store
+            asyncio.run(mine.put("ep", [b"k2"], pa.array([2])))
+            assert sorted(mine.lookup([b"k1", b"k2"])) == [b"k1", b"k2"]
+
+        print("child exit", in_a_forked_child(child), "waited", time.monotonic() - started > 0.2)
+        writer.join()
+        print("parent sees", sorted(store.lookup([b"k1", b"k2"])))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == ["child exit 0 waited True", "parent sees [b'k1', b'k2']"]

@@ -101,11 +101,12 @@ def test_a_failed_timed_write_warns_and_keeps_its_rows(
 def test_a_forked_child_writes_its_own_rows_even_if_the_parent_was_writing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """multiprocessing forks on Linux: a write in progress in another thread must not leave the child's lock held,
-    and the parent's pending rows are the parent's to write (not twice)."""
+    """multiprocessing forks on Linux: a write under way in another thread (inside SQLite, whose mutexes a
+    child would inherit locked) is waited for, and the parent's pending rows are the parent's to write."""
     monkeypatch.setenv("AIFUNCS_HOME", str(tmp_path))
     done = run_forking(
         """
+        import threading, time
         from aifuncs.runtime._usage import UsageLog, UsageRow, now
 
         def row(n):
@@ -113,19 +114,40 @@ def test_a_forked_child_writes_its_own_rows_even_if_the_parent_was_writing(
 
         log = UsageLog()
         log.record(row(1))  # pending in the parent
-        log._writing.acquire()  # as if the timed writer were mid-write when the process forked
+        writing = threading.Event()
+
+        def slow_write():  # as the timed writer does, for long enough to be under way at the fork
+            with log._writing:
+                writing.set()
+                time.sleep(0.3)
+
+        writer = threading.Thread(target=slow_write)
+        writer.start()
+        writing.wait()
+        started = time.monotonic()
 
         def child():
             log.record(row(2))
-            log.flush()  # would wait forever on the inherited lock
+            log.flush()
 
-        print("child exit", in_a_forked_child(child))
-        log._writing.release()
+        print("child exit", in_a_forked_child(child), "waited", time.monotonic() - started > 0.2)
+        writer.join()
         print("rows", [r["rows"] for r in log.read()])
         """
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == [
-        "child exit 0",
-        "rows [1, 2]",
-    ]  # the parent's row once, the child's once
+    # The fork waited for the write; the parent's row once, the child's once.
+    assert done.stdout.split("\n")[:2] == ["child exit 0 waited True", "rows [1, 2]"]
+
+
+def test_a_finished_query_writes_its_rows_without_waiting_for_a_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Another process (`aifuncs usage`, a dashboard) sees a query's rows soon after it ends, though this one
+    records nothing more."""
+    monkeypatch.setenv("AIFUNCS_HOME", str(tmp_path))
+    log = UsageLog()
+    log.record(_row(7))
+    assert _stored(tmp_path / "usage.db") == []  # buffered: not due yet
+    log.query_done()
+    assert _wait_until(lambda: _stored(tmp_path / "usage.db") == [7])
