@@ -1,9 +1,10 @@
 """Usage accounting: one row per model request (endpoint, rows, tokens, latency, status, attempts).
 
 Rows are buffered in memory and written to SQLite under AIFUNCS_HOME in batches (at most every
-half second, before anyone reads them, and at exit), so accounting costs the hot path a list append:
-the timed writes run on a thread of their own (a write takes 1-4 ms, which on the event loop delayed
-the answers of the model calls still in flight).
+half second, when a query ends, before anyone reads them, and at exit), so accounting costs the hot
+path a list append: those writes run on a thread of their own (a write takes 1-4 ms, which on the event
+loop delayed the answers of the model calls still in flight). A forked worker writes its rows before
+each query returns: it ends with `os._exit`, which runs no atexit handler.
 """
 
 from __future__ import annotations
