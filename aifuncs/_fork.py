@@ -60,6 +60,17 @@ def after_fork_in_child(reset: Callable[[], None]) -> None:
         os.register_at_fork(after_in_child=reset)
 
 
+def renewed_in_child(namespace: dict[str, Any], *names: str) -> None:
+    """Module-level `threading.Lock`s a forked child gets anew (pass `globals()`): one that another thread held
+    at the fork, loading a model say, would stay held in the child forever."""
+
+    def renew() -> None:
+        for name in names:
+            namespace[name] = threading.Lock()
+
+    after_fork_in_child(renew)
+
+
 def held_across_fork(owner: T, lock: Callable[[T], threading.Lock]) -> None:
     """Take `lock(owner)` before every fork and give it back on both sides. A thread of ours inside SQLite or
     DuckDB when the process forks leaves their internal mutexes locked in the child, whose next connection

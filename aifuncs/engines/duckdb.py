@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from aifuncs._fork import renewed_in_child
 from aifuncs._home import resource_dir
 from aifuncs._types import arrow_type, to_arrow
 from aifuncs.catalog import default_catalog
@@ -309,6 +310,7 @@ def _columns(batches: list[pa.RecordBatch]) -> list[pa.ChunkedArray]:
 # The functions aifuncs registered per connection: asking duckdb_functions() costs ~10 ms a time.
 _registered: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, set[str]] = weakref.WeakKeyDictionary()
 _registered_lock = threading.Lock()
+renewed_in_child(globals(), "_registered_lock")
 
 
 def _has_function(con: duckdb.DuckDBPyConnection, name: str) -> bool:

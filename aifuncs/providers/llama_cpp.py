@@ -16,12 +16,14 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
+from aifuncs._fork import renewed_in_child
 from aifuncs.errors import ConfigError, MissingDependency
 from aifuncs.providers._chat import generation_parameters, greedy, prompts, wanted_schema
 from aifuncs.providers.base import CallOptions, Prediction, Provider, ProviderOptions, package_folder
 
 _models: dict[tuple[str, int], Any] = {}
 _load_lock = threading.Lock()
+renewed_in_child(globals(), "_load_lock")
 
 
 class LlamaCppOptions(ProviderOptions):

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
+from aifuncs._fork import renewed_in_child
 from aifuncs._home import home
 from aifuncs._types import mlflow_schema_type, mlflow_spec_type
 from aifuncs.errors import ConfigError, MissingDependency
@@ -16,6 +17,7 @@ from aifuncs.providers.base import CallOptions, InputColumn, Provider, ProviderO
 from aifuncs.providers.python import to_pandas_input
 
 _lock = threading.Lock()
+renewed_in_child(globals(), "_lock")
 _models: dict[tuple[str, str], Any] = {}
 _infos: dict[tuple[str, str], Any] = {}
 

@@ -12,11 +12,13 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from aifuncs._fork import renewed_in_child
 from aifuncs.errors import ConfigError
 from aifuncs.providers.base import CallOptions, Provider, ProviderOptions
 
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _lock = threading.Lock()
+renewed_in_child(globals(), "_lock")
 _loaded: dict[str, Callable[..., Any]] = {}
 
 

@@ -17,12 +17,14 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from aifuncs._fork import renewed_in_child
 from aifuncs.errors import ConfigError, MissingDependency
 from aifuncs.providers._chat import prompts
 from aifuncs.providers.base import CallOptions, Provider, ProviderOptions, package_folder
 
 _models: dict[tuple[str, str], Any] = {}
 _load_lock = threading.Lock()
+renewed_in_child(globals(), "_load_lock")
 
 
 class SentenceTransformersOptions(ProviderOptions):
