@@ -22,6 +22,8 @@ def _stored(path: Path) -> list[int]:
     db = sqlite3.connect(path)
     try:
         return [r[0] for r in db.execute("SELECT rows FROM usage ORDER BY rows")]
+    except sqlite3.OperationalError:
+        return []  # a writer has made the file but not yet its table
     finally:
         db.close()
 
