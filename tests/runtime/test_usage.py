@@ -148,6 +148,7 @@ def test_a_finished_query_writes_its_rows_without_waiting_for_a_read(
     """Another process (`aifuncs usage`, a dashboard) sees a query's rows soon after it ends, though this one
     records nothing more."""
     monkeypatch.setenv("AIFUNCS_HOME", str(tmp_path))
+    monkeypatch.setattr(_usage, "_FLUSH_EVERY_S", 3600.0)  # no timed write: only the query's end writes
     log = UsageLog()
     log.record(_row(7))
     assert _stored(tmp_path / "usage.db") == []  # buffered: not due yet
