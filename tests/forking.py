@@ -30,12 +30,27 @@ def in_a_forked_child(body, timeout_s=20.0):
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     return -1
+
+def held_in_a_thread(lock, seconds=0.3):
+    # A thread holds `lock` for `seconds`, as a writer of ours does mid-write; returns once it holds it.
+    import threading
+    holding = threading.Event()
+
+    def hold():
+        with lock:
+            holding.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait()
+    return thread
 """
 
 
 def run_forking(script: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run `script` in a new interpreter where `in_a_forked_child(body)` gives the child's exit status
-    (0: body returned, 1: it raised, -1: it hung)."""
+    (0: body returned, 1: it raised, -1: it hung) and `held_in_a_thread(lock)` keeps a lock busy."""
     return subprocess.run(
         [sys.executable, "-c", _RUNNER + textwrap.dedent(script)],
         capture_output=True,

@@ -180,23 +180,14 @@ def test_a_fork_waits_for_the_store_writer_and_the_child_stores_answers_of_its_o
 
     done = run_forking(
         f"""
-        import asyncio, threading, time
+        import asyncio, time
         from pathlib import Path
         import pyarrow as pa
         from aifuncs.runtime._store import AnswerStore
 
         store = AnswerStore(Path({str(tmp_path / "answers.db")!r}))
         asyncio.run(store.put("ep", [b"k1"], pa.array([1])))
-        committing = threading.Event()
-
-        def slow_commit():  # as the writer does while it converts and commits a batch
-            with store._committing:
-                committing.set()
-                time.sleep(0.3)
-
-        writer = threading.Thread(target=slow_commit)
-        writer.start()
-        committing.wait()
+        writer = held_in_a_thread(store._committing)  # the writer converting and committing a batch
         started = time.monotonic()
 
         def child():

@@ -108,7 +108,7 @@ def test_a_forked_child_writes_its_own_rows_even_if_the_parent_was_writing(
     monkeypatch.setenv("AIFUNCS_HOME", str(tmp_path))
     done = run_forking(
         """
-        import threading, time
+        import time
         from aifuncs.runtime._usage import UsageLog, UsageRow, now
 
         def row(n):
@@ -116,16 +116,7 @@ def test_a_forked_child_writes_its_own_rows_even_if_the_parent_was_writing(
 
         log = UsageLog()
         log.record(row(1))  # pending in the parent
-        writing = threading.Event()
-
-        def slow_write():  # as the timed writer does, for long enough to be under way at the fork
-            with log._writing:
-                writing.set()
-                time.sleep(0.3)
-
-        writer = threading.Thread(target=slow_write)
-        writer.start()
-        writing.wait()
+        writer = held_in_a_thread(log._writing)  # the timed writer, under way at the fork
         started = time.monotonic()
 
         def child():
