@@ -57,20 +57,11 @@ class TableShape:
 
 
 # Constructs that may skip evaluating a branch: a call under them must not be scored for every row.
-_CONDITIONAL = (exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.And, exp.Or, exp.Filter, exp.Window)
-# Clauses that change which rows a scope's projection sees, or how many.
-_ROW_CHANGING = (
-    "sample",
-    "group",
-    "having",
-    "qualify",
-    "limit",
-    "offset",
-    "fetch",
-    "joins",
-    "laterals",
-    "pivots",
-)
+_CONDITIONAL = (exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.Or, exp.Filter)
+# Clauses that change which rows the scope's expressions see: the prescore could not read the same rows.
+_SOURCE_CHANGING = ("sample", "joins", "laterals", "pivots")
+# Clauses that may stop a scope before it has read every row: scoring every row would waste calls.
+_STOPS_EARLY = ("limit", "offset", "fetch")
 
 
 @dataclass(frozen=True)
@@ -92,6 +83,7 @@ class _Scope:
     alias: str
     requests: list[exp.Expr] = field(default_factory=list)
     calls: list[CallSpec] = field(default_factory=list)
+    group_keys: dict[str, str] = field(default_factory=dict)  # a GROUP BY call's text -> its column
 
 
 class BulkPlanner:
@@ -122,9 +114,15 @@ class BulkPlanner:
         scope = self._scopes.get(id(select))
         if scope is None:
             scope = self._scopes[id(select)] = _Scope(select, BULK_PREFIX + uuid.uuid4().hex[:12])
-        column = f"{COLUMN_PREFIX}{len(scope.calls)}"
-        scope.requests.append(request.copy())
-        scope.calls.append(spec)
+        # A grouping key and the projection that repeats it must be one value (GROUP BY ai(x) ... SELECT ai(x)).
+        text = call.sql("duckdb")
+        column = scope.group_keys.get(text)
+        if column is None:
+            column = f"{COLUMN_PREFIX}{len(scope.calls)}"
+            scope.requests.append(request.copy())
+            scope.calls.append(spec)
+            if _place(call, select) == "group" or _group_key_text(select, text):
+                scope.group_keys[text] = column
         return exp.column(column, table=scope.alias)
 
     def finish(self) -> list[Prescore]:
@@ -137,7 +135,7 @@ class BulkPlanner:
             carried, rows = None, None
             if found is not None:
                 carried, shape = found
-                rows = shape.rows if scope.select.args.get("where") is None else None
+                rows = shape.rows if not _plain_conjuncts(scope.select) else None
                 source = _carried_source(scope, columns, carried)
                 _read_from_scores(scope)
             else:
@@ -165,6 +163,7 @@ class BulkPlanner:
         select = scope.select
         table = select.args["from_"].this
         outside = [value for key, value in select.args.items() if key not in ("from_", "where", "joins")]
+        outside += [c for c in _conjuncts(select.args.get("where")) if _is_ai(c)]  # kept by the statement
         nodes = [node for value in outside for item in (value if isinstance(value, list) else [value])
                  if isinstance(item, exp.Expr) for node in item.walk()]  # fmt: skip
         # A correlated reference, a lambda's own names, a COLUMNS(regex) that could match the scored columns.
@@ -204,15 +203,22 @@ class BulkPlanner:
         return [c for c in shape.columns if c in wanted], shape  # the table's order: `*` expands as it would
 
     def _eligible_scope(self, call: exp.Anonymous, request: exp.Expr) -> exp.Select | None:
+        """The SELECT whose rows the call is evaluated on, where scoring all of them first is exactly what
+        streaming would score: a base table read whole (or through the filter's plain conjuncts), nothing
+        that evaluates the call for some rows only, nothing that could stop reading early or push a filter
+        below the call."""
         select = call.find_ancestor(exp.Select)
-        if not isinstance(select, exp.Select) or not self._in_projection(call, select):
+        if not isinstance(select, exp.Select) or not self._evaluated_per_row(call, select):
             return None
-        if any(select.args.get(key) for key in _ROW_CHANGING):
+        if any(select.args.get(key) for key in _SOURCE_CHANGING):
             return None
         distinct = select.args.get("distinct")
         if distinct is not None and distinct.args.get("on") is not None:
             return None
-        if not self._top_level(select):
+        names = _ai_names(select)
+        if any(select.args.get(key) for key in _STOPS_EARLY) and not _reads_everything(select, names):
+            return None
+        if not self._consumers_read_everything(select, names):
             return None
         source = select.args.get("from_")
         table = source.this if source is not None else None
@@ -220,7 +226,7 @@ class BulkPlanner:
             return None  # a subquery, a table function, or no FROM at all
         if table.args.get("sample") is not None or table.args.get("pivots") or self._shadowed(select, table):
             return None
-        if not self._deterministic(request) or not self._deterministic(select.args.get("where")):
+        if not self._deterministic(request) or not all(map(self._deterministic, _plain_conjuncts(select))):
             return None
         if request.find(exp.AggFunc, exp.Window, exp.Subquery, exp.Select) is not None:
             return None
@@ -228,26 +234,83 @@ class BulkPlanner:
         name.set("alias", None)
         return select if self._is_table(name.sql("duckdb")) else None
 
-    @staticmethod
-    def _in_projection(call: exp.Expr, select: exp.Select) -> bool:
-        node = call
+    def _evaluated_per_row(self, call: exp.Expr, select: exp.Select) -> bool:
+        """Whether the call is evaluated once for every row the scope reads (not per group, not in a branch
+        that may be skipped): in the projection, a conjunct of WHERE, GROUP BY, ORDER BY, QUALIFY, a window's
+        arguments; in a grouped scope, only inside an aggregate or as a grouping key."""
+        node, in_aggregate = call, False
         while node.parent is not select:
-            node = node.parent  # type: ignore[assignment]
-            if node is None or isinstance(node, _CONDITIONAL):
+            parent = node.parent
+            if parent is None or isinstance(parent, (*_CONDITIONAL, exp.Select, exp.Subquery, exp.Lambda)):
                 return False
-        return node.arg_key == "expressions"
+            if isinstance(parent, exp.And) and not _in_conjunction(parent, select):
+                return False
+            if isinstance(parent, exp.AggFunc) and not isinstance(parent.parent, exp.Window):
+                in_aggregate = True
+            node = parent
+        place = node.arg_key
+        if place not in ("expressions", "where", "group", "having", "qualify", "order"):
+            return False
+        if place != "where" and any(_is_ai(c) for c in _conjuncts(select.args.get("where"))):
+            return False  # evaluated only on the rows an AI filter keeps: streamed after it
+        if place in ("where", "group") or in_aggregate or not _grouped(select):
+            return True
+        # One answer per group otherwise (and streamed), unless it is a grouping key.
+        return place == "expressions" and (
+            _groups_by(select, node)
+            or _group_key_text(select, call.sql("duckdb"))
+            or self._keyed(select, call)
+        )
 
-    @staticmethod
-    def _top_level(select: exp.Select) -> bool:
-        # An outer query could push a filter or a LIMIT into this one, so the UDF would see fewer rows.
-        node: exp.Expr | None = select.parent
-        while node is not None:
-            if isinstance(node, exp.SetOperation):
-                if any(node.args.get(key) for key in ("limit", "offset", "fetch")):
+    def _keyed(self, select: exp.Select, call: exp.Expr) -> bool:
+        scope = self._scopes.get(id(select))
+        return scope is not None and call.sql("duckdb") in scope.group_keys
+
+    def _consumers_read_everything(self, select: exp.Select, names: set[str]) -> bool:
+        """Whether every query that reads this scope's rows reads them all: no LIMIT that could stop it (one
+        after an aggregate, or ordered by an answer, reads everything first), no filter on other columns that
+        DuckDB could push below the call. `names` are the output columns that carry answers."""
+        node: exp.Expr = select
+        while True:
+            parent = node.parent
+            if parent is None:
+                return True
+            if isinstance(parent, exp.Create | exp.Insert | exp.Schema):
+                node = parent
+            elif isinstance(parent, exp.SetOperation):
+                if any(parent.args.get(key) for key in _STOPS_EARLY):
                     return False
-            elif not isinstance(node, exp.Create | exp.Insert | exp.Schema):
+                node = parent
+            elif isinstance(parent, exp.Subquery) and isinstance(parent.parent, exp.From | exp.Join):
+                outer = parent.parent.parent
+                if not isinstance(outer, exp.Select) or not _reads_all_of(outer, names):
+                    return False
+                if _grouped(outer):
+                    return True  # what is above sees groups, each made of every row
+                names = _passed_on(outer, names)
+                node = outer
+            elif isinstance(parent, exp.CTE):
+                return self._cte_read_everywhere(parent, names)
+            else:
+                return False  # a scalar, IN or EXISTS subquery: evaluated as its outer row needs it
+
+    def _cte_read_everywhere(self, cte: exp.CTE, names: set[str]) -> bool:
+        with_ = cte.parent
+        if not isinstance(with_, exp.With) or with_.args.get("recursive"):
+            return False
+        root = cte.root()
+        name = cte.alias_or_name.lower()
+        readers = [
+            table
+            for table in root.find_all(exp.Table)
+            if table.name.lower() == name and not table.args.get("db") and cte not in _ancestors(table)
+        ]
+        for table in readers:
+            outer = table.parent.parent if isinstance(table.parent, exp.From | exp.Join) else None
+            if not isinstance(outer, exp.Select) or not _reads_all_of(outer, names):
                 return False
-            node = node.parent
+            if not _grouped(outer) and not self._consumers_read_everything(outer, _passed_on(outer, names)):
+                return False
         return True
 
     @staticmethod
@@ -270,6 +333,120 @@ class BulkPlanner:
         return self._volatile is None or self._volatile.search(text) is None
 
 
+def _is_ai(node: exp.Expr) -> bool:
+    """An AI call, or what the planner already put in one's place (a UDF or a prescored column)."""
+    if "__aifuncs_" in node.sql("duckdb"):
+        return True
+    return any(get_spec(call.name) for call in node.find_all(exp.Anonymous))
+
+
+def _conjuncts(where: exp.Expr | None) -> list[exp.Expr]:
+    if where is None:
+        return []
+    condition = where.this if isinstance(where, exp.Where) else where
+    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+
+
+def _plain_conjuncts(select: exp.Select) -> list[exp.Expr]:
+    """The conjuncts of WHERE that hold no AI call: the prescore applies them, so only those rows are scored."""
+    return [c for c in _conjuncts(select.args.get("where")) if not _is_ai(c)]
+
+
+def _in_conjunction(node: exp.And, select: exp.Select) -> bool:
+    """An AND that joins the conjuncts of the scope's WHERE (each evaluated on every row that reaches it)."""
+    parent = node.parent
+    while isinstance(parent, exp.And | exp.Paren):
+        parent = parent.parent
+    return isinstance(parent, exp.Where) and parent.parent is select
+
+
+def _grouped(select: exp.Select) -> bool:
+    if select.args.get("group") or select.args.get("having"):
+        return True
+    return any(
+        not isinstance(agg.parent, exp.Window) and agg.find_ancestor(exp.Select) is select
+        for item in select.expressions
+        for agg in item.find_all(exp.AggFunc)
+    )
+
+
+def _groups_by(select: exp.Select, item: exp.Expr) -> bool:
+    """Whether a projection is a grouping key: GROUP BY ALL (and it has no aggregate), its alias, its position."""
+    group = select.args.get("group")
+    if group is None:
+        return False
+    if group.args.get("all"):
+        return item.find(exp.AggFunc) is None
+    position = next(i for i, e in enumerate(select.expressions, start=1) if e is item)
+    alias = item.alias.lower() if isinstance(item, exp.Alias) else None
+    for key in group.expressions:
+        if isinstance(key, exp.Literal) and not key.is_string and key.this == str(position):
+            return True
+        if alias and isinstance(key, exp.Column) and not key.table and key.name.lower() == alias:
+            return True
+    return False
+
+
+def _place(call: exp.Expr, select: exp.Select) -> str | None:
+    """The clause of `select` that holds the call (expressions, where, group...)."""
+    node = call
+    while node.parent is not None and node.parent is not select:
+        node = node.parent
+    return node.arg_key if node.parent is select else None
+
+
+def _group_key_text(select: exp.Select, text: str) -> bool:
+    """Whether GROUP BY holds a call written exactly so (not yet replaced by a column)."""
+    group = select.args.get("group")
+    return group is not None and any(f.sql("duckdb") == text for f in group.find_all(exp.Anonymous))
+
+
+def _ai_names(select: exp.Select) -> set[str]:
+    """Output columns of a scope that carry AI answers."""
+    return {e.alias_or_name.lower() for e in select.expressions if _is_ai(e) and e.alias_or_name}
+
+
+def _mentions(node: exp.Expr, names: set[str]) -> bool:
+    return _is_ai(node) or any(c.name.lower() in names for c in node.find_all(exp.Column))
+
+
+def _reads_everything(select: exp.Select, names: set[str]) -> bool:
+    """A scope with a LIMIT that still reads all its rows first: it aggregates, or sorts by an answer."""
+    if _grouped(select) or select.args.get("distinct") is not None:
+        return True
+    order = select.args.get("order")
+    if order is None:
+        return False
+    for ordered in order.expressions:
+        key = ordered.this
+        if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
+            position = int(key.this)
+            if 0 < position <= len(select.expressions) and _is_ai(select.expressions[position - 1]):
+                return True
+        elif _mentions(key, names):
+            return True
+    return False
+
+
+def _reads_all_of(outer: exp.Select, names: set[str]) -> bool:
+    """An outer scope reads every row of its subquery: no early stop, and each conjunct of its filter needs
+    an answer (a filter on other columns alone could be pushed below the call)."""
+    if any(outer.args.get(key) for key in _STOPS_EARLY) and not _reads_everything(outer, names):
+        return False
+    return all(_mentions(c, names) for c in _conjuncts(outer.args.get("where")))
+
+
+def _passed_on(outer: exp.Select, names: set[str]) -> set[str]:
+    """The outer scope's output columns that carry answers."""
+    passed: set[str] = set()
+    for item in outer.expressions:
+        if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
+            passed |= names
+        elif _mentions(item, names) and item.alias_or_name:
+            passed.add(item.alias_or_name.lower())
+    return passed
+
+
 def _ancestors(node: exp.Expr) -> list[exp.Expr]:
     found = []
     while node.parent is not None:
@@ -279,17 +456,17 @@ def _ancestors(node: exp.Expr) -> list[exp.Expr]:
 
 
 def _carried_source(scope: _Scope, columns: tuple[str, ...], carried: list[str]) -> exp.Select:
-    """`SELECT carried..., request ... FROM table WHERE filter`: the filter applied once, here."""
+    """`SELECT carried..., request ... FROM table WHERE plain conjuncts`: the filter applied once, here."""
     projections: list[exp.Expr] = [exp.column(c, quoted=True) for c in carried]
     projections += [exp.alias_(r, c) for r, c in zip(scope.requests, columns, strict=True)]
     source = exp.Select(expressions=projections).from_(scope.select.args["from_"].this.copy())
-    where = scope.select.args.get("where")
-    return source.where(where.this.copy()) if where is not None else source
+    plain = _plain_conjuncts(scope.select)
+    return source.where(exp.and_(*(c.copy() for c in plain))) if plain else source
 
 
 def _read_from_scores(scope: _Scope) -> None:
     """Point the statement at the prescored result, under the table's own name (so `t.id` still resolves),
-    its filter dropped (the prescore applied it)."""
+    keeping only the conjuncts of its filter that need answers (the prescore applied the others)."""
     select = scope.select
     table = select.args["from_"].this
     name = table.alias_or_name
@@ -297,15 +474,19 @@ def _read_from_scores(scope: _Scope) -> None:
         if column.table == scope.alias:
             column.set("table", exp.to_identifier(name))
     select.set("from_", exp.From(this=exp.to_table(scope.alias).as_(name)))
-    select.set("where", None)
+    kept = [c for c in _conjuncts(select.args.get("where")) if _is_ai(c)]
+    select.set("where", exp.Where(this=exp.and_(*(c.copy() for c in kept))) if kept else None)
 
 
 def _source(scope: _Scope, columns: tuple[str, ...]) -> exp.Select:
-    """`SELECT CASE WHEN filter THEN request END ... FROM table`: one row per table row, in scan order."""
-    where = scope.select.args.get("where")
+    """`SELECT CASE WHEN plain conjuncts THEN request END ... FROM table`: one row per table row, in scan
+    order, scored where the filter's conjuncts without AI calls hold."""
+    plain = _plain_conjuncts(scope.select)
+    condition = exp.and_(*(c.copy() for c in plain)) if plain else None
     projections = []
     for request, column in zip(scope.requests, columns, strict=True):
-        value = exp.Case(ifs=[exp.If(this=where.this.copy(), true=request)]) if where is not None else request
+        value = (
+            exp.Case(ifs=[exp.If(this=condition.copy(), true=request)]) if condition is not None else request
+        )
         projections.append(exp.alias_(value, column))
-    source = exp.Select(expressions=projections).from_(scope.select.args["from_"].this.copy())
-    return source
+    return exp.Select(expressions=projections).from_(scope.select.args["from_"].this.copy())

@@ -143,10 +143,11 @@ def measurable(probe: str) -> tuple[str | None, bool]:
 
 
 def _has_ai_call(node: exp.Expr) -> bool:
+    """An AI call, a UDF standing for one, or a column of answers scored ahead of the query."""
     return any(
         get_spec(f.name) is not None or f.name.lower().startswith("__aifuncs_")
         for f in node.find_all(exp.Anonymous)
-    )
+    ) or any(c.table.startswith("__aifuncs_") for c in node.find_all(exp.Column))
 
 
 def render(estimates: list[CallEstimate]) -> str:

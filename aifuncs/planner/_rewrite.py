@@ -27,6 +27,7 @@ from aifuncs.functions.tasks import bind_task
 from aifuncs.index import EMBEDDING as INDEX_EMBEDDING
 from aifuncs.index import REGISTRY as INDEX_REGISTRY
 from aifuncs.index import table_of as index_table
+from aifuncs.planner._aliases import lift_alias_references
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore, TableShape
 from aifuncs.planner._dialects import adapt, reader, to_duckdb
@@ -164,6 +165,7 @@ def _rewrite_statement(
             sites.append((reading_order[id(call)], CallSite(text, *site)))
             call.replace(replacement)
     prescores = tuple(bulk.finish())
+    tree = lift_alias_references(tree)
     return PlannedStatement(
         to_duckdb(tree, dialect, number),
         prescores,
@@ -242,7 +244,7 @@ def _rewrite_call(
         return None  # a per-row endpoint: left to the generic function, which resolves each row
     request = args["request"]
     probe = _probe(call, request)
-    request_ddl = _probe_type(probe, hooks)
+    request_ddl = _probe_type(_probe(call, request, filtered=False), hooks)
     request_type: pa.DataType | None = arrow_type(request_ddl) if request_ddl else None
     fail_on_error = _constant(spec, "failOnError", args.get("failOnError"), hooks)
     if not isinstance(fail_on_error, bool):
@@ -443,16 +445,24 @@ def _probe_type(probe: str, hooks: EngineHooks) -> str | None:
         return None
 
 
-def _probe(call: exp.Expr, request: exp.Expr) -> str:
-    """A query whose one column (`__aifuncs_request`) is the call's request, over the call's scope."""
+def _probe(call: exp.Expr, request: exp.Expr, *, filtered: bool = True) -> str:
+    """A query whose one column (`__aifuncs_request`) is the call's request, over the call's scope; without
+    the scope's filter where only its type is wanted (a filter may read answers scored ahead of the query)."""
     probe = exp.Select(expressions=[request.copy().as_(PROBE_ALIAS)])
     scope = call.find_ancestor(exp.Select)
     if scope is not None:
-        for key in ("from_", "joins", "where", "laterals"):
+        for key in ("from_", "joins", "laterals"):
             if scope.args.get(key):
                 probe.set(
                     key, scope.args[key].copy() if key != "joins" else [j.copy() for j in scope.args[key]]
                 )
+        # The rows that reach the call: a conjunct holding the call itself cannot filter them.
+        where = scope.args.get("where")
+        condition = where.this if where is not None else None
+        conjuncts = list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+        kept = [c for c in conjuncts if c is not None and not any(n is call for n in c.walk())]
+        if kept and filtered:
+            probe.set("where", exp.Where(this=exp.and_(*(c.copy() for c in kept))))
         if request.find(exp.AggFunc) is not None and scope.args.get("group"):
             probe.set("group", scope.args["group"].copy())
     ctes = [

@@ -114,8 +114,11 @@ def test_argument_errors_name_the_problem(con, doubler) -> None:  # type: ignore
 def test_row_order_holds_across_vectors_and_threads(con, doubler) -> None:  # type: ignore[no-untyped-def]
     con.execute("SET threads = 2")
     con.execute("CREATE TABLE t AS SELECT i, (i % 97)::DOUBLE AS a, i::DOUBLE AS b FROM range(50000) t(i)")
+    con.execute(
+        "CREATE VIEW streamed AS SELECT * FROM t"
+    )  # a view: streamed through the UDF, not the bulk path
     wrong = aifuncs.sql(
-        con, "SELECT count(*) FROM t WHERE ai_query('doubler', struct_pack(a, b)) <> a * 2 + b"
+        con, "SELECT count(*) FROM streamed WHERE ai_query('doubler', struct_pack(a, b)) <> a * 2 + b"
     ).fetchall()
     assert wrong == [(0,)]
     assert max(sample_models.CALLS) <= 2048 and sum(sample_models.CALLS) == 50000
@@ -200,3 +203,26 @@ def test_a_forked_child_runs_ai_queries_of_its_own() -> None:
         "child [90.0, 90.0, 18.0, 6.0]",
         "child exit 0",
     ]
+
+
+@pytest.mark.parametrize(
+    "source", ["t", "v"]
+)  # a table (the bulk path) and a view (streamed through the UDF)
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("SELECT i, ai_query('doubler', i::DOUBLE) AS p FROM {src} ORDER BY p DESC LIMIT 2", [(9, 18.0), (8, 16.0)]),
+        ("SELECT i, ai_query('doubler', i::DOUBLE) AS p FROM {src} ORDER BY p + 1 DESC LIMIT 2", [(9, 18.0), (8, 16.0)]),
+        ("SELECT i, ai_query('doubler', i::DOUBLE, failOnError => false) AS p FROM {src} ORDER BY p.result DESC"
+         " LIMIT 1", [(9, {"result": 18.0, "errorMessage": None})]),
+        ("SELECT ai_query('doubler', k::DOUBLE) AS p, count(*) FROM {src} GROUP BY p ORDER BY p", [(0.0, 4), (2.0, 3), (4.0, 3)]),
+        ("SELECT k, ai_query('doubler', k::DOUBLE) AS p, count(*) FROM {src} GROUP BY k HAVING p > 1 AND count(*) > 2"
+         " ORDER BY k", [(1, 2.0, 3), (2, 4.0, 3)]),
+        ("SELECT i, ai_query('doubler', k::DOUBLE) AS p FROM {src}"
+         " QUALIFY row_number() OVER (PARTITION BY p ORDER BY i) = 1 ORDER BY i", [(0, 0.0), (1, 2.0), (2, 4.0)]),
+    ],
+)  # fmt: skip
+def test_clauses_may_name_an_ai_calls_alias(con, doubler, source: str, query: str, expected: list) -> None:  # type: ignore[no-untyped-def,type-arg]
+    con.execute("CREATE TABLE t AS SELECT i, i % 3 AS k FROM range(10) r(i)")
+    con.execute("CREATE VIEW v AS SELECT * FROM t")
+    assert aifuncs.sql(con, query.format(src=source)).fetchall() == expected

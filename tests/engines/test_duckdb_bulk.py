@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import duckdb
 import pytest
@@ -99,16 +100,21 @@ def test_a_failure_part_way_leaves_the_connection_usable(numbers) -> None:  # ty
     "query",
     [
         "SELECT ai_query('doubler', x) FROM numbers LIMIT 10",
+        "SELECT id, ai_query('doubler', x) AS y FROM numbers ORDER BY id LIMIT 10",
+        "SELECT * FROM numbers WHERE ai_query('doubler', x) > 10 LIMIT 10",
         "SELECT * FROM (SELECT id, ai_query('doubler', x) AS y FROM numbers) WHERE id < 10",
+        "SELECT * FROM (SELECT id, ai_query('doubler', x) AS y FROM numbers) LIMIT 10",
+        "WITH s AS (SELECT id, ai_query('doubler', x) AS y FROM numbers) SELECT * FROM s WHERE id < 10",
         "SELECT CASE WHEN id < 10 THEN ai_query('doubler', x) END FROM numbers",
         "SELECT coalesce(NULL, ai_query('doubler', x)) FROM numbers WHERE id < 10",
         "SELECT ai_query('doubler', x) FROM numbers WHERE random() < 0.5",
         "SELECT ai_query('doubler', x) FROM numbers USING SAMPLE 10",
         "SELECT ai_query('doubler', n.x) FROM numbers n JOIN numbers m ON n.id = m.id",
-        "SELECT sum(ai_query('doubler', x)) FROM numbers GROUP BY id % 2",
+        "SELECT id % 2, ai_query('doubler', (id % 2)::DOUBLE) FROM numbers GROUP BY id % 2",
+        "SELECT id FROM numbers WHERE id < 3 OR ai_query('doubler', x) > 10",
+        "SELECT id, (SELECT ai_query('doubler', x) FROM numbers m WHERE m.id = n.id) FROM numbers n",
         "WITH numbers AS (SELECT * FROM range(3) t(x)) SELECT ai_query('doubler', x::DOUBLE) FROM numbers",
         "SELECT ai_query('doubler', x) FROM numbers_view",
-        "SELECT ai_query('doubler', x) FROM numbers WHERE ai_query('doubler', x) > 10",
     ],
 )
 def test_queries_that_could_score_fewer_rows_stream(numbers, query: str) -> None:  # type: ignore[no-untyped-def]
@@ -116,6 +122,47 @@ def test_queries_that_could_score_fewer_rows_stream(numbers, query: str) -> None
     assert _prescores(numbers, query) == []
     aifuncs.sql(numbers, query).fetchall()
     assert sample_models.CALLS and max(sample_models.CALLS) <= 2048
+
+
+# Each shape reads every row of `numbers` through its AI call, so scoring the column first is what streaming
+# would do. The expected answers come from the same query with each call written as what the model does.
+BULK_SHAPES = [
+    "SELECT count(*), sum(y) FROM (SELECT ai_query('doubler', x) AS y FROM numbers)",
+    "SELECT sum(ai_query('doubler', x)) FROM numbers GROUP BY id % 2 ORDER BY 1",
+    "SELECT y, count(*) FROM (SELECT ai_query('doubler', x % 5) AS y FROM numbers) GROUP BY y ORDER BY y",
+    "SELECT ai_query('doubler', x % 5) AS y, count(*) FROM numbers GROUP BY y ORDER BY y",
+    "SELECT ai_query('doubler', x % 5), count(*) FROM numbers GROUP BY 1 ORDER BY 1",
+    "SELECT ai_query('doubler', x % 5) + 1, count(*) FROM numbers GROUP BY ai_query('doubler', x % 5) + 1 ORDER BY 1",
+    "SELECT count(*) FROM numbers WHERE ai_query('doubler', x) > 100",
+    "SELECT count(*) FROM numbers WHERE id % 3 = 0 AND ai_query('doubler', x) > 100",
+    "SELECT id FROM numbers WHERE ai_query('doubler', x) = 20",
+    "WITH s AS (SELECT id, ai_query('doubler', x) AS y FROM numbers) SELECT count(*), max(y) FROM s WHERE y > 5",
+    "SELECT id, ai_query('doubler', x) AS y FROM numbers ORDER BY y DESC LIMIT 3",
+    "SELECT id, ai_query('doubler', x) AS y FROM numbers ORDER BY 2 DESC LIMIT 3",
+    "SELECT * FROM (SELECT id, ai_query('doubler', x) AS y FROM numbers) ORDER BY y DESC LIMIT 3",
+    "SELECT max(r) FROM (SELECT rank() OVER (PARTITION BY ai_query('doubler', x % 4) ORDER BY id) AS r FROM numbers)",
+    "SELECT id, ai_query('doubler', x % 4) AS y FROM numbers QUALIFY row_number() OVER (PARTITION BY y ORDER BY id) = 1 ORDER BY id",
+    "SELECT sum(s.y * m.x) FROM (SELECT id, ai_query('doubler', x) AS y FROM numbers) s JOIN numbers m ON s.id = m.id",
+    "SELECT DISTINCT ai_query('doubler', x % 3) AS y FROM numbers ORDER BY y",
+    "SELECT count(*) FROM (SELECT ai_query('doubler', x) AS y FROM numbers UNION ALL SELECT 1)",
+]
+
+
+@pytest.mark.parametrize("query", BULK_SHAPES)
+def test_every_shape_that_reads_all_rows_takes_the_bulk_path(numbers, query: str) -> None:  # type: ignore[no-untyped-def]
+    assert len(_prescores(numbers, query)) == 1
+    answers = aifuncs.sql(numbers, query).fetchall()
+    assert max(sample_models.CALLS) > 2048  # big calls, not DuckDB's vectors
+    by_hand = re.sub(r"ai_query\('doubler', ([^()]*)\)", r"((\1) * 2)", query)  # what `doubled` computes
+    assert answers == numbers.sql(by_hand).fetchall()
+
+
+def test_an_ai_filter_is_scored_first_and_a_call_after_it_sees_only_the_rows_it_keeps(numbers) -> None:  # type: ignore[no-untyped-def]
+    rows = aifuncs.sql(
+        numbers, "SELECT ai_query('doubler', x + 1) FROM numbers WHERE ai_query('doubler', x) < 20 ORDER BY 1"
+    ).fetchall()
+    assert rows == [(2.0 * (i + 1),) for i in range(10)]
+    assert sample_models.CALLS == [ROWS, 10]  # the filter in one bulk call, the projection on its 10 rows
 
 
 def test_streaming_and_bulk_answers_agree(numbers) -> None:  # type: ignore[no-untyped-def]
