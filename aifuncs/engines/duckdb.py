@@ -219,13 +219,16 @@ def _execute(
     registered = []
     try:
         for prescore in planned.prescores:
-            rows = prescore.rows
-            if rows is None:
+            rows, requests = prescore.rows, None
+            if prescore.distinct:  # the distinct requests: held anyway, beside their answers
+                requests = con.sql(prescore.source).to_arrow_table()
+                rows = requests.num_rows
+            elif rows is None:
                 (rows,) = con.execute(f"SELECT count(*) FROM ({prescore.source})").fetchall()[0]
             if progress is not None:
                 progress.expect(rows * len(prescore.calls))
             try:
-                scores = _prescore(con, prescore, runtime, rows)
+                scores = _prescore(con, prescore, runtime, rows, requests)
             except AifuncsError as error:
                 # The same error a streamed call raises from inside DuckDB, whichever path the query took;
                 # the typed error stays reachable as its cause.
@@ -257,13 +260,23 @@ def _streamed_rows(con: duckdb.DuckDBPyConnection, planned: PlannedStatement) ->
     return total
 
 
-def _prescore(con: duckdb.DuckDBPyConnection, prescore: Prescore, runtime: Runtime, rows: int) -> pa.Table:
+def _prescore(
+    con: duckdb.DuckDBPyConnection,
+    prescore: Prescore,
+    runtime: Runtime,
+    rows: int,
+    source: pa.Table | None = None,
+) -> pa.Table:
     """Score a bulk call site's requests in big model calls, keeping the table's row order: the carried
-    columns as read, then one column of answers per call."""
+    columns as read, then one column of answers per call. `source`: the prescore's rows, already read."""
     # Read in steps of exactly one model call's rows (DuckDB yields row groups of 122,880): the calls in
     # flight are equal work and finish together, and the first starts as soon as its rows are read.
     step = runtime.bulk_step(prescore.calls, rows)
-    reader = con.sql(prescore.source).to_arrow_reader(step)
+    reader = (
+        source.to_reader(max_chunksize=step)
+        if source is not None
+        else con.sql(prescore.source).to_arrow_reader(step)
+    )
     carried: list[list[pa.Array]] = [[] for _ in prescore.carried]
 
     def requests() -> Iterator[list[pa.ChunkedArray]]:

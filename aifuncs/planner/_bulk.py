@@ -75,6 +75,22 @@ class Prescore:
     columns: tuple[str, ...]  # the calls' columns
     carried: tuple[str, ...] = ()  # the table's columns read along (the statement then reads only `name`)
     rows: int | None = None  # the rows `source` gives, where the planner knows (the table's count, no filter)
+    distinct: bool = (
+        False  # `source` gives each distinct request once, beside it: the statement looks answers up
+    )
+
+
+_KEY = "__aifuncs_k"  # a lookup's request column
+
+
+@dataclass
+class _Lookup:
+    """A call scored once per distinct request of its scope, its answers joined back by request."""
+
+    select: exp.Select
+    alias: str
+    request: exp.Expr
+    spec: CallSpec
 
 
 @dataclass
@@ -94,9 +110,12 @@ class BulkPlanner:
         is_table: Callable[[str], bool],
         volatile: frozenset[str],
         shape: Callable[[str], TableShape | None] = lambda name: None,
+        shares_answers: Callable[[CallSpec], bool] = lambda spec: False,
     ) -> None:
         self._is_table = is_table
         self._shape = shape
+        self._shares_answers = shares_answers
+        self._lookups: list[_Lookup] = []
         self._volatile = (
             re.compile(r"\b(" + "|".join(sorted(map(re.escape, volatile))) + r")\s*\(", re.IGNORECASE)
             if volatile
@@ -104,13 +123,22 @@ class BulkPlanner:
         )
         self._scopes: dict[int, _Scope] = {}
 
-    def try_add(self, call: exp.Anonymous, request: exp.Expr, spec: CallSpec) -> exp.Expr | None:
-        """The column that replaces `call`, or None when the call must stream."""
+    def try_add(
+        self,
+        call: exp.Anonymous,
+        request: exp.Expr,
+        spec: CallSpec,
+        streamed: Callable[[], exp.Expr] | None = None,
+    ) -> exp.Expr | None:
+        """The expression that replaces `call`, or None when the call must stream. `streamed` gives the
+        streamed call, asked for the rare row whose request a lookup does not find."""
         if spec.bulk_rows is None:
             return None
-        select = self._eligible_scope(call, request)
+        select = self._scope_reading_every_row(call, request)
         if select is None:
             return None
+        if not self._on_base_table(select):
+            return self._try_lookup(select, request, spec, streamed)
         scope = self._scopes.get(id(select))
         if scope is None:
             scope = self._scopes[id(select)] = _Scope(select, BULK_PREFIX + uuid.uuid4().hex[:12])
@@ -154,6 +182,8 @@ class BulkPlanner:
                     rows,
                 )
             )
+        for lookup in self._lookups:
+            prescores.append(_attach_lookup(lookup))
         return prescores
 
     def _carried(self, scope: _Scope) -> tuple[list[str], TableShape] | None:
@@ -202,15 +232,15 @@ class BulkPlanner:
             return None
         return [c for c in shape.columns if c in wanted], shape  # the table's order: `*` expands as it would
 
-    def _eligible_scope(self, call: exp.Anonymous, request: exp.Expr) -> exp.Select | None:
+    def _scope_reading_every_row(self, call: exp.Anonymous, request: exp.Expr) -> exp.Select | None:
         """The SELECT whose rows the call is evaluated on, where scoring all of them first is exactly what
-        streaming would score: a base table read whole (or through the filter's plain conjuncts), nothing
-        that evaluates the call for some rows only, nothing that could stop reading early or push a filter
-        below the call."""
+        streaming would score: its rows read whole (or through the filter's plain conjuncts), nothing that
+        evaluates the call for some rows only, nothing that could stop reading early or push a filter below
+        the call."""
         select = call.find_ancestor(exp.Select)
         if not isinstance(select, exp.Select) or not self._evaluated_per_row(call, select):
             return None
-        if any(select.args.get(key) for key in _SOURCE_CHANGING):
+        if select.args.get("sample") or select.args.get("pivots"):
             return None
         distinct = select.args.get("distinct")
         if distinct is not None and distinct.args.get("on") is not None:
@@ -220,19 +250,67 @@ class BulkPlanner:
             return None
         if not self._consumers_read_everything(select, names):
             return None
-        source = select.args.get("from_")
-        table = source.this if source is not None else None
-        if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Identifier):
-            return None  # a subquery, a table function, or no FROM at all
-        if table.args.get("sample") is not None or table.args.get("pivots") or self._shadowed(select, table):
+        if select.args.get("from_") is None:
             return None
         if not self._deterministic(request) or not all(map(self._deterministic, _plain_conjuncts(select))):
             return None
         if request.find(exp.AggFunc, exp.Window, exp.Subquery, exp.Select) is not None:
             return None
+        return select
+
+    def _on_base_table(self, select: exp.Select) -> bool:
+        """A scope that reads one base table and nothing else: scored by row position (scan order)."""
+        if any(select.args.get(key) for key in _SOURCE_CHANGING):
+            return False
+        if id(select) in self._scopes:
+            return True
+        table = select.args["from_"].this
+        if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Identifier):
+            return False  # a subquery, a table function
+        if table.args.get("sample") is not None or table.args.get("pivots") or self._shadowed(select, table):
+            return False
         name = table.copy()
         name.set("alias", None)
-        return select if self._is_table(name.sql("duckdb")) else None
+        return self._is_table(name.sql("duckdb"))
+
+    def _try_lookup(
+        self,
+        select: exp.Select,
+        request: exp.Expr,
+        spec: CallSpec,
+        streamed: Callable[[], exp.Expr] | None,
+    ) -> exp.Expr | None:
+        """Joins, views, CTEs, subqueries: no row position to score by, but a call that gives the same answer
+        to the same request can be scored once per distinct request, ahead of the query, and looked up."""
+        if streamed is None or not self._shares_answers(spec):
+            return None
+        if not select.args.get("joins") and not _order_unseen(select):
+            return None  # a join may reorder rows; without a join of its own the scope's order is kept
+        sources = [
+            select.args["from_"],
+            *(select.args.get("joins") or []),
+            *(select.args.get("laterals") or []),
+        ]
+        sources += _visible_ctes(select)
+        if any(
+            _is_ai(node) or not self._deterministic(node) or node.find(exp.TableSample) for node in sources
+        ):
+            return None  # the lookup's rows must be the statement's rows, and free of other AI calls
+        if any(isinstance(node, exp.Lateral) for node in sources) or any(
+            join.args.get("method") for join in select.args.get("joins") or []
+        ):
+            return None  # LATERAL, POSITIONAL and ASOF joins read rows the lookup could not repeat
+        alias = BULK_PREFIX + uuid.uuid4().hex[:12]
+        lookup = _Lookup(select, alias, request.copy(), spec)
+        self._lookups.append(lookup)
+        key = exp.column(_KEY, table=alias)
+        missing = exp.and_(
+            exp.Is(this=key, expression=exp.null()),
+            exp.not_(exp.Is(this=request.copy(), expression=exp.null())),
+        )
+        return exp.Case(
+            ifs=[exp.If(this=missing, true=streamed())], default=exp.column(f"{COLUMN_PREFIX}0", table=alias)
+        )
 
     def _evaluated_per_row(self, call: exp.Expr, select: exp.Select) -> bool:
         """Whether the call is evaluated once for every row the scope reads (not per group, not in a branch
@@ -476,6 +554,74 @@ def _read_from_scores(scope: _Scope) -> None:
     select.set("from_", exp.From(this=exp.to_table(scope.alias).as_(name)))
     kept = [c for c in _conjuncts(select.args.get("where")) if _is_ai(c)]
     select.set("where", exp.Where(this=exp.and_(*(c.copy() for c in kept))) if kept else None)
+
+
+def _order_unseen(select: exp.Select) -> bool:
+    """Whether nothing can see the order of the scope's rows: it (or what reads it) groups, sorts or
+    de-duplicates them. A CTAS or INSERT keeps the order it is given, and so does a plain SELECT."""
+    if _grouped(select) or select.args.get("order") or select.args.get("distinct"):
+        return True
+    parent = select.parent
+    if isinstance(parent, exp.Union) and parent.args.get("distinct"):
+        return True
+    if isinstance(parent, exp.Subquery) and isinstance(parent.parent, exp.From | exp.Join):
+        outer = parent.parent.parent
+        return isinstance(outer, exp.Select) and _order_unseen(outer)
+    if isinstance(parent, exp.CTE):
+        name = parent.alias_or_name.lower()
+        readers = [
+            t for t in parent.root().find_all(exp.Table) if t.name.lower() == name and not t.args.get("db")
+        ]
+        outers = [t.parent.parent for t in readers if isinstance(t.parent, exp.From | exp.Join)]
+        return (
+            bool(readers)
+            and len(outers) == len(readers)
+            and all(isinstance(o, exp.Select) and _order_unseen(o) for o in outers)
+        )
+    return False
+
+
+def _visible_ctes(select: exp.Select) -> list[exp.CTE]:
+    """The CTEs the scope can read, outermost first (a CTE may read those before it), not its own."""
+    above = _ancestors(select)
+    return [
+        cte
+        for node in reversed([select, *above])
+        if (with_ := node.args.get("with_"))
+        for cte in with_.expressions
+        if cte not in above
+    ]
+
+
+def _attach_lookup(lookup: _Lookup) -> Prescore:
+    """`SELECT DISTINCT request FROM <the scope's rows>`, scored ahead; the scope LEFT JOINs the answers on
+    the request (a NULL request matches nothing: NULL, as streaming gives)."""
+    select = lookup.select
+    column = f"{COLUMN_PREFIX}0"
+    rows = exp.Select(expressions=[exp.alias_(lookup.request.copy(), _KEY)], distinct=exp.Distinct())
+    rows.set("from_", select.args["from_"].copy())
+    for key in ("joins", "laterals"):
+        if select.args.get(key):
+            rows.set(key, [j.copy() for j in select.args[key]])
+    plain = _plain_conjuncts(select)
+    if plain:
+        rows.set("where", exp.Where(this=exp.and_(*(c.copy() for c in plain))))
+    source = (
+        exp.Select(expressions=[exp.column(_KEY), exp.alias_(exp.column(_KEY), column)])
+        .from_(exp.Subquery(this=rows, alias=exp.TableAlias(this=exp.to_identifier("__aifuncs_requests"))))
+        .where(exp.not_(exp.Is(this=exp.column(_KEY), expression=exp.null())))
+    )
+    ctes = [cte.copy() for cte in _visible_ctes(select)]
+    if ctes:
+        source.set("with_", exp.With(expressions=ctes))
+    condition = exp.EQ(this=exp.column(_KEY, table=lookup.alias), expression=lookup.request.copy())
+    select.append("joins", exp.Join(this=exp.to_table(lookup.alias), side="LEFT", on=condition))
+    for star in select.expressions:
+        if isinstance(star, exp.Star):  # `SELECT *` must not show the looked-up columns
+            star.set("except_", [*(star.args.get("except_") or []), exp.column(_KEY), exp.column(column)])
+    return Prescore(
+        lookup.alias, source.sql("duckdb", copy=False), (lookup.spec,), (column,), (_KEY,), distinct=True
+    )
 
 
 def _source(scope: _Scope, columns: tuple[str, ...]) -> exp.Select:

@@ -151,7 +151,7 @@ def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
 def _rewrite_statement(
     tree: exp.Expr, hooks: EngineHooks, meters: tuple[Meter, ...], dialect: str, number: int
 ) -> PlannedStatement:
-    bulk = BulkPlanner(hooks.is_table, hooks.volatile, hooks.shape)
+    bulk = BulkPlanner(hooks.is_table, hooks.volatile, hooks.shape, default_runtime().shares_answers)
     sites: list[tuple[int, CallSite]] = []
     tree = _expand_vector_search(tree, hooks)
     reading_order = {id(node): i for i, node in enumerate(tree.walk(bfs=False))}
@@ -272,11 +272,15 @@ def _rewrite_call(
             " endpoint => 'NAME' of an embedding model, or set the default embedding endpoint."
         )
     site = (call_spec, probe if request_ddl else None, request_ddl)
-    if request_ddl and (column := bulk.try_add(call, request, call_spec)) is not None:
+
+    def streamed() -> exp.Expr:
+        function = hooks.register(call_spec, request_ddl)
+        argument = request.copy() if request_ddl else exp.func("to_json", request.copy())
+        return exp.Anonymous(this=function, expressions=[argument])
+
+    if request_ddl and (column := bulk.try_add(call, request, call_spec, streamed)) is not None:
         return column, (*site, True)
-    function = hooks.register(call_spec, request_ddl)
-    argument = request.copy() if request_ddl else exp.Anonymous(this="to_json", expressions=[request.copy()])
-    return exp.Anonymous(this=function, expressions=[argument]), (*site, False)
+    return streamed(), (*site, False)
 
 
 def _rewrite_task(

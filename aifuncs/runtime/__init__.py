@@ -297,6 +297,14 @@ class Runtime:
             return checkpoint or "query"
         return "store"
 
+    def shares_answers(self, call: CallSpec) -> bool:
+        """Whether rows with the same request may share one answer within a query: the model gives the same
+        request the same answer (a tabular model, temperature 0) or the call says `cache => true`, and neither
+        the call nor the endpoint says `cache => false` (every row asked afresh)."""
+        provider = self.provider(call.endpoint)
+        wanted = call.cache if call.cache is not None else provider.options.cache
+        return wanted is True or (wanted is None and self._deterministic(call, provider))
+
     @staticmethod
     def _deterministic(call: CallSpec, provider: Provider) -> bool:
         return provider.deterministic(CallOptions(call.parameters, call.response_format, call.result_type))

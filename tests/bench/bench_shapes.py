@@ -35,7 +35,7 @@ ROWS_PER_REQUEST = 64
 IN_FLIGHT = 16
 
 # (name, SQL with {ai} for the call, rows it scores as a share of the table). `t` has `id`, the features and
-# `grp`; `u` has `id` and `weight`.
+# `grp`; `u` has `id` and `weight` (as many rows as `t`); `g` has `grp` and `region` (10 rows, a dimension).
 SHAPES: list[tuple[str, str, float]] = [
     ("plain CTAS", "CREATE OR REPLACE TABLE o AS SELECT id, {ai} AS p FROM t", 1.0),
     ("aggregate over subquery", "SELECT count(*), sum(p) FROM (SELECT {ai} AS p FROM t)", 1.0),
@@ -56,15 +56,22 @@ SHAPES: list[tuple[str, str, float]] = [
     ),
     (
         "join after scoring",
-        "SELECT sum(s.p * u.weight) FROM (SELECT id, {ai} AS p FROM t) s JOIN u ON s.id = u.id",
+        "SELECT g.region, avg(s.p) FROM (SELECT grp, {ai} AS p FROM t) s JOIN g ON s.grp = g.grp"
+        " GROUP BY g.region ORDER BY 1",
         1.0,
     ),
     (
         "join before scoring",
+        "SELECT g.region, count(*) FROM t JOIN g ON t.grp = g.grp WHERE {ai_joined} = 1 GROUP BY g.region"
+        " ORDER BY 1",
+        1.0,
+    ),
+    (
+        "self-join before scoring",
         "SELECT count(*) FROM (SELECT {ai_joined} AS p FROM t JOIN u ON t.id = u.id) WHERE p = 1",
         1.0,
     ),
-    ("INSERT ... SELECT", "DELETE FROM o; INSERT INTO o SELECT id, {ai} FROM t", 1.0),
+    ("INSERT ... SELECT", "INSERT INTO o SELECT id, {ai} FROM t", 1.0),
 ]
 LIMIT_SHAPE = "SELECT id, {ai} AS p FROM t LIMIT 1000"
 
@@ -74,9 +81,12 @@ def settle() -> None:
     time.sleep(0.2)
 
 
-def timed(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+def timed(
+    run: Callable[[], Any], repeats: int, before: Callable[[], Any] = lambda: None
+) -> tuple[float, Any]:
     best, result = float("inf"), None
     for _ in range(repeats):
+        before()
         settle()
         start = time.perf_counter()
         result = run()
@@ -105,7 +115,16 @@ def build_tables(con: Any, rows: int) -> None:
                 " AS grp FROM sample_frame")  # fmt: skip
     con.unregister("sample_frame")
     con.execute("CREATE OR REPLACE TABLE u AS SELECT id, (id % 3)::DOUBLE AS weight FROM t")
+    con.execute(
+        "CREATE OR REPLACE TABLE g AS SELECT i AS grp, 'region ' || (i % 3) AS region FROM range(10) r(i)"
+    )
     con.execute("CREATE OR REPLACE TABLE o (id BIGINT, p BIGINT)")
+
+
+def prepare(con: Any, query: str) -> None:
+    """Untimed: an INSERT shape starts from an empty table each run."""
+    if query.startswith("INSERT INTO o"):
+        con.execute("DELETE FROM o")
 
 
 def local_part(rows: int, repeats: int) -> list[float]:
@@ -141,8 +160,8 @@ def local_part(rows: int, repeats: int) -> list[float]:
     expected: dict[int, int] | None = None
     for name, template, share in SHAPES:
         query = template.format(ai=call, ai_joined=joined)
-        paths = ", ".join(c.path for c in aifuncs.explain(con, query.split(";")[-1]).calls)
-        seconds, _ = timed(lambda q=query: fetch(con, q), repeats)
+        paths = ", ".join(c.path for c in aifuncs.explain(con, query).calls)
+        seconds, _ = timed(lambda q=query: fetch(con, q), repeats, lambda q=query: prepare(con, q))
         rate = rows * share / seconds
         if name == "plain CTAS":
             base_rate = rate
@@ -166,6 +185,9 @@ def remote_part(rows: int, repeats: int) -> list[float]:
     con = aifuncs.connect()
     con.execute(f"CREATE OR REPLACE TABLE t AS SELECT i AS id, i % 10 AS grp FROM range(1, {rows + 1}) r(i)")
     con.execute("CREATE OR REPLACE TABLE u AS SELECT id, (id % 3)::DOUBLE AS weight FROM t")
+    con.execute(
+        "CREATE OR REPLACE TABLE g AS SELECT i AS grp, 'region ' || (i % 3) AS region FROM range(10) r(i)"
+    )
     con.execute("CREATE OR REPLACE TABLE o (id BIGINT, p BIGINT)")
     print()
     print(f"remote: {DELAY_S * 1000:.0f} ms per request, {ROWS_PER_REQUEST} rows per request, {IN_FLIGHT} in flight,"
@@ -188,7 +210,8 @@ def remote_part(rows: int, repeats: int) -> list[float]:
                 ep = endpoint()
                 query = template.format(ai=f"ai_query('{ep}', id)", ai_joined=f"ai_query('{ep}', t.id)")
                 query = query.replace("= 1", "= 2")  # the server doubles: 2 is an answer it gives
-                paths = ", ".join(c.path for c in aifuncs.explain(con, query.split(";")[-1]).calls)
+                paths = ", ".join(c.path for c in aifuncs.explain(con, query).calls)
+                prepare(con, query)
                 settle()
                 start = time.perf_counter()
                 fetch(con, query)
