@@ -9,7 +9,7 @@ wines["score"] = wines.ai.query("wine", columns=["alcohol", "proline"])
 
 from __future__ import annotations
 
-from aifuncs import cache
+from aifuncs import cache, index
 from aifuncs import catalog as endpoints
 from aifuncs.catalog import Endpoint
 from aifuncs.engines import pandas  # registers the `.ai` accessors of Series and DataFrames
@@ -26,6 +26,7 @@ __all__ = [
     "connect",
     "endpoints",
     "explain",
+    "index",
     "install",
     "pandas",
     "set_session_budget",

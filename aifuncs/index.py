@@ -3,9 +3,8 @@
     aifuncs.index.create(con, "docs_idx", table="docs", column="body")
     aifuncs.sql(con, "SELECT * FROM vector_search(index => 'docs_idx', query => 'refund policy', num_results => 5)")
 
-An index is a DuckDB table in the same database (`__aifuncs_index_<name>`: the source rows and their
-embeddings), listed in `__aifuncs_indexes` with the embedding endpoint that made it. Building it goes
-through ai_embed, so unchanged texts cost nothing when an index is rebuilt (the answer cache).
+Building an index goes through ai_embed, so unchanged texts cost nothing when it is rebuilt (the answer
+cache); where it is kept is `aifuncs/engines/_indexes.py`.
 """
 
 from __future__ import annotations
@@ -17,20 +16,12 @@ import duckdb
 
 from aifuncs._types import quote_ident
 from aifuncs.catalog import default_catalog
+from aifuncs.engines._indexes import EMBEDDING, REGISTRY, table_of
+from aifuncs.engines._indexes import REGISTRY_DDL as _REGISTRY_DDL
+from aifuncs.engines.duckdb import sql
 from aifuncs.errors import ConfigError
 
 __all__ = ["REGISTRY", "create", "drop", "list", "table_of"]
-
-REGISTRY = "__aifuncs_indexes"
-EMBEDDING = "__embedding"
-_REGISTRY_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {REGISTRY} (name VARCHAR PRIMARY KEY, source VARCHAR, column_name VARCHAR,"
-    " endpoint VARCHAR, rows BIGINT, created_at TIMESTAMP DEFAULT current_timestamp)"
-)
-
-
-def table_of(name: str) -> str:
-    return quote_ident(f"__aifuncs_index_{name.lower()}")
 
 
 def create(
@@ -43,8 +34,6 @@ def create(
     replace: bool = False,
 ) -> int:
     """Embed `column` of every row of `table` into the index `name`; returns the rows indexed."""
-    from aifuncs.engines.duckdb import sql
-
     if not name.replace("_", "").isalnum():
         raise ConfigError(f"Invalid index name {name!r}: use letters, digits and '_'.")
     embedder = (

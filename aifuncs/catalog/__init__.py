@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from aifuncs._endpoint import Endpoint, check_name, check_no_secrets
 from aifuncs._home import home
-from aifuncs.catalog._endpoint import Endpoint, check_name, check_no_secrets
 from aifuncs.catalog._store import SqliteStore
 from aifuncs.errors import ConfigError, EndpointExists, UnknownEndpoint
 from aifuncs.providers import provider_class

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aifuncs._endpoint import Endpoint
 from aifuncs._fork import ProcessLocal
-from aifuncs.catalog._endpoint import Endpoint
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (

@@ -26,8 +26,10 @@ import pyarrow.json as pa_json
 
 from aifuncs._fork import renewed_in_child
 from aifuncs._home import resource_dir
+from aifuncs._runs import runs as list_runs
 from aifuncs._types import arrow_type, to_arrow
 from aifuncs.catalog import default_catalog
+from aifuncs.engines import _indexes as indexes
 from aifuncs.engines._explain import explain_calls
 from aifuncs.errors import AifuncsError
 from aifuncs.planner import (
@@ -388,6 +390,7 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
         is_table=is_table,
         volatile=_volatile(),
         shape=shape,
+        vector_index=functools.partial(indexes.find, con),
     )
 
 
@@ -492,8 +495,6 @@ RUNS_TYPE = (
 
 
 def _runs_snapshot() -> pa.Array:
-    from aifuncs.jobs import list_runs  # the jobs module builds on this one
-
     rows = list_runs()
     for row in rows:
         row["params"] = json.dumps(row["params"], sort_keys=True)

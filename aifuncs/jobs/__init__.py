@@ -27,6 +27,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
+from aifuncs import _runs as ledger
 from aifuncs import errors
 from aifuncs._home import home
 from aifuncs.engines.duckdb import connect, returns_rows, sql_each
@@ -39,7 +40,6 @@ from aifuncs.errors import (
     SqlError,
     UnknownEndpoint,
 )
-from aifuncs.jobs import _ledger as ledger
 from aifuncs.jobs._lock import JobLock
 from aifuncs.jobs._params import substitute
 from aifuncs.planner import split_statements

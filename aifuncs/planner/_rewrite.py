@@ -24,9 +24,6 @@ from aifuncs.catalog import default_catalog
 from aifuncs.errors import AifuncsError, ArgumentError, SqlError
 from aifuncs.functions import FunctionSpec, all_specs, get_spec
 from aifuncs.functions.tasks import bind_task
-from aifuncs.index import EMBEDDING as INDEX_EMBEDDING
-from aifuncs.index import REGISTRY as INDEX_REGISTRY
-from aifuncs.index import table_of as index_table
 from aifuncs.planner._aliases import lift_alias_references
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore, TableShape
@@ -46,6 +43,16 @@ class EngineHooks:
     is_table: Callable[[str], bool] = lambda name: False  # a base table, scanned in the same order each time
     volatile: frozenset[str] = frozenset()  # functions whose value changes per call (random, nextval...)
     shape: Callable[[str], TableShape | None] = lambda name: None  # a base table's columns and rows
+    vector_index: Callable[[str], VectorIndex | None] = lambda name: None  # a vector index by name
+
+
+@dataclass(frozen=True)
+class VectorIndex:
+    """A vector index as the planner reads it: a table of rows and their embeddings, and who embedded them."""
+
+    table: str  # SQL name of the table
+    embedding_column: str
+    endpoint: str
 
 
 @dataclass(frozen=True)
@@ -400,17 +407,13 @@ def _expand_vector_search(tree: exp.Expr, hooks: EngineHooks) -> exp.Expr:
             raise ArgumentError(
                 "vector_search takes index => 'name', query => 'text' and num_results => a positive number."
             )
-        try:
-            endpoint = hooks.evaluate(
-                f"(SELECT endpoint FROM {INDEX_REGISTRY} WHERE name = {exp.Literal.string(name).sql()})"
-            )
-        except Exception:
-            endpoint = None
-        if not isinstance(endpoint, str):
+        index = hooks.vector_index(name)
+        if index is None:
             raise ArgumentError(
                 f"There is no vector index {name!r} in this database. Create it with"
                 f" aifuncs.index.create(con, {name!r}, table=..., column=...) or `aifuncs index create`."
             )
+        endpoint = index.endpoint
         embed = exp.Anonymous(
             this="ai_embed",
             expressions=[
@@ -419,12 +422,11 @@ def _expand_vector_search(tree: exp.Expr, hooks: EngineHooks) -> exp.Expr:
             ],
         )
         query_vector = exp.Subquery(this=exp.select(embed))
-        score = exp.func("list_cosine_similarity", exp.column(INDEX_EMBEDDING), query_vector).as_(
-            "search_score"
-        )
+        embedding = exp.column(index.embedding_column)
+        score = exp.func("list_cosine_similarity", embedding, query_vector).as_("search_score")
         rows = (
-            exp.Select(expressions=[exp.Star(except_=[exp.column(INDEX_EMBEDDING)]), score])
-            .from_(index_table(name))
+            exp.Select(expressions=[exp.Star(except_=[embedding.copy()]), score])
+            .from_(index.table)
             .order_by(exp.Ordered(this=exp.column("search_score"), desc=True))
             .limit(count)
         )

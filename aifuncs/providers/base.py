@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from aifuncs.catalog._endpoint import Endpoint
+from aifuncs._endpoint import Endpoint
 from aifuncs.errors import MissingDependency
 
 
