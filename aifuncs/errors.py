@@ -114,3 +114,7 @@ class BudgetExceeded(AifuncsError):
 
 class JobLocked(AifuncsError):
     """Another run of the same job (same file, parameters and database) is still running."""
+
+
+class DatabaseLocked(AifuncsError):
+    """A DuckDB database file is open for writing in another process (DuckDB allows one such process)."""

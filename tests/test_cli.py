@@ -83,3 +83,30 @@ def test_cache_stats_clear_and_no_cache_from_the_shell() -> None:
         assert stats.stdout.startswith("10 answers") and "double" in stats.stdout
         assert run("cache", "clear", "--endpoint", "double").stdout.startswith("Forgot 10 answers")
         assert '"answers": 0' in run("cache", "stats", "--json").stdout
+
+
+def test_a_database_another_process_holds_is_one_clear_line(tmp_path: Path) -> None:
+    import json
+
+    import duckdb
+
+    database = tmp_path / "warehouse.duckdb"
+    (tmp_path / "job.sql").write_text("SELECT 1")
+    notebook = duckdb.connect(str(database))  # this process holds the file, as a notebook would
+    try:
+        messages = []
+        for args in (("query", "SELECT 1"), ("explain", "SELECT 1")):
+            result = run(*args, "--db", str(database))
+            assert result.returncode != 0 and "Traceback" not in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+            messages.append(result.stderr.strip())
+        job = run("run", str(tmp_path / "job.sql"), "--db", str(database))  # JSON events off a terminal
+        assert job.returncode == 1
+        messages.append("error: " + json.loads(job.stdout.splitlines()[-1])["error"])
+    finally:
+        notebook.close()
+    for message in messages:
+        assert f", PID {os.getpid()})" in message  # the program and process that hold it
+        assert "is open in another process" in message and "Close it there" in message
+        assert "IO Error" not in message
+    assert run("query", "SELECT 1", "--db", str(database)).returncode == 0

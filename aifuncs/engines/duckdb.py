@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -31,7 +32,7 @@ from aifuncs._types import arrow_type, to_arrow
 from aifuncs.catalog import default_catalog
 from aifuncs.engines import _indexes as indexes
 from aifuncs.engines._explain import explain_calls
-from aifuncs.errors import AifuncsError
+from aifuncs.errors import AifuncsError, DatabaseLocked
 from aifuncs.planner import (
     EngineHooks,
     PlannedStatement,
@@ -76,9 +77,24 @@ def connect(
     database: str | Path = ":memory:", *, read_only: bool = False, **config: Any
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with aifuncs' functions and system views installed."""
-    con = duckdb.connect(str(database), read_only=read_only, config=config or {})
+    try:
+        con = duckdb.connect(str(database), read_only=read_only, config=config or {})
+    except duckdb.IOException as error:
+        locked = _LOCK_HOLDER.search(str(error))
+        if locked is None:
+            raise
+        program, pid = Path(locked["program"]).name, locked["pid"]
+        raise DatabaseLocked(
+            f"The database {str(database)!r} is open in another process ({program}, PID {pid}), and DuckDB lets"
+            " only one process use a database file while it may write. Close it there (con.close(), or end"
+            " that notebook's kernel) and run this again."
+        ) from None
     install(con)
     return con
+
+
+# DuckDB's message when another process holds the file: "... Conflicting lock is held in <program> (PID n)".
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 
 
 def install(con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None) -> duckdb.DuckDBPyConnection:

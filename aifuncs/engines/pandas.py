@@ -103,9 +103,29 @@ def query(
     max_tokens: int | None = None,
     max_cost_usd: float | None = None,
     progress: bool | None = None,
+    **sql_names: Any,
 ) -> pd.Series:
     """`ai_query(endpoint, request, ...)` per row. A Series is the request itself; a DataFrame's
-    `columns` (default: all) become a STRUCT request whose fields are the model's inputs, by name."""
+    `columns` (default: all) become a STRUCT request whose fields are the model's inputs, by name.
+    Options take their SQL names too (`returnType`, `failOnError`, `modelParameters`, `responseFormat`)."""
+    given: dict[str, Any] = {
+        "return_type": return_type,
+        "fail_on_error": fail_on_error,
+        "model_parameters": model_parameters,
+        "response_format": response_format,
+    }
+    for key, value in sql_names.items():
+        snake = _SNAKE_CASE.get(key)
+        if snake is None:
+            accepted = ", ".join(f"{sql_name} ({snake_name})" for sql_name, snake_name in _SNAKE_CASE.items())
+            raise ArgumentError(
+                f"ai_query has no option {key!r}. Options: {accepted}, cache, columns, dtype_backend,"
+                " max_requests, max_tokens, max_cost_usd, progress."
+            )
+        if given[snake] is not None:
+            raise ArgumentError(f"ai_query: {key!r} and {snake!r} are the same option; give it once.")
+        given[snake] = value
+    return_type, fail_on_error, model_parameters, response_format = given.values()
     if isinstance(data, pd.Series):
         table = pa.table({"c0": _arrow(data)})
         request: exp.Expr = exp.column("c0")
@@ -138,6 +158,15 @@ def query(
     expression = _call_expression(_spec("ai_query"), [exp.Literal.string(endpoint), request], options)
     result = _select(table, [expression], _budget(max_requests, max_tokens, max_cost_usd, progress))
     return _series(result.column(0), data.index, name, dtype_backend)
+
+
+# ai_query's options by their SQL names, as `query` also accepts them.
+_SNAKE_CASE = {
+    "returnType": "return_type",
+    "failOnError": "fail_on_error",
+    "modelParameters": "model_parameters",
+    "responseFormat": "response_format",
+}
 
 
 def sql(

