@@ -36,9 +36,13 @@ class Faults:
     slow: float = 0.0  # sleeps `slow_s` before answering
     drop: float = 0.0  # closes the connection without a reply
     malformed: float = 0.0  # 200 with a body that is not JSON
+    bad_gateway: float = 0.0  # 502 with an HTML page, as a proxy sends it
     retry_after: str = "0.05"
     slow_s: float = 2.0
     seed: int = 7
+    first_attempts_only: bool = False  # faults strike only a request body not seen before (never a retry)
+    max_in_flight: int | None = None  # 429 (no Retry-After) to a request beyond this many in flight
+    max_rows: int | None = None  # 413 to a request of more rows
 
 
 @dataclass
@@ -77,6 +81,7 @@ class _Server:
         self.stats = Stats()
         self._lock = threading.Lock()
         self._random = random.Random(self.faults.seed)
+        self._seen: set[str] = set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -108,6 +113,15 @@ class _Server:
                         return
                     if fault == "server_error":
                         self._send(500, {"error": "boom"})
+                        return
+                    if fault == "bad_gateway":
+                        self._send_raw(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>")
+                        return
+                    if fault == "busy":
+                        self._send(429, {"error": "too many requests in flight"})
+                        return
+                    if fault == "too_large":
+                        self._send(413, {"error": "payload too large"})
                         return
                     if fault == "slow":
                         time.sleep(server.faults.slow_s)
@@ -155,14 +169,22 @@ class _Server:
                     self.stats.auth.add(headers[name])
             if self.keep_bodies:
                 self.stats.bodies.append(body)
-            draw = self._random.random()
             fault = None
-            for name in ("rate_limit", "server_error", "slow", "drop", "malformed"):
-                chance = getattr(self.faults, name)
-                if draw < chance:
-                    fault = name
-                    break
-                draw -= chance
+            draw = self._random.random()
+            body_key = json.dumps(body, sort_keys=True)
+            if not self.faults.first_attempts_only or body_key not in self._seen:
+                self._seen.add(body_key)
+                for name in ("rate_limit", "server_error", "slow", "drop", "malformed", "bad_gateway"):
+                    chance = getattr(self.faults, name)
+                    if draw < chance:
+                        fault = name
+                        break
+                    draw -= chance
+            if self.faults.max_in_flight is not None and self.stats.in_flight > self.faults.max_in_flight:
+                fault = "busy"
+            rows = rows_of(body)
+            if self.faults.max_rows is not None and rows is not None and rows > self.faults.max_rows:
+                fault = "too_large"
             if fault:
                 self.stats.faults[fault] += 1
             return fault
@@ -288,6 +310,18 @@ class FakeServer:
             in_flight=data["in_flight"],
             arrivals_in_flight=data["arrivals_in_flight"],
         )
+
+
+def rows_of(body: Any) -> int | None:
+    """Rows of an MLflow `/invocations` body (None for other bodies)."""
+    if not isinstance(body, dict):
+        return None
+    if "dataframe_split" in body:
+        return len(body["dataframe_split"].get("data", []))
+    for key in ("inputs", "instances", "dataframe_records"):
+        if isinstance(body.get(key), list):
+            return len(body[key])
+    return None
 
 
 def free_port() -> int:

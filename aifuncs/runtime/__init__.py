@@ -65,6 +65,7 @@ __all__ = [
 ]
 
 _MAX_MESSAGE = 1000
+_HEDGE_RECHECK_S = 0.25  # how often a request sent before the hedging delay was known looks again
 _log = logging.getLogger("aifuncs")
 T = TypeVar("T")
 
@@ -83,6 +84,7 @@ class Runtime:
         self._providers: dict[str, Provider] = {}
         self._limits: dict[str, AdaptiveLimit] = {}
         self._gates: dict[str, asyncio.Semaphore] = {}  # per endpoint: requests sent, answers not committed
+        self._row_caps: dict[str, int] = {}  # per endpoint: rows per request after a 413 Payload Too Large
         self.usage = UsageLog()
         self._lock = threading.Lock()
         self._stores: dict[Path, AnswerStore] = {}
@@ -353,6 +355,7 @@ class Runtime:
         target = arrow_type(call.result_type)
         limit = self._limit(call.endpoint, provider.concurrency)
         size = batch_rows or provider.batch_rows
+        size = min(size, self._row_caps.get(_identity(call.endpoint), size))  # after a 413
         refused: list[BudgetExceeded] = []
         chunks = [
             self._score_chunk(
@@ -411,9 +414,13 @@ class Runtime:
                 refused.append(error)
                 return pa.nulls(len(chunk), target), [str(error)] * len(chunk)
             except Exception as error:
-                if call.fail_on_error:
+                too_large = isinstance(error, RemoteError) and error.status == 413 and len(chunk) > 1
+                if too_large:  # the endpoint takes fewer rows per request: from now on, and for these rows
+                    key = _identity(call.endpoint)
+                    self._row_caps[key] = min(self._row_caps.get(key, len(chunk)), max(1, len(chunk) // 2))
+                elif call.fail_on_error:
                     raise ModelError(call.endpoint.name, len(chunk), describe(error)) from error
-                if len(chunk) == 1 or (isinstance(error, RemoteError) and error.retryable):
+                elif len(chunk) == 1 or (isinstance(error, RemoteError) and error.retryable):
                     # A request that failed after its retries: each row carries the message.
                     return pa.nulls(len(chunk), target), [describe(error)] * len(chunk)
                 if gate is not None:  # the halves take places of their own
@@ -462,28 +469,22 @@ class Runtime:
     ) -> Any:
         """One model request with its retries, recorded in the usage log whatever its fate."""
         options = CallOptions(call.parameters, call.response_format, call.result_type)
+        # A stalled request of a call whose answers do not depend on which reply comes may be sent again.
+        hedgeable = not provider.in_process and self.shares_answers(call)
         started, attempt = time.perf_counter(), 0
         while True:
             attempt += 1
             try:
-                async with limit:
-                    begin_request(call.meters)
-                    sent = time.perf_counter()
-                    try:
-                        output = await provider.predict(chunk, options)
-                    except BaseException:
-                        for meter in call.meters:
-                            meter.cancel_request()
-                        raise
-                    end_request(call.meters, provider, len(chunk), output)
-                # In-process models slow down with concurrency by design; only a server's queueing counts.
-                limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
+                if hedgeable:
+                    output = await self._hedged(provider, call, chunk, options, limit)
+                else:
+                    output = await self._send(provider, call, chunk, options, limit)
                 break
             except BudgetExceeded:
                 raise  # not a request: nothing was sent
             except RemoteError as error:
                 if error.status == 429:
-                    limit.throttled()
+                    limit.throttled(error.retry_after)
                 if not error.retryable or attempt > provider.max_retries:
                     self._record(call, provider, len(chunk), started, attempt, None, error)
                     raise
@@ -493,6 +494,58 @@ class Runtime:
                 raise
         self._record(call, provider, len(chunk), started, attempt, output, None)
         return output.outputs if isinstance(output, Prediction) else output
+
+    async def _send(
+        self, provider: Provider, call: CallSpec, chunk: pa.Array, options: CallOptions, limit: AdaptiveLimit
+    ) -> Any:
+        """One request under the endpoint's in-flight limit, counted by the call's meters."""
+        async with limit:
+            begin_request(call.meters)
+            sent = time.perf_counter()
+            try:
+                output = await provider.predict(chunk, options)
+            except BaseException:
+                for meter in call.meters:
+                    meter.cancel_request()
+                raise
+            end_request(call.meters, provider, len(chunk), output)
+        # In-process models slow down with concurrency by design; only a server's queueing counts.
+        limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
+        return output
+
+    async def _hedged(
+        self, provider: Provider, call: CallSpec, chunk: pa.Array, options: CallOptions, limit: AdaptiveLimit
+    ) -> Any:
+        """Send the request; if no reply comes within the endpoint's hedging delay (a few times its usual
+        latency), send it once more and take whichever answers first (the other is cancelled). Fails only
+        when both fail, with the first one's error."""
+        first = asyncio.ensure_future(self._send(provider, call, chunk, options, limit))
+        first.add_done_callback(_retrieve)
+        sent = time.perf_counter()
+        while True:
+            delay = limit.hedge_after_s()  # known once enough replies came back; it moves with them
+            wait = _HEDGE_RECHECK_S if delay is None else max(0.0, sent + delay - time.perf_counter())
+            done, _ = await asyncio.wait({first}, timeout=wait)
+            if done:
+                return first.result()
+            if delay is not None and time.perf_counter() - sent >= delay and limit.may_hedge():
+                break
+        second = asyncio.ensure_future(self._send(provider, call, chunk, options, limit))
+        second.add_done_callback(_retrieve)
+        pending = {first, second}
+        failure: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:
+                        return task.result()
+                    failure = failure or task.exception()
+        finally:
+            for task in pending:
+                task.cancel()
+        assert failure is not None
+        raise failure
 
     def _record(
         self,
@@ -547,6 +600,12 @@ async def _all_or_nothing(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
     except BaseExceptionGroup as failures:
         raise failures.exceptions[0] from None
     return [t.result() for t in tasks]
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """A hedged request's loser may fail after the winner answered: its error is expected, not news."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _start(value: Any, length: int = 60) -> str:

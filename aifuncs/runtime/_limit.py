@@ -17,11 +17,26 @@ RETRY_WAIT_CAP_S = 60.0
 LATENCY_TOLERANCE = 1.5
 _SMOOTHING = 0.05
 _BASELINE_DRIFT = 1.01  # per window the best latency is forgotten a little, so a new workload can settle
+# One reply far slower than the rest (a stall) is one request's trouble, not queueing: each latency counts
+# for at most this multiple of the smoothed latency.
+_OUTLIER_CAP = 3.0
+# A 429 whose Retry-After is at most this refused one request; it is waited out without shrinking, unless
+# 429s come back for more than a quarter of a window's requests (the server is overloaded after all).
+SHORT_RETRY_AFTER_S = 1.0
+_REFUSED_SHARE = 0.25
+# Hedging: a request still unanswered after this multiple of the smoothed latency (and at least the
+# smoothed latency plus the floor) is sent again; at most this share of requests is hedged.
+HEDGE_MULTIPLE = 4.0
+HEDGE_FLOOR_S = 0.2
+HEDGE_SHARE = 0.1
+_HEDGE_SAMPLES = 20  # latencies seen before hedging starts
 
 
 class AdaptiveLimit:
-    """AIMD, as TCP does: each success adds 1/limit, never above `maximum`; on a 429 the limit halves; when
-    latency climbs well above its best (the server is queueing our requests), it shrinks by a quarter.
+    """AIMD, as TCP does: each success adds 1/limit, never above `maximum`; when the server says it is
+    overloaded (a 429 without a short Retry-After, or many 429s) the limit eases off (see `throttled`);
+    when latency climbs well above its best (the server is queueing our requests), it shrinks by a quarter. A failure of one request (a 500, a dropped connection, one 429 with
+    a short Retry-After, a stall) is retried without shrinking.
 
     It shrinks at most once per window (as many completions as the limit): the 429s or slow replies of
     requests already in flight when the server pushed back describe one event, not many.
@@ -35,6 +50,11 @@ class AdaptiveLimit:
         self._latency: float | None = None  # smoothed, seconds
         self._best: float | None = None
         self._window = 0  # completions since the best latency last drifted
+        self._samples = 0
+        self._refused = 0  # 429s with a short Retry-After in the current window...
+        self._answered = 0  # ...and completions of any kind in it
+        self._overloaded = 0  # 429s meaning overload since the limit last eased off
+        self._hedged = 0
         # Waiters in arrival order, each woken alone when a slot frees: a Condition's notify_all woke
         # every waiter per completion, which with thousands queued cost O(n^2) (2 ms CPU a request).
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -73,19 +93,61 @@ class AdaptiveLimit:
                 waiter.set_result(None)
                 self.in_flight += 1
 
-    def throttled(self) -> None:
-        self._shrink(0.5)
+    def throttled(self, retry_after_s: float | None = None) -> None:
+        """A 429. With a short Retry-After it refused this request alone (retried after that wait), unless
+        such refusals are a large share of the window. Otherwise the server is overloaded: the limit eases
+        off by a fifth, once per window, or by half when the 429s are half the window (far too many sent).
+        Eased off gently, a server that refuses what exceeds its N requests in flight keeps the limit near
+        N (halving would leave it swinging between N/2 and N)."""
+        self._count_answer()
+        if retry_after_s is not None and retry_after_s <= SHORT_RETRY_AFTER_S:
+            self._refused += 1
+            if self._refused <= max(1.0, _REFUSED_SHARE * self.limit):
+                return
+        if self._since_decrease >= self.limit:
+            self.limit = max(1.0, self.limit * 0.8)
+            self._since_decrease = 0
+            self._overloaded = 1
+            return
+        self._overloaded += 1
+        if self._overloaded >= 0.5 * self.limit:
+            self.limit = max(1.0, self.limit * 0.5)
+            self._overloaded = -(10**9)  # once in this window
+            self._since_decrease = 0
 
     def succeeded(self, latency_s: float | None = None) -> None:
         """A request succeeded; pass its latency where rising latency means congestion (remote servers)."""
         self._since_decrease += 1
+        self._count_answer()
         if latency_s is not None and self._slow(latency_s):
             self._shrink(0.75)
             return
         self.limit = min(float(self.maximum), self.limit + 1 / self.limit)
         self._wake()
 
+    def hedge_after_s(self) -> float | None:
+        """How long a request may go unanswered before it is sent again; None while too few latencies are
+        known to tell a stall from a slow reply."""
+        if self._latency is None or self._samples < _HEDGE_SAMPLES:
+            return None
+        return max(HEDGE_MULTIPLE * self._latency, self._latency + HEDGE_FLOOR_S)
+
+    def may_hedge(self) -> bool:
+        """Whether one more request may be sent again (at most a tenth of the replies): counts it if so."""
+        if self._hedged >= HEDGE_SHARE * self._samples + 1:
+            return False
+        self._hedged += 1
+        return True
+
+    def _count_answer(self) -> None:
+        self._answered += 1
+        if self._answered >= self.limit:
+            self._answered = self._refused = 0
+
     def _slow(self, latency_s: float) -> bool:
+        self._samples += 1
+        if self._latency is not None:
+            latency_s = min(latency_s, _OUTLIER_CAP * self._latency)
         smoothed = self._latency = (
             latency_s if self._latency is None else self._latency + _SMOOTHING * (latency_s - self._latency)
         )

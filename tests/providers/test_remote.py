@@ -7,7 +7,7 @@ import time
 
 import duckdb
 import pytest
-from servers import FakeServer, Faults
+from servers import FakeServer, Faults, rows_of
 
 import aifuncs
 from aifuncs.errors import MissingSecret, ModelError
@@ -175,8 +175,10 @@ def test_faults_are_retried_until_every_row_is_right(con) -> None:  # type: igno
         elapsed = time.monotonic() - started
     assert rows == [(i, f"echo: item {i}", 2 * i) for i in range(2000)]
     for server, requests in ((chat, 2000), (scoring, 63)):
-        assert sum(server.stats.faults.values()) > 0  # faults did happen...
-        assert server.stats.requests == requests + sum(server.stats.faults.values())  # ...each retried once
+        faults = sum(server.stats.faults.values())
+        assert faults > 0  # faults did happen...
+        # ...each retried once, and a few stalled requests sent again before they failed (hedged)
+        assert requests + faults <= server.stats.requests <= requests + faults + requests // 20
     assert elapsed < 150  # bounded: every retry waits at most its backoff or a 1 s timeout
     attempts = con.sql("SELECT max(attempts), count(*) FILTER (attempts > 1) FROM aifuncs_usage").fetchall()[
         0
@@ -231,3 +233,37 @@ def test_in_flight_requests_back_off_when_the_server_starts_queueing(con) -> Non
     assert max(arrivals) >= 24  # it started at the endpoint's maximum...
     late = arrivals[-100:]
     assert sum(late) / len(late) < 16  # ...and settled well below it
+
+
+def test_a_413_halves_the_rows_per_request_and_the_endpoint_remembers(con) -> None:  # type: ignore[no-untyped-def]
+    with FakeServer(faults=Faults(max_rows=100), keep_bodies=True) as server:
+        aifuncs.endpoints.create(
+            "scorer", kind="serving", url=server.url + "/invocations", returns="BIGINT", max_batch_rows=256
+        )
+        query = "SELECT ai_query('scorer', i, failOnError => true) FROM range(1000) t(i) ORDER BY i"
+        assert [r[0] for r in aifuncs.sql(con, query).fetchall()] == [2 * i for i in range(1000)]
+        assert server.stats.faults["too_large"] >= 2  # 256 rows, then 128, were refused
+        sizes = [rows_of(b) for b in server.stats.bodies]
+        before = len(sizes)
+        again = "SELECT ai_query('scorer', i + 1000) FROM range(500) t(i)"
+        assert len(aifuncs.sql(con, again).fetchall()) == 500
+        later = [rows_of(b) or 0 for b in server.stats.bodies[before:]]
+    assert (
+        max(s or 0 for s in sizes) == 256 and max(later) <= 64 and sum(later) == 500
+    )  # remembered: no 413 the second time
+
+
+def test_a_stalled_request_is_hedged_and_answered_long_before_the_stall_ends(con) -> None:  # type: ignore[no-untyped-def]
+    faults = Faults(slow=0.05, slow_s=20.0, first_attempts_only=True)
+    con.execute("CREATE TABLE items AS SELECT i AS id, 'item ' || i AS body FROM range(400) t(i)")
+    with FakeServer(delay_s=0.01, faults=faults) as server:
+        aifuncs.endpoints.create("llm", kind="openai", model="m", base_url=server.url + "/v1", timeout_s=60)
+        started = time.monotonic()
+        query = (
+            "SELECT id, ai_query('llm', body, modelParameters => {'temperature': 0}) FROM items ORDER BY id"
+        )
+        rows = aifuncs.sql(con, query).fetchall()  # temperature 0: any reply to a request is its answer
+        elapsed = time.monotonic() - started
+        stalls = server.stats.faults["slow"]
+    assert rows == [(i, f"echo: item {i}") for i in range(400)]
+    assert stalls > 5 and elapsed < 15  # each stall would hold its row for 20 s

@@ -1,0 +1,103 @@
+"""Benchmark: ai_query's throughput when a server fails a share of first attempts, and against a server
+that refuses more than N requests in flight.
+
+    python tests/bench/bench_faults.py [--rows N] [--rates 0 0.05 0.35] [--limit N]
+
+An OpenAI-compatible chat server on 127.0.0.1 (its own process) answers each request after 20 ms; a share of
+first attempts fails, split evenly between a 429 with `Retry-After: 0.2`, a 500, a dropped connection, an
+HTML 502 and a 1.5 s stall (a retry of the same request never fails). 2,000 rows of `ai_query` at
+temperature 0 (a reusable call: a stalled request may be hedged) go to a new endpoint per rate. Targets:
+0 wrong rows; at least 0.6x the fault-free rate at 5% and 0.25x at 35%. Then a server that answers 429
+(no Retry-After) to any request beyond N in flight: the client must settle within 20% of N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fake server
+
+DELAY_S = 0.02
+KINDS = ("rate_limit", "server_error", "drop", "bad_gateway", "slow")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.05, 0.35])
+    parser.add_argument("--limit", type=int, default=8, help="the limiting server's N")
+    args = parser.parse_args()
+    os.environ["AIFUNCS_HOME"] = tempfile.mkdtemp(prefix="aifuncs-bench-")
+
+    from servers import FakeServer, Faults
+
+    import aifuncs
+    from aifuncs.runtime import default_runtime
+
+    con = aifuncs.connect()
+    query = (
+        "SELECT id, ai_query('{ep}', body, modelParameters => {{'temperature': 0}}) FROM items ORDER BY id"
+    )
+    print(f"rows: {args.rows:,}  server: {DELAY_S * 1000:.0f} ms a request, 16 in flight; faults on first attempts:"
+          f" {', '.join(KINDS)} in equal shares")  # fmt: skip
+    print(
+        f"{'faults':>7} {'seconds':>8} {'rows/s':>8} {'vs none':>8} {'wrong':>6} {'requests':>9}  faults seen"
+    )
+    base = None
+    ratios = {}
+    for number, rate in enumerate(args.rates):
+        share = rate / len(KINDS)
+        faults = Faults(
+            **{kind: share for kind in KINDS}, retry_after="0.2", slow_s=1.5, first_attempts_only=True
+        )
+        con.execute(f"CREATE OR REPLACE TABLE items AS SELECT i AS id, 'run {number} item ' || i AS body"
+                    f" FROM range({args.rows}) t(i)")  # fmt: skip
+        with FakeServer(delay_s=DELAY_S, faults=faults) as server:
+            name = f"llm-{number}"
+            aifuncs.endpoints.create(name, kind="openai", model="m", base_url=server.url + "/v1")
+            started = time.perf_counter()
+            rows = aifuncs.sql(con, query.format(ep=name)).fetchall()
+            seconds = time.perf_counter() - started
+            stats = server.stats
+        wrong = (
+            sum(1 for i, answer in rows if answer != f"echo: run {number} item {i}") + args.rows - len(rows)
+        )
+        rate_rows = args.rows / seconds
+        base = base or rate_rows
+        ratios[rate] = rate_rows / base
+        seen = ", ".join(f"{k} {v}" for k, v in sorted(stats.faults.items()))
+        print(f"{rate:7.0%} {seconds:8.2f} {rate_rows:8.0f} {rate_rows / base:7.2f}x {wrong:6d} {stats.requests:9,}"
+              f"  {seen or '-'}")  # fmt: skip
+    targets = {0.05: 0.6, 0.35: 0.25}
+    met = ", ".join(f"{r:.0%}: {ratios[r]:.2f}x (target >= {t}x)" for r, t in targets.items() if r in ratios)
+    print(f"throughput kept: {met}")
+
+    n = args.limit
+    con.execute(f"CREATE OR REPLACE TABLE items AS SELECT i AS id, 'limited item ' || i AS body"
+                f" FROM range({args.rows}) t(i)")  # fmt: skip
+    with FakeServer(delay_s=0.05, faults=Faults(max_in_flight=n)) as server:
+        aifuncs.endpoints.create("limited", kind="openai", model="m", base_url=server.url + "/v1",
+                                 max_concurrency=2 * n)  # fmt: skip
+        started = time.perf_counter()
+        rows = aifuncs.sql(con, query.format(ep="limited")).fetchall()
+        seconds = time.perf_counter() - started
+        stats = server.stats
+    arrivals = stats.arrivals_in_flight
+    settled = statistics.median(arrivals[len(arrivals) // 2 :])  # in flight as each request arrived, 2nd half
+    limit = next(v.limit for k, v in default_runtime()._limits.items() if '"limited"' in k)
+    wrong = sum(1 for i, answer in rows if answer != f"echo: limited item {i}")
+    print(
+        f"server refusing more than {n} in flight (client may send {2 * n}): {seconds:.2f} s, {wrong} wrong,"
+        f" {stats.faults['busy']} refused; in flight at the server (median, second half) {settled:g},"
+        f" client limit at the end {limit:.1f}: {abs(settled - n) / n:.0%} from N (target within 20%)"
+    )
+
+
+if __name__ == "__main__":
+    main()
