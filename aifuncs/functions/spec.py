@@ -40,7 +40,11 @@ class FunctionSpec:
     labels: tuple[str, ...] = ()  # a task's fixed labels (ai_analyze_sentiment)
     max_tokens: int = 512  # a task's reply length
     aggregate: bool = False  # answers a group (GROUP BY): planned as a function of list(expr)
-    label_text: str = "{label}"  # what is embedded for each label when an embedding model classifies
+    # What is embedded for each label when an embedding model classifies: phrasings with {label} (a label's
+    # score is its phrasings' mean similarity), or per fixed label its own example texts.
+    label_text: tuple[str, ...] = ("{label}",)
+    label_examples: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    lexicon: str | None = None  # "sentiment": a sentiment lexicon (VADER) weighs in beside the embeddings
 
     def param(self, name: str) -> Param | None:
         lowered = name.lower()
@@ -74,8 +78,14 @@ def _load(data: dict[str, Any]) -> FunctionSpec:
         labels=tuple(data.get("labels", ())),
         max_tokens=data.get("max_tokens", 512),
         aggregate=data.get("aggregate", False),
-        label_text=data.get("label_text", "{label}"),
+        label_text=_phrasings(data.get("label_text", "{label}")),
+        label_examples=tuple((k, _phrasings(v)) for k, v in data.get("label_examples", {}).items()),
+        lexicon=data.get("lexicon"),
     )
+
+
+def _phrasings(value: str | list[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 @functools.cache

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from aifuncs._types import parse_replies, quote_ident
 from aifuncs.errors import ArgumentError
+from aifuncs.functions._lexicon import sentiment_with_lexicon
 from aifuncs.functions.spec import FunctionSpec
 
 MAX_LABELS = 100
@@ -51,16 +52,27 @@ class Task:
     result_type: str  # DuckDB DDL of the value
     labels: tuple[str, ...] = ()
     max_tokens: int = 512
-    label_text: str = "{label}"
+    label_text: tuple[str, ...] = ("{label}",)
+    label_examples: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    lexicon: str | None = None
 
     def label_texts(self) -> list[str]:
-        """What an embedding model embeds for each label (a phrase embeds closer to texts than a bare word)."""
-        return [self.label_text.replace("{label}", label) for label in self.labels]
+        """What an embedding model embeds for each label, label after label: its own example texts, or the
+        phrasings filled with it (a phrase embeds closer to texts than a bare word)."""
+        return [text for group in self._label_groups() for text in group]
+
+    def _label_groups(self) -> list[tuple[str, ...]]:
+        examples = dict(self.label_examples)
+        return [
+            examples.get(label) or tuple(t.replace("{label}", label) for t in self.label_text)
+            for label in self.labels
+        ]
 
     def identity(self) -> str:
         return json.dumps(
-            [self.function, self.prompt, self.answer, self.schema, self.result_type, self.labels]
-        )
+            [self.function, self.prompt, self.answer, self.schema, self.result_type, self.labels,
+             self._label_groups(), self.lexicon]
+        )  # fmt: skip
 
     def prompts(self, texts: list[str], max_chars: int | None) -> tuple[list[str], int]:
         """Each row's prompt, and how many texts were cut to fit the model's context."""
@@ -98,12 +110,26 @@ class Task:
         """An aggregate's prompt over some of its group's values (or over partial answers, when reducing)."""
         return self.prompt.replace("{items}", "\n".join(f"- {item}" for item in items))
 
-    def nearest_labels(self, embeddings: pa.Array, target: pa.DataType) -> tuple[pa.Array, list[str | None]]:
-        """Zero-shot classification by embeddings: the labels' embeddings come first, then the texts'."""
+    def nearest_labels(
+        self, embeddings: pa.Array, target: pa.DataType, texts: list[str] | None = None
+    ) -> tuple[pa.Array, list[str | None]]:
+        """Zero-shot classification by embeddings: the label texts' embeddings come first (`label_texts`),
+        then the rows'. A label scores its texts' mean cosine similarity; where the task has a lexicon, it
+        weighs in (`texts`: the rows)."""
         vectors = _matrix(embeddings)
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        labels, texts = unit[: len(self.labels)], unit[len(self.labels) :]
-        best = (texts @ labels.T).argmax(axis=1)
+        groups = self._label_groups()
+        count = sum(len(g) for g in groups)
+        similarity = unit[count:] @ unit[:count].T
+        bounds = np.cumsum([0, *map(len, groups)])
+        scores = np.stack(
+            [similarity[:, a:b].mean(axis=1) for a, b in zip(bounds, bounds[1:], strict=False)], 1
+        )
+        if self.lexicon == "sentiment" and texts is not None:
+            chosen = sentiment_with_lexicon(texts, dict(zip(self.labels, scores.T, strict=True)))
+            if chosen is not None:
+                return pa.array(chosen, target), [None] * len(chosen)
+        best = scores.argmax(axis=1)
         return pa.array([self.labels[i] for i in best], target), [None] * len(best)
 
     def _parse_one(self, reply: str, text: str) -> Any:
@@ -228,6 +254,8 @@ def bind_task(spec: FunctionSpec, constants: dict[str, Any]) -> Task:
         labels,
         max_tokens,
         spec.label_text,
+        spec.label_examples if labels == spec.labels else (),
+        spec.lexicon if labels == spec.labels else None,
     )
 
 

@@ -34,7 +34,7 @@ async def answer_task(
     texts = [str(t) for t in chunk.to_pylist()]
     if not provider.returns_text:  # an embedding endpoint: the nearest label wins
         vectors = await predict(pa.array([*task.label_texts(), *texts], pa.string()))
-        return task.nearest_labels(to_arrow(vectors, pa.list_(pa.float32())), target)
+        return task.nearest_labels(to_arrow(vectors, pa.list_(pa.float32())), target, texts)
     prompts, cut = task.prompts(texts, provider.max_prompt_chars)
     if cut:
         _log.warning(

@@ -63,3 +63,30 @@ def test_classify_with_an_embedding_endpoint_picks_the_nearest_label(con: duckdb
     assert rows == [("billing and refunds",), ("weather",)]
     with pytest.raises(AifuncsError, match="ai_summarize needs a chat endpoint; 'minilm'"):
         aifuncs.sql(con, "SELECT ai_summarize('x', endpoint => 'minilm')")
+
+
+def test_a_label_scores_the_mean_similarity_of_its_phrasings() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from aifuncs.functions.tasks import Task
+
+    task = Task("ai_classify", "", "content", "label", None, "VARCHAR", ("a", "b"),
+                label_text=("{label} one", "{label} two"))  # fmt: skip
+    assert task.label_texts() == ["a one", "a two", "b one", "b two"]
+    # The text is nearest one phrasing of b, but nearer both of a's on the mean.
+    vectors = [[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0], [0.6, 0.0, 0.8], [0.95, 0.1, 0.3]]
+    answers, errors = task.nearest_labels(pa.array(vectors, pa.list_(pa.float32())), pa.string())
+    assert answers.to_pylist() == ["a"] and errors == [None]
+    assert float(np.dot(vectors[4], vectors[3])) < float(np.dot(vectors[4], vectors[0]))  # (checked by hand)
+
+
+def test_sentiment_examples_and_lexicon_read_tone_not_topic(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        "CREATE TABLE t AS SELECT * FROM (VALUES (1, 'I have a question about my refund, when will it arrive?'),"
+        " (2, 'Thanks a lot, the refund arrived and I am delighted.'),"
+        " (3, 'My refund never came and nobody answers. Disgraceful.'),"
+        " (4, 'The headphones sound great, but the battery died after a day and I am annoyed.')) v(id, text)"
+    )
+    rows = aifuncs.sql(con, "SELECT id, ai_analyze_sentiment(text) FROM t ORDER BY id").fetchall()
+    assert [r[1] for r in rows] == ["neutral", "positive", "negative", "mixed"]
