@@ -238,7 +238,7 @@ def _rewrite_call(
 ) -> tuple[exp.Expr, tuple[CallSpec, str | None, str | None, bool]] | None:
     args = bind_arguments(spec, call)
     if spec.kind == "task":
-        return _rewrite_task(spec, call, args, hooks, meters)
+        return _rewrite_task(spec, call, args, hooks, bulk, meters)
     function = spec.name
     if spec.kind == "embed":  # an ai_query of the embedding endpoint, with a text request
         args = {
@@ -295,6 +295,7 @@ def _rewrite_task(
     call: exp.Anonymous,
     args: dict[str, exp.Expr],
     hooks: EngineHooks,
+    bulk: BulkPlanner,
     meters: tuple[Meter, ...],
 ) -> tuple[exp.Expr, tuple[CallSpec, str | None, str | None, bool]]:
     """A task function: its constants bound into a prompt and parser, sent to a chat endpoint row by row."""
@@ -347,8 +348,13 @@ def _rewrite_task(
     else:
         request, request_ddl = _text(args[text_param.name]), "VARCHAR"
     probe = _probe(call, request)
-    function = hooks.register(call_spec, request_ddl)
-    return exp.Anonymous(this=function, expressions=[request]), (call_spec, probe, request_ddl, False)
+
+    def streamed() -> exp.Expr:
+        return exp.Anonymous(this=hooks.register(call_spec, request_ddl), expressions=[request.copy()])
+
+    if not spec.aggregate and (column := bulk.try_add(call, request, call_spec, streamed)) is not None:
+        return column, (call_spec, probe, request_ddl, True)
+    return streamed(), (call_spec, probe, request_ddl, False)
 
 
 def _text(value: exp.Expr) -> exp.Expr:

@@ -224,3 +224,25 @@ def test_a_function_of_your_own_from_a_spec(tickets, home) -> None:  # type: ign
         aifuncs.functions.define(URGENCY.replace("{message}", "{text}"))
     with pytest.raises(ConfigError, match="answer must be one of"):
         aifuncs.functions.define(URGENCY.replace('answer = "label"', 'answer = "poem"'))
+
+
+def test_task_functions_over_a_whole_table_are_scored_ahead(tickets) -> None:  # type: ignore[no-untyped-def]
+    from aifuncs.engines.duckdb import _hooks
+    from aifuncs.planner import rewrite
+
+    con, server = tickets
+    for query in (
+        "SELECT count(*) FROM tickets WHERE ai_filter(body, 'is about billing')",
+        "SELECT ai_classify(body, ['bug', 'billing']) AS topic, count(*) FROM tickets GROUP BY topic",
+    ):
+        assert [p for s in rewrite(query, "duckdb", _hooks(con)) for p in s.prescores]  # on the bulk path
+    assert _run(con, "SELECT count(*) FROM tickets WHERE ai_filter(body, 'is about billing')")[1] == [(3,)]
+    _, topics = _run(
+        con,
+        "SELECT ai_classify(body, ['bug', 'billing']) AS topic, count(*) FROM tickets GROUP BY topic ORDER BY 1",
+    )
+    assert topics == [
+        ("billing", 1),
+        ("bug", 2),
+        (None, 2),
+    ]  # the fake model: the first label the text names, else the first
