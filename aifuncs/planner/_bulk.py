@@ -1,25 +1,24 @@
-"""The bulk path: score a whole column in large model calls before the query runs.
+"""The bulk path: score a call's rows in large model calls before the statement runs.
 
 DuckDB hands a UDF 2,048 rows a call, and an in-process model (scikit-learn through MLflow, a
-vectorized Python function) pays a fixed cost per call that dwarfs the work on 2,048 rows. For the
-common shape of a scoring query,
+vectorized Python function) pays a fixed cost per call that dwarfs the work on 2,048 rows; a remote
+endpoint's request stream drains at every vector. Wherever streaming would evaluate a call on every row of
+its scope anyway, the planner emits a *prescore* instead, a query the engine streams through the runtime in
+big batches, and rewrites the call into a column of its answers:
 
-    SELECT ..., ai_query('ep', request) ... FROM table [WHERE filter]     (also in CTAS and INSERT)
+- one base table: `SELECT CASE WHEN <plain conjuncts> THEN request END FROM table`, attached with
+  `POSITIONAL JOIN` (DuckDB scans a base table in the same order each time). Where the statement needs
+  only a few fixed-width columns of the table besides the requests (`SELECT id, ai_query(...) FROM t`),
+  the prescore *carries* them: `SELECT id, request FROM table WHERE <plain conjuncts>`, and the statement
+  reads everything from the prescored result (a POSITIONAL JOIN runs on one thread: measured 8.6 ms
+  against 3.5 ms for the same 1M-row CREATE TABLE from a parallel scan).
+- joins, views, CTEs, subqueries (no row position), for a call that gives one request one answer and whose
+  rows' order nothing sees: `SELECT DISTINCT request FROM <the scope's rows>`, joined back on the request.
 
-the planner instead emits a *prescore*: a query `SELECT CASE WHEN filter THEN request END FROM table`
-that the engine streams through the runtime in big batches, and rewrites the call into a column of
-that result, attached with `POSITIONAL JOIN` (DuckDB scans a base table in the same order each time).
-
-Where the statement needs only a few fixed-width columns of the table besides the requests (`SELECT id,
-ai_query(...) FROM t`), the prescore *carries* them instead: `SELECT id, request FROM table WHERE filter`,
-and the statement reads everything from the prescored result. A POSITIONAL JOIN runs on one thread, so its
-statement writes every row on one core (measured: 8.6 ms against 3.5 ms for the same 1M-row CREATE TABLE
-from a parallel scan); carried columns cost an Arrow copy of those columns, bounded below.
-
-Only where that scores exactly the rows the streaming UDF would: a base table (no join, sample or
-table function), the call in the projection and outside any CASE, COALESCE or boolean operator, and
-nothing above that could stop early or push a filter down (LIMIT, an outer query). The request and
-the filter must be deterministic and free of other AI calls. Everything else streams.
+"Every row of its scope": the call in the projection, a conjunct of WHERE, GROUP BY, ORDER BY, QUALIFY, a
+window or an aggregate (a grouping key in a grouped scope); outside CASE, COALESCE, OR and FILTER; nothing
+above it that could stop early (a LIMIT before anything that reads every row) or push a filter below it;
+a deterministic request and filter, free of other AI calls. Everything else streams.
 """
 
 from __future__ import annotations
