@@ -47,8 +47,8 @@ def main() -> None:
         )
         query = (
             "SELECT id, ai_query('smollm2', body, modelParameters => {'max_tokens': "
-            f"{args.max_tokens}, 'temperature': 0.0}}) AS answer FROM prompts"
-        )
+            f"{args.max_tokens}, 'temperature': 0.0}}, cache => false) AS answer FROM prompts"
+        )  # every run asks the server: temperature 0 answers would otherwise come from the answer cache
 
         def through_sql() -> list[str]:
             return [a for _, a in sorted(aifuncs.sql(con, query).fetchall())]

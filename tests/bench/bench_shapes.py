@@ -1,6 +1,7 @@
 """Benchmark: every query shape an analyst writes around ai_query, side by side with the plain CTAS.
 
     python tests/bench/bench_shapes.py [--rows N] [--remote-rows N] [--repeats N] [--only local|remote]
+                                       [--shapes WORD ...]
 
 Two parts in one run:
 
@@ -236,7 +237,10 @@ def main() -> None:
     parser.add_argument("--remote-rows", type=int, default=40_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["local", "remote"])
+    parser.add_argument("--shapes", nargs="+", help="only the shapes whose names contain one of these words")
     args = parser.parse_args()
+    if args.shapes:  # the plain CTAS always runs: the in-process ratios are to it
+        SHAPES[1:] = [s for s in SHAPES[1:] if any(w.lower() in s[0].lower() for w in args.shapes)]
     os.environ["AIFUNCS_HOME"] = tempfile.mkdtemp(prefix="aifuncs-bench-")
     print(f"CPUs: {os.cpu_count()}")
     if args.only != "remote":
