@@ -44,6 +44,8 @@ test: test-servers lint
 	$(BIN)/python -m pytest
 
 bench: venv test-servers
+	$(BIN)/python tests/bench/bench_shapes.py
+	$(BIN)/python tests/bench/bench_faults.py
 	$(BIN)/python tests/bench/bench_local_model.py
 	$(BIN)/python tests/bench/bench_remote.py
 	$(BIN)/python tests/bench/bench_dedup_cache.py
