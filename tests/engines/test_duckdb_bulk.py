@@ -388,3 +388,23 @@ def test_a_lookup_keeps_no_answer_when_every_row_is_asked_afresh(numbers) -> Non
     assert sample_models.CALLS == [3]  # three distinct requests
     aifuncs.endpoints.update("doubler", cache=False)
     assert _prescores(numbers, query) == []
+
+
+def test_a_struct_request_with_null_fields_is_looked_up_like_any_other(con) -> None:  # type: ignore[no-untyped-def]
+    aifuncs.endpoints.create("pairs", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    con.execute("CREATE TABLE t AS SELECT i AS id, (i % 5)::DOUBLE AS a, CASE WHEN i % 7 = 0 THEN NULL"
+                " ELSE (i % 3)::DOUBLE END AS b FROM range(3000) r(i)")  # fmt: skip
+    con.execute("CREATE VIEW v AS SELECT * FROM t")
+    query = (
+        "SELECT count(*) FILTER (WHERE isnan(y)), sum(y) FILTER (WHERE NOT isnan(y)), count(y)"
+        " FROM (SELECT ai_query('pairs', struct_pack(a, b)) AS y FROM v)"
+    )  # the model answers NaN where b is NULL
+    prescores = _prescores(con, query)
+    assert len(prescores) == 1 and prescores[0].distinct
+    sample_models.CALLS.clear()
+    answers = aifuncs.sql(con, query).fetchall()[0]
+    assert (
+        answers
+        == con.sql("SELECT count(*) FILTER (WHERE b IS NULL), sum(a * 2 + b), 3000 FROM t").fetchall()[0]
+    )
+    assert sample_models.CALLS == [20]  # 5 x 4 distinct requests (b NULL among them), each asked once
