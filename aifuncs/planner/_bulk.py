@@ -30,7 +30,23 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-from aifuncs.functions import get_spec
+from aifuncs.planner._reads import (
+    STOPS_EARLY,
+    ai_names,
+    ancestors,
+    conjuncts,
+    consumers_read_everything,
+    group_key_text,
+    grouped,
+    groups_by,
+    in_conjunction,
+    is_ai,
+    order_unseen,
+    place,
+    plain_conjuncts,
+    reads_everything,
+    visible_ctes,
+)
 from aifuncs.runtime import CallSpec
 
 BULK_PREFIX = "__aifuncs_bulk_"
@@ -59,8 +75,6 @@ class TableShape:
 _CONDITIONAL = (exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.Or, exp.Filter)
 # Clauses that change which rows the scope's expressions see: the prescore could not read the same rows.
 _SOURCE_CHANGING = ("sample", "joins", "laterals", "pivots")
-# Clauses that may stop a scope before it has read every row: scoring every row would waste calls.
-_STOPS_EARLY = ("limit", "offset", "fetch")
 
 
 @dataclass(frozen=True)
@@ -148,7 +162,7 @@ class BulkPlanner:
             column = f"{COLUMN_PREFIX}{len(scope.calls)}"
             scope.requests.append(request.copy())
             scope.calls.append(spec)
-            if _place(call, select) == "group" or _group_key_text(select, text):
+            if place(call, select) == "group" or group_key_text(select, text):
                 scope.group_keys[text] = column
         return exp.column(column, table=scope.alias)
 
@@ -162,7 +176,7 @@ class BulkPlanner:
             carried, rows = None, None
             if found is not None:
                 carried, shape = found
-                rows = shape.rows if not _plain_conjuncts(scope.select) else None
+                rows = shape.rows if not plain_conjuncts(scope.select) else None
                 source = _carried_source(scope, columns, carried)
                 _read_from_scores(scope)
             else:
@@ -192,7 +206,7 @@ class BulkPlanner:
         select = scope.select
         table = select.args["from_"].this
         outside = [value for key, value in select.args.items() if key not in ("from_", "where", "joins")]
-        outside += [c for c in _conjuncts(select.args.get("where")) if _is_ai(c)]  # kept by the statement
+        outside += [c for c in conjuncts(select.args.get("where")) if is_ai(c)]  # kept by the statement
         nodes = [node for value in outside for item in (value if isinstance(value, list) else [value])
                  if isinstance(item, exp.Expr) for node in item.walk()]  # fmt: skip
         # A correlated reference, a lambda's own names, a COLUMNS(regex) that could match the scored columns.
@@ -244,14 +258,14 @@ class BulkPlanner:
         distinct = select.args.get("distinct")
         if distinct is not None and distinct.args.get("on") is not None:
             return None
-        names = _ai_names(select)
-        if any(select.args.get(key) for key in _STOPS_EARLY) and not _reads_everything(select, names):
+        names = ai_names(select)
+        if any(select.args.get(key) for key in STOPS_EARLY) and not reads_everything(select, names):
             return None
-        if not self._consumers_read_everything(select, names):
+        if not consumers_read_everything(select, names):
             return None
         if select.args.get("from_") is None:
             return None
-        if not self._deterministic(request) or not all(map(self._deterministic, _plain_conjuncts(select))):
+        if not self._deterministic(request) or not all(map(self._deterministic, plain_conjuncts(select))):
             return None
         if request.find(exp.AggFunc, exp.Window, exp.Subquery, exp.Select) is not None:
             return None
@@ -283,16 +297,16 @@ class BulkPlanner:
         to the same request can be scored once per distinct request, ahead of the query, and looked up."""
         if streamed is None or not self._shares_answers(spec):
             return None
-        if not select.args.get("joins") and not _order_unseen(select):
+        if not select.args.get("joins") and not order_unseen(select):
             return None  # a join may reorder rows; without a join of its own the scope's order is kept
         sources = [
             select.args["from_"],
             *(select.args.get("joins") or []),
             *(select.args.get("laterals") or []),
         ]
-        sources += _visible_ctes(select)
+        sources += visible_ctes(select)
         if any(
-            _is_ai(node) or not self._deterministic(node) or node.find(exp.TableSample) for node in sources
+            is_ai(node) or not self._deterministic(node) or node.find(exp.TableSample) for node in sources
         ):
             return None  # the lookup's rows must be the statement's rows, and free of other AI calls
         if any(isinstance(node, exp.Lateral) for node in sources) or any(
@@ -320,7 +334,7 @@ class BulkPlanner:
             parent = node.parent
             if parent is None or isinstance(parent, (*_CONDITIONAL, exp.Select, exp.Subquery, exp.Lambda)):
                 return False
-            if isinstance(parent, exp.And) and not _in_conjunction(parent, select):
+            if isinstance(parent, exp.And) and not in_conjunction(parent, select):
                 return False
             if isinstance(parent, exp.AggFunc) and not isinstance(parent.parent, exp.Window):
                 in_aggregate = True
@@ -328,74 +342,25 @@ class BulkPlanner:
         place = node.arg_key
         if place not in ("expressions", "where", "group", "having", "qualify", "order"):
             return False
-        if place != "where" and any(_is_ai(c) for c in _conjuncts(select.args.get("where"))):
+        if place != "where" and any(is_ai(c) for c in conjuncts(select.args.get("where"))):
             return False  # evaluated only on the rows an AI filter keeps: streamed after it
-        if place in ("where", "group") or in_aggregate or not _grouped(select):
+        if place in ("where", "group") or in_aggregate or not grouped(select):
             return True
         # One answer per group otherwise (and streamed), unless it is a grouping key.
         return place == "expressions" and (
-            _groups_by(select, node)
-            or _group_key_text(select, call.sql("duckdb"))
-            or self._keyed(select, call)
+            groups_by(select, node) or group_key_text(select, call.sql("duckdb")) or self._keyed(select, call)
         )
 
     def _keyed(self, select: exp.Select, call: exp.Expr) -> bool:
         scope = self._scopes.get(id(select))
         return scope is not None and call.sql("duckdb") in scope.group_keys
 
-    def _consumers_read_everything(self, select: exp.Select, names: set[str]) -> bool:
-        """Whether every query that reads this scope's rows reads them all: no LIMIT that could stop it (one
-        after an aggregate, or ordered by an answer, reads everything first), no filter on other columns that
-        DuckDB could push below the call. `names` are the output columns that carry answers."""
-        node: exp.Expr = select
-        while True:
-            parent = node.parent
-            if parent is None:
-                return True
-            if isinstance(parent, exp.Create | exp.Insert | exp.Schema):
-                node = parent
-            elif isinstance(parent, exp.SetOperation):
-                if any(parent.args.get(key) for key in _STOPS_EARLY):
-                    return False
-                node = parent
-            elif isinstance(parent, exp.Subquery) and isinstance(parent.parent, exp.From | exp.Join):
-                outer = parent.parent.parent
-                if not isinstance(outer, exp.Select) or not _reads_all_of(outer, names):
-                    return False
-                if _grouped(outer):
-                    return True  # what is above sees groups, each made of every row
-                names = _passed_on(outer, names)
-                node = outer
-            elif isinstance(parent, exp.CTE):
-                return self._cte_read_everywhere(parent, names)
-            else:
-                return False  # a scalar, IN or EXISTS subquery: evaluated as its outer row needs it
-
-    def _cte_read_everywhere(self, cte: exp.CTE, names: set[str]) -> bool:
-        with_ = cte.parent
-        if not isinstance(with_, exp.With) or with_.args.get("recursive"):
-            return False
-        root = cte.root()
-        name = cte.alias_or_name.lower()
-        readers = [
-            table
-            for table in root.find_all(exp.Table)
-            if table.name.lower() == name and not table.args.get("db") and cte not in _ancestors(table)
-        ]
-        for table in readers:
-            outer = table.parent.parent if isinstance(table.parent, exp.From | exp.Join) else None
-            if not isinstance(outer, exp.Select) or not _reads_all_of(outer, names):
-                return False
-            if not _grouped(outer) and not self._consumers_read_everything(outer, _passed_on(outer, names)):
-                return False
-        return True
-
     @staticmethod
     def _shadowed(select: exp.Select, table: exp.Table) -> bool:
         """A CTE of the same name hides the base table."""
         names = {
             cte.alias_or_name.lower()
-            for node in (select, *_ancestors(select))
+            for node in (select, *ancestors(select))
             if (with_ := node.args.get("with_"))
             for cte in with_.expressions
         }
@@ -404,132 +369,9 @@ class BulkPlanner:
     def _deterministic(self, node: exp.Expr | None) -> bool:
         if node is None:
             return True
-        text = node.sql("duckdb").lower()
-        if "__aifuncs_" in text or any(get_spec(n.name) for n in node.find_all(exp.Anonymous)):
+        if is_ai(node):
             return False  # another AI call: it would run twice
-        return self._volatile is None or self._volatile.search(text) is None
-
-
-def _is_ai(node: exp.Expr) -> bool:
-    """An AI call, or what the planner already put in one's place (a UDF or a prescored column)."""
-    if "__aifuncs_" in node.sql("duckdb"):
-        return True
-    return any(get_spec(call.name) for call in node.find_all(exp.Anonymous))
-
-
-def _conjuncts(where: exp.Expr | None) -> list[exp.Expr]:
-    if where is None:
-        return []
-    condition = where.this if isinstance(where, exp.Where) else where
-    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
-
-
-def _plain_conjuncts(select: exp.Select) -> list[exp.Expr]:
-    """The conjuncts of WHERE that hold no AI call: the prescore applies them, so only those rows are scored."""
-    return [c for c in _conjuncts(select.args.get("where")) if not _is_ai(c)]
-
-
-def _in_conjunction(node: exp.And, select: exp.Select) -> bool:
-    """An AND that joins the conjuncts of the scope's WHERE (each evaluated on every row that reaches it)."""
-    parent = node.parent
-    while isinstance(parent, exp.And | exp.Paren):
-        parent = parent.parent
-    return isinstance(parent, exp.Where) and parent.parent is select
-
-
-def _grouped(select: exp.Select) -> bool:
-    if select.args.get("group") or select.args.get("having"):
-        return True
-    return any(
-        not isinstance(agg.parent, exp.Window) and agg.find_ancestor(exp.Select) is select
-        for item in select.expressions
-        for agg in item.find_all(exp.AggFunc)
-    )
-
-
-def _groups_by(select: exp.Select, item: exp.Expr) -> bool:
-    """Whether a projection is a grouping key: GROUP BY ALL (and it has no aggregate), its alias, its position."""
-    group = select.args.get("group")
-    if group is None:
-        return False
-    if group.args.get("all"):
-        return item.find(exp.AggFunc) is None
-    position = next(i for i, e in enumerate(select.expressions, start=1) if e is item)
-    alias = item.alias.lower() if isinstance(item, exp.Alias) else None
-    for key in group.expressions:
-        if isinstance(key, exp.Literal) and not key.is_string and key.this == str(position):
-            return True
-        if alias and isinstance(key, exp.Column) and not key.table and key.name.lower() == alias:
-            return True
-    return False
-
-
-def _place(call: exp.Expr, select: exp.Select) -> str | None:
-    """The clause of `select` that holds the call (expressions, where, group...)."""
-    node = call
-    while node.parent is not None and node.parent is not select:
-        node = node.parent
-    return node.arg_key if node.parent is select else None
-
-
-def _group_key_text(select: exp.Select, text: str) -> bool:
-    """Whether GROUP BY holds a call written exactly so (not yet replaced by a column)."""
-    group = select.args.get("group")
-    return group is not None and any(f.sql("duckdb") == text for f in group.find_all(exp.Anonymous))
-
-
-def _ai_names(select: exp.Select) -> set[str]:
-    """Output columns of a scope that carry AI answers."""
-    return {e.alias_or_name.lower() for e in select.expressions if _is_ai(e) and e.alias_or_name}
-
-
-def _mentions(node: exp.Expr, names: set[str]) -> bool:
-    return _is_ai(node) or any(c.name.lower() in names for c in node.find_all(exp.Column))
-
-
-def _reads_everything(select: exp.Select, names: set[str]) -> bool:
-    """A scope with a LIMIT that still reads all its rows first: it aggregates, or sorts by an answer."""
-    if _grouped(select) or select.args.get("distinct") is not None:
-        return True
-    order = select.args.get("order")
-    if order is None:
-        return False
-    for ordered in order.expressions:
-        key = ordered.this
-        if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
-            position = int(key.this)
-            if 0 < position <= len(select.expressions) and _is_ai(select.expressions[position - 1]):
-                return True
-        elif _mentions(key, names):
-            return True
-    return False
-
-
-def _reads_all_of(outer: exp.Select, names: set[str]) -> bool:
-    """An outer scope reads every row of its subquery: no early stop, and each conjunct of its filter needs
-    an answer (a filter on other columns alone could be pushed below the call)."""
-    if any(outer.args.get(key) for key in _STOPS_EARLY) and not _reads_everything(outer, names):
-        return False
-    return all(_mentions(c, names) for c in _conjuncts(outer.args.get("where")))
-
-
-def _passed_on(outer: exp.Select, names: set[str]) -> set[str]:
-    """The outer scope's output columns that carry answers."""
-    passed: set[str] = set()
-    for item in outer.expressions:
-        if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
-            passed |= names
-        elif _mentions(item, names) and item.alias_or_name:
-            passed.add(item.alias_or_name.lower())
-    return passed
-
-
-def _ancestors(node: exp.Expr) -> list[exp.Expr]:
-    found = []
-    while node.parent is not None:
-        node = node.parent
-        found.append(node)
-    return found
+        return self._volatile is None or self._volatile.search(node.sql("duckdb").lower()) is None
 
 
 def _carried_source(scope: _Scope, columns: tuple[str, ...], carried: list[str]) -> exp.Select:
@@ -537,7 +379,7 @@ def _carried_source(scope: _Scope, columns: tuple[str, ...], carried: list[str])
     projections: list[exp.Expr] = [exp.column(c, quoted=True) for c in carried]
     projections += [exp.alias_(r, c) for r, c in zip(scope.requests, columns, strict=True)]
     source = exp.Select(expressions=projections).from_(scope.select.args["from_"].this.copy())
-    plain = _plain_conjuncts(scope.select)
+    plain = plain_conjuncts(scope.select)
     return source.where(exp.and_(*(c.copy() for c in plain))) if plain else source
 
 
@@ -551,45 +393,8 @@ def _read_from_scores(scope: _Scope) -> None:
         if column.table == scope.alias:
             column.set("table", exp.to_identifier(name))
     select.set("from_", exp.From(this=exp.to_table(scope.alias).as_(name)))
-    kept = [c for c in _conjuncts(select.args.get("where")) if _is_ai(c)]
+    kept = [c for c in conjuncts(select.args.get("where")) if is_ai(c)]
     select.set("where", exp.Where(this=exp.and_(*(c.copy() for c in kept))) if kept else None)
-
-
-def _order_unseen(select: exp.Select) -> bool:
-    """Whether nothing can see the order of the scope's rows: it (or what reads it) groups, sorts or
-    de-duplicates them. A CTAS or INSERT keeps the order it is given, and so does a plain SELECT."""
-    if _grouped(select) or select.args.get("order") or select.args.get("distinct"):
-        return True
-    parent = select.parent
-    if isinstance(parent, exp.Union) and parent.args.get("distinct"):
-        return True
-    if isinstance(parent, exp.Subquery) and isinstance(parent.parent, exp.From | exp.Join):
-        outer = parent.parent.parent
-        return isinstance(outer, exp.Select) and _order_unseen(outer)
-    if isinstance(parent, exp.CTE):
-        name = parent.alias_or_name.lower()
-        readers = [
-            t for t in parent.root().find_all(exp.Table) if t.name.lower() == name and not t.args.get("db")
-        ]
-        outers = [t.parent.parent for t in readers if isinstance(t.parent, exp.From | exp.Join)]
-        return (
-            bool(readers)
-            and len(outers) == len(readers)
-            and all(isinstance(o, exp.Select) and _order_unseen(o) for o in outers)
-        )
-    return False
-
-
-def _visible_ctes(select: exp.Select) -> list[exp.CTE]:
-    """The CTEs the scope can read, outermost first (a CTE may read those before it), not its own."""
-    above = _ancestors(select)
-    return [
-        cte
-        for node in reversed([select, *above])
-        if (with_ := node.args.get("with_"))
-        for cte in with_.expressions
-        if cte not in above
-    ]
 
 
 def _attach_lookup(lookup: _Lookup) -> Prescore:
@@ -602,7 +407,7 @@ def _attach_lookup(lookup: _Lookup) -> Prescore:
     for key in ("joins", "laterals"):
         if select.args.get(key):
             rows.set(key, [j.copy() for j in select.args[key]])
-    plain = _plain_conjuncts(select)
+    plain = plain_conjuncts(select)
     if plain:
         rows.set("where", exp.Where(this=exp.and_(*(c.copy() for c in plain))))
     source = (
@@ -610,7 +415,7 @@ def _attach_lookup(lookup: _Lookup) -> Prescore:
         .from_(exp.Subquery(this=rows, alias=exp.TableAlias(this=exp.to_identifier("__aifuncs_requests"))))
         .where(exp.not_(exp.Is(this=exp.column(_KEY), expression=exp.null())))
     )
-    ctes = [cte.copy() for cte in _visible_ctes(select)]
+    ctes = [cte.copy() for cte in visible_ctes(select)]
     if ctes:
         source.set("with_", exp.With(expressions=ctes))
     condition = exp.EQ(this=exp.column(_KEY, table=lookup.alias), expression=lookup.request.copy())
@@ -626,7 +431,7 @@ def _attach_lookup(lookup: _Lookup) -> Prescore:
 def _source(scope: _Scope, columns: tuple[str, ...]) -> exp.Select:
     """`SELECT CASE WHEN plain conjuncts THEN request END ... FROM table`: one row per table row, in scan
     order, scored where the filter's conjuncts without AI calls hold."""
-    plain = _plain_conjuncts(scope.select)
+    plain = plain_conjuncts(scope.select)
     condition = exp.and_(*(c.copy() for c in plain)) if plain else None
     projections = []
     for request, column in zip(scope.requests, columns, strict=True):

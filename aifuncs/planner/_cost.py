@@ -13,7 +13,7 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
-from aifuncs.functions import get_spec
+from aifuncs.planner._reads import is_ai
 from aifuncs.planner._rewrite import CallSite
 from aifuncs.runtime._budget import price
 
@@ -128,26 +128,14 @@ def measurable(probe: str) -> tuple[str | None, bool]:
     upper_bound = False
     for select in list(tree.find_all(exp.Select)):
         where = select.args.get("where")
-        if where is None or not _has_ai_call(where):
+        if where is None or not is_ai(where):
             continue
-        kept = (
-            [c for c in where.this.flatten() if not _has_ai_call(c)]
-            if isinstance(where.this, exp.And)
-            else []
-        )
+        kept = [c for c in where.this.flatten() if not is_ai(c)] if isinstance(where.this, exp.And) else []
         select.set("where", exp.Where(this=exp.and_(*kept)) if kept else None)
         upper_bound = True
-    if _has_ai_call(tree):
+    if is_ai(tree):
         return None, upper_bound
     return tree.sql("duckdb"), upper_bound
-
-
-def _has_ai_call(node: exp.Expr) -> bool:
-    """An AI call, a UDF standing for one, or a column of answers scored ahead of the query."""
-    return any(
-        get_spec(f.name) is not None or f.name.lower().startswith("__aifuncs_")
-        for f in node.find_all(exp.Anonymous)
-    ) or any(c.table.startswith("__aifuncs_") for c in node.find_all(exp.Column))
 
 
 def render(estimates: list[CallEstimate]) -> str:

@@ -408,3 +408,14 @@ def test_a_struct_request_with_null_fields_is_looked_up_like_any_other(con) -> N
         == con.sql("SELECT count(*) FILTER (WHERE b IS NULL), sum(a * 2 + b), 3000 FROM t").fetchall()[0]
     )
     assert sample_models.CALLS == [20]  # 5 x 4 distinct requests (b NULL among them), each asked once
+
+
+def test_a_streamed_call_in_another_conjunct_never_runs_in_the_prescore(numbers) -> None:  # type: ignore[no-untyped-def]
+    query = (
+        "SELECT count(*) FROM numbers WHERE CASE WHEN id < 10 THEN ai_query('doubler', x) END > 1"
+        " AND ai_query('doubler', x + 1) > 5"
+    )
+    [prescore] = _prescores(numbers, query)
+    assert "__aifuncs_ai_query" not in prescore.source.lower()  # the CASE's call stays in the statement
+    assert aifuncs.sql(numbers, query).fetchall() == [(8,)]  # ids 2..9
+    assert sorted(sample_models.CALLS)[-1] == ROWS  # the bulk call: every row, in one call
