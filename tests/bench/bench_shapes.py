@@ -10,7 +10,9 @@ Two parts in one run:
   ai_query(...) FROM t` (target: every shape at least 0.8x).
 - remote: a scoring server in its own process (50 ms per request, 64 rows per request, 16 requests in
   flight); each shape's rows per second against the ideal in-flight throughput, 16 x 64 / 0.05 s (target:
-  at least 0.8x). Each shape asks a new endpoint, so no answer is reused from an earlier one.
+  at least 0.8x). Each shape asks a new endpoint, so no answer is reused from an earlier one, and starts
+  from an empty answer store: kept answers accumulating over the run (2M after 52 runs) slowed its commits,
+  and with them the later shapes, by up to a quarter (tests/bench/README.md).
 
 Every shape's answers are checked against the plain CTAS's (or the server's known rule), and the `LIMIT`
 shape reports how many rows it sent (it must stay near its limit).
@@ -123,9 +125,9 @@ def build_tables(con: Any, rows: int) -> None:
 
 
 def prepare(con: Any, query: str) -> None:
-    """Untimed: an INSERT shape starts from an empty table each run."""
+    """Untimed: an INSERT shape starts from a new, empty table each run (deleted rows would pile up)."""
     if query.startswith("INSERT INTO o"):
-        con.execute("DELETE FROM o")
+        con.execute("CREATE OR REPLACE TABLE o (id BIGINT, p BIGINT)")
 
 
 def local_part(rows: int, repeats: int) -> list[float]:
@@ -219,6 +221,7 @@ def remote_part(rows: int, repeats: int) -> list[float]:
                 query = query.replace("= 1", "= 2")  # the server doubles: 2 is an answer it gives
                 paths = ", ".join(c.path for c in aifuncs.explain(con, query).calls)
                 prepare(con, query)
+                aifuncs.cache.clear()  # each run starts from an empty answer store (see the module's text)
                 settle()
                 start = time.perf_counter()
                 fetch(con, query)
