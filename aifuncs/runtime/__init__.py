@@ -521,20 +521,22 @@ class Runtime:
         when both fail, with the first one's error."""
         first = asyncio.ensure_future(self._send(provider, call, chunk, options, limit))
         first.add_done_callback(_retrieve)
+        tasks = [first]
         sent = time.perf_counter()
-        while True:
-            delay = limit.hedge_after_s()  # known once enough replies came back; it moves with them
-            wait = _HEDGE_RECHECK_S if delay is None else max(0.0, sent + delay - time.perf_counter())
-            done, _ = await asyncio.wait({first}, timeout=wait)
-            if done:
-                return first.result()
-            if delay is not None and time.perf_counter() - sent >= delay and limit.may_hedge():
-                break
-        second = asyncio.ensure_future(self._send(provider, call, chunk, options, limit))
-        second.add_done_callback(_retrieve)
-        pending = {first, second}
         failure: BaseException | None = None
-        try:
+        try:  # whatever ends this (an answer, both failing, the query cancelled), no request is left behind
+            while True:
+                delay = limit.hedge_after_s()  # known once enough replies came back; it moves with them
+                due = None if delay is None else sent + delay - time.perf_counter()
+                done, _ = await asyncio.wait({first}, timeout=due if due and due > 0 else _HEDGE_RECHECK_S)
+                if done:
+                    return first.result()
+                if delay is not None and time.perf_counter() - sent >= delay and limit.may_hedge():
+                    break
+            second = asyncio.ensure_future(self._send(provider, call, chunk, options, limit))
+            second.add_done_callback(_retrieve)
+            tasks.append(second)
+            pending = set(tasks)
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -542,8 +544,9 @@ class Runtime:
                         return task.result()
                     failure = failure or task.exception()
         finally:
-            for task in pending:
-                task.cancel()
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
         assert failure is not None
         raise failure
 
