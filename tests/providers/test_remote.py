@@ -267,3 +267,22 @@ def test_a_stalled_request_is_hedged_and_answered_long_before_the_stall_ends(con
         stalls = server.stats.faults["slow"]
     assert rows == [(i, f"echo: item {i}") for i in range(400)]
     assert stalls > 5 and elapsed < 15  # each stall would hold its row for 20 s
+
+
+def test_a_stalled_request_that_may_not_be_hedged_waits_without_spinning(con, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from aifuncs.runtime._limit import AdaptiveLimit
+
+    monkeypatch.setattr(AdaptiveLimit, "may_hedge", lambda self: False)  # the hedging share is used up
+    faults = Faults(slow=0.1, slow_s=3.0, first_attempts_only=True, seed=3)
+    with FakeServer(delay_s=0.01, faults=faults) as server:
+        aifuncs.endpoints.create(
+            "llm", kind="openai", model="m", base_url=server.url + "/v1", max_concurrency=4
+        )
+        query = (
+            "SELECT ai_query('llm', 'item ' || i, modelParameters => {'temperature': 0}) FROM range(60) t(i)"
+        )
+        cpu, wall = time.process_time(), time.monotonic()
+        assert len(aifuncs.sql(con, query).fetchall()) == 60
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        assert server.stats.faults["slow"] > 0
+    assert wall >= 3.0 and cpu < wall / 2  # the stalls were waited out, not polled
