@@ -10,7 +10,7 @@ Calls to in-process models in a plain scoring query take the bulk path instead (
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from aifuncs.planner._aliases import lift_alias_references
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore, TableShape
 from aifuncs.planner._dialects import adapt, reader, to_duckdb
+from aifuncs.planner._reads import ancestors
 from aifuncs.runtime import CallSpec, Meter, default_runtime
 
 PROBE_ALIAS = "__aifuncs_request"
@@ -121,12 +122,6 @@ def _mentions_ai_function(query: str) -> bool:
     return any(name in lowered for name in all_specs())
 
 
-def _ancestors(node: exp.Expr) -> Iterator[exp.Expr]:
-    while node.parent is not None:
-        node = node.parent
-        yield node
-
-
 def _as_anonymous(tree: exp.Expr) -> exp.Expr:
     """sqlglot parses some AI functions into typed nodes (AI_CLASSIFY, AI_AGG...); turn them back into plain
     calls, arguments in order, so every AI function is bound by its own spec."""
@@ -152,7 +147,7 @@ def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
         for node in tree.find_all(exp.Anonymous)
         if (spec := get_spec(node.name)) and spec.kind != "table"
     ]
-    return sorted(calls, key=lambda node: -len(list(_ancestors(node))))  # innermost first
+    return sorted(calls, key=lambda node: -len(ancestors(node)))  # innermost first
 
 
 def _rewrite_statement(
@@ -479,7 +474,7 @@ def _probe(call: exp.Expr, request: exp.Expr, *, filtered: bool = True) -> str:
             probe.set("group", scope.args["group"].copy())
     ctes = [
         cte.copy()
-        for node in reversed(list(_ancestors(call)))
+        for node in reversed(ancestors(call))
         if (w := node.args.get("with_"))
         for cte in w.expressions
     ]
