@@ -13,6 +13,7 @@ PACKAGE = Path(aifuncs.__file__).parent
 # Each layer may import only layers below it, and private helpers (aifuncs._types, aifuncs._endpoint...),
 # which import no layer. Lowest first.
 FLOORS = [
+    "aifuncs.governance",
     "aifuncs.providers",
     "aifuncs.catalog",
     "aifuncs.functions",
