@@ -1,0 +1,183 @@
+"""Principals: users, groups (with members, groups in groups) and service principals.
+
+Kept in the catalog's SQLite file beside the endpoints. One person on one machine sets nothing up: a process
+without a token acts as the OS account that owns `AIFUNCS_HOME`, an admin of it (`acting_as`). A process with
+a token (`AIFUNCS_TOKEN`, or `token=`) acts as the token's principal.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import pwd
+import re
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aifuncs.errors import ConfigError
+from aifuncs.governance.tokens import InvalidToken, TokenStore
+
+__all__ = ["Principal", "PrincipalStore", "UnknownPrincipal", "acting_as", "owner_of"]
+
+KINDS = ("user", "group", "service_principal")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS principals (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    admin INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS members (
+    group_name TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,
+    member TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,
+    PRIMARY KEY (group_name, member)
+);
+"""
+
+
+class UnknownPrincipal(ConfigError):
+    """A name that is no user, group or service principal here."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    kind: str  # user | group | service_principal
+    admin: bool = False
+    implicit: bool = False  # the OS account that owns AIFUNCS_HOME, not stored
+
+
+def owner_of(home: Path) -> str:
+    """The OS account that owns `home` (the current account when it does not exist yet)."""
+    uid = home.stat().st_uid if home.exists() else os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class PrincipalStore:
+    """Users, groups and service principals in a SQLite file (by default the catalog's)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"PrincipalStore({str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(_SCHEMA)
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def create(self, name: str, *, kind: str = "user", admin: bool = False) -> Principal:
+        if kind not in KINDS:
+            raise ConfigError(f"A principal is a {', '.join(KINDS[:-1])} or {KINDS[-1]}, not a {kind!r}.")
+        if not _NAME.match(name):
+            raise ConfigError(
+                f"Invalid principal name {name!r}: letters, digits and . _ @ + - (starting with a letter or digit)."
+            )
+        with self._session() as db:
+            taken = db.execute("SELECT kind FROM principals WHERE name = ?", (name,)).fetchone()
+            if taken is not None:
+                raise ConfigError(
+                    f"The name {name!r} is taken by a {taken[0]}; names are shared by all kinds."
+                )
+            db.execute(
+                "INSERT INTO principals (name, kind, admin, created_at) VALUES (?, ?, ?, ?)",
+                (name, kind, int(admin), datetime.now(UTC).isoformat()),
+            )
+        return Principal(name, kind, admin)
+
+    def get(self, name: str) -> Principal:
+        with self._session() as db:
+            row = db.execute("SELECT name, kind, admin FROM principals WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownPrincipal(f"There is no user, group or service principal {name!r}.")
+        return Principal(row[0], row[1], bool(row[2]))
+
+    def list(self, kind: str | None = None) -> list[Principal]:
+        with self._session() as db:
+            rows = db.execute(
+                "SELECT name, kind, admin FROM principals WHERE ? IS NULL OR kind = ? ORDER BY name",
+                (kind, kind),
+            ).fetchall()
+        return [Principal(r[0], r[1], bool(r[2])) for r in rows]
+
+    def delete(self, name: str) -> None:
+        self.get(name)
+        with self._session() as db:
+            db.execute("DELETE FROM principals WHERE name = ?", (name,))  # memberships go with it
+
+    def add_member(self, group: str, member: str) -> None:
+        """Put a user, service principal or group into a group (a group may not end up inside itself)."""
+        if self.get(group).kind != "group":
+            raise ConfigError(f"{group!r} is not a group; members go into groups.")
+        self.get(member)
+        if group == member:
+            raise ConfigError(f"The group {group!r} cannot contain itself.")
+        if self.get(member).kind == "group" and group in self._within(member):
+            raise ConfigError(f"{member!r} already contains {group!r}: adding it would make a circle.")
+        with self._session() as db:
+            db.execute("INSERT OR IGNORE INTO members (group_name, member) VALUES (?, ?)", (group, member))
+
+    def remove_member(self, group: str, member: str) -> None:
+        with self._session() as db:
+            db.execute("DELETE FROM members WHERE group_name = ? AND member = ?", (group, member))
+
+    def members(self, group: str) -> builtins.list[str]:
+        with self._session() as db:
+            rows = db.execute(
+                "SELECT member FROM members WHERE group_name = ? ORDER BY member", (group,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def groups_of(self, name: str) -> set[str]:
+        """Every group `name` belongs to, directly or through other groups."""
+        with self._session() as db:
+            rows = db.execute(
+                "WITH RECURSIVE up(g) AS (SELECT group_name FROM members WHERE member = ?"
+                " UNION SELECT m.group_name FROM members m JOIN up ON m.member = up.g) SELECT g FROM up",
+                (name,),
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def _within(self, group: str) -> set[str]:
+        """Every principal inside `group`, directly or through other groups."""
+        with self._session() as db:
+            rows = db.execute(
+                "WITH RECURSIVE down(p) AS (SELECT member FROM members WHERE group_name = ?"
+                " UNION SELECT m.member FROM members m JOIN down ON m.group_name = down.p) SELECT p FROM down",
+                (group,),
+            ).fetchall()
+        return {r[0] for r in rows}
+
+
+def acting_as(home: Path, token: str | None = None) -> Principal:
+    """Who a process acts as: the token's principal (checked: unknown, expired and revoked tokens are
+    refused), else the OS account that owns `home`, an admin of it."""
+    token = token if token is not None else os.environ.get("AIFUNCS_TOKEN") or None
+    path = home / "catalog.db"
+    if token is None:
+        return Principal(owner_of(home), "user", admin=True, implicit=True)
+    record = TokenStore(path).authenticate(token)
+    principal = PrincipalStore(path).get(record.principal)  # a deleted principal's tokens stop working
+    if principal.kind != record.kind:
+        raise InvalidToken(
+            f"The token {record.display} was made for a {record.kind}, not the {principal.kind} it names."
+        )
+    return principal
