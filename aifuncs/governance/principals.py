@@ -72,7 +72,7 @@ class PrincipalStore:
         return f"PrincipalStore({str(self.path)!r})"
 
     @contextlib.contextmanager
-    def _session(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30)
         try:
@@ -91,7 +91,7 @@ class PrincipalStore:
             raise ConfigError(
                 f"Invalid principal name {name!r}: letters, digits and . _ @ + - (starting with a letter or digit)."
             )
-        with self._session() as db:
+        with self.transaction() as db:
             taken = db.execute("SELECT kind FROM principals WHERE name = ?", (name,)).fetchone()
             if taken is not None:
                 raise ConfigError(
@@ -104,14 +104,14 @@ class PrincipalStore:
         return Principal(name, kind, admin)
 
     def get(self, name: str) -> Principal:
-        with self._session() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT name, kind, admin FROM principals WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise UnknownPrincipal(f"There is no user, group or service principal {name!r}.")
         return Principal(row[0], row[1], bool(row[2]))
 
     def list(self, kind: str | None = None) -> list[Principal]:
-        with self._session() as db:
+        with self.transaction() as db:
             rows = db.execute(
                 "SELECT name, kind, admin FROM principals WHERE ? IS NULL OR kind = ? ORDER BY name",
                 (kind, kind),
@@ -120,7 +120,7 @@ class PrincipalStore:
 
     def delete(self, name: str) -> None:
         self.get(name)
-        with self._session() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM principals WHERE name = ?", (name,))  # memberships go with it
 
     def add_member(self, group: str, member: str) -> None:
@@ -132,15 +132,15 @@ class PrincipalStore:
             raise ConfigError(f"The group {group!r} cannot contain itself.")
         if self.get(member).kind == "group" and group in self._within(member):
             raise ConfigError(f"{member!r} already contains {group!r}: adding it would make a circle.")
-        with self._session() as db:
+        with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO members (group_name, member) VALUES (?, ?)", (group, member))
 
     def remove_member(self, group: str, member: str) -> None:
-        with self._session() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM members WHERE group_name = ? AND member = ?", (group, member))
 
     def members(self, group: str) -> builtins.list[str]:
-        with self._session() as db:
+        with self.transaction() as db:
             rows = db.execute(
                 "SELECT member FROM members WHERE group_name = ? ORDER BY member", (group,)
             ).fetchall()
@@ -148,7 +148,7 @@ class PrincipalStore:
 
     def groups_of(self, name: str) -> set[str]:
         """Every group `name` belongs to, directly or through other groups."""
-        with self._session() as db:
+        with self.transaction() as db:
             rows = db.execute(
                 "WITH RECURSIVE up(g) AS (SELECT group_name FROM members WHERE member = ?"
                 " UNION SELECT m.group_name FROM members m JOIN up ON m.member = up.g) SELECT g FROM up",
@@ -158,7 +158,7 @@ class PrincipalStore:
 
     def _within(self, group: str) -> set[str]:
         """Every principal inside `group`, directly or through other groups."""
-        with self._session() as db:
+        with self.transaction() as db:
             rows = db.execute(
                 "WITH RECURSIVE down(p) AS (SELECT member FROM members WHERE group_name = ?"
                 " UNION SELECT m.member FROM members m JOIN down ON m.group_name = down.p) SELECT p FROM down",
