@@ -118,3 +118,7 @@ class JobLocked(AifuncsError):
 
 class DatabaseLocked(AifuncsError):
     """A DuckDB database file is open for writing in another process (DuckDB allows one such process)."""
+
+
+class PermissionDenied(AifuncsError):
+    """The caller may see the endpoint but lacks the permission level an action needs."""
