@@ -13,12 +13,12 @@ import os
 import pwd
 import re
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aifuncs.errors import ConfigError
+from aifuncs.governance._sqlite import transaction
 from aifuncs.governance.tokens import InvalidToken, TokenStore
 
 __all__ = ["Principal", "PrincipalStore", "UnknownPrincipal", "acting_as", "owner_of"]
@@ -71,18 +71,8 @@ class PrincipalStore:
     def __repr__(self) -> str:
         return f"PrincipalStore({str(self.path)!r})"
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(_SCHEMA)
-            with db:
-                yield db
-        finally:
-            db.close()
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.path, _SCHEMA)
 
     def create(self, name: str, *, kind: str = "user", admin: bool = False) -> Principal:
         if kind not in KINDS:
@@ -148,21 +138,19 @@ class PrincipalStore:
 
     def groups_of(self, name: str) -> set[str]:
         """Every group `name` belongs to, directly or through other groups."""
-        with self.transaction() as db:
-            rows = db.execute(
-                "WITH RECURSIVE up(g) AS (SELECT group_name FROM members WHERE member = ?"
-                " UNION SELECT m.group_name FROM members m JOIN up ON m.member = up.g) SELECT g FROM up",
-                (name,),
-            ).fetchall()
-        return {r[0] for r in rows}
+        return self._closure(name, start="member", reach="group_name")
 
     def _within(self, group: str) -> set[str]:
         """Every principal inside `group`, directly or through other groups."""
+        return self._closure(group, start="group_name", reach="member")
+
+    def _closure(self, name: str, *, start: str, reach: str) -> set[str]:
+        """Names reached from `name` along memberships, one way (the columns are fixed names, not input)."""
         with self.transaction() as db:
             rows = db.execute(
-                "WITH RECURSIVE down(p) AS (SELECT member FROM members WHERE group_name = ?"
-                " UNION SELECT m.member FROM members m JOIN down ON m.group_name = down.p) SELECT p FROM down",
-                (group,),
+                f"WITH RECURSIVE found(n) AS (SELECT {reach} FROM members WHERE {start} = ?"
+                f" UNION SELECT m.{reach} FROM members m JOIN found ON m.{start} = found.n) SELECT n FROM found",
+                (name,),
             ).fetchall()
         return {r[0] for r in rows}
 

@@ -17,12 +17,12 @@ import secrets
 import sqlite3
 import string
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aifuncs.errors import ConfigError
+from aifuncs.governance._sqlite import transaction
 
 __all__ = ["Token", "TokenStore", "InvalidToken", "check_format"]
 
@@ -119,18 +119,8 @@ class TokenStore:
     def __repr__(self) -> str:
         return f"TokenStore({str(self.path)!r})"
 
-    @contextlib.contextmanager
-    def _session(self) -> Iterator[sqlite3.Connection]:
-        """One transaction: committed when the block ends, rolled back if it raises; the connection closed."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _session(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.path, _SCHEMA)
 
     def create(
         self, principal: str, *, kind: str = "user", days: int | None = DEFAULT_DAYS, comment: str = ""
