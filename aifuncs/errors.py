@@ -122,3 +122,11 @@ class DatabaseLocked(AifuncsError):
 
 class PermissionDenied(AifuncsError):
     """The caller may see the endpoint but lacks the permission level an action needs."""
+
+
+class RateLimited(AifuncsError):
+    """An endpoint's rate limit refused a request whose caller asked not to wait; `wait_s` is the real wait."""
+
+    def __init__(self, message: str, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s

@@ -7,6 +7,11 @@
 Stored in SQLite under AIFUNCS_HOME, so every process on the machine sees the same endpoints. Each
 update bumps the endpoint's version. Secrets are never stored: an endpoint names the environment
 variable that holds its key.
+
+Every method acts as a principal (the process's own unless `acting_as` says another) and asks the one
+policy check: get and list need CAN_VIEW, update, delete and permissions CAN_MANAGE. An endpoint one may
+not view reads exactly as one that does not exist. The creator's CAN_MANAGE is written in the transaction
+that creates the endpoint; a deleted endpoint's grants go in the transaction that deletes it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from pydantic import ValidationError
 from aifuncs._endpoint import Endpoint, check_name, check_no_secrets
 from aifuncs._home import home
 from aifuncs.catalog._store import SqliteStore
-from aifuncs.errors import ConfigError, EndpointExists, UnknownEndpoint
+from aifuncs.errors import ConfigError, EndpointExists, PermissionDenied, UnknownEndpoint
+from aifuncs.governance import Principal, current, policy
+from aifuncs.governance.limits import Check, applicable, parse_limits
+from aifuncs.governance.permissions import PermissionStore
 from aifuncs.providers import provider_class
 
 __all__ = [
@@ -31,9 +39,15 @@ __all__ = [
     "default_catalog",
     "delete",
     "get",
+    "get_ai_gateway",
+    "get_permissions",
     "list",
+    "put_ai_gateway",
     "set_default",
+    "set_permissions",
+    "set_rate_limits",
     "update",
+    "update_permissions",
     "versions",
 ]
 
@@ -55,61 +69,204 @@ def _validate(name: str, kind: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 class Catalog:
-    """Endpoints stored in one SQLite file."""
+    """Endpoints stored in one SQLite file, seen as one principal."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, principal: Principal | None = None) -> None:
         self.path = Path(path)
         self._store = SqliteStore(self.path)
+        self._permissions = PermissionStore(self.path)
+        self._permissions.ensure_schema()
+        self._principal = principal
 
-    def create(self, name: str, kind: str, *, description: str = "", **options: Any) -> Endpoint:
-        check_name(name)
-        endpoint = Endpoint(name, kind, _validate(name, kind, options), description)
-        if not self._store.insert(endpoint):
-            raise EndpointExists(f"Endpoint {name!r} already exists; use update() to change it.")
-        return self.get(name)
+    def acting_as(self, principal: Principal) -> Catalog:
+        """The same catalog, seen and changed as `principal` (a server's request, a connection's owner)."""
+        view = Catalog.__new__(Catalog)
+        view.path, view._store, view._permissions, view._principal = (
+            self.path, self._store, self._permissions, principal
+        )  # fmt: skip
+        return view
 
-    def get(self, name: str) -> Endpoint:
+    @property
+    def principal(self) -> Principal:
+        return self._principal if self._principal is not None else current().principal
+
+    def authorize(self, name: str, action: str = "view") -> Endpoint:
+        """The endpoint `name`, when the principal may `action` it ("view", "query", "manage"); else
+        UnknownEndpoint (no such endpoint, or one it may not view) or PermissionDenied."""
         endpoint = self._store.get(name)
         if endpoint is None:
             builtin = next((b for b in BUILTIN_DEFAULTS.items() if b[1][0] == name), None)
             if builtin is not None:  # a built-in offline model, asked for by name before first use
-                return self._builtin(*builtin)
-            raise UnknownEndpoint(name, self._store.names())
+                endpoint = self._builtin(*builtin)
+        principal = self.principal
+        if principal.admin:  # CAN_MANAGE everywhere: no lookup
+            if endpoint is None:
+                raise UnknownEndpoint(name, self._store.names())
+            return endpoint
+        policy.authorize(
+            self._permissions,
+            principal,
+            endpoint.name if endpoint else name,
+            action,
+            known=self._store.names(),
+        )
+        assert endpoint is not None  # authorize refuses a name the catalog does not know
         return endpoint
 
+    def create(self, name: str, kind: str, *, description: str = "", **options: Any) -> Endpoint:
+        check_name(name)
+        endpoint = Endpoint(name, kind, _validate(name, kind, options), description)
+        principal = self.principal
+        if not self._store.insert(endpoint, also=self._creator_grant(name, principal)):
+            if not principal.admin and not policy.viewable(self._permissions, principal, [name]):
+                # taken by an endpoint this principal may not see: say so without saying what it is
+                raise EndpointExists(f"The name {name!r} is taken; choose another.")
+            raise EndpointExists(f"Endpoint {name!r} already exists; use update() to change it.")
+        return self.get(name)
+
+    def _creator_grant(self, name: str, principal: Principal) -> Any:
+        if principal.implicit:  # the home's owner is an admin: CAN_MANAGE everywhere already
+            return None
+        return lambda db: self._permissions.grant_creator(db, name, principal.name)
+
+    def get(self, name: str) -> Endpoint:
+        return self.authorize(name, "view")
+
     def list(self) -> builtins.list[Endpoint]:
-        return self._store.list()
+        endpoints = self._store.list()
+        principal = self.principal
+        if principal.admin:
+            return endpoints
+        allowed = set(policy.viewable(self._permissions, principal, [e.name for e in endpoints]))
+        return [e for e in endpoints if e.name in allowed]
 
     def names(self) -> builtins.list[str]:
-        return self._store.names()
+        names = self._store.names()
+        principal = self.principal
+        return names if principal.admin else policy.viewable(self._permissions, principal, names)
 
     def update(
         self, name: str, *, description: str | None = None, replace: bool = False, **options: Any
     ) -> Endpoint:
         """Change options (merged into the current ones unless `replace`; None removes one). Bumps the version."""
-        current = self.get(name)
-        merged = dict(options) if replace else {**current.options, **options}
-        merged = _validate(name, current.kind, merged)
+        current_endpoint = self.authorize(name, "manage")
+        merged = dict(options) if replace else {**current_endpoint.options, **options}
+        merged = _validate(name, current_endpoint.kind, merged)
         updated = Endpoint(
-            current.name, current.kind, merged, current.description if description is None else description
+            current_endpoint.name,
+            current_endpoint.kind,
+            merged,
+            current_endpoint.description if description is None else description,
         )
         result = self._store.replace(updated)
         if result is None:  # deleted by another process in between
-            raise UnknownEndpoint(name, self._store.names())
+            raise UnknownEndpoint(name, self.names())
         return result
 
     def delete(self, name: str) -> None:
-        if not self._store.delete(name):
-            raise UnknownEndpoint(name, self._store.names())
+        endpoint = self.authorize(name, "manage")
+        if not self._store.delete(
+            endpoint.name, also=lambda db: PermissionStore.revoke_all(db, endpoint.name)
+        ):
+            raise UnknownEndpoint(name, self.names())
 
     def versions(self, name: str) -> builtins.list[dict[str, Any]]:
-        self.get(name)
-        return self._store.versions(name)
+        endpoint = self.authorize(name, "view")
+        return self._store.versions(endpoint.name)
+
+    def get_permissions(self, name: str) -> dict[str, Any]:
+        """Databricks' permissions object of an endpoint (`access_control_list` with where each level
+        comes from); needs CAN_MANAGE."""
+        endpoint = self.authorize(name, "manage")
+        return {
+            "object_id": f"/serving-endpoints/{endpoint.name}",
+            "object_type": "serving-endpoint",
+            "access_control_list": self._permissions.acl(endpoint.name),
+        }
+
+    def permission_rows(self) -> builtins.list[dict[str, Any]]:
+        """Every grant as a row (endpoint, principal, principal_type, permission_level, inherited,
+        inherited_from): all of those on endpoints the principal manages, its own on those it may view."""
+        principal = self.principal
+        rows = []
+        for endpoint in self._store.list():
+            held = "CAN_MANAGE" if principal.admin else self._permissions.effective(endpoint.name, principal)
+            if held is None:
+                continue
+            for entry in self._permissions.acl(endpoint.name):
+                name = entry["display_name"]
+                if held != "CAN_MANAGE" and name != principal.name:
+                    continue
+                kind = next(k for k in ("user", "group", "service_principal") if f"{k}_name" in entry)
+                for level in entry["all_permissions"]:
+                    rows.append({"endpoint": endpoint.name, "principal": name, "principal_type": kind,
+                                 "permission_level": level["permission_level"], "inherited": level["inherited"],
+                                 "inherited_from": ", ".join(level.get("inherited_from_object", []))})  # fmt: skip
+        return rows
+
+    def set_permissions(
+        self, name: str, access_control_list: builtins.list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Replace the endpoint's grants (Databricks' PUT): all entries are checked before any is written."""
+        endpoint = self.authorize(name, "manage")
+        self._permissions.set_acl(endpoint.name, access_control_list)
+        return self.get_permissions(endpoint.name)
+
+    def update_permissions(
+        self, name: str, access_control_list: builtins.list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Add or change grants, keeping the others (Databricks' PATCH)."""
+        endpoint = self.authorize(name, "manage")
+        self._permissions.update_acl(endpoint.name, access_control_list)
+        return self.get_permissions(endpoint.name)
+
+    def get_ai_gateway(self, name: str) -> dict[str, Any]:
+        """The endpoint's AI gateway configuration in Databricks' shape (`rate_limits` so far)."""
+        endpoint = self.authorize(name, "view")
+        return {"rate_limits": [], **self._store.gateway(endpoint.name)}
+
+    def put_ai_gateway(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Replace the endpoint's AI gateway configuration (needs CAN_MANAGE); checked whole before it is stored."""
+        endpoint = self.authorize(name, "manage")
+        if not isinstance(config, dict):
+            raise ConfigError('The AI gateway configuration is an object, e.g. {"rate_limits": [...]}.')
+        unsupported = sorted(set(config) - set(GATEWAY_FIELDS))
+        if unsupported:
+            raise ConfigError(
+                f"Unsupported AI gateway settings {unsupported}: this version takes {', '.join(GATEWAY_FIELDS)}."
+            )
+        limits = parse_limits(config.get("rate_limits", []), self._permissions.principals)
+        stored = {"rate_limits": [limit.to_dict() for limit in limits]}
+        if not self._store.set_gateway(endpoint.name, stored):
+            raise UnknownEndpoint(name, self.names())
+        return self.get_ai_gateway(endpoint.name)
+
+    def set_rate_limits(
+        self, name: str, rate_limits: builtins.list[dict[str, Any]]
+    ) -> builtins.list[dict[str, Any]]:
+        """Replace the endpoint's rate limits (Databricks' PUT .../rate-limits); [] removes them."""
+        config = {**self.get_ai_gateway(name), "rate_limits": rate_limits}
+        return builtins.list(self.put_ai_gateway(name, config)["rate_limits"])
+
+    def rate_checks(self, endpoint: Endpoint) -> tuple[Check, ...]:
+        """The rate-limit checks each request of the principal to `endpoint` must pass (none: unlimited)."""
+        limits = parse_limits(self._store.gateway(endpoint.name).get("rate_limits", []))
+        if not limits:
+            return ()
+        principal = self.principal
+        groups = self._permissions.principals.groups_of(principal.name) if not principal.implicit else set()
+        return applicable(endpoint.name, limits, principal, groups)
 
     def set_default(self, role: str, name: str | None) -> None:
-        """Make `name` the endpoint task functions use for `role` ("chat" or "embedding"); None unsets it."""
+        """Make `name` the endpoint task functions use for `role` ("chat" or "embedding"); None unsets it.
+        The defaults serve everyone: only an admin sets them."""
         if role not in ROLES:
             raise ConfigError(f"Unknown default role {role!r}: use one of {', '.join(ROLES)}.")
+        if not self.principal.admin:
+            raise PermissionDenied(
+                f"{self.principal.name!r} may not set the default {role} endpoint: the defaults serve everyone,"
+                " so only an admin sets them."
+            )
         if name is not None:
             name = self.get(name).name
         self._store.set_default(role, name)
@@ -129,20 +286,21 @@ class Catalog:
                 f"No default {role} endpoint. Set one: aifuncs.endpoints.set_default({role!r}, NAME)"
                 f" (or aifuncs endpoints default {role} NAME), or pass endpoint => 'NAME' to the function."
             )
-        return self._builtin(role, builtin)
+        return self.get(self._builtin(role, builtin).name)
 
     def _builtin(self, role: str, builtin: tuple[str, str, dict[str, Any]]) -> Endpoint:
+        """A built-in default model's endpoint, created on first use with no grants: admins hold it, others
+        need one."""
         name, kind, options = builtin
         if self._store.get(name) is None:
-            try:
-                self.create(name, kind, description=f"built-in default {role} model (offline)", **options)
-            except EndpointExists:
-                pass  # another process created it meanwhile
+            # False when another process created it meanwhile: either way it is there now
+            self._store.insert(Endpoint(name, kind, options, f"built-in default {role} model (offline)"))
         endpoint = self._store.get(name)
         assert endpoint is not None
         return endpoint
 
 
+GATEWAY_FIELDS = ("rate_limits",)
 ROLES = ("chat", "embedding")
 # The offline models task functions use until a default is set: (endpoint name, kind, options).
 BUILTIN_DEFAULTS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -184,6 +342,36 @@ def delete(name: str) -> None:
 
 def versions(name: str) -> builtins.list[dict[str, Any]]:
     return default_catalog().versions(name)
+
+
+def get_permissions(name: str) -> dict[str, Any]:
+    """The endpoint's `access_control_list` (needs CAN_MANAGE)."""
+    return default_catalog().get_permissions(name)
+
+
+def set_permissions(name: str, access_control_list: builtins.list[dict[str, Any]]) -> dict[str, Any]:
+    """Replace the endpoint's grants, e.g. [{"user_name": "alice", "permission_level": "CAN_QUERY"}]."""
+    return default_catalog().set_permissions(name, access_control_list)
+
+
+def update_permissions(name: str, access_control_list: builtins.list[dict[str, Any]]) -> dict[str, Any]:
+    """Add or change grants of the endpoint, keeping the others."""
+    return default_catalog().update_permissions(name, access_control_list)
+
+
+def get_ai_gateway(name: str) -> dict[str, Any]:
+    return default_catalog().get_ai_gateway(name)
+
+
+def put_ai_gateway(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Replace the endpoint's AI gateway configuration, e.g. {"rate_limits": [{"calls": 600, "key": "endpoint"}]}."""
+    return default_catalog().put_ai_gateway(name, config)
+
+
+def set_rate_limits(name: str, rate_limits: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
+    """Replace the endpoint's rate limits: [{"calls": 100, "key": "user"}, {"tokens": 5000, "key": "user_group",
+    "principal": "analysts"}, ...]; [] removes them."""
+    return default_catalog().set_rate_limits(name, rate_limits)
 
 
 def set_default(role: str, name: str | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS endpoint_versions (
     description TEXT NOT NULL DEFAULT '',
     updated_at TEXT NOT NULL,
     PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS gateways (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    config TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS defaults (
     role TEXT PRIMARY KEY,
@@ -99,8 +103,9 @@ class SqliteStore:
         with self._connect() as db:
             return [r[0] for r in db.execute("SELECT name FROM endpoints ORDER BY name")]
 
-    def insert(self, endpoint: Endpoint) -> bool:
-        """Add a new endpoint at version 1; False when the name is taken."""
+    def insert(self, endpoint: Endpoint, also: Callable[[sqlite3.Connection], None] | None = None) -> bool:
+        """Add a new endpoint at version 1; False when the name is taken. `also` writes more in the same
+        transaction (the creator's grant): both land or neither."""
         now = _now()
         with self._write() as db:
             if db.execute("SELECT 1 FROM endpoints WHERE name = ?", (endpoint.name,)).fetchone():
@@ -111,6 +116,8 @@ class SqliteStore:
                 (endpoint.name, endpoint.kind, options, endpoint.description, now, now),
             )
             self._record_version(db, endpoint.name, 1, endpoint.kind, options, endpoint.description, now)
+            if also is not None:
+                also(db)
         return True
 
     def replace(self, endpoint: Endpoint) -> Endpoint | None:
@@ -132,11 +139,32 @@ class SqliteStore:
             )
         return self.get(endpoint.name)
 
-    def delete(self, name: str) -> bool:
+    def delete(self, name: str, also: Callable[[sqlite3.Connection], None] | None = None) -> bool:
         with self._write() as db:
             deleted = db.execute("DELETE FROM endpoints WHERE name = ?", (name,)).rowcount
             db.execute("DELETE FROM endpoint_versions WHERE name = ?", (name,))
+            db.execute("DELETE FROM gateways WHERE name = ?", (name,))
+            if deleted and also is not None:
+                also(db)
         return bool(deleted)
+
+    def gateway(self, name: str) -> dict[str, object]:
+        """The endpoint's AI gateway configuration ({} when none was set)."""
+        with self._connect() as db:
+            row = db.execute("SELECT config FROM gateways WHERE name = ?", (name,)).fetchone()
+        return {} if row is None else dict(json.loads(row["config"]))
+
+    def set_gateway(self, name: str, config: Mapping[str, object]) -> bool:
+        """Store the endpoint's AI gateway configuration; False when the endpoint is gone."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM endpoints WHERE name = ?", (name,)).fetchone() is None:
+                return False
+            db.execute(
+                "INSERT INTO gateways (name, config) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET config = excluded.config",
+                (name, json.dumps(config, sort_keys=True)),
+            )
+        return True
 
     def default(self, role: str) -> str | None:
         with self._connect() as db:

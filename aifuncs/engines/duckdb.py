@@ -7,10 +7,12 @@ only moves Arrow arrays between DuckDB and the runtime.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import re
+import secrets
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -29,10 +31,11 @@ from aifuncs._fork import renewed_in_child
 from aifuncs._home import resource_dir
 from aifuncs._runs import runs as list_runs
 from aifuncs._types import arrow_type, to_arrow
-from aifuncs.catalog import default_catalog
+from aifuncs.catalog import Endpoint, default_catalog
 from aifuncs.engines import _indexes as indexes
 from aifuncs.engines._explain import explain_calls
-from aifuncs.errors import AifuncsError, DatabaseLocked
+from aifuncs.errors import AifuncsError, ConfigError, DatabaseLocked
+from aifuncs.governance import Identity, current, identify
 from aifuncs.planner import (
     EngineHooks,
     PlannedStatement,
@@ -74,9 +77,10 @@ def _udf(
 
 
 def connect(
-    database: str | Path = ":memory:", *, read_only: bool = False, **config: Any
+    database: str | Path = ":memory:", *, read_only: bool = False, token: str | None = None, **config: Any
 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with aifuncs' functions and system views installed."""
+    """A DuckDB connection with aifuncs' functions and system views installed, acting as the principal of
+    `token` (else of `AIFUNCS_TOKEN`, else the OS account that owns AIFUNCS_HOME)."""
     try:
         con = duckdb.connect(str(database), read_only=read_only, config=config or {})
     except duckdb.IOException as error:
@@ -89,7 +93,11 @@ def connect(
             " only one process use a database file while it may write. Close it there (con.close(), or end"
             " that notebook's kernel) and run this again."
         ) from None
-    install(con)
+    try:
+        install(con, token=token)
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
@@ -97,24 +105,66 @@ def connect(
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 
 
-def install(con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None) -> duckdb.DuckDBPyConnection:
-    """Install the generic AI functions, macros and system views on a connection (idempotent)."""
+def install(
+    con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None, *, token: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Install the generic AI functions, macros and system views on a connection (idempotent), bound to the
+    principal of `token` (else of `AIFUNCS_TOKEN`, else the OS account that owns AIFUNCS_HOME).
+
+    DuckDB keeps functions per database instance, which its cursors and every connection to the same file
+    in this process share: one instance serves one principal, and asking another of it is an error."""
     if _has_function(con, _INSTALLED_MARK):
+        bound = identity_of(con)
+        if token is not None and identify(token).name != bound.name:
+            raise ConfigError(
+                f"This database is already open in this process as {bound.name!r}, and DuckDB shares one instance"
+                " (and its functions) between the connections to a file: it cannot act as another principal too."
+                " Close the other connections first, or open a copy of the file."
+            )
         return con
+    identity = identify(token) if token is not None else current()
     runtime = runtime or default_runtime()
+    binding = secrets.token_hex(8)
+    with _registered_lock:
+        _bindings[binding] = identity
+    # Plain (not Arrow) functions without side effects: DuckDB folds them into constants, once per query.
+    con.create_function("__aifuncs_binding", lambda: binding, [], "VARCHAR", side_effects=False)
+    con.create_function(
+        "aifuncs_current_principal", lambda: identity.principal.name, [], "VARCHAR", side_effects=False
+    )
     _udf(
         con,
         "__aifuncs_ai_query",
-        _generic_ai_query(runtime),
+        _generic_ai_query(runtime, identity),
         ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR", "BOOLEAN"],
         "VARCHAR",
     )
-    _udf(con, "__aifuncs_endpoints", _endpoints_snapshot, [], ENDPOINTS_TYPE)
+    _udf(con, "__aifuncs_endpoints", _endpoints_snapshot(identity), [], ENDPOINTS_TYPE)
     _udf(con, "__aifuncs_usage", _usage_snapshot(runtime), [], USAGE_TYPE)
     _udf(con, "__aifuncs_runs", _runs_snapshot, [], RUNS_TYPE)
+    _udf(con, "__aifuncs_permissions", _permissions_snapshot(identity), [], PERMISSIONS_TYPE)
     for script in ("functions.sql", "system_tables.sql"):
         con.execute((resource_dir("sql") / script).read_text())
     return con
+
+
+# Who each database instance acts as, by the id its `__aifuncs_binding()` returns (connections and cursors
+# of one instance are different Python objects: the instance's own function tells which it is).
+_bindings: dict[str, Identity] = {}
+_bound: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Identity] = weakref.WeakKeyDictionary()
+
+
+def identity_of(con: duckdb.DuckDBPyConnection) -> Identity:
+    """The identity a connection (or a cursor, or another connection to its file) was installed as."""
+    with _registered_lock:
+        found = _bound.get(con)
+    if found is None:
+        if not _has_function(con, _INSTALLED_MARK):
+            install(con)
+        ((binding,),) = con.execute("SELECT __aifuncs_binding()").fetchall()
+        with _registered_lock:
+            found = _bound[con] = _bindings[str(binding)]
+    return found
 
 
 def sql(
@@ -126,17 +176,22 @@ def sql(
     max_tokens: int | None = None,
     max_cost_usd: float | None = None,
     progress: bool | None = None,
+    wait_for_limits: bool = True,
 ) -> duckdb.DuckDBPyRelation | None:
     """Run a query with AI functions; returns the relation of the last statement (None for DDL).
 
     `max_requests`, `max_tokens` and `max_cost_usd` limit what the query may spend (cost from the prices
     set on its endpoints): a query estimated above a limit is refused before it starts, and one that
     reaches a limit while running stops sending requests (with what it received kept). `progress` draws a
-    progress line on stderr: by default when stderr is a terminal.
+    progress line on stderr: by default when stderr is a terminal. Requests an endpoint's rate limits hold
+    back wait their turn; `wait_for_limits=False` raises RateLimited (with the wait) instead.
     """
     result = None
     budget = Budget(max_requests, max_tokens, max_cost_usd)
-    for _, relation in sql_each(con, query, dialect=dialect, budget=budget, progress=progress):
+    stream = sql_each(
+        con, query, dialect=dialect, budget=budget, progress=progress, wait_for_limits=wait_for_limits
+    )
+    for _, relation in stream:
         result = relation
     return result
 
@@ -170,10 +225,12 @@ def sql_each(
     dialect: str = "duckdb",
     budget: Budget | None = None,
     progress: bool | Progress | None = None,
+    wait_for_limits: bool = True,
 ) -> Iterator[tuple[str, duckdb.DuckDBPyRelation | None]]:
     """Run the statements of a query one by one, yielding each one's text and relation."""
     install(con)
-    hooks = _hooks(con)
+    identity_of(con).recheck()  # a token revoked since the connection opened stops here
+    hooks = dataclasses.replace(_hooks(con), wait_for_limits=wait_for_limits)
     budgets = tuple(b for b in (budget, session_budget()) if b is not None and b.limited)
     if budgets:
         _check_estimate(con, query, dialect, hooks, budgets)
@@ -356,6 +413,8 @@ def _has_function(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 
 def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
+    principal = identity_of(con).principal
+
     def describe(query: str) -> str:
         rows = con.execute(f"DESCRIBE {query}").fetchall()
         return str(rows[0][1])
@@ -376,6 +435,9 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
                 call.response_format,
                 call.cache,
                 call.task.identity() if call.task else None,
+                call.principal.name if call.principal else None,
+                call.rate_checks,
+                call.wait_for_limits,
                 [id(m) for m in call.meters],  # budgets and progress are bound into the function
                 request_ddl,
             ],
@@ -407,6 +469,7 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
         volatile=_volatile(),
         shape=shape,
         vector_index=functools.partial(indexes.find, con),
+        principal=principal,
     )
 
 
@@ -453,7 +516,7 @@ def decode_json(texts: pa.Array) -> pa.Array:
     return table.column("r").combine_chunks()
 
 
-def _generic_ai_query(runtime: Runtime) -> Callable[..., pa.Array]:
+def _generic_ai_query(runtime: Runtime, identity: Identity) -> Callable[..., pa.Array]:
     """The plain-connection ai_query: any endpoint per row, answers as VARCHAR."""
 
     def udf(
@@ -490,6 +553,7 @@ def _generic_ai_query(runtime: Runtime) -> Callable[..., pa.Array]:
                 response_format=group["r"],
                 cache=group["c"],
                 meters=tuple(b for b in (session_budget(),) if b is not None),
+                principal=identity.principal,
             )
             values = runtime.run_call(call, decode_json(requests.take(rows)))
             for row, text in zip(group["i_list"], _as_text(values).to_pylist(), strict=True):
@@ -529,7 +593,29 @@ def _usage_snapshot(runtime: Runtime) -> Callable[[], pa.Array]:
     return snapshot
 
 
-def _endpoints_snapshot() -> pa.Array:
+PERMISSIONS_TYPE = (
+    "STRUCT(endpoint VARCHAR, principal VARCHAR, principal_type VARCHAR, permission_level VARCHAR,"
+    " inherited BOOLEAN, inherited_from VARCHAR)[]"
+)
+
+
+def _permissions_snapshot(identity: Identity) -> Callable[[], pa.Array]:
+    def snapshot() -> pa.Array:
+        return pa.array(
+            [default_catalog().acting_as(identity.principal).permission_rows()], arrow_type(PERMISSIONS_TYPE)
+        )
+
+    return snapshot
+
+
+def _endpoints_snapshot(identity: Identity) -> Callable[[], pa.Array]:
+    def snapshot() -> pa.Array:
+        return _endpoint_rows(default_catalog().acting_as(identity.principal).list())
+
+    return snapshot
+
+
+def _endpoint_rows(endpoints: list[Endpoint]) -> pa.Array:
     rows = [
         {
             "name": e.name,
@@ -540,6 +626,6 @@ def _endpoints_snapshot() -> pa.Array:
             "created_at": e.created_at.replace(tzinfo=None) if e.created_at else None,
             "updated_at": e.updated_at.replace(tzinfo=None) if e.updated_at else None,
         }
-        for e in default_catalog().list()
+        for e in endpoints
     ]
     return pa.array([rows], arrow_type(ENDPOINTS_TYPE))

@@ -26,6 +26,7 @@ from aifuncs.engines.duckdb import connect
 from aifuncs.engines.duckdb import sql as run_sql
 from aifuncs.errors import ArgumentError
 from aifuncs.functions import FunctionSpec, get_spec
+from aifuncs.governance import current
 from aifuncs.runtime import default_runtime
 
 __all__ = ["AiDataFrameAccessor", "AiSeriesAccessor", "call", "query"]
@@ -36,10 +37,15 @@ _local = ProcessLocal()  # per thread and process: a forked worker must not use 
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
-    # One per thread: a connection runs one query at a time, and pandas code may use threads.
+    # One per thread: a connection runs one query at a time, and pandas code may use threads. It acts as
+    # the process's identity, and a new one is made when that changes (another AIFUNCS_TOKEN or home).
+    identity = current()
     con: duckdb.DuckDBPyConnection | None = getattr(_local.values, "con", None)
-    if con is None:
+    if con is None or getattr(_local.values, "identity", None) is not identity:
+        if con is not None:
+            con.close()
         con = _local.values.con = connect()
+        _local.values.identity = identity
         con.execute("SET enable_progress_bar = false")  # aifuncs' own progress goes to stderr
     return con
 

@@ -1,14 +1,32 @@
-"""Governance: who may call which endpoint, as whom. Principals (`principals.py`), their tokens (`tokens.py`)
-and endpoint permissions (`permissions.py`) so far; the one policy check and rate limits build on them."""
+"""Governance: who is who, and who may call which endpoint.
+
+    import aifuncs.governance as gov
+    gov.create_user("alice")
+    secret = gov.create_token("alice", days=30)       # shown once; alice sets AIFUNCS_TOKEN to it
+    aifuncs.endpoints.update_permissions("churn", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
+
+Principals (`principals.py`), their tokens (`tokens.py`), who a process acts as (`identity.py`), endpoint
+permissions (`permissions.py`) and the one policy check (`policy.py`), all in the catalog's SQLite file.
+The functions here act as the process's identity (`AIFUNCS_TOKEN`, else the OS account owning AIFUNCS_HOME,
+an admin of it); `Directory` changes principals and tokens as any identity (a server's request).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from aifuncs._home import home
+from aifuncs.governance import policy
+from aifuncs.governance.directory import Directory
+from aifuncs.governance.identity import Identity, current, identify
 from aifuncs.governance.permissions import LEVELS, PermissionStore, level_allows
 from aifuncs.governance.principals import Principal, PrincipalStore, UnknownPrincipal, acting_as, owner_of
-from aifuncs.governance.tokens import InvalidToken, Token, TokenStore, check_format
+from aifuncs.governance.tokens import DEFAULT_DAYS, InvalidToken, Token, TokenStore, check_format
 
 __all__ = [
     "LEVELS",
+    "Directory",
+    "Identity",
     "InvalidToken",
     "PermissionStore",
     "Principal",
@@ -17,7 +35,73 @@ __all__ = [
     "TokenStore",
     "UnknownPrincipal",
     "acting_as",
+    "add_member",
     "check_format",
+    "create_group",
+    "create_service_principal",
+    "create_token",
+    "create_user",
+    "current",
+    "delete_principal",
+    "directory",
+    "identify",
     "level_allows",
+    "list_principals",
+    "list_tokens",
     "owner_of",
+    "policy",
+    "remove_member",
+    "revoke_token",
+    "whoami",
 ]
+
+
+def directory() -> Directory:
+    """The directory of the current AIFUNCS_HOME, changed as this process's identity."""
+    return Directory(home() / "catalog.db", current().principal)
+
+
+def whoami() -> Principal:
+    return current().principal
+
+
+def create_user(name: str, *, admin: bool = False) -> Principal:
+    return directory().create_user(name, admin=admin)
+
+
+def create_service_principal(name: str, *, admin: bool = False) -> Principal:
+    return directory().create_service_principal(name, admin=admin)
+
+
+def create_group(name: str, *, members: Iterable[str] = ()) -> Principal:
+    return directory().create_group(name, members=members)
+
+
+def delete_principal(name: str) -> None:
+    directory().delete(name)
+
+
+def add_member(group: str, member: str) -> None:
+    directory().add_member(group, member)
+
+
+def remove_member(group: str, member: str) -> None:
+    directory().remove_member(group, member)
+
+
+def list_principals(kind: str | None = None) -> list[Principal]:
+    return directory().list(kind)
+
+
+def create_token(principal: str | None = None, *, days: int | None = DEFAULT_DAYS, comment: str = "") -> str:
+    """A new token for `principal` (default: yourself); the secret is returned this once, stored only hashed."""
+    secret, _ = directory().create_token(principal, days=days, comment=comment)
+    return secret
+
+
+def list_tokens(principal: str | None = None) -> list[Token]:
+    return directory().list_tokens(principal)
+
+
+def revoke_token(token_id: int) -> None:
+    directory().revoke_token(token_id)

@@ -91,10 +91,25 @@ class PermissionStore:
             grants.append((name, level))
         return grants
 
-    def revoke_all(self, endpoint: str) -> None:
-        """Forget every grant of an endpoint (it was deleted)."""
-        with self._session() as db:
-            db.execute("DELETE FROM permissions WHERE endpoint = ?", (endpoint,))
+    def ensure_schema(self) -> None:
+        """Create the tables, so another store's transaction can write grants without creating them."""
+        with self._session():
+            pass
+
+    @staticmethod
+    def grant_creator(db: sqlite3.Connection, endpoint: str, principal: str) -> None:
+        """CAN_MANAGE for an endpoint's creator, inside the transaction that creates the endpoint."""
+        db.execute(
+            "INSERT INTO permissions (endpoint, principal, level) VALUES (?, ?, 'CAN_MANAGE')"
+            " ON CONFLICT (endpoint, principal) DO UPDATE SET level = excluded.level",
+            (endpoint, principal),
+        )
+
+    @staticmethod
+    def revoke_all(db: sqlite3.Connection, endpoint: str) -> None:
+        """Forget every grant of an endpoint, inside the transaction that deletes it: a new endpoint of the
+        same name starts with none."""
+        db.execute("DELETE FROM permissions WHERE endpoint = ? COLLATE NOCASE", (endpoint,))
 
     def effective(self, endpoint: str, principal: Principal) -> str | None:
         """The highest level `principal` holds on `endpoint`: its own, its groups', CAN_MANAGE for an admin."""

@@ -2,7 +2,7 @@
 
     authorize(permissions, principal, "churn", "query", known=catalog_names)
 
-Actions need levels: `view` CAN_VIEW (get, list, EXPLAIN), `query` CAN_QUERY (ai_query, invocations),
+Actions need levels: `view` CAN_VIEW (get, list), `query` CAN_QUERY (ai_query, EXPLAIN, invocations),
 `manage` CAN_MANAGE (update, delete, permissions). An endpoint the principal may not even view is reported
 exactly as one that does not exist, and "did you mean" suggests only names it may view: a denied caller
 learns nothing of what exists. Planner, catalog, jobs, pandas and the server all ask here.

@@ -10,6 +10,7 @@ from aifuncs._types import to_duckdb_type
 from aifuncs.catalog import default_catalog
 from aifuncs.errors import RequestMismatch
 from aifuncs.functions.tasks import Task
+from aifuncs.governance import Principal
 from aifuncs.providers import InputColumn
 from aifuncs.runtime import CallSpec, Meter, default_runtime
 
@@ -28,9 +29,15 @@ def bind_call(
     cache: bool | None = None,
     meters: tuple[Meter, ...] = (),
     task: Task | None = None,
+    principal: Principal | None = None,
+    wait_for_limits: bool = True,
 ) -> CallSpec:
-    """Everything about a call site that does not change per row, checked before any model call."""
-    endpoint = default_catalog().get(endpoint_name)  # UnknownEndpoint, with suggestions
+    """Everything about a call site that does not change per row, checked before any model call: first of
+    all that `principal` (None: this process's identity) may query the endpoint."""
+    catalog = default_catalog() if principal is None else default_catalog().acting_as(principal)
+    endpoint = catalog.authorize(
+        endpoint_name, "query"
+    )  # UnknownEndpoint (with suggestions), PermissionDenied
     provider = default_runtime().provider(endpoint)
     if request_type is not None:
         check_request(endpoint.name, request_type, provider.input_columns())
@@ -48,6 +55,9 @@ def bind_call(
         meters=meters,
         task=task,
         null_on_error=task is not None,
+        principal=catalog.principal,
+        rate_checks=catalog.rate_checks(endpoint),
+        wait_for_limits=wait_for_limits,
     )
 
 

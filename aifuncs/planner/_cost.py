@@ -13,6 +13,7 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
+from aifuncs.governance.limits import pace
 from aifuncs.planner._reads import is_ai
 from aifuncs.planner._rewrite import CallSite
 from aifuncs.runtime._budget import price
@@ -53,6 +54,7 @@ class CallEstimate:
     output_tokens: int | None
     cost_usd: float | None
     notes: list[str] = field(default_factory=list)
+    paced_minutes: float | None = None  # the least time the endpoint's rate limits allow these requests
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +101,15 @@ def estimate(
         notes.append(
             "no prices on the endpoint (usd_per_1m_input_tokens, usd_per_1m_output_tokens, usd_per_1k_rows)"
         )
+    paced = pace(
+        call.rate_checks,
+        model_requests,
+        None if input_tokens is None else input_tokens + (output_tokens or 0),
+    )
+    if paced is not None and paced[0] > 0:
+        notes.append(f"rate limited: ~{_duration(paced[0])} at {paced[1]}")
     return CallEstimate(
+        paced_minutes=None if paced is None else round(paced[0], 3),
         statement=statement,
         call=site.text,
         endpoint=call.endpoint.name,
@@ -162,6 +172,14 @@ def render(estimates: list[CallEstimate]) -> str:
     if priced:
         lines.append(f"Estimated total: ~${total_cost:,.4f}")
     return "\n".join(lines)
+
+
+def _duration(minutes: float) -> str:
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s"
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    return f"{minutes / 60:.1f} h"
 
 
 def _n(value: int | None) -> str:

@@ -10,6 +10,7 @@ Calls to in-process models in a plain scoring query take the bulk path instead (
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +21,11 @@ from sqlglot import exp
 from sqlglot.tokens import TokenType
 
 from aifuncs._types import arrow_type
-from aifuncs.catalog import default_catalog
+from aifuncs.catalog import Catalog, default_catalog
 from aifuncs.errors import AifuncsError, ArgumentError, SqlError
 from aifuncs.functions import FunctionSpec, all_specs, get_spec
 from aifuncs.functions.tasks import bind_task
+from aifuncs.governance import Principal
 from aifuncs.planner._aliases import lift_alias_references
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore, TableShape
@@ -45,6 +47,12 @@ class EngineHooks:
     volatile: frozenset[str] = frozenset()  # functions whose value changes per call (random, nextval...)
     shape: Callable[[str], TableShape | None] = lambda name: None  # a base table's columns and rows
     vector_index: Callable[[str], VectorIndex | None] = lambda name: None  # a vector index by name
+    principal: Principal | None = None  # who the query runs as (None: this process's identity)
+    wait_for_limits: bool = True  # rate-limited requests wait their turn (False: RateLimited at once)
+
+    def catalog(self) -> Catalog:
+        """The catalog as the query's principal sees it."""
+        return default_catalog() if self.principal is None else default_catalog().acting_as(self.principal)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ def rewrite(
     """The statements of `query` as DuckDB SQL, every AI call replaced by its specialised UDF.
 
     `number` is the first statement's number in its script, for error messages."""
+    _refuse_reserved(query)
     if dialect == "duckdb" and not _mentions_ai_function(query):
         return [PlannedStatement(query)]  # nothing to do: DuckDB reads its own SQL better than any round trip
     try:
@@ -96,6 +105,24 @@ def rewrite(
         _rewrite_statement(_expand_similarity(adapt(_as_anonymous(s), dialect, n)), hooks, meters, dialect, n)
         for n, s in enumerate(statements, start=number)
     ]
+
+
+# aifuncs' own functions (aifuncs_current_principal, __aifuncs_ai_query...) are not SQL's to redefine: a
+# macro of the same name would shadow the one bound to the connection's principal.
+_RESERVED = re.compile(
+    r"\b(?:CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?(?:MACRO|FUNCTION)|DROP\s+(?:MACRO|FUNCTION))"
+    r"\s+(?:TABLE\s+)?(?:IF\s+(?:NOT\s+)?EXISTS\s+)?(?:[\w\"]+\.)*\"?(?:__)?aifuncs_",
+    re.IGNORECASE,
+)
+
+
+def _refuse_reserved(query: str) -> None:
+    found = _RESERVED.search(query)
+    if found is not None:
+        raise SqlError(
+            "Names starting with aifuncs_ or __aifuncs_ belong to aifuncs' own functions, which are bound to"
+            " the connection's principal; SQL may not create or drop them. Choose another name."
+        )
 
 
 def split_statements(query: str, dialect: str) -> list[str]:
@@ -267,6 +294,8 @@ def _rewrite_call(
         response_format=_json_text(_constant(spec, "responseFormat", args.get("responseFormat"), hooks)),
         cache=cache,
         meters=meters,
+        principal=hooks.principal,
+        wait_for_limits=hooks.wait_for_limits,
     )
     if function == "ai_embed" and not call_spec.result_type.endswith("[]"):
         raise ArgumentError(
@@ -305,13 +334,13 @@ def _rewrite_task(
     if (
         "endpoint" not in args
         and task.answer == "label"
-        and default_catalog().configured_default("chat") is None
+        and hooks.catalog().configured_default("chat") is None
     ):
         # Offline, one-label tasks go to the embedding model: on tests/data/support_messages.csv it beat the
         # small chat model by far (see bench_quality.py in the README).
         role = "embedding"
     endpoint = _endpoint_literal(spec, args, hooks, role).this
-    provider = default_runtime().provider(default_catalog().get(endpoint))
+    provider = default_runtime().provider(hooks.catalog().authorize(endpoint, "query"))
     # A label task may also be answered by an embedding model: the label whose embedding is nearest the text's.
     by_embedding = (
         not provider.returns_text and task.answer == "label" and (provider.output_type() or "").endswith("[]")
@@ -332,6 +361,8 @@ def _rewrite_task(
         response_format=None if by_embedding else task.schema,
         meters=meters,
         task=task,
+        principal=hooks.principal,
+        wait_for_limits=hooks.wait_for_limits,
     )
     if spec.aggregate:  # the group's values as a list; DuckDB's list() is the aggregate
         values = exp.cast(args[text_param.name].copy(), "VARCHAR")
@@ -365,7 +396,7 @@ def _endpoint_literal(
     named = _constant(spec, "endpoint", args.get("endpoint"), hooks)
     if named is not None and not isinstance(named, str):
         raise ArgumentError(f"{spec.name}: endpoint must be an endpoint's name, not {named!r}.")
-    return exp.Literal.string(named or default_catalog().default(role).name)
+    return exp.Literal.string(named or hooks.catalog().default(role).name)
 
 
 def _expand_similarity(tree: exp.Expr) -> exp.Expr:

@@ -46,6 +46,11 @@ class ProviderOptions(BaseModel):
         description="Keep answers under AIFUNCS_HOME and reuse them. Default: for deterministic calls"
         " to remote endpoints (in-process models score faster than a cache lookup).",
     )
+    share_answers: bool = Field(
+        default=False,
+        description="Kept answers serve every principal that may query the endpoint. Default: each"
+        " principal with a token gets only the answers it paid for (the home's owner keeps its own).",
+    )
 
 
 @dataclass(frozen=True)

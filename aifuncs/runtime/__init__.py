@@ -34,6 +34,7 @@ from aifuncs.errors import (
     ConfigError,
     MissingDependency,
     ModelError,
+    RateLimited,
     RemoteError,
     ReplyParseError,
     ResultTypeError,
@@ -48,6 +49,7 @@ from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, ever
 from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
 from aifuncs.runtime._loop import BackgroundLoop
 from aifuncs.runtime._meter import Meter, begin_request, end_request
+from aifuncs.runtime._rate import RateGate
 from aifuncs.runtime._reuse import assemble, keep_answers
 from aifuncs.runtime._store import AnswerStore
 from aifuncs.runtime._tasks import answer_task
@@ -85,6 +87,7 @@ class Runtime:
         self._limits: dict[str, AdaptiveLimit] = {}
         self._gates: dict[str, asyncio.Semaphore] = {}  # per endpoint: requests sent, answers not committed
         self._row_caps: dict[str, int] = {}  # per endpoint: rows per request after a 413 Payload Too Large
+        self._rates = RateGate()
         self.usage = UsageLog()
         self._lock = threading.Lock()
         self._stores: dict[Path, AnswerStore] = {}
@@ -341,7 +344,18 @@ class Runtime:
             call.response_format,
             call.task.identity() if call.task else None,
             str(plain_type(request_type)),  # DuckDB may hand VARCHAR over as string or string_view
+            *self._answer_owner(call, provider),
         )
+
+    @staticmethod
+    def _answer_owner(call: CallSpec, provider: Provider) -> tuple[str, ...]:
+        """Whose kept answers a call may use: a token principal's own (one principal's answers, served to
+        another, would tell what it asked, by content or by timing), unless the endpoint shares them. The
+        home's owner keeps the answers it always had; every hit was authorized (CAN_QUERY) at plan time."""
+        principal = call.principal
+        if principal is None or principal.implicit or provider.options.share_answers:
+            return ()
+        return (f"principal:{principal.name}",)
 
     async def _score(
         self,
@@ -406,8 +420,8 @@ class Runtime:
                     raise ResultTypeError(
                         f"The model returned {len(values)} results for {len(chunk)} requests."
                     )
-            except (ConfigError, MissingDependency):
-                raise  # the endpoint itself is broken: no row can succeed
+            except (ConfigError, MissingDependency, RateLimited):
+                raise  # the endpoint is broken, or the caller will not wait: no row can succeed
             except BudgetExceeded as error:
                 if refused is None:
                     raise
@@ -480,7 +494,7 @@ class Runtime:
                 else:
                     output = await self._send(provider, call, chunk, options, limit)
                 break
-            except BudgetExceeded:
+            except (BudgetExceeded, RateLimited):
                 raise  # not a request: nothing was sent
             except RemoteError as error:
                 if error.status == 429:
@@ -498,7 +512,8 @@ class Runtime:
     async def _send(
         self, provider: Provider, call: CallSpec, chunk: pa.Array, options: CallOptions, limit: AdaptiveLimit
     ) -> Any:
-        """One request under the endpoint's in-flight limit, counted by the call's meters."""
+        """One request under the endpoint's rate limits and in-flight limit, counted by the call's meters."""
+        reservation = await self._rates.admit(call, chunk, provider.returns_text)
         async with limit:
             begin_request(call.meters)
             sent = time.perf_counter()
@@ -509,6 +524,7 @@ class Runtime:
                     meter.cancel_request()
                 raise
             end_request(call.meters, provider, len(chunk), output)
+        self._rates.settle(reservation, output, chunk)
         # In-process models slow down with concurrency by design; only a server's queueing counts.
         limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
         return output

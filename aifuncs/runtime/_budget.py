@@ -73,6 +73,9 @@ class Budget:
                     )
             self._in_flight += 1
 
+    def paced(self, limit: str) -> None:
+        pass  # waiting costs nothing
+
     def answered(self, rows: int, failed: int = 0) -> None:
         pass
 

@@ -9,6 +9,8 @@ import pyarrow as pa
 
 from aifuncs._types import error_struct_type
 from aifuncs.catalog import Endpoint
+from aifuncs.governance import Principal
+from aifuncs.governance.limits import Check
 
 if TYPE_CHECKING:
     from aifuncs.functions.tasks import Task
@@ -30,9 +32,12 @@ class CallSpec:
     response_format: str | None = None
     bulk_rows: int | None = None  # rows per model call when the planner scores a whole column at once
     cache: bool | None = None  # the call's `cache` argument: None lets the endpoint decide
-    meters: tuple[Meter, ...] = ()
+    meters: tuple[Meter, ...] = ()  # the query's and the session's budgets, progress: told of every request
     task: Task | None = None  # a task function's prompt and parser (None for ai_query)
-    null_on_error: bool = False  # a failed row becomes NULL (task functions) instead of stopping the query  # the query's and the session's budgets, progress: told of every request
+    null_on_error: bool = False  # a failed row becomes NULL (task functions) instead of stopping the query
+    principal: Principal | None = None  # who asks: authorized at plan time, counted in usage and limits
+    rate_checks: tuple[Check, ...] = ()  # the endpoint's rate limits that hold for this principal
+    wait_for_limits: bool = True  # a rate-limited request waits its turn; False: RateLimited at once
 
     @property
     def output_type(self) -> str:

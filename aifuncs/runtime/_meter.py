@@ -22,6 +22,9 @@ class Meter(Protocol):
     def answered(self, rows: int, failed: int = 0) -> None:
         """Rows of a batch got their answers (sent, reused or NULL); `failed` of them carry an error instead."""
 
+    def paced(self, limit: str) -> None:
+        """A request waits for its turn under a rate limit (named as `limit`, e.g. "600 calls/min")."""
+
 
 def begin_request(meters: tuple[Meter, ...]) -> None:
     """Tell every meter a request is about to go; if one refuses, the others forget it."""

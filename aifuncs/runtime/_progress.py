@@ -20,6 +20,7 @@ _INTERVAL_S = 0.5
 _QUIET_FIRST_S = 1.0
 _IDLE_END_S = 3.0
 _JSON_INTERVAL_S = 5.0
+_PACED_SHOWN_S = 5.0  # a rate limit is named while requests waited for it this recently
 
 
 class Progress:
@@ -45,6 +46,7 @@ class Progress:
         self._quiet_first_s = quiet_first_s
         self._started = time.monotonic()
         self._last_change = self._started
+        self._paced: tuple[str, float] | None = None  # the rate limit a request last waited for, and when
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._drawn = False
@@ -85,6 +87,10 @@ class Progress:
             self.failed_rows += failed
             self._last_change = time.monotonic()
 
+    def paced(self, limit: str) -> None:
+        with self._lock:
+            self._paced = (limit, time.monotonic())
+
     def expect(self, rows: int | None) -> None:
         """More rows the query will answer: enables rows left and ETA. None: unknown, so no total is shown."""
         with self._lock:
@@ -120,6 +126,9 @@ class Progress:
                 "cost_usd": round(self.cost_usd, 6),
                 "elapsed_s": round(elapsed, 1),
                 "eta_s": eta,
+                "paced_by": self._paced[0]
+                if self._paced and time.monotonic() - self._paced[1] < _PACED_SHOWN_S
+                else None,
             }
 
     def line(self) -> str:
@@ -139,6 +148,8 @@ class Progress:
                 parts.append(f"{self.tokens:,} tokens")
             if self.cost_usd:
                 parts.append(f"${self.cost_usd:,.4f}")
+            if self._paced is not None and time.monotonic() - self._paced[1] < _PACED_SHOWN_S:
+                parts.append(f"paced by {self._paced[0]}")
             parts.append(_clock(elapsed))
         return "aifuncs: " + " · ".join(parts)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 
+from aifuncs.cli.governance import add_commands as add_governance_commands
 from aifuncs.errors import AifuncsError, BudgetExceeded, JobLocked
 
 BUDGET_MESSAGE = re.compile(r"The (query|session) budget")
@@ -415,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--endpoint", help="only this endpoint's answers"
     )
     cache.set_defaults(handler=_cache)
+    add_governance_commands(commands)
     return parser
 
 

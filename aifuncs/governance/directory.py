@@ -1,0 +1,112 @@
+"""Principals and tokens, changed as someone: admins manage everyone; anyone lists and manages its own tokens.
+
+    directory = Directory(home / "catalog.db", actor)
+    directory.create_user("alice")
+    secret, token = directory.create_token("alice", days=30)   # the secret is shown this once
+
+The CLI (`aifuncs users|groups|service-principals|tokens`) and the Python API (`aifuncs.governance`) both
+come here, and so will the server's SCIM-like routes: one place decides who may change the directory.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable
+from pathlib import Path
+
+from aifuncs.errors import ConfigError, PermissionDenied
+from aifuncs.governance.principals import Principal, PrincipalStore
+from aifuncs.governance.tokens import DEFAULT_DAYS, Token, TokenStore
+
+__all__ = ["Directory"]
+
+
+class Directory:
+    def __init__(self, path: Path, actor: Principal) -> None:
+        self.path = path
+        self.actor = actor
+        self.principals = PrincipalStore(path)
+        self.tokens = TokenStore(path)
+
+    def __repr__(self) -> str:
+        return f"Directory({str(self.path)!r}, actor={self.actor.name!r})"
+
+    def _admin(self, doing: str) -> None:
+        if not self.actor.admin:
+            raise PermissionDenied(
+                f"{self.actor.name!r} may not {doing}: only an admin manages users, groups and service principals."
+                " Ask one (the OS account that owns AIFUNCS_HOME is one)."
+            )
+
+    def create_user(self, name: str, *, admin: bool = False) -> Principal:
+        self._admin(f"create the user {name!r}")
+        return self.principals.create(name, kind="user", admin=admin)
+
+    def create_service_principal(self, name: str, *, admin: bool = False) -> Principal:
+        self._admin(f"create the service principal {name!r}")
+        return self.principals.create(name, kind="service_principal", admin=admin)
+
+    def create_group(self, name: str, *, members: Iterable[str] = ()) -> Principal:
+        self._admin(f"create the group {name!r}")
+        group = self.principals.create(name, kind="group")
+        for member in members:
+            self.principals.add_member(name, member)
+        return group
+
+    def delete(self, name: str) -> None:
+        """Remove a principal: its memberships, grants and tokens go with it."""
+        self._admin(f"delete {name!r}")
+        self.principals.delete(name)
+
+    def add_member(self, group: str, member: str) -> None:
+        self._admin(f"change the members of {group!r}")
+        self.principals.add_member(group, member)
+
+    def remove_member(self, group: str, member: str) -> None:
+        self._admin(f"change the members of {group!r}")
+        self.principals.remove_member(group, member)
+
+    def members(self, group: str) -> builtins.list[str]:
+        return self.principals.members(group)
+
+    def get(self, name: str) -> Principal:
+        return self.principals.get(name)
+
+    def list(self, kind: str | None = None) -> builtins.list[Principal]:
+        return self.principals.list(kind)
+
+    def groups_of(self, name: str) -> set[str]:
+        return self.principals.groups_of(name)
+
+    def create_token(
+        self, principal: str | None = None, *, days: int | None = DEFAULT_DAYS, comment: str = ""
+    ) -> tuple[str, Token]:
+        """A token for `principal` (default: the actor itself): an admin's for anyone, anyone's for itself.
+        Returns the secret, shown this once, and its record."""
+        name = principal or self.actor.name
+        if self.actor.implicit and name == self.actor.name:
+            raise ConfigError(
+                f"{name!r} is the OS account that owns AIFUNCS_HOME and needs no token: processes without"
+                " one act as it. Make a user (aifuncs users create NAME) and a token for it."
+            )
+        if name != self.actor.name:
+            self._admin(f"make a token for {name!r}")
+        target = self.principals.get(name)
+        if target.kind == "group":
+            raise ConfigError(f"{name!r} is a group; tokens belong to users and service principals.")
+        return self.tokens.create(name, kind=target.kind, days=days, comment=comment)
+
+    def list_tokens(self, principal: str | None = None) -> builtins.list[Token]:
+        """Tokens (never their secrets): an admin sees everyone's, others their own."""
+        if self.actor.admin:
+            return self.tokens.list(principal)
+        if principal not in (None, self.actor.name):
+            raise PermissionDenied(f"{self.actor.name!r} may list only its own tokens.")
+        return self.tokens.list(self.actor.name)
+
+    def revoke_token(self, token_id: int) -> None:
+        """Revoke a token: an admin any, others their own (someone else's reads as one that does not exist)."""
+        owned = {t.id for t in self.tokens.list(None if self.actor.admin else self.actor.name)}
+        if token_id not in owned:
+            raise ConfigError(f"There is no token {token_id} of yours (aifuncs tokens list).")
+        self.tokens.revoke(token_id)

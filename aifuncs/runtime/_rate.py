@@ -1,0 +1,85 @@
+"""Rate limits on the request path: every model request is admitted under its endpoint's limits first.
+
+A batch query waits its turn (the limiter says how long), so a million rows under 600 calls a minute run at
+600 a minute; a caller that asked not to wait gets `RateLimited` with the real wait. Token limits reserve
+an estimate when the request leaves, the prompt's (characters + 1) / 4 plus `max_tokens` per row, and
+settle to the tokens the model reports (or the same estimate of its reply when it reports none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aifuncs._home import home
+from aifuncs.errors import RateLimited
+from aifuncs.governance.limits import Limiter, Reservation
+from aifuncs.providers.base import Prediction
+from aifuncs.runtime._call import CallSpec
+
+DEFAULT_MAX_TOKENS = 256  # a chat request's reply budget when the call sets no max_tokens
+
+
+def _chars(values: pa.Array) -> int:
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return int(pc.sum(pc.utf8_length(values)).as_py() or 0)
+    return sum(len(str(v)) for v in values.to_pylist() if v is not None)
+
+
+def estimate_tokens(call: CallSpec, chunk: pa.Array, returns_text: bool) -> int:
+    """What a request may cost in tokens, before it is sent."""
+    prompt = (_chars(chunk) + len(chunk)) // 4
+    reply = (call.parameters or {}).get("max_tokens") or (DEFAULT_MAX_TOKENS if returns_text else 0)
+    return prompt + int(reply) * len(chunk)
+
+
+def used_tokens(output: Any, chunk: pa.Array) -> int:
+    """What a request cost: the model's own count, else (characters + 1) / 4 of the prompt and the reply."""
+    if isinstance(output, Prediction) and output.input_tokens is not None:
+        return output.input_tokens + (output.output_tokens or 0)
+    outputs = output.outputs if isinstance(output, Prediction) else output
+    reply = outputs if isinstance(outputs, pa.Array) else pa.array([str(v) for v in list(outputs or [])])
+    return (_chars(chunk) + len(chunk)) // 4 + (_chars(reply) + len(reply)) // 4
+
+
+class RateGate:
+    """The runtime's door to the shared limiter of each AIFUNCS_HOME."""
+
+    def __init__(self) -> None:
+        self._limiters: dict[Path, Limiter] = {}
+
+    def _limiter(self) -> Limiter:
+        path = home() / "limits.db"
+        found = self._limiters.get(path)
+        if found is None:
+            found = self._limiters[path] = Limiter(path)
+        return found
+
+    async def admit(self, call: CallSpec, chunk: pa.Array, returns_text: bool) -> Reservation | None:
+        """Take the request's place under every limit that holds for its principal, waiting while full."""
+        if not call.rate_checks:
+            return None
+        counts_tokens = any(b.unit == "tokens" for check in call.rate_checks for b in check.any_of)
+        tokens = estimate_tokens(call, chunk, returns_text) if counts_tokens else 0
+        limiter = self._limiter()
+        while True:
+            answer = limiter.try_acquire(call.rate_checks, tokens)
+            if isinstance(answer, Reservation):
+                return answer
+            if not call.wait_for_limits:
+                raise RateLimited(
+                    f"Endpoint {call.endpoint.name!r} is rate limited ({answer.label}): the next request fits in"
+                    f" {answer.wait_s:.2f} s. Wait and retry, or let the query wait its turn.",
+                    answer.wait_s,
+                )
+            for meter in call.meters:
+                meter.paced(answer.label)
+            await asyncio.sleep(answer.wait_s)
+
+    def settle(self, reservation: Reservation | None, output: Any, chunk: pa.Array) -> None:
+        if reservation is not None and reservation.buckets:
+            self._limiter().settle(reservation, used_tokens(output, chunk))

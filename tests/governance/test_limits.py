@@ -1,0 +1,289 @@
+"""Rate limits: the AI gateway shape checked, Databricks' precedence against a small reference model, GCRA
+exact across real processes, token reservations settled, and a query paced by a limit."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+import sample_models
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import aifuncs
+import aifuncs.governance as gov
+from aifuncs.engines.duckdb import sql_each
+from aifuncs.errors import ConfigError, RateLimited
+from aifuncs.governance import limits as limits_module
+from aifuncs.governance.limits import Limiter, RateLimit, Reservation, applicable, parse_limits
+from aifuncs.governance.principals import Principal, PrincipalStore
+from aifuncs.planner import bind_call
+from aifuncs.runtime import default_runtime
+from aifuncs.runtime._progress import Progress
+
+
+@pytest.fixture
+def directory(home: Path) -> PrincipalStore:
+    store = PrincipalStore(home / "catalog.db")
+    store.create("alice")
+    store.create("analysts", kind="group")
+    store.create("etl", kind="service_principal")
+    return store
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([{"key": "user"}], "sets neither calls nor tokens"),
+        ([{"calls": 0}], "calls must be a positive whole number"),
+        ([{"calls": 10, "renewal_period": "hour"}], "renewal_period is 'minute'"),
+        ([{"calls": 10, "key": "team"}], "key is one of endpoint, user, user_group, service_principal"),
+        ([{"calls": 10, "key": "user_group"}], "names its group"),
+        ([{"calls": 10, "key": "endpoint", "principal": "alice"}], "drop principal"),
+        ([{"calls": 10, "key": "user_group", "principal": "alice"}], "'alice' is a user; a user_group limit"),
+        (
+            [{"calls": 10, "key": "user", "principal": "nobody"}],
+            "no user, group or service principal 'nobody'",
+        ),
+        ([{"calls": 10, "qpm": 3}], "unknown fields \\['qpm'\\]"),
+        ([{"calls": 1}, {"tokens": 5, "key": "endpoint"}], "repeated: endpoint"),
+        ([{"calls": 1, "key": "user", "principal": f"u{i}"} for i in range(21)], "at most 20 rate limits"),
+        (
+            [{"calls": 1, "key": "user_group", "principal": f"g{i}"} for i in range(6)],
+            "at most 5 group limits",
+        ),
+        ({"calls": 1}, "rate_limits is a list"),
+    ],
+)
+def test_bad_limits_are_refused_whole(directory: PrincipalStore, entries: object, message: str) -> None:
+    store = None if "at most" in message else directory  # the counts are checked before names would be
+    with pytest.raises(ConfigError, match=message):
+        parse_limits(entries, store)
+
+
+def test_limits_are_set_as_the_ai_gateway_and_checked_whole(home: Path) -> None:
+    gov.create_group("analysts")
+    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    limits = [
+        {"calls": 600, "key": "endpoint"},
+        {"tokens": 5000, "key": "user_group", "principal": "analysts"},
+    ]
+    assert aifuncs.endpoints.set_rate_limits("doubler", limits) == [
+        {"calls": 600, "key": "endpoint", "renewal_period": "minute"},
+        {"tokens": 5000, "key": "user_group", "principal": "analysts", "renewal_period": "minute"},
+    ]
+    with pytest.raises(ConfigError, match="sets neither calls nor tokens"):
+        aifuncs.endpoints.set_rate_limits("doubler", [{"calls": 5, "key": "user"}, {"key": "endpoint"}])
+    with pytest.raises(ConfigError, match="Unsupported AI gateway settings \\['guardrails'\\]"):
+        aifuncs.endpoints.put_ai_gateway("doubler", {"guardrails": {}})
+    assert len(aifuncs.endpoints.get_ai_gateway("doubler")["rate_limits"]) == 2  # unchanged by the refusals
+    aifuncs.endpoints.delete("doubler")
+    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    assert aifuncs.endpoints.get_ai_gateway("doubler")["rate_limits"] == []  # went with the endpoint
+
+
+# --- precedence: how many calls a principal gets at one instant, against a small reference model ---------
+
+PRINCIPALS = ["alice", "bob", "etl"]
+GROUPS = ["g1", "g2", "g3"]
+
+
+def reference_capacity(limits: list[RateLimit], name: str, groups: set[str]) -> float:
+    """Calls admitted at one instant from empty buckets: Databricks' precedence spelled out plainly."""
+    cap = float("inf")
+    for limit in limits:
+        if limit.key == "endpoint" and limit.calls:
+            cap = min(cap, limit.burst or 1)
+    own = [x for x in limits if x.key in ("user", "service_principal") and x.principal == name]
+    mine = [x for x in limits if x.key == "user_group" and x.principal in groups]
+    default = [x for x in limits if x.key == "user" and x.principal is None]
+    if own:
+        personal = min((x.burst or 1) for x in own if x.calls) if any(x.calls for x in own) else float("inf")
+    elif mine:
+        with_calls = [x for x in mine if x.calls]
+        # a member of several limited groups is held back only when all of them are spent
+        personal = sum((x.burst or 1) for x in with_calls) if with_calls else float("inf")
+    elif default and default[0].calls:
+        personal = default[0].burst or 1
+    else:
+        personal = float("inf")
+    return min(cap, personal)
+
+
+limit_strategy = st.builds(
+    lambda key, user, group, calls, tokens, burst: RateLimit(
+        key,
+        calls or (60 if not tokens else None),  # at least one of the two, as parse_limits insists
+        tokens,
+        {"endpoint": None, "user": user, "user_group": group, "service_principal": "etl"}[key],
+        "minute",
+        burst,
+    ),
+    st.sampled_from(["endpoint", "user", "user_group", "service_principal"]),
+    st.sampled_from(["alice", "bob", None]),  # None: the per-user default
+    st.sampled_from(GROUPS),
+    st.sampled_from([None, 60]),
+    st.sampled_from([None, 100_000]),
+    st.integers(1, 4),
+)
+counter = itertools.count()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limits=st.lists(limit_strategy, max_size=6).map(
+        lambda xs: list({(x.key, x.principal): x for x in xs}.values())  # one limit per scope
+    ),
+    name=st.sampled_from(PRINCIPALS),
+    groups=st.sets(st.sampled_from(GROUPS)),
+)
+def test_precedence_matches_the_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: list[RateLimit], name: str, groups: set[str]
+) -> None:
+    monkeypatch.setattr(limits_module.time, "time", lambda: 1_000_000.0)  # one instant: no refill
+    limiter = Limiter(tmp_path / f"limits-{next(counter)}.db")
+    checks = applicable("ep", limits, Principal(name, "user"), groups)
+    admitted = 0
+    while admitted < 50 and isinstance(limiter.try_acquire(checks, 0), Reservation):  # calls only
+        admitted += 1
+    expected = reference_capacity(limits, name, groups)
+    assert admitted == (50 if expected == float("inf") else expected)
+
+
+def test_a_refusal_takes_nothing_and_names_the_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1_000_000.0]
+    monkeypatch.setattr(limits_module.time, "time", lambda: clock[0])
+    limiter = Limiter(tmp_path / "limits.db")
+    checks = applicable(
+        "ep",
+        [RateLimit("endpoint", calls=60, burst=1), RateLimit("user", calls=6, burst=1)],
+        Principal("alice", "user"),
+        (),
+    )
+    assert isinstance(limiter.try_acquire(checks, 0), Reservation)
+    refusal = limiter.try_acquire(checks, 0)
+    assert not isinstance(refusal, Reservation)
+    assert refusal.wait_s == pytest.approx(10.0) and refusal.label == "the per-user 6 calls/min"
+    clock[0] += 1.0  # the endpoint's bucket has room again; the user's has not: nothing may be taken from it
+    other = applicable("ep", [RateLimit("endpoint", calls=60, burst=1)], Principal("bob", "user"), ())
+    assert isinstance(limiter.try_acquire(other, 0), Reservation)
+
+
+def test_token_limits_reserve_the_estimate_and_settle_to_the_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1_000_000.0]
+    monkeypatch.setattr(limits_module.time, "time", lambda: clock[0])
+    limiter = Limiter(tmp_path / "limits.db")
+    checks = applicable("ep", [RateLimit("endpoint", tokens=1000)], Principal("alice", "user"), ())
+    # 50 concurrent requests of ~100 tokens against 1,000 TPM: never more than a minute's worth starts
+    started = [r for r in (limiter.try_acquire(checks, 100) for _ in range(50)) if isinstance(r, Reservation)]
+    assert 1 <= len(started) <= 10
+    clock[0] += 6.0 * len(started)  # the reservations drain at 1,000 tokens a minute
+    first = limiter.try_acquire(checks, 100)
+    assert isinstance(first, Reservation)
+    assert not isinstance(limiter.try_acquire(checks, 100), Reservation)
+    assert limiter.try_acquire(checks, 80).wait_s == pytest.approx(6.0)  # type: ignore[union-attr]
+    limiter.settle(first, 10)  # the model used 10 tokens, not 100: the other 90 come back at once
+    assert limiter.try_acquire(checks, 80).wait_s == pytest.approx(0.6)  # type: ignore[union-attr]
+
+
+HAMMER = """
+import json, sys, time
+from pathlib import Path
+from aifuncs.governance.limits import Limiter, RateLimit, Reservation, applicable
+from aifuncs.governance.principals import Principal
+path, start, stop = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+limiter = Limiter(path)
+checks = applicable("ep", [RateLimit("endpoint", calls=600, burst=10)], Principal("p", "user"), ())
+limiter.try_acquire(applicable("warm", [RateLimit("endpoint", calls=1)], Principal("p", "user"), ()), 0)
+while time.time() < start:
+    time.sleep(0.001)
+admitted, asked, first, last = 0, 0, None, None
+while (asked_at := time.time()) < stop:
+    asked += 1
+    if isinstance(limiter.try_acquire(checks, 0), Reservation):
+        admitted += 1
+        first = first or asked_at  # no later than the admission itself
+        last = time.time()  # no earlier than it
+print(json.dumps({"admitted": admitted, "asked": asked, "first": first, "last": last}))
+"""
+
+
+def test_four_processes_share_one_exact_limit(tmp_path: Path) -> None:
+    start = time.time() + 1.5  # all four are running before the window opens
+    stop = start + 3.0
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", HAMMER, str(tmp_path / "limits.db"), str(start), str(stop)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [json.loads(w.communicate(timeout=60)[0]) for w in workers]
+    admitted = sum(r["admitted"] for r in results)
+    first = min(r["first"] for r in results if r["first"])
+    last = max(r["last"] for r in results if r["last"])
+    assert sum(r["asked"] for r in results) > 1000  # hammered, not trickled
+    # GCRA's promise over the span the admissions fall in: burst + rate x time, never one more
+    assert admitted <= 10 + (last - first) * 10 + 1e-6, (admitted, last - first)
+    assert admitted >= 10 + (stop - first) * 10 - 1.5, (admitted, stop - first)  # and nothing withheld
+    assert 39 <= admitted <= 41
+
+
+def test_a_query_waits_its_turn_or_fails_fast(con: object) -> None:
+    aifuncs.endpoints.create(
+        "doubler", kind="python", function="sample_models:doubled", returns="DOUBLE", max_batch_rows=1
+    )
+    aifuncs.endpoints.set_rate_limits("doubler", [{"calls": 600, "key": "user", "burst": 1}])
+    sample_models.CALLS.clear()
+    began = time.monotonic()
+    rows = aifuncs.sql(con, "SELECT ai_query('doubler', i::DOUBLE, cache => false) FROM range(12) t(i)")
+    assert sorted(r[0] for r in rows.fetchall()) == [2.0 * i for i in range(12)]
+    elapsed = time.monotonic() - began
+    assert elapsed >= 11 * 0.1 * 0.95  # 12 requests at 10 a second: the first at once, then one per 0.1 s
+    aifuncs.endpoints.set_rate_limits("doubler", [{"calls": 1, "key": "user"}])
+    one = "SELECT ai_query('doubler', 1.0::DOUBLE, cache => false)"
+    assert aifuncs.sql(con, one, wait_for_limits=False).fetchall() == [(2.0,)]
+    calls = len(sample_models.CALLS)
+    with pytest.raises(duckdb.Error) as refused:  # the bucket is spent: a caller that will not wait hears why
+        aifuncs.sql(con, one, wait_for_limits=False).fetchall()
+    found = re.search(
+        r"rate limited \(the per-user 1 calls/min\): the next request fits in ([\d.]+) s", str(refused.value)
+    )
+    assert found is not None and 55 < float(found[1]) <= 60, str(refused.value)
+    call = bind_call("ai_query", "doubler", pa.float64(), cache=False, wait_for_limits=False)
+    with pytest.raises(RateLimited) as typed:  # the runtime's direct callers (the server) get the type
+        default_runtime().run_call(call, pa.array([5.0]))
+    assert 55 < typed.value.wait_s <= 60
+    assert len(sample_models.CALLS) == calls
+    assert len(sample_models.CALLS) == calls
+
+
+def test_explain_and_progress_tell_when_a_limit_paces_the_query(con: duckdb.DuckDBPyConnection) -> None:
+    aifuncs.endpoints.create(
+        "doubler", kind="python", function="sample_models:doubled", returns="DOUBLE", max_batch_rows=10
+    )
+    aifuncs.endpoints.set_rate_limits("doubler", [{"calls": 600, "key": "endpoint"}])
+    explained = aifuncs.explain(con, "SELECT ai_query('doubler', i::DOUBLE) FROM range(170000) t(i)")
+    (call,) = explained.calls
+    assert call.model_requests == 17_000 and call.paced_minutes == pytest.approx(
+        (17_000 - 10) / 600, rel=1e-3
+    )
+    assert "rate limited: ~28 min at 600 calls/min (the endpoint's 600 calls/min)" in str(explained)
+    progress = Progress(None)
+    aifuncs.endpoints.set_rate_limits("doubler", [{"calls": 60, "key": "endpoint", "burst": 1}])
+    query = "SELECT ai_query('doubler', i::DOUBLE, cache => false) FROM range(20) t(i)"
+    for _, relation in sql_each(con, query, progress=progress):
+        assert relation is not None and len(relation.fetchall()) == 20
+    assert progress.snapshot()["paced_by"] == "the endpoint's 60 calls/min"
+    assert "paced by the endpoint's 60 calls/min" in progress.line()
