@@ -52,6 +52,7 @@ bench: venv test-servers
 	$(BIN)/python tests/bench/bench_llama_cpp.py
 	$(BIN)/python tests/bench/bench_quality.py
 	$(BIN)/python tests/bench/bench_pandas.py
+	$(BIN)/python tests/bench/bench_governance.py
 
 clean:
 	rm -rf $(VENV) .aifuncs-demo .pytest_cache .mypy_cache .ruff_cache

@@ -58,3 +58,8 @@ class SumAndLabel(mlflow.pyfunc.PythonModel):
         if (model_input["x"] < 0).any():
             raise ValueError("x must not be negative")
         return pd.DataFrame({"total": total, "label": np.where(total > 10, "big", "small")})
+
+
+def shouted(values: pa.Array) -> pa.Array:
+    """Text in, text out: the request in capitals."""
+    return pa.compute.utf8_upper(values)

@@ -27,6 +27,7 @@ from aifuncs._home import home
 from aifuncs.catalog._store import SqliteStore
 from aifuncs.errors import ConfigError, EndpointExists, PermissionDenied, UnknownEndpoint
 from aifuncs.governance import Principal, current, policy
+from aifuncs.governance.audit import AuditLog
 from aifuncs.governance.limits import Check, applicable, parse_limits
 from aifuncs.governance.permissions import PermissionStore
 from aifuncs.providers import provider_class
@@ -76,13 +77,14 @@ class Catalog:
         self._store = SqliteStore(self.path)
         self._permissions = PermissionStore(self.path)
         self._permissions.ensure_schema()
+        self._audit = AuditLog(self.path)
         self._principal = principal
 
     def acting_as(self, principal: Principal) -> Catalog:
         """The same catalog, seen and changed as `principal` (a server's request, a connection's owner)."""
         view = Catalog.__new__(Catalog)
-        view.path, view._store, view._permissions, view._principal = (
-            self.path, self._store, self._permissions, principal
+        view.path, view._store, view._permissions, view._audit, view._principal = (
+            self.path, self._store, self._permissions, self._audit, principal
         )  # fmt: skip
         return view
 
@@ -122,7 +124,11 @@ class Catalog:
                 # taken by an endpoint this principal may not see: say so without saying what it is
                 raise EndpointExists(f"The name {name!r} is taken; choose another.")
             raise EndpointExists(f"Endpoint {name!r} already exists; use update() to change it.")
+        self._note("endpoints.create", name, kind=kind, options=endpoint.options)
         return self.get(name)
+
+    def _note(self, action: str, target: str, **details: Any) -> None:
+        self._audit.record(self.principal.name, action, target, details)
 
     def _creator_grant(self, name: str, principal: Principal) -> Any:
         if principal.implicit:  # the home's owner is an admin: CAN_MANAGE everywhere already
@@ -145,6 +151,14 @@ class Catalog:
         principal = self.principal
         return names if principal.admin else policy.viewable(self._permissions, principal, names)
 
+    def managed_names(self) -> builtins.list[str]:
+        """The endpoints the principal may manage."""
+        names = self._store.names()
+        principal = self.principal
+        if principal.admin:
+            return names
+        return [n for n in names if self._permissions.effective(n, principal) == "CAN_MANAGE"]
+
     def update(
         self, name: str, *, description: str | None = None, replace: bool = False, **options: Any
     ) -> Endpoint:
@@ -161,6 +175,7 @@ class Catalog:
         result = self._store.replace(updated)
         if result is None:  # deleted by another process in between
             raise UnknownEndpoint(name, self.names())
+        self._note("endpoints.update", result.name, version=result.version, options=merged)
         return result
 
     def delete(self, name: str) -> None:
@@ -169,6 +184,7 @@ class Catalog:
             endpoint.name, also=lambda db: PermissionStore.revoke_all(db, endpoint.name)
         ):
             raise UnknownEndpoint(name, self.names())
+        self._note("endpoints.delete", endpoint.name)
 
     def versions(self, name: str) -> builtins.list[dict[str, Any]]:
         endpoint = self.authorize(name, "view")
@@ -210,6 +226,7 @@ class Catalog:
         """Replace the endpoint's grants (Databricks' PUT): all entries are checked before any is written."""
         endpoint = self.authorize(name, "manage")
         self._permissions.set_acl(endpoint.name, access_control_list)
+        self._note("permissions.set", endpoint.name, access_control_list=access_control_list)
         return self.get_permissions(endpoint.name)
 
     def update_permissions(
@@ -218,6 +235,7 @@ class Catalog:
         """Add or change grants, keeping the others (Databricks' PATCH)."""
         endpoint = self.authorize(name, "manage")
         self._permissions.update_acl(endpoint.name, access_control_list)
+        self._note("permissions.update", endpoint.name, access_control_list=access_control_list)
         return self.get_permissions(endpoint.name)
 
     def get_ai_gateway(self, name: str) -> dict[str, Any]:
@@ -239,6 +257,7 @@ class Catalog:
         stored = {"rate_limits": [limit.to_dict() for limit in limits]}
         if not self._store.set_gateway(endpoint.name, stored):
             raise UnknownEndpoint(name, self.names())
+        self._note("ai-gateway.put", endpoint.name, **stored)
         return self.get_ai_gateway(endpoint.name)
 
     def set_rate_limits(
@@ -270,6 +289,7 @@ class Catalog:
         if name is not None:
             name = self.get(name).name
         self._store.set_default(role, name)
+        self._note("defaults.set", role, endpoint=name)
 
     def configured_default(self, role: str) -> str | None:
         """The endpoint set for a role, None while the built-in one stands in."""

@@ -1,4 +1,5 @@
-"""`aifuncs whoami|users|groups|service-principals|tokens|permissions`: the directory and endpoint grants.
+"""`aifuncs whoami|users|groups|service-principals|tokens|permissions|audit`: the directory, endpoint grants and
+the audit log.
 
 Each acts as the process's identity (`AIFUNCS_TOKEN`, else the OS account owning AIFUNCS_HOME) and goes
 through the same checks as the Python API.
@@ -156,6 +157,32 @@ def _permissions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from aifuncs import governance
+
+    if args.action == "verify":
+        broken = governance.verify_audit()
+        entries = governance.AuditLog(governance.directory().path).entries()
+        if broken is not None:
+            print(
+                f"The audit log is broken at entry {broken}: it was changed or removed after it was written."
+            )
+            return 1
+        last = entries[-1].hash if entries else "none"
+        print(f"The audit log is intact: {len(entries):,} entries, latest hash {last}.")
+        return 0
+    entries = governance.audit_log(args.actor)
+    if args.json:
+        print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
+    elif not entries:
+        print("No audit entries.")
+    for entry in [] if args.json else entries:
+        print(
+            f"{entry.id:>6}  {entry.ts}  {entry.actor:20} {entry.action:26} {entry.target}  {json.dumps(entry.details)}"
+        )
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     """Register the governance commands on the main parser's subparsers."""
     whoami = commands.add_parser("whoami", help="the principal this process acts as")
@@ -211,3 +238,15 @@ def add_commands(commands: Any) -> None:
         change.add_argument("--acl", metavar="JSON", help="Databricks' access_control_list as JSON")
         change.add_argument("--json", action="store_true")
     permissions.set_defaults(handler=_permissions)
+
+    audit = commands.add_parser(
+        "audit", help="the log of every change to principals, tokens, grants and limits"
+    )
+    audit_actions = audit.add_subparsers(dest="action", required=True)
+    audit_list = audit_actions.add_parser(
+        "list", help="entries, oldest first (yours, or everyone's for an admin)"
+    )
+    audit_list.add_argument("--actor", metavar="NAME", help="only this principal's changes")
+    audit_list.add_argument("--json", action="store_true")
+    audit_actions.add_parser("verify", help="check the hash chain; prints the latest hash")
+    audit.set_defaults(handler=_audit)

@@ -15,7 +15,7 @@ import re
 import secrets
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,8 +34,8 @@ from aifuncs._types import arrow_type, to_arrow
 from aifuncs.catalog import Endpoint, default_catalog
 from aifuncs.engines import _indexes as indexes
 from aifuncs.engines._explain import explain_calls
-from aifuncs.errors import AifuncsError, ConfigError, DatabaseLocked
-from aifuncs.governance import Identity, current, identify
+from aifuncs.errors import AifuncsError, ArgumentError, ConfigError, DatabaseLocked
+from aifuncs.governance import AuditLog, Identity, current, identify
 from aifuncs.planner import (
     EngineHooks,
     PlannedStatement,
@@ -46,7 +46,7 @@ from aifuncs.planner import (
     split_statements,
 )
 from aifuncs.planner._cost import CallEstimate, measurable, render
-from aifuncs.runtime import Budget, CallSpec, Meter, Runtime, default_runtime, session_budget
+from aifuncs.runtime import Budget, CallSpec, Meter, RequestContext, Runtime, default_runtime, session_budget
 from aifuncs.runtime._progress import Progress
 
 __all__ = ["connect", "install", "returns_rows", "sql", "sql_each"]
@@ -61,7 +61,9 @@ ENDPOINTS_TYPE = (
 USAGE_TYPE = (
     "STRUCT(ts TIMESTAMP, endpoint VARCHAR, endpoint_version INTEGER, kind VARCHAR, function VARCHAR,"
     " rows INTEGER, input_tokens BIGINT, output_tokens BIGINT, latency_ms DOUBLE, status VARCHAR,"
-    " attempts INTEGER, error VARCHAR)[]"
+    " attempts INTEGER, error VARCHAR, request_id VARCHAR, requester VARCHAR, origin VARCHAR,"
+    " client_request_id VARCHAR, usage_context VARCHAR, status_code INTEGER, input_chars BIGINT,"
+    " output_chars BIGINT, served_entity VARCHAR)[]"
 )
 
 
@@ -140,9 +142,10 @@ def install(
         "VARCHAR",
     )
     _udf(con, "__aifuncs_endpoints", _endpoints_snapshot(identity), [], ENDPOINTS_TYPE)
-    _udf(con, "__aifuncs_usage", _usage_snapshot(runtime), [], USAGE_TYPE)
+    _udf(con, "__aifuncs_usage", _usage_snapshot(runtime, identity), [], USAGE_TYPE)
     _udf(con, "__aifuncs_runs", _runs_snapshot, [], RUNS_TYPE)
     _udf(con, "__aifuncs_permissions", _permissions_snapshot(identity), [], PERMISSIONS_TYPE)
+    _udf(con, "__aifuncs_audit", _audit_snapshot(identity), [], AUDIT_TYPE)
     for script in ("functions.sql", "system_tables.sql"):
         con.execute((resource_dir("sql") / script).read_text())
     return con
@@ -177,6 +180,9 @@ def sql(
     max_cost_usd: float | None = None,
     progress: bool | None = None,
     wait_for_limits: bool = True,
+    usage_context: Mapping[str, str] | None = None,
+    client_request_id: str | None = None,
+    origin: str = "sql",
 ) -> duckdb.DuckDBPyRelation | None:
     """Run a query with AI functions; returns the relation of the last statement (None for DDL).
 
@@ -185,12 +191,16 @@ def sql(
     reaches a limit while running stops sending requests (with what it received kept). `progress` draws a
     progress line on stderr: by default when stderr is a terminal. Requests an endpoint's rate limits hold
     back wait their turn; `wait_for_limits=False` raises RateLimited (with the wait) instead.
+    `usage_context` (labels, e.g. {"team": "growth"}) and `client_request_id` go with every request into
+    the usage log (`aifuncs_usage`, `aifuncs_endpoint_usage`), with `origin` (sql; pandas and jobs say so).
     """
     result = None
     budget = Budget(max_requests, max_tokens, max_cost_usd)
+    context = request_context(origin, usage_context, client_request_id)
     stream = sql_each(
-        con, query, dialect=dialect, budget=budget, progress=progress, wait_for_limits=wait_for_limits
-    )
+        con, query, dialect=dialect, budget=budget, progress=progress, wait_for_limits=wait_for_limits,
+        context=context,
+    )  # fmt: skip
     for _, relation in stream:
         result = relation
     return result
@@ -226,11 +236,14 @@ def sql_each(
     budget: Budget | None = None,
     progress: bool | Progress | None = None,
     wait_for_limits: bool = True,
+    context: RequestContext | None = None,
 ) -> Iterator[tuple[str, duckdb.DuckDBPyRelation | None]]:
     """Run the statements of a query one by one, yielding each one's text and relation."""
     install(con)
     identity_of(con).recheck()  # a token revoked since the connection opened stops here
-    hooks = dataclasses.replace(_hooks(con), wait_for_limits=wait_for_limits)
+    hooks = dataclasses.replace(
+        _hooks(con), wait_for_limits=wait_for_limits, context=context or RequestContext()
+    )
     budgets = tuple(b for b in (budget, session_budget()) if b is not None and b.limited)
     if budgets:
         _check_estimate(con, query, dialect, hooks, budgets)
@@ -254,6 +267,25 @@ def sql_each(
         if line is not None and ran_to_the_end:
             line.finish()
         default_runtime().usage.query_done()
+
+
+def request_context(
+    origin: str, usage_context: Mapping[str, str] | None = None, client_request_id: str | None = None
+) -> RequestContext:
+    """The usage log's account of where a query comes from, its labels checked."""
+    if usage_context is not None and not isinstance(usage_context, Mapping):
+        raise ArgumentError(
+            f"usage_context is a map of names to texts, e.g. {{'team': 'growth'}}, not {usage_context!r}."
+        )
+    labels = dict(usage_context or {})
+    wrong = [k for k, v in labels.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if wrong:
+        raise ArgumentError(
+            f"usage_context maps texts to texts; these keys do not: {wrong}. Convert the values with str()."
+        )
+    if client_request_id is not None and not isinstance(client_request_id, str):
+        raise ArgumentError(f"client_request_id is a text, not {client_request_id!r}.")
+    return RequestContext(origin, client_request_id, tuple(sorted(labels.items())))
 
 
 _ROW_KEYWORDS = {"SELECT", "WITH", "FROM", "VALUES", "TABLE", "DESCRIBE", "SHOW", "SUMMARIZE", "EXPLAIN", "PIVOT",
@@ -438,6 +470,7 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
                 call.principal.name if call.principal else None,
                 call.rate_checks,
                 call.wait_for_limits,
+                call.context,
                 [id(m) for m in call.meters],  # budgets and progress are bound into the function
                 request_ddl,
             ],
@@ -583,12 +616,39 @@ def _runs_snapshot() -> pa.Array:
     return pa.array([rows], arrow_type(RUNS_TYPE))
 
 
-def _usage_snapshot(runtime: Runtime) -> Callable[[], pa.Array]:
+def _usage_snapshot(runtime: Runtime, identity: Identity) -> Callable[[], pa.Array]:
+    """The usage log as `identity` may read it: its own requests, all of the endpoints it manages; an
+    admin everything."""
+
     def snapshot() -> pa.Array:
         rows = runtime.usage.read()
+        principal = identity.principal
+        if not principal.admin:
+            managed = set(default_catalog().acting_as(principal).managed_names())
+            rows = [r for r in rows if r["requester"] == principal.name or r["endpoint"] in managed]
         for row in rows:
             row["ts"] = datetime.fromisoformat(row["ts"]).replace(tzinfo=None)
         return pa.array([rows], arrow_type(USAGE_TYPE))
+
+    return snapshot
+
+
+AUDIT_TYPE = (
+    "STRUCT(id BIGINT, ts TIMESTAMP, actor VARCHAR, action VARCHAR, target VARCHAR, details VARCHAR,"
+    " hash VARCHAR)[]"
+)
+
+
+def _audit_snapshot(identity: Identity) -> Callable[[], pa.Array]:
+    def snapshot() -> pa.Array:
+        me = identity.principal
+        entries = AuditLog(identity.home / "catalog.db").entries(None if me.admin else me.name)
+        rows = [
+            {**dataclasses.asdict(e), "details": json.dumps(e.details, sort_keys=True),
+             "ts": datetime.fromisoformat(e.ts).replace(tzinfo=None)}
+            for e in entries
+        ]  # fmt: skip
+        return pa.array([rows], arrow_type(AUDIT_TYPE))
 
     return snapshot
 

@@ -361,7 +361,7 @@ def _select(
     con = _connection()
     con.register(_FRAME, table)
     try:
-        relation = run_sql(con, select.sql("duckdb"), **budget)
+        relation = run_sql(con, select.sql("duckdb"), origin="pandas", **budget)
         assert relation is not None
         return relation.to_arrow_table()
     finally:

@@ -6,7 +6,8 @@
     aifuncs.endpoints.update_permissions("churn", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
 
 Principals (`principals.py`), their tokens (`tokens.py`), who a process acts as (`identity.py`), endpoint
-permissions (`permissions.py`) and the one policy check (`policy.py`), all in the catalog's SQLite file.
+permissions (`permissions.py`), the one policy check (`policy.py`), rate limits (`limits.py`) and the audit log
+of every change (`audit.py`), all in the catalog's SQLite file (the limiter's buckets in `limits.db`).
 The functions here act as the process's identity (`AIFUNCS_TOKEN`, else the OS account owning AIFUNCS_HOME,
 an admin of it); `Directory` changes principals and tokens as any identity (a server's request).
 """
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 
 from aifuncs._home import home
 from aifuncs.governance import policy
+from aifuncs.governance.audit import AuditEntry, AuditLog
 from aifuncs.governance.directory import Directory
 from aifuncs.governance.identity import Identity, current, identify
 from aifuncs.governance.permissions import LEVELS, PermissionStore, level_allows
@@ -25,6 +27,10 @@ from aifuncs.governance.tokens import DEFAULT_DAYS, InvalidToken, Token, TokenSt
 
 __all__ = [
     "LEVELS",
+    "AuditEntry",
+    "AuditLog",
+    "audit_log",
+    "verify_audit",
     "Directory",
     "Identity",
     "InvalidToken",
@@ -54,6 +60,18 @@ __all__ = [
     "revoke_token",
     "whoami",
 ]
+
+
+def audit_log(actor: str | None = None) -> list[AuditEntry]:
+    """The audit log's entries: an admin reads all (or `actor`'s), anyone else only its own."""
+    me = current().principal
+    log = AuditLog(home() / "catalog.db")
+    return log.entries(actor if me.admin else me.name)
+
+
+def verify_audit() -> int | None:
+    """The first audit entry that breaks the hash chain (changed or removed), None when the log is intact."""
+    return AuditLog(home() / "catalog.db").verify()
 
 
 def directory() -> Directory:

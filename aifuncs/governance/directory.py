@@ -13,8 +13,10 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from aifuncs.errors import ConfigError, PermissionDenied
+from aifuncs.governance.audit import AuditLog
 from aifuncs.governance.principals import Principal, PrincipalStore
 from aifuncs.governance.tokens import DEFAULT_DAYS, Token, TokenStore
 
@@ -27,6 +29,10 @@ class Directory:
         self.actor = actor
         self.principals = PrincipalStore(path)
         self.tokens = TokenStore(path)
+        self.audit = AuditLog(path)
+
+    def _note(self, action: str, target: str, **details: Any) -> None:
+        self.audit.record(self.actor.name, action, target, details)
 
     def __repr__(self) -> str:
         return f"Directory({str(self.path)!r}, actor={self.actor.name!r})"
@@ -40,31 +46,40 @@ class Directory:
 
     def create_user(self, name: str, *, admin: bool = False) -> Principal:
         self._admin(f"create the user {name!r}")
-        return self.principals.create(name, kind="user", admin=admin)
+        created = self.principals.create(name, kind="user", admin=admin)
+        self._note("users.create", name, admin=admin)
+        return created
 
     def create_service_principal(self, name: str, *, admin: bool = False) -> Principal:
         self._admin(f"create the service principal {name!r}")
-        return self.principals.create(name, kind="service_principal", admin=admin)
+        created = self.principals.create(name, kind="service_principal", admin=admin)
+        self._note("service-principals.create", name, admin=admin)
+        return created
 
     def create_group(self, name: str, *, members: Iterable[str] = ()) -> Principal:
         self._admin(f"create the group {name!r}")
         group = self.principals.create(name, kind="group")
+        self._note("groups.create", name)
         for member in members:
-            self.principals.add_member(name, member)
+            self.add_member(name, member)
         return group
 
     def delete(self, name: str) -> None:
         """Remove a principal: its memberships, grants and tokens go with it."""
         self._admin(f"delete {name!r}")
+        kind = self.principals.get(name).kind
         self.principals.delete(name)
+        self._note("principals.delete", name, kind=kind)
 
     def add_member(self, group: str, member: str) -> None:
         self._admin(f"change the members of {group!r}")
         self.principals.add_member(group, member)
+        self._note("groups.add-member", group, member=member)
 
     def remove_member(self, group: str, member: str) -> None:
         self._admin(f"change the members of {group!r}")
         self.principals.remove_member(group, member)
+        self._note("groups.remove-member", group, member=member)
 
     def members(self, group: str) -> builtins.list[str]:
         return self.principals.members(group)
@@ -94,7 +109,11 @@ class Directory:
         target = self.principals.get(name)
         if target.kind == "group":
             raise ConfigError(f"{name!r} is a group; tokens belong to users and service principals.")
-        return self.tokens.create(name, kind=target.kind, days=days, comment=comment)
+        secret, token = self.tokens.create(name, kind=target.kind, days=days, comment=comment)
+        self._note(
+            "tokens.create", name, token_id=token.id, display=token.display, expires_at=token.expires_at
+        )
+        return secret, token
 
     def list_tokens(self, principal: str | None = None) -> builtins.list[Token]:
         """Tokens (never their secrets): an admin sees everyone's, others their own."""
@@ -110,3 +129,4 @@ class Directory:
         if token_id not in owned:
             raise ConfigError(f"There is no token {token_id} of yours (aifuncs tokens list).")
         self.tokens.revoke(token_id)
+        self._note("tokens.revoke", f"token {token_id}", token_id=token_id)

@@ -30,7 +30,7 @@ from sqlglot import exp
 from aifuncs import _runs as ledger
 from aifuncs import errors
 from aifuncs._home import home
-from aifuncs.engines.duckdb import connect, returns_rows, sql_each
+from aifuncs.engines.duckdb import connect, request_context, returns_rows, sql_each
 from aifuncs.errors import (
     AifuncsError,
     ArgumentError,
@@ -43,7 +43,7 @@ from aifuncs.errors import (
 from aifuncs.jobs._lock import JobLock
 from aifuncs.jobs._params import substitute
 from aifuncs.planner import split_statements
-from aifuncs.runtime import Budget, default_runtime
+from aifuncs.runtime import Budget, RequestContext, default_runtime
 from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._progress import Progress
 
@@ -133,7 +133,10 @@ def run(
         runtime.checkpoint = checkpoint
         try:
             budget = Budget(max_requests, max_tokens, max_cost_usd, name="job")
-            output_rows = _execute(text, database, params, dialect, target, budget, counts, emit, on_result)
+            context = request_context("job", {"job": path.stem, "run_id": str(run_id)})
+            output_rows = _execute(
+                text, database, params, dialect, target, budget, counts, emit, on_result, context
+            )
         except (AifuncsError, duckdb.Error, sqlglot.errors.SqlglotError) as failure:
             error = failure
         finally:
@@ -205,6 +208,7 @@ def _execute(
     counts: Progress,
     emit: Callable[[dict[str, Any]], None],
     on_result: Callable[[pa.Table], None] | None,
+    context: RequestContext,
 ) -> int | None:
     """Run the statements; the last one's rows go to the output. Returns the output's row count."""
     sql = substitute(text, dialect, params)
@@ -214,7 +218,7 @@ def _execute(
         con.execute("SET enable_progress_bar = false")
         output_rows = None
         began = time.monotonic()
-        stream = sql_each(con, sql, dialect=dialect, budget=budget, progress=counts)
+        stream = sql_each(con, sql, dialect=dialect, budget=budget, progress=counts, context=context)
         for number, (statement, relation) in enumerate(stream, start=1):
             if relation is not None and returns_rows(statement):
                 if number == statements and target is not None:

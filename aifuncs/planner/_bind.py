@@ -12,7 +12,7 @@ from aifuncs.errors import RequestMismatch
 from aifuncs.functions.tasks import Task
 from aifuncs.governance import Principal
 from aifuncs.providers import InputColumn
-from aifuncs.runtime import CallSpec, Meter, default_runtime
+from aifuncs.runtime import CallSpec, Meter, RequestContext, default_runtime
 
 DEFAULT_RESULT_TYPE = "VARCHAR"
 
@@ -31,6 +31,7 @@ def bind_call(
     task: Task | None = None,
     principal: Principal | None = None,
     wait_for_limits: bool = True,
+    context: RequestContext | None = None,
 ) -> CallSpec:
     """Everything about a call site that does not change per row, checked before any model call: first of
     all that `principal` (None: this process's identity) may query the endpoint."""
@@ -58,6 +59,7 @@ def bind_call(
         principal=catalog.principal,
         rate_checks=catalog.rate_checks(endpoint),
         wait_for_limits=wait_for_limits,
+        context=context or RequestContext(),
     )
 
 

@@ -31,7 +31,7 @@ from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore, TableShape
 from aifuncs.planner._dialects import adapt, reader, to_duckdb
 from aifuncs.planner._reads import ancestors
-from aifuncs.runtime import CallSpec, Meter, default_runtime
+from aifuncs.runtime import CallSpec, Meter, RequestContext, default_runtime
 
 PROBE_ALIAS = "__aifuncs_request"
 
@@ -49,6 +49,7 @@ class EngineHooks:
     vector_index: Callable[[str], VectorIndex | None] = lambda name: None  # a vector index by name
     principal: Principal | None = None  # who the query runs as (None: this process's identity)
     wait_for_limits: bool = True  # rate-limited requests wait their turn (False: RateLimited at once)
+    context: RequestContext = RequestContext()  # where the query comes from, for the usage log
 
     def catalog(self) -> Catalog:
         """The catalog as the query's principal sees it."""
@@ -296,6 +297,7 @@ def _rewrite_call(
         meters=meters,
         principal=hooks.principal,
         wait_for_limits=hooks.wait_for_limits,
+        context=hooks.context,
     )
     if function == "ai_embed" and not call_spec.result_type.endswith("[]"):
         raise ArgumentError(
@@ -363,6 +365,7 @@ def _rewrite_task(
         task=task,
         principal=hooks.principal,
         wait_for_limits=hooks.wait_for_limits,
+        context=hooks.context,
     )
     if spec.aggregate:  # the group's values as a list; DuckDB's list() is the aggregate
         values = exp.cast(args[text_param.name].copy(), "VARCHAR")

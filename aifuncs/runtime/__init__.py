@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
@@ -43,13 +44,13 @@ from aifuncs.providers import Provider, provider_class
 from aifuncs.providers.base import CallOptions, Prediction
 from aifuncs.runtime._budget import Budget, session_budget, set_session_budget
 from aifuncs.runtime._bulk import one_native_thread_per_call, prompt_gil_handoffs, step_rows, steps_ahead
-from aifuncs.runtime._call import CallSpec, Scored
+from aifuncs.runtime._call import CallSpec, RequestContext, Scored
 from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, every_row, to_json_texts
 from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
 from aifuncs.runtime._loop import BackgroundLoop
 from aifuncs.runtime._meter import Meter, begin_request, end_request
-from aifuncs.runtime._rate import RateGate
+from aifuncs.runtime._rate import RateGate, text_chars
 from aifuncs.runtime._reuse import assemble, keep_answers
 from aifuncs.runtime._store import AnswerStore
 from aifuncs.runtime._tasks import answer_task
@@ -60,6 +61,7 @@ __all__ = [
     "Budget",
     "CallSpec",
     "Meter",
+    "RequestContext",
     "Runtime",
     "default_runtime",
     "session_budget",
@@ -500,13 +502,13 @@ class Runtime:
                 if error.status == 429:
                     limit.throttled(error.retry_after)
                 if not error.retryable or attempt > provider.max_retries:
-                    self._record(call, provider, len(chunk), started, attempt, None, error)
+                    self._record(call, provider, chunk, started, attempt, None, error)
                     raise
                 await asyncio.sleep(backoff_s(attempt, provider.retry_base_s, error.retry_after))
             except Exception as error:
-                self._record(call, provider, len(chunk), started, attempt, None, error)
+                self._record(call, provider, chunk, started, attempt, None, error)
                 raise
-        self._record(call, provider, len(chunk), started, attempt, output, None)
+        self._record(call, provider, chunk, started, attempt, output, None)
         return output.outputs if isinstance(output, Prediction) else output
 
     async def _send(
@@ -570,13 +572,14 @@ class Runtime:
         self,
         call: CallSpec,
         provider: Provider,
-        rows: int,
+        chunk: pa.Array,
         started: float,
         attempts: int,
         output: Any,
         error: BaseException | None,
     ) -> None:
         tokens = output if isinstance(output, Prediction) else Prediction(None)
+        context = call.context
         self.usage.record(
             UsageRow(
                 ts=usage_now(),
@@ -584,13 +587,24 @@ class Runtime:
                 endpoint_version=call.endpoint.version,
                 kind=call.endpoint.kind,
                 function=call.function,
-                rows=rows,
+                rows=len(chunk),
                 input_tokens=tokens.input_tokens,
                 output_tokens=tokens.output_tokens,
                 latency_ms=round((time.perf_counter() - started) * 1000, 3),
                 status="ok" if error is None else "error",
                 attempts=attempts,
                 error=None if error is None else describe(error),
+                request_id=uuid.uuid4().hex,
+                requester=None if call.principal is None else call.principal.name,
+                origin=context.origin,
+                client_request_id=context.client_request_id,
+                usage_context=json.dumps(dict(context.usage_context)) if context.usage_context else None,
+                status_code=200 if error is None else getattr(error, "status", None) or 500,
+                input_chars=text_chars(chunk),
+                output_chars=None
+                if output is None
+                else text_chars(tokens.outputs if isinstance(output, Prediction) else output),
+                served_entity=call.endpoint.name,
             )
         )
 

@@ -21,6 +21,15 @@ Scored = tuple[pa.Array, list[str | None]]  # answers of a batch, and each row's
 
 
 @dataclass(frozen=True)
+class RequestContext:
+    """Where a call's requests come from, as the usage log records them."""
+
+    origin: str = "sql"  # sql | pandas | job | rest
+    client_request_id: str | None = None  # the caller's own id for its request
+    usage_context: tuple[tuple[str, str], ...] = ()  # the caller's labels, e.g. (("team", "growth"),)
+
+
+@dataclass(frozen=True)
 class CallSpec:
     """One call site of an AI function, with its options resolved and bound."""
 
@@ -38,6 +47,7 @@ class CallSpec:
     principal: Principal | None = None  # who asks: authorized at plan time, counted in usage and limits
     rate_checks: tuple[Check, ...] = ()  # the endpoint's rate limits that hold for this principal
     wait_for_limits: bool = True  # a rate-limited request waits its turn; False: RateLimited at once
+    context: RequestContext = RequestContext()
 
     @property
     def output_type(self) -> str:

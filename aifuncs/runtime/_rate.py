@@ -24,6 +24,20 @@ from aifuncs.runtime._call import CallSpec
 DEFAULT_MAX_TOKENS = 256  # a chat request's reply budget when the call sets no max_tokens
 
 
+def text_chars(values: Any) -> int | None:
+    """Characters of a batch of text (requests or answers), None for anything else: counting other
+    values would cost more than the request (a million-row tabular batch)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array) and (
+        pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+    ):
+        return int(pc.sum(pc.utf8_length(values)).as_py() or 0)
+    if isinstance(values, list) and all(isinstance(v, str) or v is None for v in values):
+        return sum(len(v) for v in values if v is not None)
+    return None
+
+
 def _chars(values: pa.Array) -> int:
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return int(pc.sum(pc.utf8_length(values)).as_py() or 0)

@@ -1,4 +1,5 @@
-"""Usage accounting: one row per model request (endpoint, rows, tokens, latency, status, attempts).
+"""Usage accounting: one row per model request (endpoint, rows, tokens, characters, latency, status,
+attempts; who asked, from where, with the caller's request id and labels).
 
 Rows are buffered in memory and written to SQLite under AIFUNCS_HOME in batches (at most every
 half second, when a query ends, before anyone reads them, and at exit), so accounting costs the hot
@@ -29,6 +30,12 @@ CREATE TABLE IF NOT EXISTS usage (
     status TEXT, attempts INTEGER, error TEXT
 )
 """
+# Columns added since the first version: a log written by an older aifuncs gains them, empty.
+_ADDED = {
+    "request_id": "TEXT", "requester": "TEXT", "origin": "TEXT", "client_request_id": "TEXT",
+    "usage_context": "TEXT", "status_code": "INTEGER", "input_chars": "INTEGER", "output_chars": "INTEGER",
+    "served_entity": "TEXT",
+}  # fmt: skip
 _FLUSH_EVERY_S = 0.5
 _log = logging.getLogger("aifuncs")
 
@@ -46,6 +53,18 @@ class UsageRow(NamedTuple):  # a tuple: written to SQLite as it is
     status: str  # ok | error
     attempts: int
     error: str | None
+    request_id: str | None = None
+    requester: str | None = None  # the principal
+    origin: str | None = None  # sql | pandas | job | rest
+    client_request_id: str | None = None
+    usage_context: str | None = None  # JSON object of the caller's labels
+    status_code: int | None = None  # 200, or the HTTP status (500 when the failure was not an HTTP answer)
+    input_chars: int | None = None  # text requests only
+    output_chars: int | None = None  # text answers only
+    served_entity: str | None = None
+
+
+_COLUMNS = ", ".join(UsageRow._fields)
 
 
 def now() -> str:
@@ -129,7 +148,7 @@ class UsageLog:
                     try:
                         with db:
                             db.executemany(
-                                f"INSERT INTO usage VALUES ({', '.join('?' * 12)})",
+                                f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * len(UsageRow._fields))})",
                                 [r for p, r in rows if p == path],
                             )
                     finally:
@@ -148,7 +167,7 @@ class UsageLog:
         db = _connect(path)
         try:
             db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute("SELECT * FROM usage ORDER BY ts")]
+            return [dict(r) for r in db.execute(f"SELECT {_COLUMNS} FROM usage ORDER BY ts")]
         finally:
             db.close()
 
@@ -158,4 +177,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(_SCHEMA)
+    present = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+    for column, kind in _ADDED.items():
+        if column not in present:
+            db.execute(f"ALTER TABLE usage ADD COLUMN {column} {kind}")
     return db
