@@ -18,7 +18,19 @@ def home() -> Path:
     if path is None:
         path = _resolved[raw] = Path(raw or Path.home() / ".aifuncs").expanduser()
     if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)  # the home's files are its owner's alone
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Make `path` (a SQLite file about to be opened) readable and writable by its owner only, if it does not
+    exist yet: SQLite gives its -wal and -shm files the same mode."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            pass
     return path
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aifuncs._home import home
+from aifuncs._home import home, private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -50,7 +50,7 @@ CREATE INDEX IF NOT EXISTS runs_by_job ON runs(job_key, id);
 COLUMNS = (
     "id", "job", "job_key", "path", "params", "db", "output", "status", "exit_code", "started_at", "ended_at",
     "rows", "failed_rows", "requests", "tokens", "cost_usd", "output_rows", "resumed_from", "checkpoint_answers",
-    "error", "pid", "host",
+    "error", "pid", "host", "principal",
 )  # fmt: skip
 
 
@@ -60,9 +60,13 @@ def ledger_path() -> Path:
 
 @contextmanager
 def _db() -> Iterator[sqlite3.Connection]:
-    db = sqlite3.connect(ledger_path(), timeout=30)
+    db = sqlite3.connect(private_file(ledger_path()), timeout=30)
     try:
         db.executescript(_SCHEMA)
+        if "principal" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+            db.execute(
+                "ALTER TABLE runs ADD COLUMN principal TEXT"
+            )  # who ran it; older ledgers gain it empty
         with db:
             yield db
     finally:
@@ -73,8 +77,16 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def start(job: str, job_key: str, path: str, params: dict[str, str], db: str, output: str | None) -> int:
-    """Record a run that begins (the caller holds the job's lock); returns its id."""
+def start(
+    job: str,
+    job_key: str,
+    path: str,
+    params: dict[str, str],
+    db: str,
+    output: str | None,
+    principal: str | None = None,
+) -> int:
+    """Record a run that begins (the caller holds the job's lock), and who runs it; returns its id."""
     with _db() as con:
         con.execute(
             "UPDATE runs SET status = 'interrupted', ended_at = coalesce(ended_at, ?),"
@@ -83,9 +95,20 @@ def start(job: str, job_key: str, path: str, params: dict[str, str], db: str, ou
             (now(), job_key),
         )
         cursor = con.execute(
-            "INSERT INTO runs (job, job_key, path, params, db, output, status, started_at, pid, host)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-            (job, job_key, path, json.dumps(params, sort_keys=True), db, output, now(), os.getpid(), _host()),
+            "INSERT INTO runs (job, job_key, path, params, db, output, status, started_at, pid, host, principal)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+            (
+                job,
+                job_key,
+                path,
+                json.dumps(params, sort_keys=True),
+                db,
+                output,
+                now(),
+                os.getpid(),
+                _host(),
+                principal,
+            ),  # fmt: skip
         )
         return int(cursor.lastrowid or 0)
 
@@ -108,13 +131,18 @@ def last_unfinished(job_key: str, before: int) -> int | None:
     return None if row is None else int(row[0])
 
 
-def runs(job: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Runs, newest first (of one job, by name or file path, when given)."""
-    query = f"SELECT {', '.join(COLUMNS)} FROM runs"
+def runs(
+    job: str | None = None, limit: int | None = None, principal: str | None = None
+) -> list[dict[str, Any]]:
+    """Runs, newest first (of one job, by name or file path, when given; only `principal`'s, when given)."""
+    query = f"SELECT {', '.join(COLUMNS)} FROM runs WHERE 1 = 1"
     args: list[Any] = []
     if job is not None:
-        query += " WHERE job = ? OR path = ?"
+        query += " AND (job = ? OR path = ?)"
         args += [job, job]
+    if principal is not None:
+        query += " AND principal = ?"
+        args.append(principal)
     query += " ORDER BY id DESC"
     if limit is not None:
         query += " LIMIT ?"

@@ -130,3 +130,8 @@ class RateLimited(AifuncsError):
     def __init__(self, message: str, wait_s: float) -> None:
         super().__init__(message)
         self.wait_s = wait_s
+
+
+class GuardrailBlocked(AifuncsError):
+    """An endpoint's guardrail refused a row (its PII or an invalid keyword) under failOnError; the message
+    names the rule, never the value."""

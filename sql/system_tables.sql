@@ -30,3 +30,8 @@ CREATE OR REPLACE TEMP VIEW aifuncs_permissions AS
 -- an admin reads all, anyone else its own.
 CREATE OR REPLACE TEMP VIEW aifuncs_audit AS
     SELECT unnest(__aifuncs_audit(), recursive := true);
+
+-- Inference tables: one row per model request of the endpoints that log payloads (Databricks' columns plus
+-- requester, origin and tokens), refusals (403, 429) as rows without payload. Read as aifuncs_usage is.
+CREATE OR REPLACE TEMP VIEW aifuncs_payloads AS
+    SELECT unnest(__aifuncs_payloads(), recursive := true);

@@ -28,7 +28,9 @@ from aifuncs.catalog._store import SqliteStore
 from aifuncs.errors import ConfigError, EndpointExists, PermissionDenied, UnknownEndpoint
 from aifuncs.governance import Principal, current, policy
 from aifuncs.governance.audit import AuditLog
+from aifuncs.governance.guardrails import Guardrails, parse_guardrails
 from aifuncs.governance.limits import Check, applicable, parse_limits
+from aifuncs.governance.payloads import InferenceTable, parse_inference_table, record_refusal
 from aifuncs.governance.permissions import PermissionStore
 from aifuncs.providers import provider_class
 
@@ -105,13 +107,18 @@ class Catalog:
             if endpoint is None:
                 raise UnknownEndpoint(name, self._store.names())
             return endpoint
-        policy.authorize(
-            self._permissions,
-            principal,
-            endpoint.name if endpoint else name,
-            action,
-            known=self._store.names(),
-        )
+        try:
+            policy.authorize(
+                self._permissions,
+                principal,
+                endpoint.name if endpoint else name,
+                action,
+                known=self._store.names(),
+            )
+        except (PermissionDenied, UnknownEndpoint):
+            if endpoint is not None and action == "query" and (table := self.inference_table(endpoint)):
+                record_refusal(self.path.parent / "payloads.db", table, endpoint.name, principal.name, 403)
+            raise
         assert endpoint is not None  # authorize refuses a name the catalog does not know
         return endpoint
 
@@ -254,7 +261,13 @@ class Catalog:
                 f"Unsupported AI gateway settings {unsupported}: this version takes {', '.join(GATEWAY_FIELDS)}."
             )
         limits = parse_limits(config.get("rate_limits", []), self._permissions.principals)
-        stored = {"rate_limits": [limit.to_dict() for limit in limits]}
+        stored: dict[str, Any] = {"rate_limits": [limit.to_dict() for limit in limits]}
+        if config.get("guardrails"):
+            stored["guardrails"] = parse_guardrails(config["guardrails"]).to_dict()
+        if "inference_table_config" in config:
+            stored["inference_table_config"] = parse_inference_table(
+                config["inference_table_config"]
+            ).to_dict()
         if not self._store.set_gateway(endpoint.name, stored):
             raise UnknownEndpoint(name, self.names())
         self._note("ai-gateway.put", endpoint.name, **stored)
@@ -266,6 +279,18 @@ class Catalog:
         """Replace the endpoint's rate limits (Databricks' PUT .../rate-limits); [] removes them."""
         config = {**self.get_ai_gateway(name), "rate_limits": rate_limits}
         return builtins.list(self.put_ai_gateway(name, config)["rate_limits"])
+
+    def inference_table(self, endpoint: Endpoint) -> InferenceTable | None:
+        """The endpoint's inference table, when one is switched on."""
+        config = self._store.gateway(endpoint.name).get("inference_table_config")
+        table = None if config is None else parse_inference_table(config)
+        return table if table is not None and table.enabled else None
+
+    def guardrails(self, endpoint: Endpoint) -> Guardrails | None:
+        """The endpoint's guardrails, when it has any."""
+        config = self._store.gateway(endpoint.name).get("guardrails")
+        rails = None if not config else parse_guardrails(config)
+        return rails if rails is not None and rails.active else None
 
     def rate_checks(self, endpoint: Endpoint) -> tuple[Check, ...]:
         """The rate-limit checks each request of the principal to `endpoint` must pass (none: unlimited)."""
@@ -320,7 +345,7 @@ class Catalog:
         return endpoint
 
 
-GATEWAY_FIELDS = ("rate_limits",)
+GATEWAY_FIELDS = ("rate_limits", "inference_table_config", "guardrails")
 ROLES = ("chat", "embedding")
 # The offline models task functions use until a default is set: (endpoint name, kind, options).
 BUILTIN_DEFAULTS: dict[str, tuple[str, str, dict[str, Any]]] = {

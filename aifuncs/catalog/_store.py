@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aifuncs._endpoint import Endpoint
 from aifuncs._fork import ProcessLocal
+from aifuncs._home import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -73,7 +74,9 @@ class SqliteStore:
         # a lookup, paid by every AI call a query plans. Autocommit: each read sees what others committed.
         db: sqlite3.Connection | None = getattr(self._local.values, "db", None)
         if db is None:
-            db = self._local.values.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = self._local.values.db = sqlite3.connect(
+                private_file(self.path), timeout=30, isolation_level=None
+            )
             db.row_factory = sqlite3.Row
         yield db
 

@@ -1,5 +1,5 @@
-"""`aifuncs whoami|users|groups|service-principals|tokens|permissions|audit`: the directory, endpoint grants and
-the audit log.
+"""`aifuncs whoami|users|groups|service-principals|tokens|permissions|gateway|rate-limits|audit|keys`: the
+directory, endpoint grants, AI gateway settings, the audit log and the encryption key.
 
 Each acts as the process's identity (`AIFUNCS_TOKEN`, else the OS account owning AIFUNCS_HOME) and goes
 through the same checks as the Python API.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from aifuncs.errors import AifuncsError
@@ -183,6 +184,70 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limit(text: str) -> dict[str, Any]:
+    """`calls=600,key=user_group,principal=analysts` as a rate limit entry."""
+    entry: dict[str, Any] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise AifuncsError(
+                f"--limit {text!r}: write FIELD=VALUE,..., e.g. --limit calls=600,key=endpoint."
+            )
+        entry[name.strip()] = int(value) if value.strip().isdigit() else value.strip()
+    return entry
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from aifuncs import catalog
+
+    if args.command == "rate-limits":
+        if args.action == "set":
+            limits = [_limit(text) for text in args.limit or []]
+            result: Any = catalog.set_rate_limits(args.endpoint, limits)
+        else:
+            result = catalog.get_ai_gateway(args.endpoint)["rate_limits"]
+        if args.json:
+            print(json.dumps(result, indent=2))
+        elif not result:
+            print(f"No rate limits on {args.endpoint!r}.")
+        for limit in [] if args.json else result:
+            amounts = ", ".join(f"{limit[u]:,} {u}/min" for u in ("calls", "tokens") if u in limit)
+            print(f"{limit['key']:18} {limit.get('principal', ''):24} {amounts}")
+        return 0
+    if args.action == "put":
+        try:
+            config = json.loads(args.config)
+        except json.JSONDecodeError as error:
+            raise AifuncsError(
+                f"The configuration is not JSON: {error.msg} at character {error.pos}."
+            ) from None
+        result = catalog.put_ai_gateway(args.endpoint, config)
+    else:
+        result = catalog.get_ai_gateway(args.endpoint)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from aifuncs import governance
+    from aifuncs.governance.keys import fingerprint, key_from_environment, read_key_file
+
+    if args.action == "generate":
+        print(governance.generate_key())
+        print("A new 256-bit key. Keep it in a file only you can read (chmod 600) and point"
+              " AIFUNCS_ENCRYPTION_KEY_FILE at it, or set AIFUNCS_ENCRYPTION_KEY.", file=sys.stderr)  # fmt: skip
+    elif args.action == "status":
+        key = key_from_environment()
+        print("no encryption key: payloads and kept answers are stored in clear" if key is None
+              else f"encryption on: key fingerprint {fingerprint(key)}")  # fmt: skip
+    else:
+        new_key = read_key_file(Path(args.new_key_file))
+        count = governance.rotate_key(new_key)
+        print(f"Rewrapped {count} data key(s) under the key of fingerprint {fingerprint(new_key)}. Point"
+              " AIFUNCS_ENCRYPTION_KEY_FILE (or AIFUNCS_ENCRYPTION_KEY) at the new key now: the old one opens nothing.")  # fmt: skip
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     """Register the governance commands on the main parser's subparsers."""
     whoami = commands.add_parser("whoami", help="the principal this process acts as")
@@ -250,3 +315,34 @@ def add_commands(commands: Any) -> None:
     audit_list.add_argument("--json", action="store_true")
     audit_actions.add_parser("verify", help="check the hash chain; prints the latest hash")
     audit.set_defaults(handler=_audit)
+
+    gateway = commands.add_parser(
+        "gateway", help="an endpoint's AI gateway: rate limits, guardrails, inference table"
+    )
+    gateway_actions = gateway.add_subparsers(dest="action", required=True)
+    gateway_actions.add_parser("get", help="the configuration, as JSON").add_argument("endpoint")
+    put = gateway_actions.add_parser("put", help="replace the configuration (needs CAN_MANAGE)")
+    put.add_argument("endpoint")
+    put.add_argument("config", help='JSON, e.g. \'{"rate_limits": [{"calls": 600, "key": "endpoint"}]}\'')
+    gateway.set_defaults(handler=_gateway)
+
+    rate_limits = commands.add_parser("rate-limits", help="an endpoint's rate limits")
+    limit_actions = rate_limits.add_subparsers(dest="action", required=True)
+    for verb, helptext in (("get", "the limits"), ("set", "replace the limits (none given: remove them)")):
+        sub = limit_actions.add_parser(verb, help=helptext)
+        sub.add_argument("endpoint")
+        sub.add_argument("--json", action="store_true")
+        if verb == "set":
+            sub.add_argument("--limit", action="append", metavar="FIELD=VALUE,...",
+                             help="e.g. calls=600,key=endpoint or tokens=50000,key=user_group,principal=analysts")  # fmt: skip
+    rate_limits.set_defaults(handler=_gateway)
+
+    keys = commands.add_parser("keys", help="the encryption key of payloads and kept answers")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("generate", help="print a new random 256-bit key")
+    key_actions.add_parser("status", help="whether a key is configured, and its fingerprint")
+    rotate = key_actions.add_parser("rotate", help="rewrap the data keys under a new key (admins)")
+    rotate.add_argument(
+        "--new-key-file", required=True, metavar="PATH", help="the new key, in a file of mode 600"
+    )
+    keys.set_defaults(handler=_keys)

@@ -36,6 +36,7 @@ from aifuncs.engines import _indexes as indexes
 from aifuncs.engines._explain import explain_calls
 from aifuncs.errors import AifuncsError, ArgumentError, ConfigError, DatabaseLocked
 from aifuncs.governance import AuditLog, Identity, current, identify
+from aifuncs.governance.payloads import payload_log
 from aifuncs.planner import (
     EngineHooks,
     PlannedStatement,
@@ -143,9 +144,10 @@ def install(
     )
     _udf(con, "__aifuncs_endpoints", _endpoints_snapshot(identity), [], ENDPOINTS_TYPE)
     _udf(con, "__aifuncs_usage", _usage_snapshot(runtime, identity), [], USAGE_TYPE)
-    _udf(con, "__aifuncs_runs", _runs_snapshot, [], RUNS_TYPE)
+    _udf(con, "__aifuncs_runs", _runs_snapshot(identity), [], RUNS_TYPE)
     _udf(con, "__aifuncs_permissions", _permissions_snapshot(identity), [], PERMISSIONS_TYPE)
     _udf(con, "__aifuncs_audit", _audit_snapshot(identity), [], AUDIT_TYPE)
+    _udf(con, "__aifuncs_payloads", _payloads_snapshot(identity), [], PAYLOADS_TYPE)
     for script in ("functions.sql", "system_tables.sql"):
         con.execute((resource_dir("sql") / script).read_text())
     return con
@@ -603,17 +605,24 @@ def _as_text(values: pa.Array) -> pa.Array:
 RUNS_TYPE = (
     "STRUCT(id BIGINT, job VARCHAR, path VARCHAR, params VARCHAR, db VARCHAR, output VARCHAR, status VARCHAR,"
     " exit_code INTEGER, started_at TIMESTAMP, ended_at TIMESTAMP, rows BIGINT, failed_rows BIGINT,"
-    " requests BIGINT, tokens BIGINT, cost_usd DOUBLE, output_rows BIGINT, resumed_from BIGINT, error VARCHAR)[]"
+    " requests BIGINT, tokens BIGINT, cost_usd DOUBLE, output_rows BIGINT, resumed_from BIGINT, error VARCHAR,"
+    " principal VARCHAR)[]"
 )
 
 
-def _runs_snapshot() -> pa.Array:
-    rows = list_runs()
-    for row in rows:
-        row["params"] = json.dumps(row["params"], sort_keys=True)
-        for key in ("started_at", "ended_at"):
-            row[key] = datetime.fromisoformat(row[key]).replace(tzinfo=None) if row[key] else None
-    return pa.array([rows], arrow_type(RUNS_TYPE))
+def _runs_snapshot(identity: Identity) -> Callable[[], pa.Array]:
+    """The run ledger as `identity` may read it: its own runs; an admin every run."""
+
+    def snapshot() -> pa.Array:
+        me = identity.principal
+        rows = list_runs(principal=None if me.admin else me.name)
+        for row in rows:
+            row["params"] = json.dumps(row["params"], sort_keys=True)
+            for key in ("started_at", "ended_at"):
+                row[key] = datetime.fromisoformat(row[key]).replace(tzinfo=None) if row[key] else None
+        return pa.array([rows], arrow_type(RUNS_TYPE))
+
+    return snapshot
 
 
 def _usage_snapshot(runtime: Runtime, identity: Identity) -> Callable[[], pa.Array]:
@@ -629,6 +638,31 @@ def _usage_snapshot(runtime: Runtime, identity: Identity) -> Callable[[], pa.Arr
         for row in rows:
             row["ts"] = datetime.fromisoformat(row["ts"]).replace(tzinfo=None)
         return pa.array([rows], arrow_type(USAGE_TYPE))
+
+    return snapshot
+
+
+PAYLOADS_TYPE = (
+    "STRUCT(request_id VARCHAR, client_request_id VARCHAR, date DATE, timestamp_ms BIGINT, status_code INTEGER,"
+    " execution_time_ms DOUBLE, request VARCHAR, response VARCHAR, served_entity_id VARCHAR,"
+    " logging_error_codes VARCHAR, requester VARCHAR, endpoint VARCHAR, origin VARCHAR, input_tokens BIGINT,"
+    " output_tokens BIGINT)[]"
+)
+
+
+def _payloads_snapshot(identity: Identity) -> Callable[[], pa.Array]:
+    """The inference tables as `identity` may read them: its own requests, all of the endpoints it manages;
+    an admin everything."""
+
+    def snapshot() -> pa.Array:
+        rows = payload_log().read(identity.home / "payloads.db")
+        principal = identity.principal
+        if not principal.admin:
+            managed = set(default_catalog().acting_as(principal).managed_names())
+            rows = [r for r in rows if r["requester"] == principal.name or r["endpoint"] in managed]
+        for row in rows:
+            row["date"] = datetime.fromisoformat(row["date"]).date()
+        return pa.array([rows], arrow_type(PAYLOADS_TYPE))
 
     return snapshot
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aifuncs._home import home
+from aifuncs.errors import ConfigError, PermissionDenied
 from aifuncs.governance import policy
 from aifuncs.governance.audit import AuditEntry, AuditLog
 from aifuncs.governance.directory import Directory
 from aifuncs.governance.identity import Identity, current, identify
+from aifuncs.governance.keys import EncryptionError, fingerprint, generate_key, keyring
 from aifuncs.governance.permissions import LEVELS, PermissionStore, level_allows
 from aifuncs.governance.principals import Principal, PrincipalStore, UnknownPrincipal, acting_as, owner_of
 from aifuncs.governance.tokens import DEFAULT_DAYS, InvalidToken, Token, TokenStore, check_format
@@ -29,7 +31,11 @@ __all__ = [
     "LEVELS",
     "AuditEntry",
     "AuditLog",
+    "EncryptionError",
     "audit_log",
+    "generate_key",
+    "keyring",
+    "rotate_key",
     "verify_audit",
     "Directory",
     "Identity",
@@ -72,6 +78,24 @@ def audit_log(actor: str | None = None) -> list[AuditEntry]:
 def verify_audit() -> int | None:
     """The first audit entry that breaks the hash chain (changed or removed), None when the log is intact."""
     return AuditLog(home() / "catalog.db").verify()
+
+
+def rotate_key(new_key: bytes) -> int:
+    """Rewrap this home's data keys from the configured key-encryption key to `new_key` (admins). Returns how
+    many; afterwards only `new_key` opens what is stored. No row is rewritten."""
+    me = current().principal
+    if not me.admin:
+        raise PermissionDenied(f"{me.name!r} may not rotate the encryption key: only an admin does.")
+    ring = keyring()
+    if ring is None:
+        raise ConfigError(
+            "No encryption key is configured to rotate from: set AIFUNCS_ENCRYPTION_KEY (or _FILE) to the current key."
+        )
+    old = ring.fingerprint
+    count = ring.rotate(new_key)
+    AuditLog(home() / "catalog.db").record(me.name, "keys.rotate", "keys.db",
+                                           {"from": old, "to": fingerprint(new_key), "data_keys": count})  # fmt: skip
+    return count
 
 
 def directory() -> Directory:

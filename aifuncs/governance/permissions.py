@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from aifuncs.errors import ConfigError
+from aifuncs.governance._sqlite import reader, transaction
+from aifuncs.governance.principals import _SCHEMA as PRINCIPALS_SCHEMA
 from aifuncs.governance.principals import Principal, PrincipalStore
 
 __all__ = ["LEVELS", "PermissionStore", "level_allows"]
@@ -61,8 +63,7 @@ class PermissionStore:
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[sqlite3.Connection]:
-        with self.principals.transaction() as db:  # one file, one transaction for principals and grants
-            db.executescript(_SCHEMA)
+        with transaction(self.path, PRINCIPALS_SCHEMA + _SCHEMA) as db:  # principals and grants: one file
             yield db
 
     def grant(self, endpoint: str, principal: str, level: str, db: sqlite3.Connection | None = None) -> None:
@@ -115,13 +116,17 @@ class PermissionStore:
         """The highest level `principal` holds on `endpoint`: its own, its groups', CAN_MANAGE for an admin."""
         if principal.admin:
             return "CAN_MANAGE"
-        names = [principal.name, *self.principals.groups_of(principal.name)]
-        marks = ",".join("?" * len(names))
-        with self._session() as db:
-            rows = db.execute(
-                f"SELECT level FROM permissions WHERE endpoint = ? AND principal IN ({marks})",
-                (endpoint, *names),
-            ).fetchall()
+        # one query on a kept connection: the principal, every group it is in, and their grants
+        rows = (
+            reader(self.path, PRINCIPALS_SCHEMA + _SCHEMA)
+            .execute(
+                "WITH RECURSIVE found(n) AS (SELECT ? UNION SELECT m.group_name FROM members m"
+                " JOIN found ON m.member = found.n)"
+                " SELECT level FROM permissions WHERE endpoint = ? AND principal IN (SELECT n FROM found)",
+                (principal.name, endpoint),
+            )
+            .fetchall()
+        )
         held: str | None = None
         for (level,) in rows:
             held = _higher(held, level)

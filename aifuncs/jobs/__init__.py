@@ -40,6 +40,7 @@ from aifuncs.errors import (
     SqlError,
     UnknownEndpoint,
 )
+from aifuncs.governance import current, identify
 from aifuncs.jobs._lock import JobLock
 from aifuncs.jobs._params import substitute
 from aifuncs.planner import split_statements
@@ -99,10 +100,12 @@ def run(
     progress: Progress | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     on_result: Callable[[pa.Table], None] | None = None,
+    token: str | None = None,
 ) -> RunResult:
     """Run the job in `path` (see the module's text). Raises only before the run starts: a missing file,
     a bad output target, `JobLocked` when another run of the job holds its lock. `on_event` receives the
-    JSON events; `on_result` the last query's rows when there is no `output` (the CLI shows them)."""
+    JSON events; `on_result` the last query's rows when there is no `output` (the CLI shows them). The job
+    acts as `token`'s principal (else AIFUNCS_TOKEN's, else the OS account owning AIFUNCS_HOME)."""
     path = Path(path).resolve()
     try:
         text = path.read_text()
@@ -116,7 +119,8 @@ def run(
     key = hashlib.sha256(json.dumps([str(path), sorted(params.items()), database, output, dialect]).encode())
     job_dir = home() / "jobs" / f"{path.stem}-{key.hexdigest()[:12]}"
     with JobLock(job_dir / "lock", path.stem):
-        run_id = ledger.start(path.stem, key.hexdigest(), str(path), params, database, output)
+        runner = (identify(token) if token is not None else current()).principal
+        run_id = ledger.start(path.stem, key.hexdigest(), str(path), params, database, output, runner.name)
         checkpoint_path = job_dir / "checkpoint.db"
         resumed_from = ledger.last_unfinished(key.hexdigest(), run_id) if checkpoint_path.exists() else None
         checkpoint = Checkpoint(checkpoint_path)
@@ -135,7 +139,7 @@ def run(
             budget = Budget(max_requests, max_tokens, max_cost_usd, name="job")
             context = request_context("job", {"job": path.stem, "run_id": str(run_id)})
             output_rows = _execute(
-                text, database, params, dialect, target, budget, counts, emit, on_result, context
+                text, database, params, dialect, target, budget, counts, emit, on_result, context, token
             )
         except (AifuncsError, duckdb.Error, sqlglot.errors.SqlglotError) as failure:
             error = failure
@@ -190,12 +194,17 @@ def check_output(output: str | None) -> None:
 
 
 def list_runs(job: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """The ledger, newest first: every run's job, parameters, times, status, counts, cost and output."""
-    return ledger.runs(job, limit)
+    """The ledger, newest first: every run's job, parameters, times, status, counts, cost and output; an
+    admin sees every run, anyone else its own."""
+    me = current().principal
+    return ledger.runs(job, limit, None if me.admin else me.name)
 
 
 def get_run(run_id: int) -> dict[str, Any] | None:
-    return ledger.get(run_id)
+    """One run, when it is yours (or you are an admin): another's reads exactly as one that does not exist."""
+    found = ledger.get(run_id)
+    me = current().principal
+    return found if found is not None and (me.admin or found["principal"] == me.name) else None
 
 
 def _execute(
@@ -209,11 +218,12 @@ def _execute(
     emit: Callable[[dict[str, Any]], None],
     on_result: Callable[[pa.Table], None] | None,
     context: RequestContext,
+    token: str | None = None,
 ) -> int | None:
     """Run the statements; the last one's rows go to the output. Returns the output's row count."""
     sql = substitute(text, dialect, params)
     statements = len(split_statements(sql, dialect))
-    con = connect(database)
+    con = connect(database, token=token)
     try:
         con.execute("SET enable_progress_bar = false")
         output_rows = None

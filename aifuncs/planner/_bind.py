@@ -60,6 +60,8 @@ def bind_call(
         rate_checks=catalog.rate_checks(endpoint),
         wait_for_limits=wait_for_limits,
         context=context or RequestContext(),
+        payloads=catalog.inference_table(endpoint),
+        guardrails=catalog.guardrails(endpoint),
     )
 
 

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,9 +47,11 @@ from aifuncs.runtime._bulk import one_native_thread_per_call, prompt_gil_handoff
 from aifuncs.runtime._call import CallSpec, RequestContext, Scored
 from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, every_row, to_json_texts
+from aifuncs.runtime._guard import guarded
 from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
 from aifuncs.runtime._loop import BackgroundLoop
 from aifuncs.runtime._meter import Meter, begin_request, end_request
+from aifuncs.runtime._payloads import log_request
 from aifuncs.runtime._rate import RateGate, text_chars
 from aifuncs.runtime._reuse import assemble, keep_answers
 from aifuncs.runtime._store import AnswerStore
@@ -181,7 +183,12 @@ class Runtime:
                 meter.answered(len(requests))
             return pa.nulls(len(requests), output)
         present = requests if valid_count == len(requests) else requests.filter(valid)
-        values, errors = await self._resolve(call, present, batch_rows)
+        values, errors = await guarded(
+            call,
+            present,
+            lambda sendable: self._resolve(call, sendable, batch_rows),
+            lambda decisions: self._record_guardrail(call, decisions),
+        )
         # Only these calls keep failures per row (others raise); counted in C: a batch may have 1M rows.
         failed = len(errors) - errors.count(None) if call.null_on_error or not call.fail_on_error else 0
         if call.null_on_error:
@@ -580,6 +587,8 @@ class Runtime:
     ) -> None:
         tokens = output if isinstance(output, Prediction) else Prediction(None)
         context = call.context
+        status_code = 200 if error is None else getattr(error, "status", None) or 500
+        log_request(call, chunk, output, error, time.perf_counter() - started, status_code)
         self.usage.record(
             UsageRow(
                 ts=usage_now(),
@@ -599,11 +608,34 @@ class Runtime:
                 origin=context.origin,
                 client_request_id=context.client_request_id,
                 usage_context=json.dumps(dict(context.usage_context)) if context.usage_context else None,
-                status_code=200 if error is None else getattr(error, "status", None) or 500,
+                status_code=status_code,
                 input_chars=text_chars(chunk),
                 output_chars=None
                 if output is None
                 else text_chars(tokens.outputs if isinstance(output, Prediction) else output),
+                served_entity=call.endpoint.name,
+            )
+        )
+
+    def _record_guardrail(self, call: CallSpec, decisions: Counter[str]) -> None:
+        """A batch's guardrail decisions as one usage row: how many rows, and each reason's count."""
+        self.usage.record(
+            UsageRow(
+                ts=usage_now(),
+                endpoint=call.endpoint.name,
+                endpoint_version=call.endpoint.version,
+                kind=call.endpoint.kind,
+                function=call.function,
+                rows=sum(decisions.values()),
+                input_tokens=None,
+                output_tokens=None,
+                latency_ms=0.0,
+                status="guardrail",
+                attempts=0,
+                error="; ".join(f"{reason}: {count}" for reason, count in sorted(decisions.items())),
+                requester=None if call.principal is None else call.principal.name,
+                origin=call.context.origin,
+                client_request_id=call.context.client_request_id,
                 served_entity=call.endpoint.name,
             )
         )

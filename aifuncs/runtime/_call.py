@@ -10,7 +10,9 @@ import pyarrow as pa
 from aifuncs._types import error_struct_type
 from aifuncs.catalog import Endpoint
 from aifuncs.governance import Principal
+from aifuncs.governance.guardrails import Guardrails
 from aifuncs.governance.limits import Check
+from aifuncs.governance.payloads import InferenceTable
 
 if TYPE_CHECKING:
     from aifuncs.functions.tasks import Task
@@ -48,6 +50,8 @@ class CallSpec:
     rate_checks: tuple[Check, ...] = ()  # the endpoint's rate limits that hold for this principal
     wait_for_limits: bool = True  # a rate-limited request waits its turn; False: RateLimited at once
     context: RequestContext = RequestContext()
+    payloads: InferenceTable | None = None  # the endpoint's inference table, when it logs payloads
+    guardrails: Guardrails | None = None  # the endpoint's input and output guardrails, when it has some
 
     @property
     def output_type(self) -> str:

@@ -20,6 +20,7 @@ from aifuncs.errors import RateLimited
 from aifuncs.governance.limits import Limiter, Reservation
 from aifuncs.providers.base import Prediction
 from aifuncs.runtime._call import CallSpec
+from aifuncs.runtime._payloads import log_request
 
 DEFAULT_MAX_TOKENS = 256  # a chat request's reply budget when the call sets no max_tokens
 
@@ -39,9 +40,10 @@ def text_chars(values: Any) -> int | None:
 
 
 def _chars(values: pa.Array) -> int:
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        return int(pc.sum(pc.utf8_length(values)).as_py() or 0)
-    return sum(len(str(v)) for v in values.to_pylist() if v is not None)
+    """Text requests by their characters; anything else (a tabular batch) by its Arrow bytes, which costs
+    nothing to read where formatting a million rows as text would cost more than the request."""
+    counted = text_chars(values)
+    return counted if counted is not None else int(values.nbytes)
 
 
 def estimate_tokens(call: CallSpec, chunk: pa.Array, returns_text: bool) -> int:
@@ -56,8 +58,8 @@ def used_tokens(output: Any, chunk: pa.Array) -> int:
     if isinstance(output, Prediction) and output.input_tokens is not None:
         return output.input_tokens + (output.output_tokens or 0)
     outputs = output.outputs if isinstance(output, Prediction) else output
-    reply = outputs if isinstance(outputs, pa.Array) else pa.array([str(v) for v in list(outputs or [])])
-    return (_chars(chunk) + len(chunk)) // 4 + (_chars(reply) + len(reply)) // 4
+    reply = text_chars(outputs) or 0  # a text reply by its characters; a tabular one costs no tokens
+    return (_chars(chunk) + len(chunk)) // 4 + (reply + len(chunk)) // 4
 
 
 class RateGate:
@@ -85,6 +87,7 @@ class RateGate:
             if isinstance(answer, Reservation):
                 return answer
             if not call.wait_for_limits:
+                log_request(call, chunk, None, None, None, 429)
                 raise RateLimited(
                     f"Endpoint {call.endpoint.name!r} is rate limited ({answer.label}): the next request fits in"
                     f" {answer.wait_s:.2f} s. Wait and retry, or let the query wait its turn.",

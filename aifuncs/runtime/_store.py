@@ -25,6 +25,8 @@ import duckdb
 import pyarrow as pa
 
 from aifuncs._fork import held_across_fork
+from aifuncs._home import private_file
+from aifuncs.governance.keys import EncryptionError, KeyRing, keyring
 from aifuncs.runtime._distinct import to_json_texts
 
 _SCHEMA = """
@@ -60,15 +62,18 @@ class AnswerStore:
         held_across_fork(self, lambda store: store._committing)
 
     def lookup(self, keys: Sequence[bytes]) -> dict[bytes, str]:
-        """The stored answers among `keys`, as the JSON text they were stored as."""
+        """The stored answers among `keys`, as the JSON text they were stored as (opened, if sealed)."""
         found: dict[bytes, str] = {}
         db = self._reader()
+        ring = keyring()
         for start in range(0, len(keys), _LOOKUP_CHUNK):
             chunk = keys[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
-            found.update(
-                db.execute(f"SELECT key, value FROM answers WHERE key IN ({marks})", chunk).fetchall()
-            )
+            rows = db.execute(
+                f"SELECT key, endpoint, value FROM answers WHERE key IN ({marks})", chunk
+            ).fetchall()
+            for key, endpoint, value in rows:
+                found[key] = _opened(ring, key, endpoint, value)
         return found
 
     async def put(self, endpoint: str, keys: Sequence[bytes], values: pa.Array) -> None:
@@ -150,10 +155,10 @@ class AnswerStore:
                 error: BaseException | None = None
                 try:
                     with self._committing:
-                        rows = _rows(batch, time.time())
+                        rows = _rows(batch, time.time(), keyring())
                         with db:
                             db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", rows)
-                except (sqlite3.Error, duckdb.Error, pa.ArrowException) as failure:
+                except (sqlite3.Error, duckdb.Error, pa.ArrowException, EncryptionError) as failure:
                     error = failure
                 for write in batch:
                     write.finish(error)
@@ -182,8 +187,27 @@ class _Write:
             self.loop.call_soon_threadsafe(settle)
 
 
-def _rows(batch: list[_Write], now: float) -> list[tuple[bytes, str, str, float]]:
-    """The answers of the queued writes as table rows, converted to JSON one value type at a time."""
+def _aad(key: bytes, endpoint: str) -> bytes:
+    # the answer's key already names its call, endpoint version and principal: bound, a value cannot move
+    return b"answers|" + key + b"|" + endpoint.encode()
+
+
+def _opened(ring: KeyRing | None, key: bytes, endpoint: str, value: str | bytes) -> str:
+    if isinstance(value, str):
+        return value
+    if ring is None:
+        raise EncryptionError(
+            "Kept answers were encrypted and no key is configured: set AIFUNCS_ENCRYPTION_KEY (or"
+            " AIFUNCS_ENCRYPTION_KEY_FILE) to the key, or clear them (aifuncs cache clear)."
+        )
+    return ring.open(value, _aad(key, endpoint)).decode()
+
+
+def _rows(
+    batch: list[_Write], now: float, ring: KeyRing | None = None
+) -> list[tuple[bytes, str, str | bytes, float]]:
+    """The answers of the queued writes as table rows, converted to JSON one value type at a time, and
+    sealed when a key is configured."""
     by_type: dict[pa.DataType, list[_Write]] = {}
     for write in batch:
         by_type.setdefault(write.values.type, []).append(write)
@@ -192,13 +216,19 @@ def _rows(batch: list[_Write], now: float) -> list[tuple[bytes, str, str, float]
         values = writes[0].values if len(writes) == 1 else pa.concat_arrays([w.values for w in writes])
         texts = iter(to_json_texts(values).to_pylist())
         for write in writes:
-            rows += [(key, write.endpoint, next(texts), now) for key in write.keys]
+            if ring is None:
+                rows += [(key, write.endpoint, next(texts), now) for key in write.keys]
+            else:
+                rows += [
+                    (key, write.endpoint, ring.seal(next(texts).encode(), _aad(key, write.endpoint)), now)
+                    for key in write.keys
+                ]
     return rows
 
 
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    db = sqlite3.connect(private_file(path), timeout=30, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a killed process; WAL keeps it consistent
     # Keys are hashes, so inserts land all over the B-tree: past SQLite's 2 MB default page cache every

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from aifuncs._fork import after_fork_in_child, forked_child, held_across_fork
-from aifuncs._home import home
+from aifuncs._home import home, private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -174,7 +174,7 @@ class UsageLog:
 
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30)
+    db = sqlite3.connect(private_file(path), timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(_SCHEMA)
     present = {row[1] for row in db.execute("PRAGMA table_info(usage)")}

@@ -107,3 +107,24 @@ def test_a_token_from_the_command_line_drives_another_process(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["who,r", "alice,4.0"]
+
+
+def test_rate_limits_and_the_gateway_from_the_command_line(
+    setup: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "rate-limits", "set", "doubler", "--limit", "calls=600,key=endpoint",
+                       "--limit", "tokens=5000,key=user_group,principal=analysts")  # fmt: skip
+    assert code == 0
+    assert "endpoint                                    600 calls/min" in out
+    assert "user_group         analysts                 5,000 tokens/min" in out
+    code, _, err = run(capsys, "rate-limits", "set", "doubler", "--limit", "key=user")
+    assert code == 1 and "sets neither calls nor tokens" in err
+    code, out, _ = run(
+        capsys, "gateway", "put", "doubler", '{"guardrails": {"input": {"pii": {"behavior": "MASK"}}}}'
+    )
+    assert code == 0 and json.loads(out) == {
+        "rate_limits": [],
+        "guardrails": {"input": {"pii": {"behavior": "MASK"}}},
+    }
+    code, _, err = run(capsys, "gateway", "put", "doubler", "{not json")
+    assert code == 1 and "not JSON" in err

@@ -262,3 +262,24 @@ def test_kept_answers_stay_with_the_principal_that_paid(
     aifuncs.endpoints.set_permissions("doubler", [])  # a kept answer still needs CAN_QUERY
     with pytest.raises(UnknownEndpoint):
         rows_asked(tokens["bob"])
+
+
+def test_jobs_run_as_their_principal_and_each_reads_its_own_runs(
+    tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from aifuncs.jobs import get_run, list_runs
+    from aifuncs.jobs import run as run_job
+
+    aifuncs.endpoints.update_permissions("doubler", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
+    job = tmp_path / "score.sql"
+    job.write_text("SELECT ai_query('doubler', 21.0::DOUBLE) AS r")
+    mine = run_job(job, token=tokens["alice"])
+    assert mine.exit_code == 0
+    denied = run_job(job, token=tokens["bob"])  # bob may not even see the endpoint
+    assert denied.exit_code != 0 and "Unknown endpoint 'doubler'" in (denied.error or "")
+    act_as(monkeypatch, tokens["bob"])
+    assert [r["principal"] for r in list_runs()] == ["bob"]
+    assert get_run(mine.run_id) is None  # alice's run reads as one that does not exist
+    assert aifuncs.connect().sql("SELECT principal FROM aifuncs_runs").fetchall() == [("bob",)]
+    act_as(monkeypatch, None)
+    assert sorted(r["principal"] for r in list_runs()) == ["alice", "bob"]

@@ -237,7 +237,9 @@ def test_four_processes_share_one_exact_limit(tmp_path: Path) -> None:
     # GCRA's promise over the span the admissions fall in: burst + rate x time, never one more
     assert admitted <= 10 + (last - first) * 10 + 1e-6, (admitted, last - first)
     assert admitted >= 10 + (stop - first) * 10 - 1.5, (admitted, stop - first)  # and nothing withheld
-    assert 39 <= admitted <= 41
+    assert (
+        stop - first > 1.0
+    )  # the processes were running while the window was open (a loaded machine starts late)
 
 
 def test_a_query_waits_its_turn_or_fails_fast(con: object) -> None:

@@ -1,0 +1,287 @@
+"""Inference tables: one row per model request of an endpoint that has them switched on, in Databricks' columns.
+
+    aifuncs.endpoints.put_ai_gateway("gpt", {"inference_table_config": {"enabled": True, "retention_days": 30}})
+    SELECT * FROM aifuncs_payloads
+
+Rows are written off the request path: buffered, and written by a thread of their own every
+`FLUSH_EVERY_S` seconds, when a query ends and at exit. A process killed with `kill -9` loses at most the
+rows of the last interval; `"sync": true` writes each row before its request returns (for audits). A
+request or response over `max_payload_bytes` (1 MiB unless set) is stored as NULL with a logging error code,
+as Databricks does. Refusals (403 at plan time, 429 by a rate limit) are recorded as rows without payload.
+Rows older than `retention_days` are deleted as new ones are written. The table lives in
+`AIFUNCS_HOME/payloads.db`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from aifuncs._fork import after_fork_in_child, held_across_fork
+from aifuncs._home import private_file
+from aifuncs.errors import ConfigError
+from aifuncs.governance.keys import EncryptionError, keyring
+
+__all__ = [
+    "InferenceTable",
+    "PayloadLog",
+    "PayloadRow",
+    "parse_inference_table",
+    "payload_log",
+    "record_refusal",
+]
+
+MAX_PAYLOAD_BYTES = 1 << 20  # Databricks' cap: larger payloads are logged as NULL with an error code
+FLUSH_EVERY_S = 0.5
+_PRUNE_EVERY_S = 3600.0
+_FIELDS = {"enabled", "retention_days", "max_payload_bytes", "sync", "catalog_name", "schema_name",
+           "table_name_prefix"}  # fmt: skip
+_log = logging.getLogger("aifuncs")
+
+
+@dataclass(frozen=True)
+class InferenceTable:
+    enabled: bool = False
+    retention_days: int | None = None  # None: kept until deleted
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    sync: bool = False  # write each row before its request returns
+    catalog_name: str | None = None  # where Databricks would keep the table: kept and echoed
+    schema_name: str | None = None
+    table_name_prefix: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def parse_inference_table(config: Any) -> InferenceTable:
+    if not isinstance(config, dict):
+        raise ConfigError(
+            'inference_table_config is an object, e.g. {"enabled": true, "retention_days": 30}.'
+        )
+    unknown = sorted(set(config) - _FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"inference_table_config has unknown fields {unknown}; fields: {', '.join(sorted(_FIELDS))}."
+        )
+    for name in ("enabled", "sync"):
+        if name in config and not isinstance(config[name], bool):
+            raise ConfigError(f"inference_table_config.{name} is true or false, not {config[name]!r}.")
+    for name in ("retention_days", "max_payload_bytes"):
+        value = config.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"inference_table_config.{name} is a positive whole number, not {value!r}.")
+    for name in ("catalog_name", "schema_name", "table_name_prefix"):
+        if config.get(name) is not None and not isinstance(config[name], str):
+            raise ConfigError(f"inference_table_config.{name} is a name, not {config[name]!r}.")
+    return InferenceTable(**{"max_payload_bytes": MAX_PAYLOAD_BYTES, **config})
+
+
+class PayloadRow(NamedTuple):
+    request_id: str
+    client_request_id: str | None
+    date: str  # YYYY-MM-DD
+    timestamp_ms: int
+    status_code: int
+    execution_time_ms: float | None
+    request: str | bytes | None  # JSON (sealed when a key is configured); NULL over the cap or for a refusal
+    response: str | bytes | None
+    served_entity_id: str
+    logging_error_codes: str | None  # JSON list, e.g. ["MAX_REQUEST_SIZE_EXCEEDED"]
+    requester: str | None
+    endpoint: str
+    origin: str | None  # sql | pandas | job | rest
+    input_tokens: int | None
+    output_tokens: int | None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS payloads (
+    request_id TEXT NOT NULL, client_request_id TEXT, date TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
+    status_code INTEGER NOT NULL, execution_time_ms REAL, request TEXT, response TEXT,
+    served_entity_id TEXT NOT NULL, logging_error_codes TEXT, requester TEXT, endpoint TEXT NOT NULL,
+    origin TEXT, input_tokens INTEGER, output_tokens INTEGER
+);
+CREATE INDEX IF NOT EXISTS payloads_by_time ON payloads(endpoint, timestamp_ms);
+"""
+_COLUMNS = ", ".join(PayloadRow._fields)
+
+
+def capped(text: str | None, limit: int, code: str, codes: list[str]) -> str | None:
+    """`text`, or None with `code` noted when it is over `limit` bytes."""
+    if text is not None and len(text.encode()) > limit:
+        codes.append(code)
+        return None
+    return text
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def day(timestamp_ms: int) -> str:
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+class PayloadLog:
+    """Buffered rows per file, one writer thread, pruning by each endpoint's retention."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, PayloadRow, int | None]] = []
+        self._lock = threading.Lock()
+        self._writing = threading.Lock()
+        self._wake = threading.Event()
+        self._pruned: dict[tuple[Path, str], float] = {}
+        self._thread: threading.Thread | None = None
+        atexit.register(self.flush)
+        alive = weakref.ref(self)
+
+        def reset_in_child() -> None:
+            log = alive()
+            if log is not None:
+                log._lock, log._pending, log._thread = threading.Lock(), [], None
+                log._wake = threading.Event()
+
+        after_fork_in_child(reset_in_child)
+        held_across_fork(self, lambda log: log._writing)
+
+    def record(self, path: Path, row: PayloadRow, table: InferenceTable) -> None:
+        row = sealed(
+            row
+        )  # sealed before it is queued: not even the buffer holds it in clear longer than needed
+        with self._lock:
+            self._pending.append((path, row, table.retention_days))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="aifuncs-payloads", daemon=True)
+                self._thread.start()
+        if table.sync:
+            self.flush()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_EVERY_S)
+            try:
+                self.flush()
+            except Exception as error:  # kept pending for the next write; logging must not fail a query
+                _log.warning("inference table: cannot write (kept for the next write): %s", error)
+
+    def flush(self) -> None:
+        with self._writing:
+            with self._lock:
+                rows, self._pending = self._pending, []
+            if not rows:
+                return
+            written: set[Path] = set()
+            try:
+                for path in dict.fromkeys(p for p, _, _ in rows):
+                    db = connect(path)
+                    try:
+                        with db:
+                            db.executemany(
+                                f"INSERT INTO payloads ({_COLUMNS}) VALUES ({', '.join('?' * len(PayloadRow._fields))})",
+                                [r for p, r, _ in rows if p == path],
+                            )
+                            self._prune(db, path, {(r.endpoint, days) for p, r, days in rows if p == path})
+                    finally:
+                        db.close()
+                    written.add(path)
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = [x for x in rows if x[0] not in written]
+                raise
+
+    def _prune(self, db: sqlite3.Connection, path: Path, retention: set[tuple[str, int | None]]) -> None:
+        for endpoint, days in retention:
+            if (
+                days is None
+                or time.monotonic() - self._pruned.get((path, endpoint), -_PRUNE_EVERY_S) < _PRUNE_EVERY_S
+            ):
+                continue
+            cutoff = int((datetime.now(UTC) - timedelta(days=days)).timestamp() * 1000)
+            db.execute("DELETE FROM payloads WHERE endpoint = ? AND timestamp_ms < ?", (endpoint, cutoff))
+            self._pruned[(path, endpoint)] = time.monotonic()
+
+    def read(self, path: Path) -> list[dict[str, Any]]:
+        """Every row, its payloads opened (EncryptionError if sealed ones do not open with the key set)."""
+        self.flush()
+        if not path.exists():
+            return []
+        db = connect(path)
+        try:
+            db.row_factory = sqlite3.Row
+            rows = [dict(r) for r in db.execute(f"SELECT {_COLUMNS} FROM payloads ORDER BY timestamp_ms")]
+        finally:
+            db.close()
+        ring = keyring()
+        for row in rows:
+            for column in ("request", "response"):
+                value = row[column]
+                if isinstance(value, bytes):
+                    if ring is None:
+                        raise EncryptionError(
+                            "The inference table's payloads were encrypted and no key is configured: set"
+                            " AIFUNCS_ENCRYPTION_KEY (or AIFUNCS_ENCRYPTION_KEY_FILE) to the key."
+                        )
+                    row[column] = ring.open(value, payload_aad(row, column)).decode()
+        return rows
+
+
+def record_refusal(path: Path, table: InferenceTable, endpoint: str, requester: str | None, status_code: int,
+                   origin: str | None = None, client_request_id: str | None = None) -> None:  # fmt: skip
+    """A request refused before it was sent (403 by the policy, 429 by a rate limit), as metadata."""
+    if not table.enabled:
+        return
+    stamp = now_ms()
+    row = PayloadRow(uuid.uuid4().hex, client_request_id, day(stamp), stamp, status_code, None, None, None,
+                     endpoint, None, requester, endpoint, origin, None, None)  # fmt: skip
+    payload_log().record(path, row, table)
+
+
+def payload_aad(row: dict[str, Any] | PayloadRow, column: str) -> bytes:
+    """What a sealed payload is bound to: its row, endpoint, requester and column."""
+    get = row.get if isinstance(row, dict) else row._asdict().get
+    return "|".join(
+        ["payloads", str(get("request_id")), str(get("endpoint")), str(get("requester")), column]
+    ).encode()
+
+
+def sealed(row: PayloadRow) -> PayloadRow:
+    """The row with its payloads sealed, when a key is configured."""
+    ring = keyring()
+    if ring is None:
+        return row
+    request, response = row.request, row.response
+    if isinstance(request, str):
+        request = ring.seal(request.encode(), payload_aad(row, "request"))
+    if isinstance(response, str):
+        response = ring.seal(response.encode(), payload_aad(row, "response"))
+    return row._replace(request=request, response=response)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(private_file(path), timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_SCHEMA)
+    return db
+
+
+_log_instance: PayloadLog | None = None
+_instance_lock = threading.Lock()
+
+
+def payload_log() -> PayloadLog:
+    """The process's one payload writer (the runtime and the catalog's refusals share it)."""
+    global _log_instance
+    with _instance_lock:
+        if _log_instance is None:
+            _log_instance = PayloadLog()
+        return _log_instance
