@@ -292,6 +292,20 @@ class Catalog:
         rails = None if not config else parse_guardrails(config)
         return rails if rails is not None and rails.active else None
 
+    def for_guardrail(self, name: str | None) -> Endpoint:
+        """The embedding endpoint a guardrail uses (`name`, else the default one), with no policy check: the
+        endpoint's manager chose it, and it runs on the endpoint's behalf, not the caller's."""
+        name = name or self._store.default("embedding") or BUILTIN_DEFAULTS["embedding"][0]
+        endpoint = self._store.get(name)
+        if endpoint is None:
+            builtin = next((b for b in BUILTIN_DEFAULTS.items() if b[1][0] == name), None)
+            if builtin is None:
+                raise ConfigError(
+                    f"The guardrail's topic_endpoint {name!r} does not exist: make it, or change the guardrail."
+                )
+            endpoint = self._builtin(*builtin)
+        return endpoint
+
     def rate_checks(self, endpoint: Endpoint) -> tuple[Check, ...]:
         """The rate-limit checks each request of the principal to `endpoint` must pass (none: unlimited)."""
         limits = parse_limits(self._store.gateway(endpoint.name).get("rate_limits", []))

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from aifuncs._types import to_duckdb_type
 from aifuncs.catalog import default_catalog
-from aifuncs.errors import RequestMismatch
+from aifuncs.errors import ConfigError, RequestMismatch
 from aifuncs.functions.tasks import Task
 from aifuncs.governance import Principal
 from aifuncs.providers import InputColumn
@@ -44,6 +44,18 @@ def bind_call(
         check_request(endpoint.name, request_type, provider.input_columns())
     declared = return_type or provider.output_type()
     result_type = to_duckdb_type(declared) if declared else DEFAULT_RESULT_TYPE
+    guardrails = catalog.guardrails(endpoint)
+    topic_call = None
+    if guardrails is not None and guardrails.input.valid_topics:
+        embedder = catalog.for_guardrail(guardrails.input.topic_endpoint)
+        embedding_type = default_runtime().provider(embedder).output_type() or ""
+        if not embedding_type.endswith("[]"):
+            raise ConfigError(
+                f"The valid_topics guardrail of {endpoint.name!r} needs an embedding endpoint; {embedder.name!r}"
+                f" answers {embedding_type or 'text'}. Set topic_endpoint to an embedding model."
+            )
+        topic_call = CallSpec("ai_embed", embedder, to_duckdb_type(embedding_type), principal=catalog.principal,
+                              context=context or RequestContext())  # fmt: skip
     return CallSpec(
         function=function,
         endpoint=endpoint,
@@ -61,7 +73,8 @@ def bind_call(
         wait_for_limits=wait_for_limits,
         context=context or RequestContext(),
         payloads=catalog.inference_table(endpoint),
-        guardrails=catalog.guardrails(endpoint),
+        guardrails=guardrails,
+        topic_call=topic_call,
     )
 
 

@@ -188,6 +188,7 @@ class Runtime:
             present,
             lambda sendable: self._resolve(call, sendable, batch_rows),
             lambda decisions: self._record_guardrail(call, decisions),
+            None if call.topic_call is None else self._embedder(call.topic_call),
         )
         # Only these calls keep failures per row (others raise); counted in C: a batch may have 1M rows.
         failed = len(errors) - errors.count(None) if call.null_on_error or not call.fail_on_error else 0
@@ -616,6 +617,12 @@ class Runtime:
                 served_entity=call.endpoint.name,
             )
         )
+
+    def _embedder(self, topic_call: CallSpec) -> Callable[[pa.Array], Awaitable[Scored]]:
+        async def embed(texts: pa.Array) -> Scored:
+            return await self._resolve(topic_call, texts, None)
+
+        return embed
 
     def _record_guardrail(self, call: CallSpec, decisions: Counter[str]) -> None:
         """A batch's guardrail decisions as one usage row: how many rows, and each reason's count."""

@@ -52,6 +52,7 @@ class CallSpec:
     context: RequestContext = RequestContext()
     payloads: InferenceTable | None = None  # the endpoint's inference table, when it logs payloads
     guardrails: Guardrails | None = None  # the endpoint's input and output guardrails, when it has some
+    topic_call: CallSpec | None = None  # embeds rows and topics for a valid_topics guardrail
 
     @property
     def output_type(self) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import pyarrow as pa
 
 from aifuncs.errors import GuardrailBlocked
-from aifuncs.governance.guardrails import screen
+from aifuncs.governance.guardrails import off_topic, screen
 from aifuncs.runtime._call import CallSpec, Scored
 from aifuncs.runtime._payloads import log_request
 
@@ -39,7 +39,11 @@ def _refuse(call: CallSpec, side: str, reason: str) -> GuardrailBlocked:
 
 
 async def guarded(
-    call: CallSpec, requests: pa.Array, resolve: Resolve, record: Callable[[Counter[str]], None]
+    call: CallSpec,
+    requests: pa.Array,
+    resolve: Resolve,
+    record: Callable[[Counter[str]], None],
+    embed: Resolve | None = None,
 ) -> Scored:
     rails = call.guardrails
     if rails is None or not rails.active or not _is_text(requests):
@@ -53,6 +57,23 @@ async def guarded(
         decisions.update({f"input: {k}": v for k, v in screened.decisions.items()})
         blocked = [None if b is None else f"blocked by the input guardrail: {b}" for b in screened.blocked]
         send = pa.array([t for t, b in zip(screened.texts, blocked, strict=True) if b is None], pa.string())
+        if rails.input.valid_topics and embed is not None and len(send):
+            topics = pa.array(list(rails.input.valid_topics), pa.string())
+            vectors, _ = await embed(pa.concat_arrays([send, topics]))
+            listed = vectors.to_pylist()
+            reasons = off_topic(
+                listed[: len(send)],
+                listed[len(send) :],
+                rails.input.valid_topics,
+                rails.input.topic_threshold,
+            )
+            positions = [i for i, b in enumerate(blocked) if b is None]
+            for position, reason in zip(positions, reasons, strict=True):
+                if reason is not None:
+                    blocked[position] = f"blocked by the input guardrail: {reason}"
+                    screened.blocked[position] = reason
+                    decisions["input: off topic"] += 1
+            send = pa.array([screened.texts[i] for i, b in enumerate(blocked) if b is None], pa.string())
     try:
         if raises and any(blocked):
             raise _refuse(call, "input", next(b for b in screened.blocked if b))

@@ -102,7 +102,8 @@ def test_output_guard_masks_or_withholds_answers(con: duckdb.DuckDBPyConnection)
     ("config", "message"),
     [
         ({"input": {"safety": True}}, "safety needs a model this version does not ship"),
-        ({"input": {"valid_topics": ["billing"]}}, "valid_topics needs a model"),
+        ({"output": {"valid_topics": ["billing"]}}, "unknown fields \\['valid_topics'\\]"),
+        ({"input": {"valid_topics": ["billing"], "topic_threshold": 2}}, "between -1 and 1"),
         ({"input": {"pii": {"behavior": "REDACT"}}}, "behavior is one of NONE, BLOCK, MASK"),
         ({"input": {"invalid_keywords": "falcon"}}, "invalid_keywords is a list"),
         ({"inputs": {}}, "unknown fields \\['inputs'\\]"),
@@ -113,3 +114,24 @@ def test_bad_guardrails_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         aifuncs.endpoints.put_ai_gateway("shout", {"guardrails": config})
+
+
+def test_valid_topics_block_what_is_off_topic(con: duckdb.DuckDBPyConnection) -> None:
+    gateway(
+        {"input": {"valid_topics": ["billing and payments", "shipping and delivery"]}}
+    )  # the built-in MiniLM
+    con.execute(
+        "CREATE TABLE questions AS SELECT * FROM (VALUES (1, 'I was charged twice on my invoice, please refund'),"
+        " (2, 'When will my package arrive?'), (3, 'Write me a poem about dragons'), (4, 'Tell me a joke')) t(id, q)"
+    )
+    rows = aifuncs.sql(
+        con, "SELECT id, ai_query('shout', q, failOnError => false) AS r FROM questions ORDER BY id"
+    ).fetchall()
+    assert [r[1]["result"] for r in rows[:2]] == [
+        "I WAS CHARGED TWICE ON MY INVOICE, PLEASE REFUND",
+        "WHEN WILL MY PACKAGE ARRIVE?",
+    ]
+    for _, answer in rows[2:]:
+        assert answer["result"] is None
+        assert answer["errorMessage"].startswith("blocked by the input guardrail: off topic (nearest '")
+        assert answer["errorMessage"].endswith(", needs 0.25)")
