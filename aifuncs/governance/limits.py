@@ -13,7 +13,7 @@ hold (the stricter wins).
 Each limit is a GCRA bucket (a "theoretical arrival time" per key) in one SQLite file, taken under
 `BEGIN IMMEDIATE` with the clock read after the lock: exact across processes, no server to run. A call
 costs 1; a token limit reserves an estimate when the request leaves (prompt + max_tokens) and settles to
-what the model reports. In any t seconds a bucket admits at most burst + rate x t; the burst defaults to
+what the model reports: more at once, less (the usual case) with the process's next admission. In any t seconds a bucket admits at most burst + rate x t; the burst defaults to
 one second's worth (at least one request).
 """
 
@@ -229,6 +229,9 @@ class Limiter:
         self._db: sqlite3.Connection | None = None
         self._pid = 0
         self._lock = threading.Lock()  # one connection, used by whichever thread asks
+        # Tokens reserved beyond what requests used, returned with this process's next admission: one
+        # transaction a request instead of two. Returning them late only ever refuses, never over-admits.
+        self._credits: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"Limiter({str(self.path)!r})"
@@ -254,7 +257,12 @@ class Limiter:
     def _try_acquire(self, checks: Sequence[Check], tokens: int) -> Reservation | Refusal:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
+        credits, self._credits = self._credits, {}
         try:
+            if credits:
+                db.executemany(
+                    "UPDATE buckets SET tat = tat - ? WHERE key = ?", [(s, k) for k, s in credits.items()]
+                )
             now = time.time()  # read under the lock: an earlier clock would refuse what is due
             keys = sorted({b.key for check in checks for b in check.any_of})
             marks = ",".join("?" * len(keys))
@@ -280,7 +288,7 @@ class Limiter:
                     if worst is None or refusal.wait_s > worst.wait_s:
                         worst = refusal
             if worst is not None:
-                db.execute("ROLLBACK")
+                db.execute("COMMIT" if credits else "ROLLBACK")  # the credits stand; the request took nothing
                 return worst
             db.executemany(
                 "INSERT INTO buckets (key, tat) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
@@ -290,6 +298,8 @@ class Limiter:
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            for key, seconds in credits.items():  # not lost: returned with the next admission
+                self._credits[key] = self._credits.get(key, 0.0) + seconds
             raise
         charged = tuple(b for check in checks for b in check.any_of if b.unit == "tokens" and b.key in taken)
         return Reservation(charged, tokens)
@@ -299,7 +309,12 @@ class Limiter:
         if not reservation.buckets or used_tokens == reservation.tokens:
             return
         with self._lock:
-            self._settle(reservation, used_tokens)
+            if used_tokens < reservation.tokens:  # a credit: it waits for this process's next admission
+                for bucket in reservation.buckets:
+                    seconds = (reservation.tokens - used_tokens) * bucket.interval_s
+                    self._credits[bucket.key] = self._credits.get(bucket.key, 0.0) + seconds
+                return
+            self._settle(reservation, used_tokens)  # a debit: at once, so no process over-admits meanwhile
 
     def _settle(self, reservation: Reservation, used_tokens: int) -> None:
         db = self._connection()

@@ -39,27 +39,24 @@ def text_chars(values: Any) -> int | None:
     return None
 
 
-def _chars(values: pa.Array) -> int:
-    """Text requests by their characters; anything else (a tabular batch) by its Arrow bytes, which costs
-    nothing to read where formatting a million rows as text would cost more than the request."""
-    counted = text_chars(values)
-    return counted if counted is not None else int(values.nbytes)
-
-
 def estimate_tokens(call: CallSpec, chunk: pa.Array, returns_text: bool) -> int:
-    """What a request may cost in tokens, before it is sent."""
-    prompt = (_chars(chunk) + len(chunk)) // 4
+    """What a request may cost in tokens, before it is sent: its text's (characters + 1) / 4 per row, plus
+    the reply's bound. Tokens are a measure of text: a tabular request costs none."""
+    chars = text_chars(chunk)
+    prompt = 0 if chars is None else (chars + len(chunk)) // 4
     reply = (call.parameters or {}).get("max_tokens") or (DEFAULT_MAX_TOKENS if returns_text else 0)
     return prompt + int(reply) * len(chunk)
 
 
 def used_tokens(output: Any, chunk: pa.Array) -> int:
-    """What a request cost: the model's own count, else (characters + 1) / 4 of the prompt and the reply."""
+    """What a request cost: the model's own count, else (characters + 1) / 4 of its text and its reply's."""
     if isinstance(output, Prediction) and output.input_tokens is not None:
         return output.input_tokens + (output.output_tokens or 0)
     outputs = output.outputs if isinstance(output, Prediction) else output
-    reply = text_chars(outputs) or 0  # a text reply by its characters; a tabular one costs no tokens
-    return (_chars(chunk) + len(chunk)) // 4 + (reply + len(chunk)) // 4
+    prompt, reply = text_chars(chunk), text_chars(outputs)
+    return (0 if prompt is None else (prompt + len(chunk)) // 4) + (
+        0 if reply is None else (reply + len(chunk)) // 4
+    )
 
 
 class RateGate:
