@@ -7,6 +7,7 @@ only moves Arrow arrays between DuckDB and the runtime.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -50,7 +51,7 @@ from aifuncs.planner._cost import CallEstimate, measurable, render
 from aifuncs.runtime import Budget, CallSpec, Meter, RequestContext, Runtime, default_runtime, session_budget
 from aifuncs.runtime._progress import Progress
 
-__all__ = ["connect", "install", "returns_rows", "sql", "sql_each"]
+__all__ = ["connect", "install", "returns_rows", "sql", "sql_each", "typed_error"]
 
 _INSTALLED_MARK = "__aifuncs_ai_query"
 
@@ -518,9 +519,43 @@ def _volatile() -> frozenset[str]:
     return frozenset(name for (name,) in rows) | {"__aifuncs_ai_query"}
 
 
+# The typed errors a UDF raised lately, by message: DuckDB hands the caller a duckdb.Error with the message,
+# and `typed_error` finds the typed one again (RateLimited with its wait, GuardrailBlocked...).
+_raised: collections.OrderedDict[str, AifuncsError] = collections.OrderedDict()
+_RAISED_KEPT = 64
+
+
+def _remembered(fn: Callable[..., pa.Array]) -> Callable[..., pa.Array]:
+    @functools.wraps(fn)
+    def udf(*args: pa.Array) -> pa.Array:
+        try:
+            return fn(*args)
+        except AifuncsError as error:
+            with _registered_lock:
+                _raised[str(error)] = error
+                while len(_raised) > _RAISED_KEPT:
+                    _raised.popitem(last=False)
+            raise
+
+    return udf
+
+
+def typed_error(error: BaseException) -> AifuncsError | None:
+    """The aifuncs error behind a duckdb.Error a query raised while DuckDB ran an AI function, if any."""
+    if isinstance(error.__cause__, AifuncsError):
+        return error.__cause__
+    text = str(error)
+    with _registered_lock:
+        for message, typed in reversed(_raised.items()):
+            if message in text:
+                return typed
+    return None
+
+
 def _typed_call(call: CallSpec) -> Callable[[pa.Array], pa.Array]:
     runtime = default_runtime()
 
+    @_remembered
     def udf(request: pa.Array) -> pa.Array:
         return runtime.run_call(call, _as_array(request))
 
@@ -530,6 +565,7 @@ def _typed_call(call: CallSpec) -> Callable[[pa.Array], pa.Array]:
 def _json_call(call: CallSpec) -> Callable[[pa.Array], pa.Array]:
     runtime = default_runtime()
 
+    @_remembered
     def udf(request_json: pa.Array) -> pa.Array:
         return runtime.run_call(call, decode_json(_as_array(request_json)))
 
@@ -554,6 +590,7 @@ def decode_json(texts: pa.Array) -> pa.Array:
 def _generic_ai_query(runtime: Runtime, identity: Identity) -> Callable[..., pa.Array]:
     """The plain-connection ai_query: any endpoint per row, answers as VARCHAR."""
 
+    @_remembered
     def udf(
         endpoint: pa.Array,
         request: pa.Array,

@@ -22,7 +22,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from aifuncs._fork import ProcessLocal
-from aifuncs.engines.duckdb import connect
+from aifuncs.engines.duckdb import connect, typed_error
 from aifuncs.engines.duckdb import sql as run_sql
 from aifuncs.errors import ArgumentError
 from aifuncs.functions import FunctionSpec, get_spec
@@ -361,9 +361,15 @@ def _select(
     con = _connection()
     con.register(_FRAME, table)
     try:
-        relation = run_sql(con, select.sql("duckdb"), origin="pandas", **budget)
-        assert relation is not None
-        return relation.to_arrow_table()
+        try:
+            relation = run_sql(con, select.sql("duckdb"), origin="pandas", **budget)
+            assert relation is not None
+            return relation.to_arrow_table()
+        except duckdb.Error as error:  # a model's failure inside DuckDB: raised as the typed error it is
+            typed = typed_error(error)
+            if typed is None:
+                raise
+            raise typed from error
     finally:
         con.unregister(_FRAME)
         default_runtime().usage.query_done()  # a streamed query's requests ran while its rows were fetched

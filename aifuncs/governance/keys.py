@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from aifuncs._fork import after_fork_in_child, renewed_in_child
 from aifuncs._home import home, private_file
 from aifuncs.errors import ConfigError
 
@@ -213,6 +214,8 @@ def is_sealed(value: object) -> bool:
 
 _rings: dict[tuple[Path, bytes], KeyRing] = {}
 _rings_lock = threading.Lock()
+renewed_in_child(globals(), "_rings_lock")
+after_fork_in_child(_rings.clear)  # a ring's own lock may have been held at the fork: the child makes its own
 
 
 def keyring() -> KeyRing | None:

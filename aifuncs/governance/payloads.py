@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from aifuncs._fork import after_fork_in_child, held_across_fork
+from aifuncs._fork import after_fork_in_child, held_across_fork, renewed_in_child
 from aifuncs._home import private_file
 from aifuncs.errors import ConfigError
 from aifuncs.governance.keys import EncryptionError, keyring
@@ -276,6 +276,7 @@ def connect(path: Path) -> sqlite3.Connection:
 
 _log_instance: PayloadLog | None = None
 _instance_lock = threading.Lock()
+renewed_in_child(globals(), "_instance_lock")  # a fork while another thread held it must not freeze the child
 
 
 def payload_log() -> PayloadLog:

@@ -122,6 +122,9 @@ def test_changes_need_can_manage_and_leave_the_catalog_unchanged(
         lambda: gov.create_user("mallory"),
         lambda: gov.add_member("analysts", "alice"),
         lambda: gov.create_token("alice"),
+        lambda: aifuncs.endpoints.set_rate_limits("doubler", []),
+        lambda: aifuncs.endpoints.put_ai_gateway("doubler", {"guardrails": {}}),
+        lambda: gov.rotate_key(bytes(32)),
     ):
         with pytest.raises(PermissionDenied):
             change()
@@ -129,6 +132,7 @@ def test_changes_need_can_manage_and_leave_the_catalog_unchanged(
     assert aifuncs.endpoints.versions("doubler") == before
     assert aifuncs.endpoints.get_permissions("doubler") == acl
     assert gov.directory().members("analysts") == ["bob"]
+    assert aifuncs.endpoints.get_ai_gateway("doubler") == {"rate_limits": []}
 
 
 def test_deleting_an_endpoint_takes_its_grants(

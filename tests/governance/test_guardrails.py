@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
 import aifuncs
-from aifuncs.errors import ConfigError
+from aifuncs.errors import ConfigError, GuardrailBlocked
 
 EMAIL = "ana.lopez@example.com"
 CARD = "4111 1111 1111 1111"
@@ -64,9 +65,10 @@ def test_input_block_keeps_rows_from_the_model(con: duckdb.DuckDBPyConnection, h
     )
     with pytest.raises(duckdb.Error) as refused:  # under failOnError the query stops, naming the rule only
         aifuncs.sql(con, "SELECT ai_query('shout', body) FROM notes WHERE id = 2").fetchall()
-    assert "blocked by the input guardrail (pii (email))" in str(refused.value) and EMAIL not in str(
-        refused.value
-    )
+    message = str(refused.value)
+    assert "blocked by the input guardrail (pii (email))" in message and EMAIL not in message
+    with pytest.raises(GuardrailBlocked, match="pii \\(email\\)"):  # pandas raises the typed error
+        aifuncs.pandas.query("shout", pd.Series(["write to " + EMAIL]))
 
 
 def test_mask_sends_and_keeps_only_the_masked_text(con: duckdb.DuckDBPyConnection, home: Path) -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import aifuncs
 import aifuncs.governance as gov
-from aifuncs.engines.duckdb import sql_each
+from aifuncs.engines.duckdb import sql_each, typed_error
 from aifuncs.errors import ConfigError, RateLimited
 from aifuncs.governance import limits as limits_module
 from aifuncs.governance.limits import Limiter, RateLimit, Reservation, applicable, parse_limits
@@ -263,6 +263,8 @@ def test_a_query_waits_its_turn_or_fails_fast(con: object) -> None:
         r"rate limited \(the per-user 1 calls/min\): the next request fits in ([\d.]+) s", str(refused.value)
     )
     assert found is not None and 55 < float(found[1]) <= 60, str(refused.value)
+    typed = typed_error(refused.value)  # the typed error behind DuckDB's, with the wait
+    assert isinstance(typed, RateLimited) and 55 < typed.wait_s <= 60
     call = bind_call("ai_query", "doubler", pa.float64(), cache=False, wait_for_limits=False)
     with pytest.raises(RateLimited) as typed:  # the runtime's direct callers (the server) get the type
         default_runtime().run_call(call, pa.array([5.0]))

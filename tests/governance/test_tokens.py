@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aifuncs.errors import ConfigError
 from aifuncs.governance import InvalidToken, TokenStore, check_format
@@ -81,3 +83,19 @@ def test_bad_requests_name_the_problem(store: TokenStore) -> None:
         store.create("alice", days=0)
     with pytest.raises(ConfigError, match="needs the principal"):
         store.create("")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    candidate=st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+        st.from_regex(r"aif_[us]_[0-9A-Za-z]{36}", fullmatch=True),
+        st.just("aif_u_" + "A" * 65536),
+    )
+)
+def test_fuzzed_tokens_never_authenticate_and_fail_only_as_invalid(tmp_path: Path, candidate: str) -> None:
+    store = TokenStore(tmp_path / "fuzz.db")
+    with pytest.raises(InvalidToken) as refused:
+        store.authenticate(candidate)
+    assert candidate[:40] not in str(refused.value) or len(candidate) < 8  # never echoed back
