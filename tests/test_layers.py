@@ -25,6 +25,7 @@ FLOORS = [
     "aifuncs.index",
     "aifuncs.jobs",
     "aifuncs.cache",
+    "aifuncs.server",
     "aifuncs.cli",
 ]
 

@@ -158,6 +158,11 @@ class Catalog:
         principal = self.principal
         return names if principal.admin else policy.viewable(self._permissions, principal, names)
 
+    def permission_level(self, name: str) -> str | None:
+        """The level the principal holds on the endpoint `name` (its canonical name), None for none."""
+        principal = self.principal
+        return "CAN_MANAGE" if principal.admin else self._permissions.effective(name, principal)
+
     def managed_names(self) -> builtins.list[str]:
         """The endpoints the principal may manage."""
         names = self._store.names()

@@ -289,6 +289,14 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from aifuncs.server import serve
+
+    serve(args.host, args.port, workers=args.workers, tls_cert=args.tls_cert, tls_key=args.tls_key,
+          insecure_http=args.insecure_http)  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aifuncs", description="AI functions for SQL.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -417,6 +425,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.set_defaults(handler=_cache)
     add_governance_commands(commands)
+
+    serve = commands.add_parser(
+        "serve", help="serve every endpoint as a REST API (Databricks' serving endpoints)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1, help="processes (they share AIFUNCS_HOME)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain; TLS 1.2 and 1.3 only")
+    serve.add_argument("--tls-key", metavar="PEM", help="its private key")
+    serve.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow plain HTTP on a non-loopback address (behind a TLS proxy)",
+    )
+    serve.set_defaults(handler=_serve)
     return parser
 
 

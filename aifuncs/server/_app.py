@@ -1,0 +1,188 @@
+"""The ASGI app: Databricks' serving-endpoints routes over the catalog, governance and runtime.
+
+Every handler runs the same way: the body read (at most `MAX_BODY_BYTES`), the caller authenticated, then the
+work (catalog, SQLite, model calls: all blocking) in a worker thread, and any error turned into the JSON body
+and status clients expect (`_errors.py`). The catalog is seen as the caller (`Catalog.acting_as`), so every
+route asks the same policy check as SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aifuncs._home import home
+from aifuncs.catalog import Catalog, default_catalog
+from aifuncs.errors import AifuncsError
+from aifuncs.governance import Identity
+from aifuncs.governance.permissions import DESCRIPTIONS, LEVELS
+from aifuncs.server._auth import Authenticator
+from aifuncs.server._errors import ApiError, error_response, from_aifuncs
+from aifuncs.server._invoke import invoke
+from aifuncs.server._shapes import endpoint_object
+
+__all__ = ["MAX_BODY_BYTES", "app"]
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # Databricks' payload limit
+_log = logging.getLogger("aifuncs.server")
+
+Work = Callable[[Request, Identity, Any], Any]
+
+
+def _catalog(identity: Identity) -> Catalog:
+    return default_catalog().acting_as(identity.principal)
+
+
+async def _body(request: Request) -> Any:
+    if request.method in ("GET", "DELETE", "HEAD"):
+        return None
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise ApiError(413, "REQUEST_TOO_LARGE", f"The body is over {MAX_BODY_BYTES // (1024 * 1024)} MB.")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(
+                413, "REQUEST_TOO_LARGE", f"The body is over {MAX_BODY_BYTES // (1024 * 1024)} MB."
+            )
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ApiError(400, "MALFORMED_REQUEST", f"The body is not JSON: {error}.") from None
+
+
+def api(auth: Authenticator, work: Work) -> Callable[[Request], Awaitable[Response]]:
+    """A route: read, authenticate, work in a thread, answer JSON (or the error a client expects)."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            body = await _body(request)
+            identity = await run_in_threadpool(auth.identity, request)
+            result = await run_in_threadpool(work, request, identity, body)
+        except ApiError as error:
+            return error_response(error)
+        except AifuncsError as error:
+            return error_response(from_aifuncs(error))
+        except Exception:  # a bug of ours: logged here, a JSON 500 there, the server keeps serving
+            _log.exception("%s %s failed", request.method, request.url.path)
+            return error_response(
+                ApiError(500, "INTERNAL_ERROR", "The server failed on this request; see its log.")
+            )
+        return result if isinstance(result, Response) else JSONResponse(result)
+
+    return endpoint
+
+
+def _level(catalog: Catalog, name: str) -> str | None:
+    return catalog.permission_level(name)
+
+
+def list_endpoints(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    catalog = _catalog(identity)
+    return {"endpoints": [endpoint_object(catalog, e, _level(catalog, e.name)) for e in catalog.list()]}
+
+
+def get_endpoint(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    catalog = _catalog(identity)
+    endpoint = catalog.get(request.path_params["name"])
+    return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
+
+
+def delete_endpoint(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    _catalog(identity).delete(request.path_params["name"])
+    return {}
+
+
+def put_ai_gateway(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "The AI gateway configuration is a JSON object.")
+    config = {k: v for k, v in body.items() if k != "name"}
+    usage = config.pop("usage_tracking_config", None)
+    if usage is not None and usage != {"enabled": True}:
+        raise ApiError(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            'Usage is always tracked here: send {"enabled": true} or leave it out.',
+        )
+    return _catalog(identity).put_ai_gateway(request.path_params["name"], config)
+
+
+def put_rate_limits(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    limits = body.get("rate_limits", []) if isinstance(body, dict) else None
+    return {"rate_limits": _catalog(identity).set_rate_limits(request.path_params["name"], limits)}  # type: ignore[arg-type]
+
+
+def permissions(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    catalog = _catalog(identity)
+    name = request.path_params["endpoint_id"]
+    if request.method == "GET":
+        return catalog.get_permissions(name)
+    entries = body.get("access_control_list") if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", 'Send {"access_control_list": [...]}.')
+    change = catalog.set_permissions if request.method == "PUT" else catalog.update_permissions
+    return change(name, entries)
+
+
+def permission_levels(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    _catalog(identity).authorize(request.path_params["endpoint_id"], "view")
+    return {
+        "permission_levels": [
+            {"permission_level": level, "description": DESCRIPTIONS[level]} for level in LEVELS
+        ]
+    }
+
+
+def invocations(request: Request, identity: Identity, body: Any) -> Response:
+    name = request.path_params["name"]
+    answer = invoke(name, body, identity.principal)
+    return JSONResponse(answer, headers={"served-model-name": name})
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def databricks_config(request: Request) -> Response:
+    # databricks-sdk asks this first, under a long retry budget: answer at once
+    host = str(request.base_url).rstrip("/")
+    return JSONResponse({"oidc_endpoint": f"{host}/oidc", "workspace_id": "0"})
+
+
+def app() -> Starlette:
+    """The server as an ASGI app, acting on the catalog of the current AIFUNCS_HOME."""
+    auth = Authenticator(home())
+    prefix = "/api/2.0/serving-endpoints"
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/.well-known/databricks-config", databricks_config, methods=["GET"]),
+        Route(prefix, api(auth, list_endpoints), methods=["GET"]),
+        Route(prefix + "/", api(auth, list_endpoints), methods=["GET"]),
+        Route(prefix + "/{name}", api(auth, get_endpoint), methods=["GET"]),
+        Route(prefix + "/{name}", api(auth, delete_endpoint), methods=["DELETE"]),
+        Route(prefix + "/{name}/ai-gateway", api(auth, put_ai_gateway), methods=["PUT"]),
+        Route(prefix + "/{name}/rate-limits", api(auth, put_rate_limits), methods=["PUT"]),
+        Route(
+            "/api/2.0/permissions/serving-endpoints/{endpoint_id}",
+            api(auth, permissions),
+            methods=["GET", "PUT", "PATCH"],
+        ),  # fmt: skip
+        Route(
+            "/api/2.0/permissions/serving-endpoints/{endpoint_id}/permissionLevels",
+            api(auth, permission_levels),
+            methods=["GET"],
+        ),  # fmt: skip
+        Route("/serving-endpoints/{name}/invocations", api(auth, invocations), methods=["POST"]),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,105 @@
+"""`POST /serving-endpoints/{name}/invocations`: a request body to Arrow rows, and the answers back to JSON.
+
+Tabular bodies are MLflow's scoring formats: exactly one of `dataframe_split`, `dataframe_records`, `instances`,
+`inputs` (with optional `params`), answered as `{"predictions": [...]}` the way `mlflow models serve` does.
+The rows go through the same planner binding and runtime as SQL: the policy check, rate limits (429 with the
+real wait, never a queue), guardrails, usage and inference logs, batching and retries.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyarrow as pa
+
+from aifuncs.governance import Principal
+from aifuncs.planner import bind_call
+from aifuncs.runtime import RequestContext, default_runtime
+from aifuncs.server._errors import ApiError
+
+__all__ = ["invoke"]
+
+_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "INVALID_PARAMETER_VALUE", message)
+
+
+def _rows(body: dict[str, Any]) -> pa.Array:
+    given = [f for f in _FORMATS if f in body]
+    if len(given) != 1:
+        raise _bad(
+            f"Give exactly one of {', '.join(_FORMATS)} (found {', '.join(given) or 'none'}); chat, completions and"
+            " embeddings bodies go to an endpoint that serves them."
+        )
+    value = body[given[0]]
+    if given[0] == "dataframe_split":
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("columns"), list)
+            or not isinstance(value.get("data"), list)
+        ):
+            raise _bad('dataframe_split is {"columns": [...], "data": [[...], ...]}.')
+        columns = value["columns"]
+        if any(not isinstance(row, list) or len(row) != len(columns) for row in value["data"]):
+            raise _bad(f"Each row of dataframe_split.data has {len(columns)} values, one per column.")
+        records = [dict(zip(columns, row, strict=True)) for row in value["data"]]
+    elif isinstance(value, dict) and given[0] == "inputs":  # columnar: {"a": [...], "b": [...]}
+        lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
+        if len(lengths) != 1 or -1 in lengths:
+            raise _bad("inputs as an object maps each column to a list of values, all of one length.")
+        names = list(value)
+        records = [dict(zip(names, row, strict=True)) for row in zip(*value.values(), strict=True)]
+    elif isinstance(value, list):
+        records = value
+    else:
+        raise _bad(f"{given[0]} is a list of rows.")
+    if not records:
+        raise _bad(f"{given[0]} has no rows.")
+    try:
+        if all(isinstance(r, dict) for r in records):
+            table = pa.Table.from_pylist(records)
+            return pa.StructArray.from_arrays(
+                [c.combine_chunks() for c in table.columns], names=table.column_names
+            )
+        if any(isinstance(r, dict) for r in records):
+            raise _bad("Rows are either all objects (one field per column) or all plain values.")
+        return pa.array(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise _bad(f"The rows do not make a table: {error}.") from None
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def invoke(name: str, body: Any, principal: Principal) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _bad("The request body is a JSON object.")
+    params = body.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise _bad("params is an object of the model's parameters.")
+    usage_context = body.get("usage_context")
+    if usage_context is not None and (
+        not isinstance(usage_context, dict) or not all(isinstance(v, str) for v in usage_context.values())
+    ):
+        raise _bad("usage_context maps names to texts.")
+    client_request_id = body.get("client_request_id")
+    if client_request_id is not None and not isinstance(client_request_id, str):
+        raise _bad("client_request_id is a text.")
+    rows = _rows(body)
+    context = RequestContext("rest", client_request_id, tuple(sorted((usage_context or {}).items())))
+    call = bind_call(
+        "ai_query", name, rows.type, model_parameters=params, principal=principal, wait_for_limits=False,
+        context=context,
+    )  # fmt: skip
+    answers = default_runtime().run_call(call, rows)
+    return {"predictions": _json_safe(answers.to_pylist())}

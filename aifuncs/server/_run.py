@@ -1,0 +1,73 @@
+"""`aifuncs serve`: the app on uvicorn (httptools, uvloop), N worker processes sharing AIFUNCS_HOME.
+
+TLS: the project builds the SSLContext itself with a floor of TLS 1.2 (uvicorn sets none of its own). A
+non-loopback address without a certificate is refused unless `insecure_http` says so: tokens would cross the
+network in clear. Stopping (SIGINT, SIGTERM) lets requests in flight finish, for up to `graceful_s`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from aifuncs.errors import ConfigError
+
+__all__ = ["serve", "tls_context"]
+
+
+def tls_context(config: Any, default: Callable[[], ssl.SSLContext] | None = None) -> ssl.SSLContext:
+    """A server context that refuses TLS 1.0 and 1.1 (uvicorn's `ssl_context_factory`)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile, config.ssl_keyfile_password)
+    return context
+
+
+def _loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    workers: int = 1,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    insecure_http: bool = False,
+    graceful_s: int = 30,
+    log_level: str = "warning",
+) -> None:
+    import uvicorn
+
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError(
+            "Give both --tls-cert and --tls-key (a certificate and its private key), or neither."
+        )
+    if not tls_cert and not _loopback(host) and not insecure_http:
+        raise ConfigError(
+            f"Refusing to serve {host} over plain HTTP: tokens would cross the network in clear. Give --tls-cert"
+            " and --tls-key, bind 127.0.0.1, or pass --insecure-http behind a TLS-terminating proxy."
+        )
+    uvicorn.run(
+        "aifuncs.server:app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        ssl_context_factory=tls_context if tls_cert else None,
+        timeout_graceful_shutdown=graceful_s,
+        log_level=log_level,
+        access_log=False,
+    )

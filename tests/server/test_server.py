@@ -1,0 +1,173 @@
+"""`aifuncs serve` as a real process on 127.0.0.1, driven by clients nobody here wrote (mlflow.deployments,
+databricks-sdk) and by plain HTTP for what they do not show: 401s, 403s, 404s that read like missing ones, 429."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from servers import FakeServer, free_port, running
+
+import aifuncs
+import aifuncs.governance as gov
+
+
+@dataclass
+class Server:
+    url: str
+    tokens: dict[str, str]
+    llm: FakeServer
+
+
+@pytest.fixture
+def server(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_models: object
+) -> Iterator[Server]:
+    monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
+    for name in ("alice", "bob", "carol"):
+        gov.create_user(name)
+    tokens = {name: gov.create_token(name) for name in ("alice", "bob", "carol")}
+    revoked = gov.create_token("carol")
+    gov.revoke_token(gov.list_tokens("carol")[-1].id)
+    tokens["revoked"] = revoked
+    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    aifuncs.endpoints.create("wine", kind="mlflow", model_uri=mlflow_models.sklearn_uri)  # type: ignore[attr-defined]
+    with FakeServer() as llm:
+        aifuncs.endpoints.create("llm", kind="openai", model="m", base_url=llm.url + "/v1")
+        for name in ("doubler", "wine", "llm"):
+            aifuncs.endpoints.update_permissions(name, [{"user_name": "alice", "permission_level": "CAN_QUERY"},
+                                                        {"user_name": "bob", "permission_level": "CAN_VIEW"}])  # fmt: skip
+        port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
+               "MLFLOW_TRACKING_URI": mlflow_models.tracking_uri}  # type: ignore[attr-defined]  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port)]
+        with running(command, url + "/health", tmp_path / "serve.log", env):
+            yield Server(url, tokens, llm)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_every_route_needs_a_valid_token(server: Server) -> None:
+    routes = [
+        ("GET", "/api/2.0/serving-endpoints"),
+        ("GET", "/api/2.0/serving-endpoints/llm"),
+        ("POST", "/serving-endpoints/llm/invocations"),
+        ("GET", "/api/2.0/permissions/serving-endpoints/llm"),
+    ]
+    bad = {
+        "no header": {},
+        "other scheme": {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
+        "garbage": auth("hunter2"),
+        "bad checksum": auth(
+            server.tokens["alice"][:-1] + ("A" if server.tokens["alice"][-1] != "A" else "B")
+        ),
+        "unknown": auth("aif_u_" + "0" * 30 + server.tokens["alice"][-6:]),
+        "revoked": auth(server.tokens["revoked"]),
+    }
+    with httpx.Client(base_url=server.url) as client:
+        for case, headers in bad.items():
+            for method, path in routes:
+                answer = client.request(method, path, headers=headers, json={"inputs": ["hi"]})
+                assert answer.status_code == 401, (case, path, answer.text)
+                assert answer.headers["www-authenticate"].startswith("Bearer"), case
+                assert answer.json()["error_code"] == "UNAUTHENTICATED"
+    assert server.llm.stats.requests == 0  # nothing reached a model
+
+
+def test_the_mlflow_deployments_client_unmodified(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.deployments import get_deploy_client
+
+    monkeypatch.setenv("DATABRICKS_HOST", server.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", server.tokens["alice"])
+    monkeypatch.setenv("MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT", "5")
+    client = get_deploy_client("databricks")
+    names = sorted(e["name"] for e in client.list_endpoints())
+    assert names == ["doubler", "llm", "wine"]
+    endpoint = client.get_endpoint("wine")
+    assert endpoint["state"]["ready"] == "READY" and endpoint["permission_level"] == "CAN_QUERY"
+    assert endpoint["config"]["served_entities"][0]["entity_name"] == "wine"
+    assert client.predict(endpoint="doubler", inputs={"inputs": [1.5, 2.0]}) == {"predictions": [3.0, 4.0]}
+    records = [
+        {"alcohol": 13.2, "malic_acid": 1.78, "flavanoids": 2.76, "color_intensity": 4.38, "proline": 1050.0}
+    ]
+    answer = client.predict(endpoint="wine", inputs={"dataframe_records": records * 3})
+    assert answer["predictions"] == [0, 0, 0]
+
+
+def test_databricks_sdk_permissions_and_queries(server: Server) -> None:
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk.errors import NotFound, PermissionDenied
+    from databricks.sdk.service.serving import (
+        ServingEndpointAccessControlRequest,
+        ServingEndpointPermissionLevel,
+    )
+
+    owner = gov.create_token("alice")  # alice holds CAN_QUERY: she may query, not manage
+    alice = WorkspaceClient(host=server.url, token=owner)
+    assert sorted(e.name for e in alice.serving_endpoints.list()) == ["doubler", "llm", "wine"]
+    answer = alice.serving_endpoints.query(name="doubler", inputs=[10.0])
+    assert answer.predictions == [20.0]
+    with pytest.raises(PermissionDenied):
+        alice.serving_endpoints.get_permissions(serving_endpoint_id="doubler")
+    gov.create_user("dana", admin=True)
+    admin = WorkspaceClient(host=server.url, token=gov.create_token("dana"))
+    admin.serving_endpoints.update_permissions(
+        serving_endpoint_id="doubler",
+        access_control_list=[ServingEndpointAccessControlRequest(
+            user_name="carol", permission_level=ServingEndpointPermissionLevel.CAN_QUERY)],
+    )  # fmt: skip
+    levels = {a.user_name: a.all_permissions[0].permission_level.value
+              for a in admin.serving_endpoints.get_permissions(serving_endpoint_id="doubler").access_control_list}  # fmt: skip
+    assert levels == {"alice": "CAN_QUERY", "bob": "CAN_VIEW", "carol": "CAN_QUERY", "dana": "CAN_MANAGE"}
+    carol = WorkspaceClient(host=server.url, token=server.tokens["carol"])
+    assert carol.serving_endpoints.query(name="doubler", inputs=[1.0]).predictions == [2.0]
+    with pytest.raises(NotFound):  # she may not view 'wine': it reads as missing
+        carol.serving_endpoints.get(name="wine")
+
+
+def test_refusals_read_as_clients_expect(server: Server) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        bob = auth(server.tokens["bob"])
+        viewed = client.post("/serving-endpoints/doubler/invocations", headers=bob, json={"inputs": [1.0]})
+        assert viewed.status_code == 403 and viewed.json()["error_code"] == "PERMISSION_DENIED"
+        carol = auth(server.tokens["carol"])
+        hidden = client.get("/api/2.0/serving-endpoints/wine", headers=carol)
+        missing = client.get("/api/2.0/serving-endpoints/nope", headers=carol)
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.json()["message"].replace("wine", "X") == missing.json()["message"].replace("nope", "X")
+        alice = auth(server.tokens["alice"])
+        bad = client.post("/serving-endpoints/doubler/invocations", headers=alice, content=b"{not json")
+        assert bad.status_code == 400 and bad.json()["error_code"] == "MALFORMED_REQUEST"
+        wrong = client.post(
+            "/serving-endpoints/wine/invocations", headers=alice, json={"dataframe_records": [{"x": 1}]}
+        )
+        assert wrong.status_code == 400 and "missing" in wrong.json()["message"]
+        big = client.post(
+            "/serving-endpoints/doubler/invocations", headers=alice, content=b"x" * (17 * 1024 * 1024)
+        )
+        assert big.status_code == 413
+        aifuncs.endpoints.set_rate_limits("doubler", [{"calls": 1, "key": "user"}])
+        first = client.post("/serving-endpoints/doubler/invocations", headers=alice, json={"inputs": [1.0]})
+        assert first.status_code == 200
+        limited = client.post("/serving-endpoints/doubler/invocations", headers=alice, json={"inputs": [1.0]})
+        assert limited.status_code == 429 and limited.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+        assert 55 <= int(limited.headers["retry-after"]) <= 60
+        assert client.get("/health").status_code == 200  # and it keeps serving
+
+
+def test_a_public_address_needs_tls() -> None:
+    from aifuncs.errors import ConfigError
+    from aifuncs.server import serve
+
+    with pytest.raises(ConfigError, match="Refusing to serve 0.0.0.0 over plain HTTP"):
+        serve("0.0.0.0", free_port())
+    with pytest.raises(ConfigError, match="Give both --tls-cert and --tls-key"):
+        serve("127.0.0.1", free_port(), tls_cert="cert.pem")
