@@ -334,7 +334,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running(
-    command: list[str], ready_url: str, log_path: Any, env: dict[str, str] | None = None
+    command: list[str], ready_url: str, log_path: Any, env: dict[str, str] | None = None, verify: Any = True
 ) -> Iterator[None]:
     """Start a real server process, wait until `ready_url` answers 200, and stop it (and its children) after."""
     import httpx
@@ -345,7 +345,7 @@ def running(
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(ready_url, timeout=1).status_code == 200:
+                if httpx.get(ready_url, timeout=1, verify=verify).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

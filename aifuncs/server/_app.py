@@ -25,6 +25,7 @@ from aifuncs.errors import AifuncsError
 from aifuncs.governance import Identity
 from aifuncs.governance.permissions import DESCRIPTIONS, LEVELS
 from aifuncs.server._auth import Authenticator
+from aifuncs.server._entities import endpoint_options
 from aifuncs.server._errors import ApiError, error_response, from_aifuncs
 from aifuncs.server._invoke import invoke
 from aifuncs.server._shapes import endpoint_object
@@ -99,6 +100,48 @@ def get_endpoint(request: Request, identity: Identity, body: Any) -> dict[str, A
     return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
 
 
+def create_endpoint(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    """POST: the endpoint, its creator's CAN_MANAGE, and its AI gateway settings, all or nothing."""
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "Give the endpoint's name and config.")
+    name = body["name"]
+    kind, options = endpoint_options(body.get("config"))
+    catalog = _catalog(identity)
+    gateway = dict(body.get("ai_gateway") or {})
+    gateway.pop("usage_tracking_config", None)  # always tracked here
+    if body.get("rate_limits"):
+        gateway.setdefault("rate_limits", body["rate_limits"])
+    endpoint = catalog.create(name, kind, description=str(body.get("description") or ""), **options)
+    if gateway:
+        try:
+            catalog.put_ai_gateway(endpoint.name, gateway)
+        except BaseException:
+            catalog.delete(endpoint.name)  # a create that cannot be whole leaves nothing behind
+            raise
+    return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
+
+
+def update_config(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    """PUT .../config: the served entity's settings, as a new version of the endpoint."""
+    catalog = _catalog(identity)
+    current = catalog.authorize(request.path_params["name"], "manage")
+    kind, options = endpoint_options(body)
+    if kind != current.kind:
+        raise ApiError(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            f"{current.name!r} serves a {current.kind} model; a {kind} one is another endpoint: create it, or delete"
+            " this one first.",
+        )
+    keep = {k: v for k, v in current.options.items() if k not in options and k not in _ENTITY_OPTIONS}
+    endpoint = catalog.update(current.name, replace=True, **keep, **options)
+    return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
+
+
+# Options a served entity sets: replaced whole by a new config (others, like prices, stay).
+_ENTITY_OPTIONS = ("model_uri", "model", "task", "base_url", "api_key_env", "url")
+
+
 def delete_endpoint(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
     _catalog(identity).delete(request.path_params["name"])
     return {}
@@ -169,6 +212,9 @@ def app() -> Starlette:
         Route("/.well-known/databricks-config", databricks_config, methods=["GET"]),
         Route(prefix, api(auth, list_endpoints), methods=["GET"]),
         Route(prefix + "/", api(auth, list_endpoints), methods=["GET"]),
+        Route(prefix, api(auth, create_endpoint), methods=["POST"]),
+        Route(prefix + "/", api(auth, create_endpoint), methods=["POST"]),
+        Route(prefix + "/{name}/config", api(auth, update_config), methods=["PUT"]),
         Route(prefix + "/{name}", api(auth, get_endpoint), methods=["GET"]),
         Route(prefix + "/{name}", api(auth, delete_endpoint), methods=["DELETE"]),
         Route(prefix + "/{name}/ai-gateway", api(auth, put_ai_gateway), methods=["PUT"]),

@@ -171,3 +171,73 @@ def test_a_public_address_needs_tls() -> None:
         serve("0.0.0.0", free_port())
     with pytest.raises(ConfigError, match="Give both --tls-cert and --tls-key"):
         serve("127.0.0.1", free_port(), tls_cert="cert.pem")
+
+
+def test_endpoints_made_over_rest_are_catalog_endpoints(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.deployments import get_deploy_client
+
+    monkeypatch.setenv("DATABRICKS_HOST", server.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", server.tokens["alice"])
+    monkeypatch.setenv("MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT", "5")
+    client = get_deploy_client("databricks")
+    made = client.create_endpoint(
+        "wine-v1",
+        config={
+            "served_entities": [
+                {
+                    "entity_name": "wine",
+                    "entity_version": "1",
+                    "workload_size": "Small",
+                    "scale_to_zero_enabled": True,
+                }
+            ]
+        },  # fmt: skip
+    )
+    assert made["permission_level"] == "CAN_MANAGE"  # alice made it: hers to manage, nobody else's
+    assert aifuncs.endpoints.get("wine-v1").options["model_uri"] == "models:/wine/1"  # the one catalog
+    records = [
+        {"alcohol": 13.2, "malic_acid": 1.78, "flavanoids": 2.76, "color_intensity": 4.38, "proline": 1050.0}
+    ]
+    assert client.predict(endpoint="wine-v1", inputs={"dataframe_records": records}) == {"predictions": [0]}
+    updated = client.update_endpoint_config(
+        "wine-v1", config={"served_entities": [{"entity_name": "wine", "entity_version": "1"}]}
+    )
+    assert updated["config"]["config_version"] == 2
+    with httpx.Client(base_url=server.url) as raw:
+        listed = raw.get("/api/2.0/serving-endpoints", headers=auth(server.tokens["bob"])).json()
+        assert "wine-v1" not in [e["name"] for e in listed["endpoints"]]
+        plaintext = raw.post(
+            "/api/2.0/serving-endpoints",
+            headers=auth(server.tokens["alice"]),
+            json={"name": "gpt", "config": {"served_entities": [{"external_model": {
+                "name": "gpt-4o", "provider": "openai", "task": "llm/v1/chat",
+                "openai_config": {"openai_api_key_plaintext": "sk-secret"}}}]}},
+        )  # fmt: skip
+        assert plaintext.status_code == 400 and "never stores keys" in plaintext.json()["message"]
+        assert "sk-secret" not in plaintext.text
+    client.delete_endpoint("wine-v1")
+    assert "wine-v1" not in [e["name"] for e in client.list_endpoints()]
+
+
+def test_databricks_sdk_creates_an_external_model_endpoint(server: Server) -> None:
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk.service.serving import EndpointCoreConfigInput, ExternalModel, ServedEntityInput
+
+    alice = WorkspaceClient(host=server.url, token=server.tokens["alice"])
+    entity = ServedEntityInput(
+        external_model=ExternalModel.from_dict(
+            {
+                "name": "m",
+                "provider": "custom",
+                "task": "llm/v1/chat",
+                "custom_provider_config": {"custom_provider_url": server.llm.url + "/v1"},
+            }  # fmt: skip
+        )
+    )
+    made = alice.serving_endpoints.create_and_wait(
+        name="echo", config=EndpointCoreConfigInput(name="echo", served_entities=[entity])
+    )
+    assert made.state.config_update.value == "NOT_UPDATING"
+    assert alice.serving_endpoints.query(name="echo", inputs=["hi there"]).predictions == ["echo: hi there"]

@@ -1,0 +1,110 @@
+"""Databricks' served entities to catalog endpoints: a registered MLflow model is an `mlflow` endpoint, an
+external model the matching remote kind.
+
+Keys are never stored: an external model's key is named as an environment variable of the server,
+`"openai_api_key": "{{env/OPENAI_API_KEY}}"` (or `openai_api_key_env`, or Databricks' `{{secrets/scope/key}}`,
+read from the variable `SCOPE_KEY`); a `*_plaintext` key is refused. Serving fields Databricks needs for
+its own machines (`workload_size`, `scale_to_zero_enabled`, `environment_vars`...) are accepted and have no
+effect here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aifuncs.server._errors import ApiError
+
+__all__ = ["endpoint_options"]
+
+_TASKS = {"llm/v1/chat": "chat", "llm/v1/completions": "completions", "llm/v1/embeddings": "embeddings"}
+_REFERENCE = re.compile(r"^\{\{\s*(env|secrets)/([A-Za-z0-9_.-]+)(?:/([A-Za-z0-9_.-]+))?\s*\}\}$")
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "INVALID_PARAMETER_VALUE", message)
+
+
+def _key_env(config: dict[str, Any], field: str) -> str | None:
+    """The environment variable an external model's key is read from."""
+    if config.get(f"{field}_plaintext"):
+        raise _bad(
+            f"{field}_plaintext: aifuncs never stores keys. Put the key in an environment variable of the server and"
+            f' name it: "{field}": "{{{{env/NAME}}}}".'
+        )
+    if config.get(f"{field}_env"):
+        return str(config[f"{field}_env"])
+    value = config.get(field)
+    if value is None:
+        return None
+    found = _REFERENCE.match(str(value))
+    if found is None:
+        raise _bad(
+            f'{field} names where the key is, e.g. "{{{{env/NAME}}}}"; the key itself is never sent or stored.'
+        )
+    kind, first, second = found.groups()
+    if kind == "env":
+        return first
+    if second is None:
+        raise _bad(f"{field}: a secret reference reads {{{{secrets/scope/key}}}}.")
+    return re.sub(r"[^A-Za-z0-9]", "_", f"{first}_{second}").upper()
+
+
+def _external(model: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    provider = model.get("provider")
+    name = model.get("name")
+    if not isinstance(name, str) or not name:
+        raise _bad("external_model.name is the model's name at its provider.")
+    task = _TASKS.get(str(model.get("task", "llm/v1/chat")))
+    if task is None:
+        raise _bad(f"external_model.task is one of {', '.join(_TASKS)}.")
+    if provider in ("openai", "custom"):
+        config = model.get("openai_config") or model.get("custom_provider_config") or {}
+        options: dict[str, Any] = {"model": name, "task": task}
+        base = config.get("openai_api_base") or config.get("custom_provider_url")
+        if base:
+            options["base_url"] = str(base).rstrip("/")
+        options["api_key_env"] = _key_env(config, "openai_api_key")
+        return "openai", options
+    if provider == "anthropic":
+        if task != "chat":
+            raise _bad("Anthropic serves llm/v1/chat only.")
+        config = model.get("anthropic_config") or {}
+        return "anthropic", {"model": name, "api_key_env": _key_env(config, "anthropic_api_key")}
+    if provider == "databricks-model-serving":
+        config = model.get("databricks_model_serving_config") or {}
+        host = str(config.get("databricks_workspace_url", "")).rstrip("/")
+        if not host:
+            raise _bad(
+                "databricks_model_serving_config.databricks_workspace_url is the workspace that serves it."
+            )
+        url = f"{host}/serving-endpoints/{name}/invocations"
+        return "serving", {"url": url, "api_key_env": _key_env(config, "databricks_api_token")}
+    raise _bad(
+        f"external_model.provider {provider!r} is not served here: openai, custom, anthropic, databricks-model-serving."
+    )
+
+
+def endpoint_options(config: Any) -> tuple[str, dict[str, Any]]:
+    """The catalog kind and options of an endpoint config's one served entity."""
+    if not isinstance(config, dict):
+        raise _bad("config is an object with served_entities.")
+    entities = config.get("served_entities") or config.get("served_models")
+    if not isinstance(entities, list) or len(entities) != 1 or not isinstance(entities[0], dict):
+        raise _bad(
+            "Give config.served_entities as a list of one served entity: this server serves one per endpoint."
+        )
+    entity = entities[0]
+    if entity.get("external_model") is not None:
+        if not isinstance(entity["external_model"], dict):
+            raise _bad("external_model is an object: name, provider, task and the provider's config.")
+        kind, options = _external(entity["external_model"])
+    else:
+        name = entity.get("entity_name") or entity.get("model_name")
+        version = entity.get("entity_version") or entity.get("model_version")
+        if not name or not version:
+            raise _bad(
+                "A served entity names a registered model (entity_name and entity_version) or an external_model."
+            )
+        kind, options = "mlflow", {"model_uri": f"models:/{name}/{version}"}
+    return kind, {k: v for k, v in options.items() if v is not None}
