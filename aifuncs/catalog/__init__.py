@@ -250,6 +250,31 @@ class Catalog:
         self._note("permissions.update", endpoint.name, access_control_list=access_control_list)
         return self.get_permissions(endpoint.name)
 
+    def tags(self, name: str) -> builtins.list[dict[str, Any]]:
+        """The endpoint's tags, [{"key", "value"}] (needs CAN_VIEW)."""
+        return self._store.tags(self.authorize(name, "view").name)
+
+    def patch_tags(
+        self,
+        name: str,
+        add_tags: builtins.list[dict[str, Any]] | None = None,
+        delete_tags: builtins.list[str] | None = None,
+    ) -> builtins.list[dict[str, Any]]:
+        """Add or change tags and delete others (Databricks' PATCH .../tags; needs CAN_MANAGE)."""
+        endpoint = self.authorize(name, "manage")
+        add: dict[str, str | None] = {}
+        for tag in add_tags or []:
+            if not isinstance(tag, dict) or not isinstance(tag.get("key"), str) or not tag["key"]:
+                raise ConfigError('Each tag to add is {"key": "...", "value": "..."}.')
+            value = tag.get("value")
+            add[tag["key"]] = None if value is None else str(value)
+        if not all(isinstance(k, str) for k in delete_tags or []):
+            raise ConfigError("delete_tags is a list of tag keys.")
+        if not self._store.patch_tags(endpoint.name, add, builtins.list(delete_tags or [])):
+            raise UnknownEndpoint(name, self.names())
+        self._note("tags.patch", endpoint.name, add=add, delete=builtins.list(delete_tags or []))
+        return self._store.tags(endpoint.name)
+
     def get_ai_gateway(self, name: str) -> dict[str, Any]:
         """The endpoint's AI gateway configuration in Databricks' shape (`rate_limits` so far)."""
         endpoint = self.authorize(name, "view")

@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS gateways (
     name TEXT PRIMARY KEY COLLATE NOCASE,
     config TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tags (
+    name TEXT NOT NULL COLLATE NOCASE,
+    key TEXT NOT NULL,
+    value TEXT,
+    PRIMARY KEY (name, key)
+);
 CREATE TABLE IF NOT EXISTS defaults (
     role TEXT PRIMARY KEY,
     name TEXT NOT NULL
@@ -147,6 +153,7 @@ class SqliteStore:
             deleted = db.execute("DELETE FROM endpoints WHERE name = ?", (name,)).rowcount
             db.execute("DELETE FROM endpoint_versions WHERE name = ?", (name,))
             db.execute("DELETE FROM gateways WHERE name = ?", (name,))
+            db.execute("DELETE FROM tags WHERE name = ?", (name,))
             if deleted and also is not None:
                 also(db)
         return bool(deleted)
@@ -166,6 +173,24 @@ class SqliteStore:
                 "INSERT INTO gateways (name, config) VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET config = excluded.config",
                 (name, json.dumps(config, sort_keys=True)),
+            )
+        return True
+
+    def tags(self, name: str) -> builtins.list[dict[str, str | None]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT key, value FROM tags WHERE name = ? ORDER BY key", (name,)).fetchall()
+        return [{"key": r["key"], "value": r["value"]} for r in rows]
+
+    def patch_tags(self, name: str, add: dict[str, str | None], delete: builtins.list[str]) -> bool:
+        """Add or change tags and delete others, in one transaction; False when the endpoint is gone."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM endpoints WHERE name = ?", (name,)).fetchone() is None:
+                return False
+            db.executemany("DELETE FROM tags WHERE name = ? AND key = ?", [(name, k) for k in delete])
+            db.executemany(
+                "INSERT INTO tags (name, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
+                [(name, k, v) for k, v in add.items()],
             )
         return True
 

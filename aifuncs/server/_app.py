@@ -24,6 +24,7 @@ from aifuncs.catalog import Catalog, default_catalog
 from aifuncs.errors import AifuncsError
 from aifuncs.governance import Identity
 from aifuncs.governance.permissions import DESCRIPTIONS, LEVELS
+from aifuncs.runtime import default_runtime
 from aifuncs.server._auth import Authenticator
 from aifuncs.server._entities import endpoint_options
 from aifuncs.server._errors import ApiError, error_response, from_aifuncs
@@ -112,12 +113,14 @@ def create_endpoint(request: Request, identity: Identity, body: Any) -> dict[str
     if body.get("rate_limits"):
         gateway.setdefault("rate_limits", body["rate_limits"])
     endpoint = catalog.create(name, kind, description=str(body.get("description") or ""), **options)
-    if gateway:
-        try:
+    try:
+        if gateway:
             catalog.put_ai_gateway(endpoint.name, gateway)
-        except BaseException:
-            catalog.delete(endpoint.name)  # a create that cannot be whole leaves nothing behind
-            raise
+        if body.get("tags"):
+            catalog.patch_tags(endpoint.name, add_tags=body["tags"])
+    except BaseException:
+        catalog.delete(endpoint.name)  # a create that cannot be whole leaves nothing behind
+        raise
     return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
 
 
@@ -166,6 +169,40 @@ def put_rate_limits(request: Request, identity: Identity, body: Any) -> dict[str
     return {"rate_limits": _catalog(identity).set_rate_limits(request.path_params["name"], limits)}  # type: ignore[arg-type]
 
 
+def patch_tags(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    body = body if isinstance(body, dict) else {}
+    tags = _catalog(identity).patch_tags(
+        request.path_params["name"], body.get("add_tags"), body.get("delete_tags")
+    )
+    return {"tags": tags}
+
+
+def metrics(request: Request, identity: Identity, body: Any) -> Response:
+    """OpenMetrics counters of the endpoint's requests, from the usage log (every process's)."""
+    endpoint = _catalog(identity).authorize(request.path_params["name"], "view")
+    rows = [
+        r
+        for r in default_runtime().usage.read()
+        if r["endpoint"] == endpoint.name and r["status"] != "guardrail"
+    ]
+    codes = [r["status_code"] or (200 if r["status"] == "ok" else 500) for r in rows]
+    label = f'{{endpoint="{endpoint.name}"}}'
+    lines = [
+        "# TYPE request_count counter", f"request_count_total{label} {len(rows)}",
+        "# TYPE request_4xx_count counter", f"request_4xx_count_total{label} {sum(400 <= c < 500 for c in codes)}",
+        "# TYPE request_5xx_count counter", f"request_5xx_count_total{label} {sum(c >= 500 for c in codes)}",
+        "# TYPE request_latency_ms summary",
+        f"request_latency_ms_sum{label} {sum(r['latency_ms'] or 0 for r in rows):.3f}",
+        f"request_latency_ms_count{label} {len(rows)}",
+        "# TYPE input_tokens counter", f"input_tokens_total{label} {sum(r['input_tokens'] or 0 for r in rows)}",
+        "# TYPE output_tokens counter", f"output_tokens_total{label} {sum(r['output_tokens'] or 0 for r in rows)}",
+        "# EOF",
+    ]  # fmt: skip
+    return Response(
+        "\n".join(lines) + "\n", media_type="application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )
+
+
 def permissions(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
     catalog = _catalog(identity)
     name = request.path_params["endpoint_id"]
@@ -189,6 +226,14 @@ def permission_levels(request: Request, identity: Identity, body: Any) -> dict[s
 
 def invocations(request: Request, identity: Identity, body: Any) -> Response:
     name = request.path_params["name"]
+    entity = request.path_params.get("served_model_name")
+    if entity is not None and entity.lower() != name.lower():  # one served entity, named as its endpoint
+        _catalog(identity).authorize(name, "view")
+        raise ApiError(
+            404,
+            "RESOURCE_DOES_NOT_EXIST",
+            f"Endpoint {name!r} serves no entity {entity!r}; it serves {name!r}.",
+        )
     answer = invoke(name, body, identity.principal)
     return JSONResponse(answer, headers={"served-model-name": name})
 
@@ -219,6 +264,8 @@ def app() -> Starlette:
         Route(prefix + "/{name}", api(auth, delete_endpoint), methods=["DELETE"]),
         Route(prefix + "/{name}/ai-gateway", api(auth, put_ai_gateway), methods=["PUT"]),
         Route(prefix + "/{name}/rate-limits", api(auth, put_rate_limits), methods=["PUT"]),
+        Route(prefix + "/{name}/tags", api(auth, patch_tags), methods=["PATCH"]),
+        Route(prefix + "/{name}/metrics", api(auth, metrics), methods=["GET"]),
         Route(
             "/api/2.0/permissions/serving-endpoints/{endpoint_id}",
             api(auth, permissions),
@@ -230,5 +277,10 @@ def app() -> Starlette:
             methods=["GET"],
         ),  # fmt: skip
         Route("/serving-endpoints/{name}/invocations", api(auth, invocations), methods=["POST"]),
+        Route(
+            "/serving-endpoints/{name}/served-models/{served_model_name}/invocations",
+            api(auth, invocations),
+            methods=["POST"],
+        ),  # fmt: skip
     ]
     return Starlette(routes=routes)

@@ -51,7 +51,7 @@ def endpoint_object(catalog: Catalog, endpoint: Endpoint, permission_level: str 
             "traffic_config": {"routes": [{"served_entity_name": endpoint.name, "traffic_percentage": 100}]},
         },
         "ai_gateway": catalog.get_ai_gateway(endpoint.name),
-        "tags": [],
+        "tags": catalog.tags(endpoint.name),
         "description": endpoint.description,
         "permission_level": permission_level,
     }

@@ -241,3 +241,34 @@ def test_databricks_sdk_creates_an_external_model_endpoint(server: Server) -> No
     )
     assert made.state.config_update.value == "NOT_UPDATING"
     assert alice.serving_endpoints.query(name="echo", inputs=["hi there"]).predictions == ["echo: hi there"]
+
+
+def test_tags_metrics_and_the_served_model_route(server: Server) -> None:
+    gov.create_user("erin", admin=True)
+    erin = auth(gov.create_token("erin"))
+    alice = auth(server.tokens["alice"])
+    with httpx.Client(base_url=server.url) as client:
+        tagged = client.patch("/api/2.0/serving-endpoints/doubler/tags", headers=erin,
+                              json={"add_tags": [{"key": "team", "value": "growth"}, {"key": "tier", "value": "1"}]})  # fmt: skip
+        assert tagged.json() == {"tags": [{"key": "team", "value": "growth"}, {"key": "tier", "value": "1"}]}
+        client.patch("/api/2.0/serving-endpoints/doubler/tags", headers=erin, json={"delete_tags": ["tier"]})
+        assert client.get("/api/2.0/serving-endpoints/doubler", headers=alice).json()["tags"] == [
+            {"key": "team", "value": "growth"}
+        ]
+        refused = client.patch(
+            "/api/2.0/serving-endpoints/doubler/tags", headers=alice, json={"delete_tags": ["team"]}
+        )
+        assert refused.status_code == 403
+        for _ in range(3):
+            answer = client.post("/serving-endpoints/doubler/served-models/doubler/invocations", headers=alice,
+                                 json={"inputs": [1.0, 2.0]})  # fmt: skip
+            assert (
+                answer.json() == {"predictions": [2.0, 4.0]}
+                and answer.headers["served-model-name"] == "doubler"
+            )
+        other = client.post(
+            "/serving-endpoints/doubler/served-models/nope/invocations", headers=alice, json={"inputs": [1.0]}
+        )
+        assert other.status_code == 404
+        text = client.get("/api/2.0/serving-endpoints/doubler/metrics", headers=alice).text
+        assert 'request_count_total{endpoint="doubler"} 3' in text and text.endswith("# EOF\n")
