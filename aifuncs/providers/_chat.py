@@ -21,6 +21,28 @@ def prompts(requests: pa.Array) -> list[str]:
     return [json.dumps(v, default=str) for v in requests.to_pylist()]
 
 
+Message = dict[str, str]
+
+
+def conversations(requests: pa.Array, system_prompt: str | None = None) -> list[list[Message]]:
+    """Each row as the messages a chat model is sent: a row holding `messages` ([{role, content}], a chat
+    body's) is that conversation; any other row is one user message (its prompt). The endpoint's system
+    prompt goes first where the conversation has none."""
+    found: list[list[Message]] = []
+    texts = prompts(requests) if not pa.types.is_struct(requests.type) else None
+    for i, value in enumerate(requests.to_pylist()):
+        if isinstance(value, dict) and isinstance(value.get("messages"), list):
+            messages = [{"role": str(m.get("role") or "user"), "content": str(m.get("content") or "")}
+                        for m in value["messages"] if isinstance(m, dict)]  # fmt: skip
+        else:
+            text = texts[i] if texts is not None else json.dumps(value, default=str)
+            messages = [{"role": "user", "content": text}]
+        if system_prompt and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        found.append(messages)
+    return found
+
+
 def wanted_schema(options: CallOptions) -> tuple[str, dict[str, Any] | None] | None:
     """What shape the reply must have: ("json_object", None), ("json_schema", schema) or None for free text.
 

@@ -10,7 +10,13 @@ import pyarrow as pa
 from pydantic import Field
 
 from aifuncs.errors import RemoteError
-from aifuncs.providers._chat import generation_parameters, greedy, prompts, wanted_schema
+from aifuncs.providers._chat import (
+    Message,
+    conversations,
+    generation_parameters,
+    greedy,
+    wanted_schema,
+)
 from aifuncs.providers._http import HttpOptions, HttpProvider, join_url
 from aifuncs.providers.base import CallOptions, Prediction
 
@@ -46,19 +52,23 @@ class AnthropicProvider(HttpProvider):
         return {"x-api-key": key}
 
     async def predict(self, requests: pa.Array, options: CallOptions) -> Any:
-        answers = await asyncio.gather(*(self._message(text, options) for text in prompts(requests)))
+        chats = conversations(requests)
+        answers = await asyncio.gather(*(self._message(chat, options) for chat in chats))
         return Prediction(
             [a.outputs for a in answers],
             input_tokens=sum(a.input_tokens or 0 for a in answers),
             output_tokens=sum(a.output_tokens or 0 for a in answers),
         )
 
-    async def _message(self, text: str, options: CallOptions) -> Prediction:
+    async def _message(self, chat: list[Message], options: CallOptions) -> Prediction:
         parameters = generation_parameters(options.parameters)
         if "stop" in parameters:  # the Messages API calls it stop_sequences
             stop = parameters.pop("stop")
             parameters["stop_sequences"] = [stop] if isinstance(stop, str) else stop
-        system = self.options.system_prompt or ""
+        # The Messages API takes the system prompt apart from the turns
+        system = (
+            "\n".join(m["content"] for m in chat if m["role"] == "system") or self.options.system_prompt or ""
+        )
         shape = wanted_schema(options)
         if shape is not None:
             # No JSON mode in the Messages API: ask for it, then the runtime validates every reply.
@@ -69,7 +79,7 @@ class AnthropicProvider(HttpProvider):
         payload: dict[str, Any] = {
             "model": self.options.model,
             "max_tokens": self.options.max_tokens,
-            "messages": [{"role": "user", "content": text}],
+            "messages": [m for m in chat if m["role"] != "system"],
             **parameters,
         }
         if system:

@@ -18,7 +18,13 @@ from pydantic import Field
 
 from aifuncs._fork import renewed_in_child
 from aifuncs.errors import ConfigError, MissingDependency
-from aifuncs.providers._chat import generation_parameters, greedy, prompts, wanted_schema
+from aifuncs.providers._chat import (
+    Message,
+    conversations,
+    generation_parameters,
+    greedy,
+    wanted_schema,
+)
 from aifuncs.providers.base import CallOptions, Prediction, Provider, ProviderOptions, package_folder
 
 _models: dict[tuple[str, int], Any] = {}
@@ -96,23 +102,20 @@ class LlamaCppProvider(Provider):
             return _models[key]
 
     async def predict(self, requests: pa.Array, options: CallOptions) -> Any:
-        return await asyncio.to_thread(self._complete_all, prompts(requests), options)
+        return await asyncio.to_thread(
+            self._complete_all, conversations(requests, self.options.system_prompt), options
+        )
 
-    def _complete_all(self, texts: list[str], options: CallOptions) -> Prediction:
+    def _complete_all(self, chats: list[list[Message]], options: CallOptions) -> Prediction:
         model = self.model()
         parameters = {"max_tokens": self.options.max_tokens, **generation_parameters(options.parameters)}
         shape = wanted_schema(options)
         if shape is not None:
             kind, schema = shape
             parameters["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
-        system = (
-            [{"role": "system", "content": self.options.system_prompt}] if self.options.system_prompt else []
-        )
         answers, tokens_in, tokens_out = [], 0, 0
-        for text in texts:
-            reply = model.create_chat_completion(
-                messages=[*system, {"role": "user", "content": text}], **parameters
-            )
+        for chat in chats:
+            reply = model.create_chat_completion(messages=chat, **parameters)
             answers.append(reply["choices"][0]["message"]["content"])
             usage = reply.get("usage") or {}
             tokens_in += usage.get("prompt_tokens") or 0

@@ -12,7 +12,14 @@ import pyarrow as pa
 from pydantic import Field
 
 from aifuncs.errors import RemoteError
-from aifuncs.providers._chat import generation_parameters, greedy, prompts, wanted_schema
+from aifuncs.providers._chat import (
+    Message,
+    conversations,
+    generation_parameters,
+    greedy,
+    prompts,
+    wanted_schema,
+)
 from aifuncs.providers._http import HttpOptions, HttpProvider, join_url
 from aifuncs.providers.base import CallOptions, Prediction
 
@@ -53,30 +60,29 @@ class OpenAIProvider(HttpProvider):
         return "FLOAT[]" if self.options.task == "embeddings" else "VARCHAR"
 
     async def predict(self, requests: pa.Array, options: CallOptions) -> Any:
-        texts = prompts(requests)
-        if self.options.task == "embeddings":
-            return await self._embed(texts, options)
-        answers = await asyncio.gather(*(self._complete(text, options) for text in texts))
+        if self.options.task != "chat":
+            texts = prompts(requests)
+            if self.options.task == "embeddings":
+                return await self._embed(texts, options)
+            answers = await asyncio.gather(*(self._complete(text, options) for text in texts))
+        else:
+            chats = conversations(requests, self.options.system_prompt)
+            answers = await asyncio.gather(*(self._complete(chat, options) for chat in chats))
         return Prediction(
             [a.outputs for a in answers],
             input_tokens=_sum(a.input_tokens for a in answers),
             output_tokens=_sum(a.output_tokens for a in answers),
         )
 
-    async def _complete(self, text: str, options: CallOptions) -> Prediction:
+    async def _complete(self, request: str | list[Message], options: CallOptions) -> Prediction:
         payload: dict[str, Any] = {"model": self.options.model, **generation_parameters(options.parameters)}
-        if self.options.task == "completions":
+        if isinstance(request, str):  # the completions task: a prompt
             reply = await self.post_json(
-                join_url(self.options.base_url, "completions"), {**payload, "prompt": text}
+                join_url(self.options.base_url, "completions"), {**payload, "prompt": request}
             )
             answer = _first_choice(reply, self.endpoint.name).get("text")
         else:
-            messages = (
-                [{"role": "system", "content": self.options.system_prompt}]
-                if self.options.system_prompt
-                else []
-            )
-            payload["messages"] = [*messages, {"role": "user", "content": text}]
+            payload["messages"] = request
             shape = wanted_schema(options)
             if shape is not None:
                 payload["response_format"] = self._response_format(*shape)

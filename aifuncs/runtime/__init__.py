@@ -50,7 +50,7 @@ from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, ever
 from aifuncs.runtime._guard import guarded
 from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
 from aifuncs.runtime._loop import BackgroundLoop
-from aifuncs.runtime._meter import Meter, begin_request, end_request
+from aifuncs.runtime._meter import Meter, TokenTally, begin_request, end_request
 from aifuncs.runtime._payloads import log_request
 from aifuncs.runtime._rate import RateGate, text_chars
 from aifuncs.runtime._reuse import assemble, keep_answers
@@ -65,6 +65,7 @@ __all__ = [
     "Meter",
     "RequestContext",
     "Runtime",
+    "TokenTally",
     "default_runtime",
     "session_budget",
     "set_session_budget",

@@ -45,6 +45,37 @@ def end_request(meters: tuple[Meter, ...], provider: Provider, rows: int, output
         return
     used = output if isinstance(output, Prediction) else Prediction(None)
     tokens = (used.input_tokens or 0) + (used.output_tokens or 0)
+    for meter in meters:
+        if isinstance(meter, TokenTally):
+            meter.add(used)
     cost = price(provider.options, rows, used.input_tokens, used.output_tokens)
     for meter in meters:
         meter.end_request(rows, tokens, cost)
+
+
+class TokenTally:
+    """A meter that only counts the tokens its requests used, split as the model reported them (a REST
+    answer's `usage`)."""
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def begin_request(self) -> None:
+        pass
+
+    def end_request(self, rows: int, tokens: int, cost_usd: float | None) -> None:
+        pass
+
+    def cancel_request(self) -> None:
+        pass
+
+    def answered(self, rows: int, failed: int = 0) -> None:
+        pass
+
+    def paced(self, limit: str) -> None:
+        pass
+
+    def add(self, used: Prediction) -> None:
+        self.input_tokens += used.input_tokens or 0
+        self.output_tokens += used.output_tokens or 0

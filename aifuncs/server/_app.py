@@ -16,7 +16,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from aifuncs._home import home
@@ -29,6 +29,7 @@ from aifuncs.server._auth import Authenticator
 from aifuncs.server._entities import endpoint_options
 from aifuncs.server._errors import ApiError, error_response, from_aifuncs
 from aifuncs.server._invoke import invoke
+from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse
 from aifuncs.server._shapes import endpoint_object
 
 __all__ = ["MAX_BODY_BYTES", "app"]
@@ -234,8 +235,37 @@ def invocations(request: Request, identity: Identity, body: Any) -> Response:
             "RESOURCE_DOES_NOT_EXIST",
             f"Endpoint {name!r} serves no entity {entity!r}; it serves {name!r}.",
         )
-    answer = invoke(name, body, identity.principal)
-    return JSONResponse(answer, headers={"served-model-name": name})
+    kind = kind_of(body) if isinstance(body, dict) else None
+    handler = {"chat": chat, "completions": completions, "embeddings": embeddings}.get(kind or "", invoke)
+    answer = handler(name, body, identity.principal)
+    return _reply(answer, name, streamed=kind in ("chat", "completions") and bool(body.get("stream")))
+
+
+def _reply(answer: dict[str, Any], name: str, *, streamed: bool) -> Response:
+    headers = {"served-model-name": name}
+    if streamed:
+        return StreamingResponse(iter(sse(answer)), media_type="text/event-stream", headers=headers)
+    return JSONResponse(answer, headers=headers)
+
+
+def openai_route(kind: str) -> Work:
+    """`/serving-endpoints/chat/completions` and the like: OpenAI's routes, `model` naming the endpoint."""
+    handler = {"chat": chat, "completions": completions, "embeddings": embeddings}[kind]
+
+    def route(request: Request, identity: Identity, body: Any) -> Response:
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", "Name the endpoint as model.")
+        answer = handler(body["model"], body, identity.principal)
+        return _reply(answer, body["model"], streamed=kind != "embeddings" and bool(body.get("stream")))
+
+    return route
+
+
+def models(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    endpoints = _catalog(identity).list()
+    return {"object": "list", "data": [
+        {"id": e.name, "object": "model", "owned_by": "aifuncs",
+         "created": int(e.created_at.timestamp()) if e.created_at else 0} for e in endpoints]}  # fmt: skip
 
 
 async def health(request: Request) -> Response:
@@ -276,6 +306,19 @@ def app() -> Starlette:
             api(auth, permission_levels),
             methods=["GET"],
         ),  # fmt: skip
+        *[
+            Route(f"{base}/{path}", api(auth, openai_route(kind)), methods=["POST"])
+            for base in ("/serving-endpoints", "/serving-endpoints/v1", "/v1")
+            for path, kind in (
+                ("chat/completions", "chat"),
+                ("completions", "completions"),
+                ("embeddings", "embeddings"),
+            )
+        ],
+        *[
+            Route(f"{base}/models", api(auth, models), methods=["GET"])
+            for base in ("/serving-endpoints", "/v1")
+        ],
         Route("/serving-endpoints/{name}/invocations", api(auth, invocations), methods=["POST"]),
         Route(
             "/serving-endpoints/{name}/served-models/{served_model_name}/invocations",
@@ -283,4 +326,38 @@ def app() -> Starlette:
             methods=["POST"],
         ),  # fmt: skip
     ]
+    routes.append(Route("/openapi.json", _openapi_route(routes), methods=["GET"]))
     return Starlette(routes=routes)
+
+
+_OPEN = ("/health", "/.well-known/databricks-config", "/openapi.json")
+
+
+def _openapi_route(routes: list[Route]) -> Callable[[Request], Awaitable[Response]]:
+    """An OpenAPI 3.1 document of the routes: which need a bearer token, which take a JSON body."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in [*routes, Route("/openapi.json", health, methods=["GET"])]:
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                          for n in route.param_convertors]  # fmt: skip
+            operation: dict[str, Any] = {
+                "parameters": parameters,
+                "responses": {"200": {"description": "OK"}, "400": {"description": "A bad request"}},
+            }
+            if route.path not in _OPEN:
+                operation["security"] = [{"bearer": []}]
+                operation["responses"]["401"] = {"description": "No valid token"}
+            if method in ("POST", "PUT", "PATCH"):
+                operation["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
+            paths.setdefault(route.path, {})[method.lower()] = operation
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "aifuncs serving endpoints", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    return openapi

@@ -37,9 +37,10 @@ def server(
     tokens["revoked"] = revoked
     aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
     aifuncs.endpoints.create("wine", kind="mlflow", model_uri=mlflow_models.sklearn_uri)  # type: ignore[attr-defined]
-    with FakeServer() as llm:
+    with FakeServer(keep_bodies=True) as llm:
         aifuncs.endpoints.create("llm", kind="openai", model="m", base_url=llm.url + "/v1")
-        for name in ("doubler", "wine", "llm"):
+        aifuncs.endpoints.create("emb", kind="openai", model="e", task="embeddings", base_url=llm.url + "/v1")
+        for name in ("doubler", "wine", "llm", "emb"):
             aifuncs.endpoints.update_permissions(name, [{"user_name": "alice", "permission_level": "CAN_QUERY"},
                                                         {"user_name": "bob", "permission_level": "CAN_VIEW"}])  # fmt: skip
         port = free_port()
@@ -90,7 +91,7 @@ def test_the_mlflow_deployments_client_unmodified(server: Server, monkeypatch: p
     monkeypatch.setenv("MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT", "5")
     client = get_deploy_client("databricks")
     names = sorted(e["name"] for e in client.list_endpoints())
-    assert names == ["doubler", "llm", "wine"]
+    assert names == ["doubler", "emb", "llm", "wine"]
     endpoint = client.get_endpoint("wine")
     assert endpoint["state"]["ready"] == "READY" and endpoint["permission_level"] == "CAN_QUERY"
     assert endpoint["config"]["served_entities"][0]["entity_name"] == "wine"
@@ -112,7 +113,7 @@ def test_databricks_sdk_permissions_and_queries(server: Server) -> None:
 
     owner = gov.create_token("alice")  # alice holds CAN_QUERY: she may query, not manage
     alice = WorkspaceClient(host=server.url, token=owner)
-    assert sorted(e.name for e in alice.serving_endpoints.list()) == ["doubler", "llm", "wine"]
+    assert sorted(e.name for e in alice.serving_endpoints.list()) == ["doubler", "emb", "llm", "wine"]
     answer = alice.serving_endpoints.query(name="doubler", inputs=[10.0])
     assert answer.predictions == [20.0]
     with pytest.raises(PermissionDenied):
@@ -272,3 +273,74 @@ def test_tags_metrics_and_the_served_model_route(server: Server) -> None:
         assert other.status_code == 404
         text = client.get("/api/2.0/serving-endpoints/doubler/metrics", headers=alice).text
         assert 'request_count_total{endpoint="doubler"} 3' in text and text.endswith("# EOF\n")
+
+
+def test_the_openai_client_unmodified(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    import openai
+
+    for base in ("/serving-endpoints", "/v1"):
+        client = openai.OpenAI(api_key=server.tokens["alice"], base_url=server.url + base, max_retries=0)
+        reply = client.chat.completions.create(
+            model="llm",
+            messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+        )
+        assert reply.choices[0].message.content == "echo: hello" and reply.object == "chat.completion"
+        assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (1, 2)  # as the model reported
+        assert server.llm.stats.bodies[-1]["messages"] == [  # the whole conversation reached the model
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hello"},
+        ]
+        vectors = client.embeddings.create(model="emb", input=["ab", "abcd"])
+        assert [d.embedding for d in vectors.data] == [[2.0, 1.0], [4.0, 1.0]]
+        assert sorted(m.id for m in client.models.list()) == ["doubler", "emb", "llm", "wine"]
+    bob = openai.OpenAI(
+        api_key=server.tokens["bob"], base_url=server.url + "/serving-endpoints", max_retries=0
+    )
+    with pytest.raises(openai.PermissionDeniedError):
+        bob.chat.completions.create(model="llm", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError):
+        bob.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(api_key="nope", base_url=server.url + "/v1", max_retries=0).models.list()
+
+    from mlflow.deployments import get_deploy_client
+
+    monkeypatch.setenv("DATABRICKS_HOST", server.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", server.tokens["alice"])
+    monkeypatch.setenv("MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT", "5")
+    answer = get_deploy_client("databricks").predict(
+        endpoint="llm", inputs={"messages": [{"role": "user", "content": "from mlflow"}], "max_tokens": 20}
+    )
+    assert answer["choices"][0]["message"]["content"] == "echo: from mlflow"
+    assert server.llm.stats.bodies[-1]["max_tokens"] == 20
+    chunks = list(get_deploy_client("databricks").predict_stream(
+        endpoint="llm", inputs={"messages": [{"role": "user", "content": "streamed"}]}
+    ))  # fmt: skip
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "echo: streamed"
+    client = openai.OpenAI(
+        api_key=server.tokens["alice"], base_url=server.url + "/serving-endpoints", max_retries=0
+    )
+    stream = client.chat.completions.create(
+        model="llm", messages=[{"role": "user", "content": "again"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == "echo: again"
+
+
+def test_no_route_in_the_openapi_document_ignores_authentication(server: Server) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        document = client.get("/openapi.json").json()
+        guarded = 0
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                concrete = (
+                    path.replace("{name}", "doubler")
+                    .replace("{endpoint_id}", "doubler")
+                    .replace("{served_model_name}", "doubler")
+                )
+                answer = client.request(method.upper(), concrete, json={"inputs": [1.0], "model": "doubler"})
+                if "security" in operation:
+                    guarded += 1
+                    assert answer.status_code == 401, (method, path, answer.status_code)
+                else:
+                    assert answer.status_code == 200, (method, path)
+        assert guarded >= 20
