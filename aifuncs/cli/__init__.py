@@ -293,7 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
     from aifuncs.server import serve
 
     serve(args.host, args.port, workers=args.workers, tls_cert=args.tls_cert, tls_key=args.tls_key,
-          insecure_http=args.insecure_http)  # fmt: skip
+          insecure_http=args.insecure_http, warehouse=args.warehouse)  # fmt: skip
     return 0
 
 
@@ -439,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow plain HTTP on a non-loopback address (behind a TLS proxy)",
     )
+    serve.add_argument("--warehouse", metavar="DB", help="the DuckDB file SQL over HTTP reads (read-only)")
     serve.set_defaults(handler=_serve)
     return parser
 

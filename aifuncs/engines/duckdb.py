@@ -110,23 +110,32 @@ _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (
 
 
 def install(
-    con: duckdb.DuckDBPyConnection, runtime: Runtime | None = None, *, token: str | None = None
+    con: duckdb.DuckDBPyConnection,
+    runtime: Runtime | None = None,
+    *,
+    token: str | None = None,
+    identity: Identity | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Install the generic AI functions, macros and system views on a connection (idempotent), bound to the
     principal of `token` (else of `AIFUNCS_TOKEN`, else the OS account that owns AIFUNCS_HOME).
 
     DuckDB keeps functions per database instance, which its cursors and every connection to the same file
-    in this process share: one instance serves one principal, and asking another of it is an error."""
+    in this process share: one instance serves one principal, and asking another of it is an error.
+    `identity`: one already authenticated (the server's request), instead of a token."""
     if _has_function(con, _INSTALLED_MARK):
         bound = identity_of(con)
-        if token is not None and identify(token).name != bound.name:
+        wanted = (
+            identity.name if identity is not None else identify(token).name if token is not None else None
+        )
+        if wanted is not None and wanted != bound.name:
             raise ConfigError(
                 f"This database is already open in this process as {bound.name!r}, and DuckDB shares one instance"
                 " (and its functions) between the connections to a file: it cannot act as another principal too."
                 " Close the other connections first, or open a copy of the file."
             )
         return con
-    identity = identify(token) if token is not None else current()
+    if identity is None:
+        identity = identify(token) if token is not None else current()
     runtime = runtime or default_runtime()
     binding = secrets.token_hex(8)
     with _registered_lock:

@@ -4,7 +4,8 @@
     app = aifuncs.server.app()          # the ASGI app, to embed in another server
 
 A request flows through `_app.py` (body, `_auth.py` token -> identity, the catalog seen as the caller) into
-`_invoke.py` (body -> Arrow rows -> `planner.bind_call` -> `Runtime.run_call`), the same path as SQL.
+`_invoke.py` or `_openai.py` (body -> Arrow rows -> `planner.bind_call` -> `Runtime.run_call`), the same path
+as SQL; `_statements.py` runs SQL over HTTP in a sandboxed DuckDB session bound to the caller.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -31,6 +33,7 @@ from aifuncs.server._errors import ApiError, error_response, from_aifuncs
 from aifuncs.server._invoke import invoke
 from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse
 from aifuncs.server._shapes import endpoint_object
+from aifuncs.server._statements import Statements
 
 __all__ = ["MAX_BODY_BYTES", "app"]
 
@@ -278,9 +281,43 @@ async def databricks_config(request: Request) -> Response:
     return JSONResponse({"oidc_endpoint": f"{host}/oidc", "workspace_id": "0"})
 
 
-def app() -> Starlette:
-    """The server as an ASGI app, acting on the catalog of the current AIFUNCS_HOME."""
+def statement_routes(auth: Authenticator, statements: Statements) -> list[Route]:
+    base = "/api/2.0/sql/statements"
+
+    def execute(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+        return statements.execute(identity, body)
+
+    def status(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+        return statements.get(identity, request.path_params["statement_id"]).response()
+
+    def chunk(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+        statement = statements.get(identity, request.path_params["statement_id"])
+        if statement.state != "SUCCEEDED":
+            raise ApiError(
+                400, "BAD_REQUEST", f"Statement {statement.id} is {statement.state}: it has no result."
+            )
+        index = request.path_params["chunk_index"]
+        return statement.chunk(int(index) if str(index).isdigit() else -1)
+
+    def cancel(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+        statements.cancel(identity, request.path_params["statement_id"])
+        return {}
+
+    return [
+        Route(base, api(auth, execute), methods=["POST"]),
+        Route(base + "/", api(auth, execute), methods=["POST"]),
+        Route(base + "/{statement_id}", api(auth, status), methods=["GET"]),
+        Route(base + "/{statement_id}/result/chunks/{chunk_index}", api(auth, chunk), methods=["GET"]),
+        Route(base + "/{statement_id}/cancel", api(auth, cancel), methods=["POST"]),
+    ]
+
+
+def app(warehouse: str | Path | None = None) -> Starlette:
+    """The server as an ASGI app, acting on the catalog of the current AIFUNCS_HOME. `warehouse`: the DuckDB
+    file SQL over HTTP reads (default: AIFUNCS_SERVE_WAREHOUSE, else an empty database per statement)."""
     auth = Authenticator(home())
+    given = warehouse or os.environ.get("AIFUNCS_SERVE_WAREHOUSE") or None
+    statements = Statements(Path(given).resolve() if given else None)
     prefix = "/api/2.0/serving-endpoints"
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -320,6 +357,7 @@ def app() -> Starlette:
             for base in ("/serving-endpoints", "/v1")
         ],
         Route("/serving-endpoints/{name}/invocations", api(auth, invocations), methods=["POST"]),
+        *statement_routes(auth, statements),
         Route(
             "/serving-endpoints/{name}/served-models/{served_model_name}/invocations",
             api(auth, invocations),

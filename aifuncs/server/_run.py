@@ -44,7 +44,10 @@ def serve(
     insecure_http: bool = False,
     graceful_s: int = 30,
     log_level: str = "warning",
+    warehouse: str | None = None,
 ) -> None:
+    import os
+
     import uvicorn
 
     if bool(tls_cert) != bool(tls_key):
@@ -56,6 +59,10 @@ def serve(
             f"Refusing to serve {host} over plain HTTP: tokens would cross the network in clear. Give --tls-cert"
             " and --tls-key, bind 127.0.0.1, or pass --insecure-http behind a TLS-terminating proxy."
         )
+    if warehouse is not None:
+        if not os.path.isfile(warehouse):
+            raise ConfigError(f"The warehouse {warehouse!r} is not a DuckDB file here: give the path of one.")
+        os.environ["AIFUNCS_SERVE_WAREHOUSE"] = os.path.abspath(warehouse)  # for the workers' app()
     uvicorn.run(
         "aifuncs.server:app",
         factory=True,

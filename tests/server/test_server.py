@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import httpx
 import pytest
 from servers import FakeServer, free_port, running
@@ -47,7 +48,19 @@ def server(
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
                "MLFLOW_TRACKING_URI": mlflow_models.tracking_uri}  # type: ignore[attr-defined]  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port)]
+        warehouse = tmp_path / "warehouse.duckdb"
+        with duckdb.connect(str(warehouse)) as db:
+            db.execute("CREATE TABLE reviews AS SELECT i AS id, 'review ' || i AS body FROM range(1, 4) t(i)")
+        command = [
+            sys.executable,
+            "-m",
+            "aifuncs.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--warehouse",
+            str(warehouse),
+        ]
         with running(command, url + "/health", tmp_path / "serve.log", env):
             yield Server(url, tokens, llm)
 
@@ -344,3 +357,57 @@ def test_no_route_in_the_openapi_document_ignores_authentication(server: Server)
                 else:
                     assert answer.status_code == 200, (method, path)
         assert guarded >= 20
+
+
+def test_sql_over_http_runs_as_the_caller_in_a_sandbox(server: Server, home: Path) -> None:
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk.service.sql import StatementParameterListItem, StatementState
+
+    alice = WorkspaceClient(host=server.url, token=server.tokens["alice"])
+    answer = alice.statement_execution.execute_statement(
+        statement="SELECT id, ai_query('doubler', id::DOUBLE) AS doubled, aifuncs_current_principal() AS who"
+        " FROM reviews ORDER BY id",
+        warehouse_id="any",
+        wait_timeout="30s",
+    )
+    assert answer.status.state == StatementState.SUCCEEDED, answer.status
+    assert answer.result.data_array == [["1", "2.0", "alice"], ["2", "4.0", "alice"], ["3", "6.0", "alice"]]
+    assert [c.name for c in answer.manifest.schema.columns] == ["id", "doubled", "who"]
+    typed = alice.statement_execution.execute_statement(
+        statement="SELECT :x + 1 AS y", warehouse_id="any", wait_timeout="10s",
+        parameters=[StatementParameterListItem(name="x", value="41", type="INT")],
+    )  # fmt: skip
+    assert typed.result.data_array == [["42"]]
+    catalog = str(home / "catalog.db")
+    for escape in (
+        f"SELECT * FROM read_csv('{catalog}')",
+        f"ATTACH '{catalog}' AS stolen (TYPE sqlite)",
+        "SET enable_external_access = true",
+        "COPY reviews TO '/tmp/leak.csv'",
+        "CREATE TABLE warehouse.copy AS SELECT * FROM reviews",
+        "CREATE OR REPLACE MACRO aifuncs_current_principal() AS 'admin'",
+    ):
+        refused = alice.statement_execution.execute_statement(
+            statement=escape, warehouse_id="any", wait_timeout="10s"
+        )
+        assert refused.status.state == StatementState.FAILED, escape
+    still = alice.statement_execution.execute_statement(
+        statement="SET VARIABLE who = 'admin'; SELECT aifuncs_current_principal()",
+        warehouse_id="any",
+        wait_timeout="10s",
+    )
+    assert still.result.data_array == [["alice"]]
+    bob = WorkspaceClient(host=server.url, token=server.tokens["bob"])
+    denied = bob.statement_execution.execute_statement(
+        statement="SELECT ai_query('doubler', 1.0::DOUBLE)", warehouse_id="any", wait_timeout="10s"
+    )
+    assert denied.status.state == StatementState.FAILED and "needs CAN_QUERY" in denied.status.error.message
+    with httpx.Client(base_url=server.url) as client:  # alice's statement reads as missing to bob
+        found = client.get(
+            f"/api/2.0/sql/statements/{answer.statement_id}", headers=auth(server.tokens["bob"])
+        )
+        assert found.status_code == 404
+        mine = client.get(
+            f"/api/2.0/sql/statements/{answer.statement_id}", headers=auth(server.tokens["alice"])
+        )
+        assert mine.json()["status"]["state"] == "SUCCEEDED"
