@@ -13,12 +13,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from aifuncs.engines.duckdb import request_context as make_context
 from aifuncs.governance import Principal
 from aifuncs.planner import bind_call
 from aifuncs.runtime import RequestContext, default_runtime
 from aifuncs.server._errors import ApiError
 
-__all__ = ["invoke"]
+__all__ = ["invoke", "request_context"]
 
 _FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -81,22 +82,20 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def request_context(body: dict[str, Any]) -> RequestContext:
+    """The usage log's account of a REST request: its `client_request_id` and `usage_context`, checked as
+    `aifuncs.sql` checks them."""
+    return make_context("rest", body.get("usage_context"), body.get("client_request_id"))
+
+
 def invoke(name: str, body: Any, principal: Principal) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _bad("The request body is a JSON object.")
     params = body.get("params")
     if params is not None and not isinstance(params, dict):
         raise _bad("params is an object of the model's parameters.")
-    usage_context = body.get("usage_context")
-    if usage_context is not None and (
-        not isinstance(usage_context, dict) or not all(isinstance(v, str) for v in usage_context.values())
-    ):
-        raise _bad("usage_context maps names to texts.")
-    client_request_id = body.get("client_request_id")
-    if client_request_id is not None and not isinstance(client_request_id, str):
-        raise _bad("client_request_id is a text.")
+    context = request_context(body)
     rows = _rows(body)
-    context = RequestContext("rest", client_request_id, tuple(sorted((usage_context or {}).items())))
     call = bind_call(
         "ai_query", name, rows.type, model_parameters=params, principal=principal, wait_for_limits=False,
         context=context,

@@ -16,8 +16,9 @@ import pyarrow as pa
 
 from aifuncs.governance import Principal
 from aifuncs.planner import bind_call
-from aifuncs.runtime import RequestContext, TokenTally, default_runtime
+from aifuncs.runtime import TokenTally, default_runtime
 from aifuncs.server._errors import ApiError
+from aifuncs.server._invoke import request_context
 
 __all__ = ["chat", "completions", "embeddings", "kind_of", "sse"]
 
@@ -39,18 +40,6 @@ def kind_of(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _context(body: dict[str, Any]) -> RequestContext:
-    usage_context = body.get("usage_context")
-    if usage_context is not None and (
-        not isinstance(usage_context, dict) or not all(isinstance(v, str) for v in usage_context.values())
-    ):
-        raise _bad("usage_context maps names to texts.")
-    client_request_id = body.get("client_request_id")
-    if client_request_id is not None and not isinstance(client_request_id, str):
-        raise _bad("client_request_id is a text.")
-    return RequestContext("rest", client_request_id, tuple(sorted((usage_context or {}).items())))
-
-
 def _parameters(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("n", 1) != 1:
         raise _bad("n: this server answers one choice per request.")
@@ -66,7 +55,7 @@ def _answer(
     tally = TokenTally()
     call = bind_call(
         "ai_query", name, rows.type, model_parameters=_parameters(body) or None, principal=principal,
-        wait_for_limits=False, context=_context(body), meters=(tally,),
+        wait_for_limits=False, context=request_context(body), meters=(tally,),
     )  # fmt: skip
     provider = default_runtime().provider(call.endpoint)
     if text and not provider.returns_text:
