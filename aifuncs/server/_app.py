@@ -8,6 +8,8 @@ route asks the same policy check as SQL.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import os
@@ -30,7 +32,7 @@ from aifuncs.runtime import default_runtime
 from aifuncs.server._auth import Authenticator
 from aifuncs.server._entities import endpoint_options
 from aifuncs.server._errors import ApiError, error_response, from_aifuncs
-from aifuncs.server._invoke import invoke
+from aifuncs.server._invoke import Prepared, prepare
 from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse
 from aifuncs.server._shapes import endpoint_object
 from aifuncs.server._statements import Statements
@@ -41,6 +43,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # Databricks' payload limit
 _log = logging.getLogger("aifuncs.server")
 
 Work = Callable[[Request, Identity, Any], Any]
+AsyncWork = Callable[[Request, Identity, Any], Awaitable[Any]]
 
 
 def _catalog(identity: Identity) -> Catalog:
@@ -68,14 +71,19 @@ async def _body(request: Request) -> Any:
         raise ApiError(400, "MALFORMED_REQUEST", f"The body is not JSON: {error}.") from None
 
 
-def api(auth: Authenticator, work: Work) -> Callable[[Request], Awaitable[Response]]:
-    """A route: read, authenticate, work in a thread, answer JSON (or the error a client expects)."""
+def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awaitable[Response]]:
+    """A route: read, authenticate, work (in a thread, unless it is a coroutine that hands its blocking parts
+    to one itself), answer JSON (or the error a client expects)."""
+    is_async = inspect.iscoroutinefunction(work)
 
     async def endpoint(request: Request) -> Response:
         try:
             body = await _body(request)
             identity = await run_in_threadpool(auth.identity, request)
-            result = await run_in_threadpool(work, request, identity, body)
+            if is_async:
+                result = await work(request, identity, body)
+            else:
+                result = await run_in_threadpool(work, request, identity, body)
         except ApiError as error:
             return error_response(error)
         except AifuncsError as error:
@@ -228,20 +236,32 @@ def permission_levels(request: Request, identity: Identity, body: Any) -> dict[s
     }
 
 
-def invocations(request: Request, identity: Identity, body: Any) -> Response:
+async def invocations(request: Request, identity: Identity, body: Any) -> Response:
     name = request.path_params["name"]
     entity = request.path_params.get("served_model_name")
     if entity is not None and entity.lower() != name.lower():  # one served entity, named as its endpoint
-        _catalog(identity).authorize(name, "view")
+        await run_in_threadpool(_catalog(identity).authorize, name, "view")
         raise ApiError(
             404,
             "RESOURCE_DOES_NOT_EXIST",
             f"Endpoint {name!r} serves no entity {entity!r}; it serves {name!r}.",
         )
     kind = kind_of(body) if isinstance(body, dict) else None
-    handler = {"chat": chat, "completions": completions, "embeddings": embeddings}.get(kind or "", invoke)
-    answer = handler(name, body, identity.principal)
+    prepare_body = {"chat": chat, "completions": completions, "embeddings": embeddings}.get(
+        kind or "", prepare
+    )
+    answer = await _answered(prepare_body, name, body, identity)
     return _reply(answer, name, streamed=kind in ("chat", "completions") and bool(body.get("stream")))
+
+
+async def _answered(
+    prepare_body: Callable[..., Prepared], name: str, body: Any, identity: Identity
+) -> dict[str, Any]:
+    """Bind in a worker thread (the catalog is SQLite), then await the runtime's answer on this loop: no
+    thread waits while the model works."""
+    call, rows, word = await run_in_threadpool(prepare_body, name, body, identity.principal)
+    answers = await asyncio.wrap_future(default_runtime().submit_call(call, rows))
+    return word(answers)
 
 
 def _reply(answer: dict[str, Any], name: str, *, streamed: bool) -> Response:
@@ -251,14 +271,14 @@ def _reply(answer: dict[str, Any], name: str, *, streamed: bool) -> Response:
     return JSONResponse(answer, headers=headers)
 
 
-def openai_route(kind: str) -> Work:
+def openai_route(kind: str) -> AsyncWork:
     """`/serving-endpoints/chat/completions` and the like: OpenAI's routes, `model` naming the endpoint."""
-    handler = {"chat": chat, "completions": completions, "embeddings": embeddings}[kind]
+    prepare_body = {"chat": chat, "completions": completions, "embeddings": embeddings}[kind]
 
-    def route(request: Request, identity: Identity, body: Any) -> Response:
+    async def route(request: Request, identity: Identity, body: Any) -> Response:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "Name the endpoint as model.")
-        answer = handler(body["model"], body, identity.principal)
+        answer = await _answered(prepare_body, body["model"], body, identity)
         return _reply(answer, body["model"], streamed=kind != "embeddings" and bool(body.get("stream")))
 
     return route

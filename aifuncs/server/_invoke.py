@@ -8,7 +8,12 @@ real wait, never a queue), guardrails, usage and inference logs, batching and re
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -16,10 +21,10 @@ import pyarrow as pa
 from aifuncs.engines.duckdb import request_context as make_context
 from aifuncs.governance import Principal
 from aifuncs.planner import bind_call
-from aifuncs.runtime import RequestContext, default_runtime
+from aifuncs.runtime import CallSpec, Meter, RequestContext
 from aifuncs.server._errors import ApiError
 
-__all__ = ["invoke", "request_context"]
+__all__ = ["Prepared", "bound", "prepare", "request_context"]
 
 _FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -88,7 +93,49 @@ def request_context(body: dict[str, Any]) -> RequestContext:
     return make_context("rest", body.get("usage_context"), body.get("client_request_id"))
 
 
-def invoke(name: str, body: Any, principal: Principal) -> dict[str, Any]:
+# A request's binding (the policy check, the endpoint's limits, guardrails and logs) is kept for a second per
+# caller, endpoint and request shape: a second of changes to grants or gateway settings is what a burst of
+# requests can miss, as with tokens. Each request still brings its own context and meters.
+_BIND_TTL_S = 1.0
+_binds: dict[tuple[Any, ...], tuple[float, CallSpec]] = {}
+_binds_lock = threading.Lock()
+
+
+def bound(
+    name: str,
+    request_type: pa.DataType,
+    params: dict[str, Any] | None,
+    principal: Principal,
+    context: RequestContext,
+    meters: tuple[Meter, ...] = (),
+) -> CallSpec:
+    key = (
+        principal.name,
+        principal.admin,
+        name.lower(),
+        str(request_type),
+        json.dumps(params, sort_keys=True, default=str),
+    )
+    now = time.monotonic()
+    with _binds_lock:
+        found = _binds.get(key)
+    if found is None or now - found[0] > _BIND_TTL_S:
+        call = bind_call("ai_query", name, request_type, model_parameters=params, principal=principal,
+                         wait_for_limits=False)  # fmt: skip
+        with _binds_lock:
+            if len(_binds) > 10_000:
+                _binds.clear()
+            _binds[key] = (now, call)
+    else:
+        call = found[1]
+    return dataclasses.replace(call, context=context, meters=meters)
+
+
+Prepared = tuple[CallSpec, pa.Array, Callable[[pa.Array], dict[str, Any]]]
+
+
+def prepare(name: str, body: Any, principal: Principal) -> Prepared:
+    """A scoring body as the call to make, its rows, and how to word the answers."""
     if not isinstance(body, dict):
         raise _bad("The request body is a JSON object.")
     params = body.get("params")
@@ -96,9 +143,5 @@ def invoke(name: str, body: Any, principal: Principal) -> dict[str, Any]:
         raise _bad("params is an object of the model's parameters.")
     context = request_context(body)
     rows = _rows(body)
-    call = bind_call(
-        "ai_query", name, rows.type, model_parameters=params, principal=principal, wait_for_limits=False,
-        context=context,
-    )  # fmt: skip
-    answers = default_runtime().run_call(call, rows)
-    return {"predictions": _json_safe(answers.to_pylist())}
+    call = bound(name, rows.type, params, principal, context)
+    return call, rows, lambda answers: {"predictions": _json_safe(answers.to_pylist())}

@@ -15,10 +15,9 @@ from typing import Any
 import pyarrow as pa
 
 from aifuncs.governance import Principal
-from aifuncs.planner import bind_call
-from aifuncs.runtime import TokenTally, default_runtime
+from aifuncs.runtime import CallSpec, TokenTally, default_runtime
 from aifuncs.server._errors import ApiError
-from aifuncs.server._invoke import request_context
+from aifuncs.server._invoke import Prepared, bound, request_context
 
 __all__ = ["chat", "completions", "embeddings", "kind_of", "sse"]
 
@@ -49,20 +48,17 @@ def _parameters(body: dict[str, Any]) -> dict[str, Any]:
     return {**{k: body[k] for k in _PARAMETERS if body.get(k) is not None}, **extra}
 
 
-def _answer(
+def _call(
     name: str, rows: pa.Array, body: dict[str, Any], principal: Principal, text: bool
-) -> tuple[list[Any], TokenTally]:
+) -> tuple[CallSpec, TokenTally]:
     tally = TokenTally()
-    call = bind_call(
-        "ai_query", name, rows.type, model_parameters=_parameters(body) or None, principal=principal,
-        wait_for_limits=False, context=request_context(body), meters=(tally,),
-    )  # fmt: skip
+    call = bound(name, rows.type, _parameters(body) or None, principal, request_context(body), (tally,))
     provider = default_runtime().provider(call.endpoint)
     if text and not provider.returns_text:
         raise _bad(f"Endpoint {name!r} is a {call.endpoint.kind} model, not a chat or completions one.")
     if not text and not call.result_type.endswith("[]"):
         raise _bad(f"Endpoint {name!r} is not an embedding model (it answers {call.result_type}).")
-    return default_runtime().run_call(call, rows).to_pylist(), tally
+    return call, tally
 
 
 def _usage(tally: TokenTally) -> dict[str, int]:
@@ -70,7 +66,7 @@ def _usage(tally: TokenTally) -> dict[str, int]:
             "total_tokens": tally.input_tokens + tally.output_tokens}  # fmt: skip
 
 
-def chat(name: str, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
+def chat(name: str, body: dict[str, Any], principal: Principal) -> Prepared:
     messages = body.get("messages")
     if (
         not isinstance(messages, list)
@@ -82,47 +78,64 @@ def chat(name: str, body: dict[str, Any], principal: Principal) -> dict[str, Any
     ):
         raise _bad('messages is a list of {"role": "...", "content": "..."}.')
     rows = pa.array([{"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}])
-    (answer,), tally = _answer(name, rows, body, principal, text=True)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": name,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
-        ],
-        "usage": _usage(tally),
-    }
+    call, tally = _call(name, rows, body, principal, text=True)
+
+    def word(answers: pa.Array) -> dict[str, Any]:
+        message = {"role": "assistant", "content": answers[0].as_py()}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": name,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": _usage(tally),
+        }
+
+    return call, rows, word
 
 
-def completions(name: str, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
+def completions(name: str, body: dict[str, Any], principal: Principal) -> Prepared:
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise _bad("prompt is a text or a list of texts.")
-    answers, tally = _answer(name, pa.array(prompts, pa.string()), body, principal, text=True)
-    return {
-        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": name,
-        "choices": [{"index": i, "text": a, "finish_reason": "stop"} for i, a in enumerate(answers)],
-        "usage": _usage(tally),
-    }
+    rows = pa.array(prompts, pa.string())
+    call, tally = _call(name, rows, body, principal, text=True)
+
+    def word(answers: pa.Array) -> dict[str, Any]:
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": name,
+            "choices": [
+                {"index": i, "text": a, "finish_reason": "stop"} for i, a in enumerate(answers.to_pylist())
+            ],
+            "usage": _usage(tally),
+        }
+
+    return call, rows, word
 
 
-def embeddings(name: str, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
+def embeddings(name: str, body: dict[str, Any], principal: Principal) -> Prepared:
     given = body.get("input")
     texts = [given] if isinstance(given, str) else given
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise _bad("input is a text or a list of texts.")
-    vectors, tally = _answer(name, pa.array(texts, pa.string()), body, principal, text=False)
-    return {
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-        "model": name,
-        "usage": {"prompt_tokens": tally.input_tokens, "total_tokens": tally.input_tokens},
-    }
+    rows = pa.array(texts, pa.string())
+    call, tally = _call(name, rows, body, principal, text=False)
+
+    def word(answers: pa.Array) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(answers.to_pylist())
+            ],
+            "model": name,
+            "usage": {"prompt_tokens": tally.input_tokens, "total_tokens": tally.input_tokens},
+        }
+
+    return call, rows, word
 
 
 def sse(answer: dict[str, Any]) -> list[bytes]:
