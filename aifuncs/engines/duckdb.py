@@ -13,7 +13,6 @@ import functools
 import hashlib
 import json
 import re
-import secrets
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -137,7 +136,7 @@ def install(
     if identity is None:
         identity = identify(token) if token is not None else current()
     runtime = runtime or default_runtime()
-    binding = secrets.token_hex(8)
+    binding = f"{id(identity):x}"  # one entry per identity, gone with it (its functions hold it while open)
     with _registered_lock:
         _bindings[binding] = identity
     # Plain (not Arrow) functions without side effects: DuckDB folds them into constants, once per query.
@@ -165,7 +164,7 @@ def install(
 
 # Who each database instance acts as, by the id its `__aifuncs_binding()` returns (connections and cursors
 # of one instance are different Python objects: the instance's own function tells which it is).
-_bindings: dict[str, Identity] = {}
+_bindings: weakref.WeakValueDictionary[str, Identity] = weakref.WeakValueDictionary()
 _bound: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Identity] = weakref.WeakKeyDictionary()
 
 

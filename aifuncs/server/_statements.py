@@ -12,6 +12,7 @@ wait for its answer in the first request, since a poll may reach another process
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -66,8 +67,6 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        import json
-
         return json.dumps(value, default=str)
     return str(value)
 
