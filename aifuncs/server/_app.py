@@ -41,6 +41,7 @@ __all__ = ["MAX_BODY_BYTES", "app"]
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # Databricks' payload limit
 _log = logging.getLogger("aifuncs.server")
+_WORKER = str(os.getpid())  # which worker process answered: operators (and a test) tell them apart
 
 Work = Callable[[Request, Identity, Any], Any]
 AsyncWork = Callable[[Request, Identity, Any], Awaitable[Any]]
@@ -77,6 +78,7 @@ def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awai
     is_async = inspect.iscoroutinefunction(work)
 
     async def endpoint(request: Request) -> Response:
+        response: Response
         try:
             body = await _body(request)
             identity = await run_in_threadpool(auth.identity, request)
@@ -85,15 +87,18 @@ def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awai
             else:
                 result = await run_in_threadpool(work, request, identity, body)
         except ApiError as error:
-            return error_response(error)
+            response = error_response(error)
         except AifuncsError as error:
-            return error_response(from_aifuncs(error))
+            response = error_response(from_aifuncs(error))
         except Exception:  # a bug of ours: logged here, a JSON 500 there, the server keeps serving
             _log.exception("%s %s failed", request.method, request.url.path)
-            return error_response(
+            response = error_response(
                 ApiError(500, "INTERNAL_ERROR", "The server failed on this request; see its log.")
             )
-        return result if isinstance(result, Response) else JSONResponse(result)
+        else:
+            response = result if isinstance(result, Response) else JSONResponse(result)
+        response.headers["x-aifuncs-worker"] = _WORKER
+        return response
 
     return endpoint
 
@@ -265,7 +270,7 @@ async def _answered(
 
 
 def _reply(answer: dict[str, Any], name: str, *, streamed: bool) -> Response:
-    headers = {"served-model-name": name}
+    headers = {"served-model-name": name, "x-aifuncs-worker": _WORKER}
     if streamed:
         return StreamingResponse(iter(sse(answer)), media_type="text/event-stream", headers=headers)
     return JSONResponse(answer, headers=headers)
@@ -292,7 +297,7 @@ def models(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "ok"}, headers={"x-aifuncs-worker": _WORKER})
 
 
 async def databricks_config(request: Request) -> Response:
