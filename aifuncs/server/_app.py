@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from aifuncs._home import home
+from aifuncs._types import json_schema, to_duckdb_type
 from aifuncs.catalog import Catalog, default_catalog
 from aifuncs.errors import AifuncsError
 from aifuncs.governance import Identity
@@ -220,6 +221,55 @@ def metrics(request: Request, identity: Identity, body: Any) -> Response:
     )
 
 
+def endpoint_openapi(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+    """The OpenAPI document of one endpoint's query: its inputs (from the model's signature) and answers."""
+    endpoint = _catalog(identity).authorize(request.path_params["name"], "view")
+    provider = default_runtime().provider(endpoint)
+    if provider.returns_text:
+        message = {"type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
+                   "required": ["role", "content"]}  # fmt: skip
+        request_schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {
+                "messages": {"type": "array", "items": message},
+                "max_tokens": {"type": "integer"},
+                "temperature": {"type": "number"},
+                "stream": {"type": "boolean"},
+            },  # fmt: skip
+            "required": ["messages"],
+        }
+        answer: dict[str, Any] = {"type": "object", "properties": {"choices": {"type": "array"}}}
+    else:
+        columns = provider.input_columns() or []
+        row = {
+            "type": "object",
+            "properties": {c.name: json_schema(c.type) for c in columns},
+            "required": [c.name for c in columns if c.required],
+        }
+        request_schema = {"type": "object", "properties": {"dataframe_records": {"type": "array", "items": row},
+                                                            "inputs": {"type": "array"}}}  # fmt: skip
+        output = provider.output_type()
+        item = json_schema(to_duckdb_type(output)) if output else {}
+        answer = {"type": "object", "properties": {"predictions": {"type": "array", "items": item}}}
+    operation = {
+        "requestBody": {"content": {"application/json": {"schema": request_schema}}},
+        "responses": {
+            "200": {"description": "The answers", "content": {"application/json": {"schema": answer}}}
+        },
+        "security": [{"bearer": []}],
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": endpoint.name,
+            "version": str(endpoint.version),
+            "description": endpoint.description,
+        },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {f"/serving-endpoints/{endpoint.name}/invocations": {"post": operation}},
+    }
+
+
 def permissions(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
     catalog = _catalog(identity)
     name = request.path_params["endpoint_id"]
@@ -358,6 +408,7 @@ def app(warehouse: str | Path | None = None) -> Starlette:
         Route(prefix + "/{name}/rate-limits", api(auth, put_rate_limits), methods=["PUT"]),
         Route(prefix + "/{name}/tags", api(auth, patch_tags), methods=["PATCH"]),
         Route(prefix + "/{name}/metrics", api(auth, metrics), methods=["GET"]),
+        Route(prefix + "/{name}/openapi", api(auth, endpoint_openapi), methods=["GET"]),
         Route(
             "/api/2.0/permissions/serving-endpoints/{endpoint_id}",
             api(auth, permissions),

@@ -411,3 +411,26 @@ def test_sql_over_http_runs_as_the_caller_in_a_sandbox(server: Server, home: Pat
             f"/api/2.0/sql/statements/{answer.statement_id}", headers=auth(server.tokens["alice"])
         )
         assert mine.json()["status"]["state"] == "SUCCEEDED"
+
+
+def test_each_endpoint_describes_its_query(server: Server) -> None:
+    alice = auth(server.tokens["alice"])
+    with httpx.Client(base_url=server.url) as client:
+        wine = client.get("/api/2.0/serving-endpoints/wine/openapi", headers=alice).json()
+        operation = wine["paths"]["/serving-endpoints/wine/invocations"]["post"]
+        row = operation["requestBody"]["content"]["application/json"]["schema"]["properties"][
+            "dataframe_records"
+        ]
+        assert row["items"]["properties"]["proline"] == {"type": "number"}
+        assert sorted(row["items"]["required"]) == [
+            "alcohol",
+            "color_intensity",
+            "flavanoids",
+            "malic_acid",
+            "proline",
+        ]
+        chat = client.get("/api/2.0/serving-endpoints/llm/openapi", headers=alice).json()
+        body = chat["paths"]["/serving-endpoints/llm/invocations"]["post"]["requestBody"]
+        assert body["content"]["application/json"]["schema"]["required"] == ["messages"]
+        hidden = client.get("/api/2.0/serving-endpoints/wine/openapi", headers=auth(server.tokens["carol"]))
+        assert hidden.status_code == 404
