@@ -407,3 +407,44 @@ if __name__ == "__main__":
         keep_bodies=config["keep_bodies"],
         capacity=config["capacity"],
     ).serve()
+
+
+# A process that asks the shared rate limiter as fast as it can between two instants, for tests and benchmarks
+# of exactness across processes. Arguments: limits file, start, stop, calls per minute, burst.
+HAMMER = """
+import json, sys, time
+from pathlib import Path
+from aifuncs.governance.limits import Limiter, RateLimit, Reservation, applicable
+from aifuncs.governance.principals import Principal
+path, start, stop, per_minute, burst = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+limiter = Limiter(path)
+checks = applicable("ep", [RateLimit("endpoint", calls=per_minute, burst=burst)], Principal("p", "user"), ())
+limiter.try_acquire(applicable("warm", [RateLimit("endpoint", calls=1)], Principal("p", "user"), ()), 0)
+while time.time() < start:
+    time.sleep(0.001)
+admitted, asked, first, last = 0, 0, None, None
+while (asked_at := time.time()) < stop:
+    asked += 1
+    if isinstance(limiter.try_acquire(checks, 0), Reservation):
+        admitted += 1
+        first = first or asked_at
+        last = time.time()
+print(json.dumps({"admitted": admitted, "asked": asked, "first": first, "last": last, "stop": stop}))
+"""
+
+
+def hammer_limiter(
+    path: Any, seconds: float, per_minute: int, burst: int, processes: int = 4
+) -> list[dict[str, float]]:
+    """`processes` processes asking one limit as fast as they can for `seconds`, from the same instant."""
+    start = time.time() + 1.5  # all of them are running before the window opens
+    stop = start + seconds
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", HAMMER, str(path), str(start), str(stop), str(per_minute), str(burst)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    return [json.loads(w.communicate(timeout=120)[0]) for w in workers]

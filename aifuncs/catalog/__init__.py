@@ -17,6 +17,7 @@ that creates the endpoint; a deleted endpoint's grants go in the transaction tha
 from __future__ import annotations
 
 import builtins
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -312,15 +313,18 @@ class Catalog:
 
     def inference_table(self, endpoint: Endpoint) -> InferenceTable | None:
         """The endpoint's inference table, when one is switched on."""
-        config = self._store.gateway(endpoint.name).get("inference_table_config")
-        table = None if config is None else parse_inference_table(config)
-        return table if table is not None and table.enabled else None
+        return _inference_table(self._store.gateway(endpoint.name))
 
-    def guardrails(self, endpoint: Endpoint) -> Guardrails | None:
-        """The endpoint's guardrails, when it has any."""
-        config = self._store.gateway(endpoint.name).get("guardrails")
-        rails = None if not config else parse_guardrails(config)
-        return rails if rails is not None and rails.active else None
+    def gateway_settings(self, endpoint: Endpoint) -> GatewaySettings:
+        """What the endpoint's AI gateway asks of each request of the principal, read once: the rate-limit
+        checks that hold for it, the inference table, the guardrails."""
+        config = self._store.gateway(endpoint.name)
+        rails = parse_guardrails(config["guardrails"]) if config.get("guardrails") else None
+        return GatewaySettings(
+            self._rate_checks(endpoint, config),
+            _inference_table(config),
+            rails if rails is not None and rails.active else None,
+        )
 
     def for_guardrail(self, name: str | None) -> Endpoint:
         """The embedding endpoint a guardrail uses (`name`, else the default one), with no policy check: the
@@ -336,9 +340,8 @@ class Catalog:
             endpoint = self._builtin(*builtin)
         return endpoint
 
-    def rate_checks(self, endpoint: Endpoint) -> tuple[Check, ...]:
-        """The rate-limit checks each request of the principal to `endpoint` must pass (none: unlimited)."""
-        limits = parse_limits(self._store.gateway(endpoint.name).get("rate_limits", []))
+    def _rate_checks(self, endpoint: Endpoint, config: dict[str, Any]) -> tuple[Check, ...]:
+        limits = parse_limits(config.get("rate_limits", []))
         if not limits:
             return ()
         principal = self.principal
@@ -387,6 +390,19 @@ class Catalog:
         endpoint = self._store.get(name)
         assert endpoint is not None
         return endpoint
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    rate_checks: tuple[Check, ...]
+    payloads: InferenceTable | None
+    guardrails: Guardrails | None
+
+
+def _inference_table(config: dict[str, Any]) -> InferenceTable | None:
+    table = config.get("inference_table_config")
+    parsed = None if table is None else parse_inference_table(table)
+    return parsed if parsed is not None and parsed.enabled else None
 
 
 GATEWAY_FIELDS = ("rate_limits", "inference_table_config", "guardrails")

@@ -44,7 +44,8 @@ def bind_call(
         check_request(endpoint.name, request_type, provider.input_columns())
     declared = return_type or provider.output_type()
     result_type = to_duckdb_type(declared) if declared else DEFAULT_RESULT_TYPE
-    guardrails = catalog.guardrails(endpoint)
+    gateway = catalog.gateway_settings(endpoint)  # limits, inference table, guardrails: one read
+    guardrails = gateway.guardrails
     topic_call = None
     if guardrails is not None and guardrails.input.valid_topics:
         embedder = catalog.for_guardrail(guardrails.input.topic_endpoint)
@@ -69,10 +70,10 @@ def bind_call(
         task=task,
         null_on_error=task is not None,
         principal=catalog.principal,
-        rate_checks=catalog.rate_checks(endpoint),
+        rate_checks=gateway.rate_checks,
         wait_for_limits=wait_for_limits,
         context=context or RequestContext(),
-        payloads=catalog.inference_table(endpoint),
+        payloads=gateway.payloads,
         guardrails=guardrails,
         topic_call=topic_call,
     )

@@ -588,16 +588,11 @@ class Runtime:
         error: BaseException | None,
     ) -> None:
         tokens = output if isinstance(output, Prediction) else Prediction(None)
-        context = call.context
         status_code = 200 if error is None else getattr(error, "status", None) or 500
         log_request(call, chunk, output, error, time.perf_counter() - started, status_code)
         self.usage.record(
-            UsageRow(
-                ts=usage_now(),
-                endpoint=call.endpoint.name,
-                endpoint_version=call.endpoint.version,
-                kind=call.endpoint.kind,
-                function=call.function,
+            _usage_row(
+                call,
                 rows=len(chunk),
                 input_tokens=tokens.input_tokens,
                 output_tokens=tokens.output_tokens,
@@ -606,16 +601,11 @@ class Runtime:
                 attempts=attempts,
                 error=None if error is None else describe(error),
                 request_id=uuid.uuid4().hex,
-                requester=None if call.principal is None else call.principal.name,
-                origin=context.origin,
-                client_request_id=context.client_request_id,
-                usage_context=json.dumps(dict(context.usage_context)) if context.usage_context else None,
                 status_code=status_code,
                 input_chars=text_chars(chunk),
                 output_chars=None
                 if output is None
                 else text_chars(tokens.outputs if isinstance(output, Prediction) else output),
-                served_entity=call.endpoint.name,
             )
         )
 
@@ -628,12 +618,8 @@ class Runtime:
     def _record_guardrail(self, call: CallSpec, decisions: Counter[str]) -> None:
         """A batch's guardrail decisions as one usage row: how many rows, and each reason's count."""
         self.usage.record(
-            UsageRow(
-                ts=usage_now(),
-                endpoint=call.endpoint.name,
-                endpoint_version=call.endpoint.version,
-                kind=call.endpoint.kind,
-                function=call.function,
+            _usage_row(
+                call,
                 rows=sum(decisions.values()),
                 input_tokens=None,
                 output_tokens=None,
@@ -641,10 +627,6 @@ class Runtime:
                 status="guardrail",
                 attempts=0,
                 error="; ".join(f"{reason}: {count}" for reason, count in sorted(decisions.items())),
-                requester=None if call.principal is None else call.principal.name,
-                origin=call.context.origin,
-                client_request_id=call.context.client_request_id,
-                served_entity=call.endpoint.name,
             )
         )
 
@@ -661,6 +643,24 @@ class Runtime:
         if key not in self._limits:  # only touched on the loop thread
             self._limits[key] = AdaptiveLimit(maximum)
         return self._limits[key]
+
+
+def _usage_row(call: CallSpec, **fields: Any) -> UsageRow:
+    """A usage row with what every row of a call carries: endpoint, function, who asked, from where."""
+    context = call.context
+    return UsageRow(
+        ts=usage_now(),
+        endpoint=call.endpoint.name,
+        endpoint_version=call.endpoint.version,
+        kind=call.endpoint.kind,
+        function=call.function,
+        requester=None if call.principal is None else call.principal.name,
+        origin=context.origin,
+        client_request_id=context.client_request_id,
+        usage_context=json.dumps(dict(context.usage_context)) if context.usage_context else None,
+        served_entity=call.endpoint.name,
+        **fields,
+    )
 
 
 async def _all_or_nothing(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:

@@ -17,52 +17,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fake server, sample models
-
-HAMMER = """
-import json, sys, time
-from pathlib import Path
-from aifuncs.governance.limits import Limiter, RateLimit, Reservation, applicable
-from aifuncs.governance.principals import Principal
-path, start, stop, per_minute, burst = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-limiter = Limiter(path)
-checks = applicable("ep", [RateLimit("endpoint", calls=per_minute, burst=burst)], Principal("p", "user"), ())
-limiter.try_acquire(applicable("warm", [RateLimit("endpoint", calls=1)], Principal("p", "user"), ()), 0)
-while time.time() < start:
-    time.sleep(0.001)
-admitted, asked, first, last = 0, 0, None, None
-while (asked_at := time.time()) < stop:
-    asked += 1
-    if isinstance(limiter.try_acquire(checks, 0), Reservation):
-        admitted += 1
-        first = first or asked_at
-        last = time.time()
-print(json.dumps({"admitted": admitted, "asked": asked, "first": first, "last": last}))
-"""
-
-
-def hammer(
-    path: Path, seconds: float, per_minute: int, burst: int, processes: int = 4
-) -> list[dict[str, float]]:
-    start = time.time() + 1.5
-    stop = start + seconds
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", HAMMER, str(path), str(start), str(stop), str(per_minute), str(burst)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(processes)
-    ]
-    return [json.loads(w.communicate(timeout=120)[0]) for w in workers]
 
 
 def per_op_us(fn: object, n: int) -> float:
@@ -83,7 +44,7 @@ def main() -> None:
     os.environ["AIFUNCS_HOME"] = str(home)
     os.environ.pop("AIFUNCS_TOKEN", None)
 
-    from servers import FakeServer
+    from servers import FakeServer, hammer_limiter
 
     import aifuncs
     import aifuncs.governance as gov
@@ -170,10 +131,10 @@ def main() -> None:
           f" ratio {ratios['remote']:.2f}x (target >= 0.95)")  # fmt: skip
 
     print("3. the limiter across 4 processes")
-    results = hammer(home / "hammer-fast.db", 2.0, 1_000_000_000, 1_000_000)
+    results = hammer_limiter(home / "hammer-fast.db", 2.0, 1_000_000_000, 1_000_000)
     rate = sum(r["admitted"] for r in results) / 2.0
     print(f"   admissions a second, a limit never hit: {rate:,.0f} (target >= 10,000)")
-    results = hammer(home / "hammer-exact.db", 3.0, 600, 10)
+    results = hammer_limiter(home / "hammer-exact.db", 3.0, 600, 10)
     admitted = sum(r["admitted"] for r in results)
     first = min(r["first"] for r in results if r["first"])
     last = max(r["last"] for r in results if r["last"])
