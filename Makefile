@@ -11,7 +11,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 TORCH := torch==2.13.0
 
-.PHONY: venv local-models test-servers demo test lint bench clean
+.PHONY: venv local-models test-servers bench-tools demo test lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -43,7 +43,18 @@ lint: venv
 test: test-servers lint
 	$(BIN)/python -m pytest
 
-bench: venv test-servers
+# What bench_server.py compares against and loads with: wrk and hey (Debian), and LiteLLM's proxy in a venv of
+# its own (its pins are not ours).
+bench-tools: .venv-litellm/.installed
+	@command -v wrk >/dev/null && command -v hey >/dev/null || \
+		{ apt-get update -qq && apt-get install -y --no-install-recommends -qq wrk hey; }
+
+.venv-litellm/.installed:
+	$(PYTHON) -m venv .venv-litellm
+	.venv-litellm/bin/pip install --disable-pip-version-check --progress-bar off --quiet "litellm[proxy]"
+	touch $@
+
+bench: venv test-servers bench-tools
 	$(BIN)/python tests/bench/bench_shapes.py
 	$(BIN)/python tests/bench/bench_faults.py
 	$(BIN)/python tests/bench/bench_local_model.py
@@ -53,6 +64,7 @@ bench: venv test-servers
 	$(BIN)/python tests/bench/bench_quality.py
 	$(BIN)/python tests/bench/bench_pandas.py
 	$(BIN)/python tests/bench/bench_governance.py
+	$(BIN)/python tests/bench/bench_server.py
 
 clean:
-	rm -rf $(VENV) .aifuncs-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-litellm .aifuncs-demo .pytest_cache .mypy_cache .ruff_cache

@@ -63,3 +63,17 @@ class SumAndLabel(mlflow.pyfunc.PythonModel):
 def shouted(values: pa.Array) -> pa.Array:
     """Text in, text out: the request in capitals."""
     return pa.compute.utf8_upper(values)
+
+
+SLOW_CALLS: list[int] = []  # batch sizes seen by `slow_doubled`
+
+
+def slow_doubled(values: pd.Series) -> np.ndarray:
+    """Doubles after 20 ms (a model busy long enough for concurrent requests to queue); 13 fails its batch."""
+    import time
+
+    SLOW_CALLS.append(len(values))
+    time.sleep(0.02)
+    if (values == 13).any():
+        raise ValueError("13 is unlucky")
+    return (values * 2).to_numpy()

@@ -12,6 +12,7 @@ The token itself stays inside the Identity: never in its repr, never in an error
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +36,26 @@ class Identity:
     def name(self) -> str:
         return self.principal.name
 
+    _checking: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def due(self) -> bool:
+        """Whether the next `recheck` looks the token up (it was last checked a second ago or more)."""
+        return self._token is not None and time.monotonic() - self._checked_at >= RECHECK_S
+
     def recheck(self) -> None:
-        """Refuse (InvalidToken) if the token was revoked or expired, or its principal deleted, since."""
-        if self._token is None or time.monotonic() - self._checked_at < RECHECK_S:
+        """Refuse (InvalidToken) if the token was revoked or expired, or its principal deleted, since.
+
+        One thread looks the token up; others arriving meanwhile go on as the identity last checked (a
+        burst of requests at the turn of a second would otherwise all write the token's last use at once)."""
+        if not self.due or not self._checking.acquire(blocking=False):
             return
-        self.principal = acting_as(self.home, self._token)
-        self._checked_at = time.monotonic()
+        try:
+            if self.due:
+                self.principal = acting_as(self.home, self._token)
+                self._checked_at = time.monotonic()
+        finally:
+            self._checking.release()
 
 
 def identify(token: str | None = None, state: Path | None = None) -> Identity:

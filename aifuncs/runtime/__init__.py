@@ -46,6 +46,7 @@ from aifuncs.runtime._budget import Budget, session_budget, set_session_budget
 from aifuncs.runtime._bulk import one_native_thread_per_call, prompt_gil_handoffs, step_rows, steps_ahead
 from aifuncs.runtime._call import CallSpec, RequestContext, Scored
 from aifuncs.runtime._checkpoint import Checkpoint
+from aifuncs.runtime._coalesce import Coalescer
 from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, every_row, to_json_texts
 from aifuncs.runtime._guard import guarded
 from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
@@ -93,6 +94,7 @@ class Runtime:
         self._gates: dict[str, asyncio.Semaphore] = {}  # per endpoint: requests sent, answers not committed
         self._row_caps: dict[str, int] = {}  # per endpoint: rows per request after a 413 Payload Too Large
         self._rates = RateGate()
+        self._coalescer = Coalescer()  # small concurrent requests to an in-process model, sent together
         self.usage = UsageLog()
         self._lock = threading.Lock()
         self._stores: dict[Path, AnswerStore] = {}
@@ -175,10 +177,13 @@ class Runtime:
         output = arrow_type(call.output_type)
         if isinstance(requests, pa.ChunkedArray) and not self._takes_chunks(call):
             requests = await asyncio.to_thread(requests.combine_chunks)  # off the loop: it may be 500k rows
-        valid = requests.is_valid()
-        if isinstance(valid, pa.ChunkedArray):
-            valid = valid.combine_chunks()  # a bitmap: cheap, and the scatter below wants one array
-        valid_count = pc.sum(valid).as_py() or 0
+        if requests.null_count == 0:  # the usual case, without a compute call (a REST request is one row)
+            valid, valid_count = None, len(requests)
+        else:
+            valid = requests.is_valid()
+            if isinstance(valid, pa.ChunkedArray):
+                valid = valid.combine_chunks()  # a bitmap: cheap, and the scatter below wants one array
+            valid_count = pc.sum(valid).as_py() or 0
         if valid_count == 0:
             for meter in call.meters:
                 meter.answered(len(requests))
@@ -202,7 +207,7 @@ class Runtime:
             values = pa.StructArray.from_arrays([values, messages], fields=list(output))
         for meter in call.meters:
             meter.answered(len(requests), failed)
-        if valid_count == len(requests):
+        if valid is None:
             return values
         # Scatter back: the i-th present row goes to the i-th valid position; NULL requests stay NULL.
         positions = pc.subtract(pc.cumulative_sum(valid.cast(pa.int64())), 1)
@@ -525,20 +530,44 @@ class Runtime:
     ) -> Any:
         """One request under the endpoint's rate limits and in-flight limit, counted by the call's meters."""
         reservation = await self._rates.admit(call, chunk, provider.returns_text)
-        async with limit:
+        if self._coalesces(provider, chunk):
             begin_request(call.meters)
             sent = time.perf_counter()
+
+            async def send(rows: pa.Array) -> Any:
+                async with limit:
+                    return await provider.predict(rows, options)
+
             try:
-                output = await provider.predict(chunk, options)
+                output = await self._coalescer.predict(
+                    provider, options, chunk, send, provider.concurrency, provider.batch_rows
+                )
             except BaseException:
                 for meter in call.meters:
                     meter.cancel_request()
                 raise
             end_request(call.meters, provider, len(chunk), output)
+        else:
+            async with limit:
+                begin_request(call.meters)
+                sent = time.perf_counter()
+                try:
+                    output = await provider.predict(chunk, options)
+                except BaseException:
+                    for meter in call.meters:
+                        meter.cancel_request()
+                    raise
+                end_request(call.meters, provider, len(chunk), output)
         self._rates.settle(reservation, output, chunk)
         # In-process models slow down with concurrency by design; only a server's queueing counts.
         limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
         return output
+
+    @staticmethod
+    def _coalesces(provider: Provider, chunk: pa.Array) -> bool:
+        """Whether a request joins others to its model (`_coalesce.py`): small requests to an in-process
+        tabular model (a text model answers one prompt at a time anyway; a big request is a batch already)."""
+        return provider.in_process and not provider.returns_text and len(chunk) <= provider.batch_rows // 4
 
     async def _hedged(
         self, provider: Provider, call: CallSpec, chunk: pa.Array, options: CallOptions, limit: AdaptiveLimit

@@ -33,7 +33,7 @@ from aifuncs.runtime import default_runtime
 from aifuncs.server._auth import Authenticator
 from aifuncs.server._entities import endpoint_options
 from aifuncs.server._errors import ApiError, error_response, from_aifuncs
-from aifuncs.server._invoke import Prepared, prepare
+from aifuncs.server._invoke import Prepared, prepare, prepare_on_loop
 from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse
 from aifuncs.server._shapes import endpoint_object
 from aifuncs.server._statements import Statements
@@ -41,6 +41,7 @@ from aifuncs.server._statements import Statements
 __all__ = ["MAX_BODY_BYTES", "app"]
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # Databricks' payload limit
+_SMALL_BODY_BYTES = 64 * 1024  # parsed on the event loop; a bigger body in a worker thread
 _log = logging.getLogger("aifuncs.server")
 _WORKER = str(os.getpid())  # which worker process answered: operators (and a test) tell them apart
 
@@ -68,7 +69,7 @@ async def _body(request: Request) -> Any:
     if not raw:
         return {}
     try:
-        return json.loads(raw)
+        return json.loads(raw) if len(raw) <= _SMALL_BODY_BYTES else await run_in_threadpool(json.loads, raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ApiError(400, "MALFORMED_REQUEST", f"The body is not JSON: {error}.") from None
 
@@ -82,7 +83,8 @@ def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awai
         response: Response
         try:
             body = await _body(request)
-            identity = await run_in_threadpool(auth.identity, request)
+            known = auth.known(request)
+            identity = known if known is not None else await run_in_threadpool(auth.identity, request)
             if is_async:
                 result = await work(request, identity, body)
             else:
@@ -305,18 +307,27 @@ async def invocations(request: Request, identity: Identity, body: Any) -> Respon
     prepare_body = {"chat": chat, "completions": completions, "embeddings": embeddings}.get(
         kind or "", prepare
     )
-    answer = await _answered(prepare_body, name, body, identity)
+    answer = await _answered(prepare_body, name, body, identity, _small(request))
     return _reply(answer, name, streamed=kind in ("chat", "completions") and bool(body.get("stream")))
 
 
 async def _answered(
-    prepare_body: Callable[..., Prepared], name: str, body: Any, identity: Identity
+    prepare_body: Callable[..., Prepared], name: str, body: Any, identity: Identity, small: bool
 ) -> dict[str, Any]:
-    """Bind in a worker thread (the catalog is SQLite), then await the runtime's answer on this loop: no
-    thread waits while the model works."""
-    call, rows, word = await run_in_threadpool(prepare_body, name, body, identity.principal)
+    """Bind (on this loop when the binding is kept and the body small, else in a worker thread: the catalog
+    is SQLite), then await the runtime's answer on this loop: no thread waits while the model works."""
+    prepared = prepare_on_loop(prepare_body, name, body, identity.principal) if small else None
+    if prepared is None:
+        prepared = await run_in_threadpool(prepare_body, name, body, identity.principal)
+    call, rows, word = prepared
     answers = await asyncio.wrap_future(default_runtime().submit_call(call, rows))
     return word(answers)
+
+
+def _small(request: Request) -> bool:
+    """A body small enough to turn into rows on the event loop (a bigger one is parsed in a worker thread)."""
+    length = request.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= _SMALL_BODY_BYTES
 
 
 def _reply(answer: dict[str, Any], name: str, *, streamed: bool) -> Response:
@@ -333,7 +344,7 @@ def openai_route(kind: str) -> AsyncWork:
     async def route(request: Request, identity: Identity, body: Any) -> Response:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "Name the endpoint as model.")
-        answer = await _answered(prepare_body, body["model"], body, identity)
+        answer = await _answered(prepare_body, body["model"], body, identity, _small(request))
         return _reply(answer, body["model"], streamed=kind != "embeddings" and bool(body.get("stream")))
 
     return route

@@ -28,17 +28,16 @@ class Authenticator:
         self._known: OrderedDict[bytes, Identity] = OrderedDict()
         self._lock = threading.Lock()
 
+    def known(self, request: Request) -> Identity | None:
+        """The caller's identity when it is kept and not due a recheck: cheap enough for the event loop.
+        None means ask `identity` (in a worker thread: it reads SQLite)."""
+        key, _ = _token(request)
+        with self._lock:
+            found = self._known.get(key)
+        return None if found is None or found.due else found
+
     def identity(self, request: Request) -> Identity:
-        header = request.headers.get("authorization")
-        if not header:
-            raise unauthenticated(
-                "This route needs a token: send Authorization: Bearer <token>.", invalid=False
-            )
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise unauthenticated("Send the token as Authorization: Bearer <token>.")
-        key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        key, token = _token(request)
         with self._lock:
             found = self._known.get(key)
             if found is not None:
@@ -57,3 +56,15 @@ class Authenticator:
                 self._known.pop(key, None)
             raise unauthenticated(str(error)) from None
         return found
+
+
+def _token(request: Request) -> tuple[bytes, str]:
+    """The bearer token of a request and its hash (the key it is kept under); 401 if there is none."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise unauthenticated("This route needs a token: send Authorization: Bearer <token>.", invalid=False)
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise unauthenticated("Send the token as Authorization: Bearer <token>.")
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest(), token

@@ -8,6 +8,7 @@ real wait, never a queue), guardrails, usage and inference logs, batching and re
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import math
@@ -24,7 +25,7 @@ from aifuncs.planner import bind_call
 from aifuncs.runtime import CallSpec, Meter, RequestContext
 from aifuncs.server._errors import ApiError
 
-__all__ = ["Prepared", "bound", "prepare", "request_context"]
+__all__ = ["NotKept", "Prepared", "bound", "prepare", "prepare_on_loop", "request_context"]
 
 _FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -101,6 +102,24 @@ _binds: dict[tuple[Any, ...], tuple[float, CallSpec]] = {}
 _binds_lock = threading.Lock()
 
 
+_kept_only: contextvars.ContextVar[bool] = contextvars.ContextVar("kept_only", default=False)
+
+
+class NotKept(Exception):
+    """The binding is not kept: bind in a worker thread (the catalog is SQLite)."""
+
+
+def prepare_on_loop(prepare_body: Callable[..., Prepared], *args: Any) -> Prepared | None:
+    """`prepare_body(*args)` if it needs no binding made afresh (no SQLite on the event loop), else None."""
+    token = _kept_only.set(True)
+    try:
+        return prepare_body(*args)
+    except NotKept:
+        return None
+    finally:
+        _kept_only.reset(token)
+
+
 def bound(
     name: str,
     request_type: pa.DataType,
@@ -119,6 +138,8 @@ def bound(
     now = time.monotonic()
     with _binds_lock:
         found = _binds.get(key)
+    if (found is None or now - found[0] > _BIND_TTL_S) and _kept_only.get():
+        raise NotKept
     if found is None or now - found[0] > _BIND_TTL_S:
         call = bind_call("ai_query", name, request_type, model_parameters=params, principal=principal,
                          wait_for_limits=False)  # fmt: skip

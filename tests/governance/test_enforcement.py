@@ -287,3 +287,15 @@ def test_jobs_run_as_their_principal_and_each_reads_its_own_runs(
     assert aifuncs.connect().sql("SELECT principal FROM aifuncs_runs").fetchall() == [("bob",)]
     act_as(monkeypatch, None)
     assert sorted(r["principal"] for r in list_runs()) == ["alice", "bob"]
+
+
+def test_one_thread_rechecks_a_token_while_others_go_on(
+    tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(identity_module, "RECHECK_S", 0.0)
+    identity = gov.identify(tokens["alice"])
+    gov.revoke_token(gov.list_tokens("alice")[0].id)
+    with identity._checking:  # another thread is looking the token up now
+        identity.recheck()  # goes on as last checked: no second lookup (and last-use write) at once
+    with pytest.raises(gov.InvalidToken, match="was revoked"):
+        identity.recheck()
