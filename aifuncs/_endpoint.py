@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +28,12 @@ class Endpoint:
     version: int = 1
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """The endpoint version as one text (name and version alone are not unique: a deleted and re-created
+        endpoint, or another AIFUNCS_HOME). Made once: the runtime asks it several times a request."""
+        return json.dumps([self.name, self.version, self.kind, self.options], sort_keys=True, default=str)
 
     def to_dict(self) -> dict[str, Any]:
         return {

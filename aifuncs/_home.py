@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-_resolved: dict[str, Path] = {}  # asked once per remote request: building the Path is the cost
+_resolved: dict[str, Path] = {}  # asked several times a request: building the Path is the cost
+_seen: dict[Path, float] = {}  # when each home was last seen to exist
+_RESEE_S = 1.0
 
 
 def home() -> Path:
-    """The state directory: `$AIFUNCS_HOME`, or `~/.aifuncs`. Created on first use."""
+    """The state directory: `$AIFUNCS_HOME`, or `~/.aifuncs`. Created on first use (and made again within a
+    second if it is removed while the process runs)."""
     raw = os.environ.get("AIFUNCS_HOME") or ""
     path = _resolved.get(raw)
     if path is None:
         path = _resolved[raw] = Path(raw or Path.home() / ".aifuncs").expanduser()
-    if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)  # the home's files are its owner's alone
+    now = time.monotonic()
+    if now - _seen.get(path, -_RESEE_S) >= _RESEE_S:
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)  # the home's files are its owner's alone
+        _seen[path] = now
     return path
 
 

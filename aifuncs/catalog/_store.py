@@ -13,6 +13,7 @@ from pathlib import Path
 from aifuncs._endpoint import Endpoint
 from aifuncs._fork import ProcessLocal
 from aifuncs._home import private_file
+from aifuncs._wal import use_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -71,7 +72,7 @@ class SqliteStore:
         self.path = path
         self._local = ProcessLocal()
         with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # kept in the file: later connections need not ask again
+            use_wal(db)  # kept in the file: later connections need not ask again
             db.executescript(_SCHEMA)
 
     @contextmanager

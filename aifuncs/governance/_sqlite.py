@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aifuncs._fork import ProcessLocal
 from aifuncs._home import private_file
+from aifuncs._wal import use_wal
 
 
 @contextlib.contextmanager
@@ -22,7 +23,7 @@ def transaction(path: Path, schema: str) -> Iterator[sqlite3.Connection]:
         stat = path.stat()
         key = (str(path), stat.st_dev, stat.st_ino, schema)
         if key not in _prepared:
-            db.execute("PRAGMA journal_mode=WAL")
+            use_wal(db)
             db.executescript(schema)
             _prepared.add(key)
         with db:

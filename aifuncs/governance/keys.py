@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from aifuncs._fork import after_fork_in_child, renewed_in_child
 from aifuncs._home import home, private_file
+from aifuncs._wal import use_wal
 from aifuncs.errors import ConfigError
 
 __all__ = ["EncryptionError", "KeyRing", "generate_key", "key_from_environment", "keyring", "parse_key"]
@@ -125,7 +126,7 @@ class KeyRing:
     def _db(self) -> sqlite3.Connection:
         private_file(self.path)
         db = sqlite3.connect(self.path, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
+        use_wal(db)
         db.executescript(_SCHEMA)
         return db
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aifuncs._home import private_file
+from aifuncs._wal import use_wal
 from aifuncs.errors import ConfigError
 from aifuncs.governance.principals import Principal, PrincipalStore
 
@@ -242,7 +243,7 @@ class Limiter:
             db = sqlite3.connect(
                 private_file(self.path), timeout=30, isolation_level=None, check_same_thread=False
             )
-            db.execute("PRAGMA journal_mode=WAL")
+            use_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             self._db, self._pid = db, os.getpid()

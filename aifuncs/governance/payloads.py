@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from aifuncs._fork import after_fork_in_child, held_across_fork, renewed_in_child
 from aifuncs._home import private_file
+from aifuncs._wal import use_wal
 from aifuncs.errors import ConfigError
 from aifuncs.governance.keys import EncryptionError, keyring
 
@@ -269,7 +270,7 @@ def sealed(row: PayloadRow) -> PayloadRow:
 def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(private_file(path), timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
+    use_wal(db)
     db.executescript(_SCHEMA)
     return db
 

@@ -167,6 +167,15 @@ class Provider(ABC):
         type. Raise to fail the whole batch (a retryable `RemoteError` is retried by the runtime).
         """
 
+    # True when `predict_blocking` is the same work as `predict` done on the calling thread: the runtime then
+    # runs a short call (a few small requests to a cheap model) on its own loop, where a thread hop and the
+    # GIL handoffs it brings cost more than the model does.
+    blocking: ClassVar[bool] = False
+
+    def predict_blocking(self, requests: pa.Array, options: CallOptions) -> Any:
+        """`predict` on the calling thread (only where `blocking` says so)."""
+        raise NotImplementedError(f"{type(self).__name__} has no blocking predict")
+
     async def aclose(self) -> None:  # noqa: B027 - most kinds hold nothing to release
         """Release connections; the runtime calls it when it drops the provider."""
 

@@ -129,9 +129,14 @@ class MlflowProvider(Provider):
         signature = self._info().signature
         return mlflow_schema_type(signature.outputs) if signature is not None else None
 
+    blocking = True
+
     async def predict(self, requests: pa.Array | pa.ChunkedArray, options: CallOptions) -> Any:
         # Loading and scoring are CPU work: keep them off the event loop.
         return await asyncio.to_thread(self._predict, requests, options.parameters)
+
+    def predict_blocking(self, requests: pa.Array | pa.ChunkedArray, options: CallOptions) -> Any:
+        return self._predict(requests, options.parameters)
 
     def _predict(self, requests: pa.Array | pa.ChunkedArray, parameters: dict[str, Any] | None) -> Any:
         model = self.model()

@@ -71,10 +71,14 @@ class PythonProvider(Provider):
     def output_type(self) -> str | None:
         return self.options.returns
 
+    blocking = True
+
     async def predict(self, requests: pa.Array | pa.ChunkedArray, options: CallOptions) -> Any:
+        return await asyncio.to_thread(self.predict_blocking, requests, options)
+
+    def predict_blocking(self, requests: pa.Array | pa.ChunkedArray, options: CallOptions) -> Any:
         function = load_function(self.options.function)
-        kwargs = dict(options.parameters or {})
-        return await asyncio.to_thread(self._call, function, requests, kwargs)
+        return self._call(function, requests, dict(options.parameters or {}))
 
     def _call(self, function: Callable[..., Any], requests: pa.Array | pa.ChunkedArray, kwargs: Any) -> Any:
         # Converted here, in the worker thread: a bulk step's conversion would stall the event loop.

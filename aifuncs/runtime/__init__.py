@@ -73,6 +73,10 @@ __all__ = [
 ]
 
 _MAX_MESSAGE = 1000
+# A batch of small requests to an in-process model runs on the runtime's loop while the model's calls take
+# less than this (smoothed); longer ones go to a worker thread, so the loop is never held up for long.
+INLINE_CALL_S = 0.005
+_SMOOTHING = 0.2
 _HEDGE_RECHECK_S = 0.25  # how often a request sent before the hedging delay was known looks again
 _log = logging.getLogger("aifuncs")
 T = TypeVar("T")
@@ -95,6 +99,7 @@ class Runtime:
         self._row_caps: dict[str, int] = {}  # per endpoint: rows per request after a 413 Payload Too Large
         self._rates = RateGate()
         self._coalescer = Coalescer()  # small concurrent requests to an in-process model, sent together
+        self._call_s: dict[int, float] = {}  # per in-process provider: its calls' smoothed time (loop only)
         self.usage = UsageLog()
         self._lock = threading.Lock()
         self._stores: dict[Path, AnswerStore] = {}
@@ -126,6 +131,18 @@ class Runtime:
     ) -> concurrent.futures.Future[pa.Array]:
         """`run_call` without waiting: the answers arrive in the returned future."""
         return self._loop.submit(self._answer(call, requests, batch_rows))
+
+    async def answer_call(self, call: CallSpec, requests: pa.Array) -> pa.Array:
+        """`run_call` from a coroutine: on the runtime's loop itself when the caller runs there (a server
+        that adopted it: `adopt_loop`), else handed to it."""
+        if self._loop.running_here():
+            return await self._answer(call, requests, None)
+        return await asyncio.wrap_future(self.submit_call(call, requests))
+
+    def adopt_loop(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Run this process's model calls on `loop` (a server's own, running on the calling thread) rather
+        than on a thread of the runtime's; False if the runtime's loop runs already."""
+        return self._loop.adopt(loop)
 
     def bulk_step(self, calls: Sequence[CallSpec], total_rows: int | None) -> int:
         """Rows an engine should hand `score_batches` per batch: one equal model call per call site each."""
@@ -536,7 +553,7 @@ class Runtime:
 
             async def send(rows: pa.Array) -> Any:
                 async with limit:
-                    return await provider.predict(rows, options)
+                    return await self._in_process_call(provider, rows, options)
 
             try:
                 output = await self._coalescer.predict(
@@ -561,6 +578,24 @@ class Runtime:
         self._rates.settle(reservation, output, chunk)
         # In-process models slow down with concurrency by design; only a server's queueing counts.
         limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
+        return output
+
+    async def _in_process_call(self, provider: Provider, rows: pa.Array, options: CallOptions) -> Any:
+        """A batch of small requests to an in-process model: on this loop while its calls are known to be
+        short (a thread hop and the GIL handoffs it brings cost more than a cheap model: pyarrow on the loop
+        thread waits milliseconds for the GIL while a model thread runs Python), else in a worker thread."""
+        if not provider.blocking:
+            return await provider.predict(rows, options)
+        key = id(provider)
+        took = self._call_s.get(key)
+        if took is not None and took < INLINE_CALL_S:
+            output, spent = _cpu_timed(provider, rows, options)
+            self._call_s[key] = spent if took < 0 else (1 - _SMOOTHING) * took + _SMOOTHING * spent
+            return output
+        output, spent = await asyncio.to_thread(_cpu_timed, provider, rows, options)
+        # The first call loads the model: not its measure (the next one, on the loop, is). A threaded call
+        # that proves short brings the model back to the loop.
+        self._call_s[key] = -1.0 if took is None else spent
         return output
 
     @staticmethod
@@ -674,6 +709,14 @@ class Runtime:
         return self._limits[key]
 
 
+def _cpu_timed(provider: Provider, rows: pa.Array, options: CallOptions) -> tuple[Any, float]:
+    """A blocking predict and the CPU time its thread spent on it: the time it would hold the loop, without
+    the waits for the GIL that a busy process adds to a worker thread's wall time."""
+    began = time.thread_time()
+    output = provider.predict_blocking(rows, options)
+    return output, time.thread_time() - began
+
+
 def _usage_row(call: CallSpec, **fields: Any) -> UsageRow:
     """A usage row with what every row of a call carries: endpoint, function, who asked, from where."""
     context = call.context
@@ -716,10 +759,7 @@ def _start(value: Any, length: int = 60) -> str:
 
 
 def _identity(endpoint: Endpoint) -> str:
-    # Name and version alone are not unique: a deleted and re-created endpoint, or another AIFUNCS_HOME.
-    return json.dumps(
-        [endpoint.name, endpoint.version, endpoint.kind, endpoint.options], sort_keys=True, default=str
-    )
+    return endpoint.identity
 
 
 def _concat(parts: list[Scored], target: pa.DataType) -> Scored:

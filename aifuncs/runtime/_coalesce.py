@@ -32,7 +32,7 @@ Predict = Callable[[pa.Array], Awaitable[Any]]
 
 @dataclass
 class _Waiting:
-    rows: pa.Array
+    rows: pa.Array | pa.ChunkedArray
     answer: asyncio.Future[Any]
 
 
@@ -89,7 +89,12 @@ class Coalescer:
                     size += len(waiting.rows)
                 batch = [w for w in batch if not w.answer.done()]  # a caller that gave up
                 if batch:
-                    await _answer(batch, send)
+                    try:
+                        await _answer(batch, send)
+                    except Exception as error:  # a bug of ours: those waiting hear of it, never hang
+                        for waiting in batch:
+                            if not waiting.answer.done():
+                                waiting.answer.set_exception(error)
         except BaseException:  # cancelled (the loop is closing): nobody is left waiting for nothing
             for waiting in line.waiting:
                 waiting.answer.cancel()
@@ -105,8 +110,8 @@ async def _answer(batch: list[_Waiting], send: Predict) -> None:
     if len(batch) == 1:
         await _alone(batch[0], send)
         return
-    rows = pa.concat_arrays([w.rows for w in batch])
     try:
+        rows = pa.concat_arrays([c for w in batch for c in _chunks(w.rows)])
         output = await send(rows)
         parts = _split(output, [len(w.rows) for w in batch])
     except asyncio.CancelledError:
@@ -133,6 +138,10 @@ async def _alone(waiting: _Waiting, send: Predict) -> None:
         return
     if not waiting.answer.done():
         waiting.answer.set_result(output)
+
+
+def _chunks(rows: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return rows.chunks if isinstance(rows, pa.ChunkedArray) else [rows]
 
 
 def splittable(output: Any) -> bool:

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from aifuncs._fork import held_across_fork
 from aifuncs._home import private_file
+from aifuncs._wal import use_wal
 from aifuncs.governance.keys import EncryptionError, KeyRing, keyring
 from aifuncs.runtime._distinct import to_json_texts
 
@@ -229,7 +230,7 @@ def _rows(
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(private_file(path), timeout=30, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
+    use_wal(db)
     db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a killed process; WAL keeps it consistent
     # Keys are hashes, so inserts land all over the B-tree: past SQLite's 2 MB default page cache every
     # commit of a large store read its pages back from the file.

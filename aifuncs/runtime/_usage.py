@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from aifuncs._fork import after_fork_in_child, forked_child, held_across_fork
 from aifuncs._home import home, private_file
+from aifuncs._wal import use_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -175,7 +176,7 @@ class UsageLog:
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(private_file(path), timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
+    use_wal(db)
     db.execute(_SCHEMA)
     present = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
     for column, kind in _ADDED.items():

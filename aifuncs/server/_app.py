@@ -9,11 +9,12 @@ route asks the same policy check as SQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +321,7 @@ async def _answered(
     if prepared is None:
         prepared = await run_in_threadpool(prepare_body, name, body, identity.principal)
     call, rows, word = prepared
-    answers = await asyncio.wrap_future(default_runtime().submit_call(call, rows))
+    answers = await default_runtime().answer_call(call, rows)
     return word(answers)
 
 
@@ -406,6 +407,17 @@ def app(warehouse: str | Path | None = None) -> Starlette:
     statements = Statements(Path(given).resolve() if given else None)
     prefix = "/api/2.0/serving-endpoints"
     routes = [
+        # The query routes first: Starlette tries routes in order, and these take nearly all the traffic.
+        Route("/serving-endpoints/{name}/invocations", api(auth, invocations), methods=["POST"]),
+        *[
+            Route(f"{base}/{path}", api(auth, openai_route(kind)), methods=["POST"])
+            for base in ("/serving-endpoints", "/serving-endpoints/v1", "/v1")
+            for path, kind in (
+                ("chat/completions", "chat"),
+                ("completions", "completions"),
+                ("embeddings", "embeddings"),
+            )
+        ],
         Route("/health", health, methods=["GET"]),
         Route("/.well-known/databricks-config", databricks_config, methods=["GET"]),
         Route(prefix, api(auth, list_endpoints), methods=["GET"]),
@@ -431,19 +443,9 @@ def app(warehouse: str | Path | None = None) -> Starlette:
             methods=["GET"],
         ),  # fmt: skip
         *[
-            Route(f"{base}/{path}", api(auth, openai_route(kind)), methods=["POST"])
-            for base in ("/serving-endpoints", "/serving-endpoints/v1", "/v1")
-            for path, kind in (
-                ("chat/completions", "chat"),
-                ("completions", "completions"),
-                ("embeddings", "embeddings"),
-            )
-        ],
-        *[
             Route(f"{base}/models", api(auth, models), methods=["GET"])
             for base in ("/serving-endpoints", "/v1")
         ],
-        Route("/serving-endpoints/{name}/invocations", api(auth, invocations), methods=["POST"]),
         *statement_routes(auth, statements),
         Route(
             "/serving-endpoints/{name}/served-models/{served_model_name}/invocations",
@@ -452,7 +454,14 @@ def app(warehouse: str | Path | None = None) -> Starlette:
         ),  # fmt: skip
     ]
     routes.append(Route("/openapi.json", _openapi_route(routes), methods=["GET"]))
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, lifespan=_lifespan)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    # Each worker process answers on one event loop: the server's is the runtime's too.
+    default_runtime().adopt_loop(asyncio.get_running_loop())
+    yield
 
 
 _OPEN = ("/health", "/.well-known/databricks-config", "/openapi.json")

@@ -127,6 +127,20 @@ def hey(url: str, body: Any, token: str | None, seconds: int, connections: int, 
     )
 
 
+def warm(url: str, body: Any, token: str | None) -> None:
+    """One request before measuring (a model loads on its first): it must succeed."""
+    import httpx
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with ThreadPoolExecutor(8) as pool:  # each worker process loads its own model: 8 at once reach them all
+        answers = list(pool.map(lambda _: httpx.post(url, json=body, headers=headers, timeout=120), range(8)))
+    for answer in answers:
+        if answer.status_code != 200:
+            raise RuntimeError(f"{url} answered {answer.status_code}: {answer.text[:300]}")
+
+
 @contextlib.contextmanager
 def started(command: list[str], ready: str, logs: Path, name: str, env: dict[str, str]) -> Iterator[None]:
     from servers import running
@@ -154,7 +168,8 @@ def main() -> None:
     logs.mkdir()
     os.environ["AIFUNCS_HOME"] = str(home / "home")
     os.environ.pop("AIFUNCS_TOKEN", None)
-    env = {**os.environ, "PYTHONPATH": str(BENCH.parent), "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"}
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parent), "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # mlflow runs uvicorn
 
     import mlflow
     from servers import free_port
@@ -214,10 +229,12 @@ def main() -> None:
     for workers in (1, 2):
         with serve_mlflow(workers):
             url = serve_mlflow.url + "/invocations"  # type: ignore[attr-defined]
+            warm(url, single, None)
             figures[f"mlflow-{workers}-1"] = wrk(url, single, None, seconds, connections)
             figures[f"mlflow-{workers}-32"] = wrk(url, rows32, None, seconds, connections)
         with serve_aifuncs(workers):
             url = serve_aifuncs.url + "/serving-endpoints/wine/invocations"  # type: ignore[attr-defined]
+            warm(url, single, alice)
             figures[f"aifuncs-{workers}-1"] = wrk(url, single, alice, seconds, connections)
             figures[f"aifuncs-{workers}-32"] = wrk(url, rows32, alice, seconds, connections)
     for workers in (1, 2):
@@ -247,6 +264,7 @@ def main() -> None:
         with serve_aifuncs(2):
             url = serve_aifuncs.url + "/serving-endpoints/chat/completions"  # type: ignore[attr-defined]
             body = {"model": "chat", **CHAT}
+            warm(url, body, alice)
             peak = wrk(url, body, alice, seconds, connections)
             one = hey(url, body, alice, seconds, 1, None)
             half_direct = hey(upstream_url + "/chat/completions", {"model": "m", **CHAT}, None, seconds, 32,
@@ -262,7 +280,8 @@ def main() -> None:
     print("\n3. Governance, a trivial in-process model, single rows, aifuncs serve with 2 workers")
     with serve_aifuncs(2):
         base = serve_aifuncs.url + "/serving-endpoints/{}/invocations"  # type: ignore[attr-defined]
-        wrk(base.format("trivial"), {"inputs": [1.5]}, ops, 2, connections)  # warm both workers
+        warm(base.format("trivial"), {"inputs": [1.5]}, ops)
+        warm(base.format("trivial-governed"), {"inputs": [1.5]}, alice)
         off = wrk(base.format("trivial"), {"inputs": [1.5]}, ops, seconds, connections)
         on = wrk(base.format("trivial-governed"), {"inputs": [1.5]}, alice, seconds, connections)
     print(_row("off: admin token, no limits, no inference table", off))
@@ -291,11 +310,14 @@ def _litellm(
     )
     url = f"http://127.0.0.1:{port}"
     command = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-    quiet = {**env, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    key = "sk-bench-" + os.urandom(8).hex()  # its master key: the proxy checks it on each request, as we do tokens
+    quiet = {**env, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+             "LITELLM_MASTER_KEY": key}  # fmt: skip
     with started(command, url + "/health/liveliness", logs, "litellm", quiet):
         body = {"model": "chat", **CHAT}
-        peak = wrk(url + "/v1/chat/completions", body, None, seconds, connections)
-        one = hey(url + "/v1/chat/completions", body, None, seconds, 1, None)
+        warm(url + "/v1/chat/completions", body, key)
+        peak = wrk(url + "/v1/chat/completions", body, key, seconds, connections)
+        one = hey(url + "/v1/chat/completions", body, key, seconds, 1, None)
     print(_row("LiteLLM proxy, 1 worker", peak))
     print(_row("LiteLLM proxy, one connection", one, _added(one, direct_one)))
     return peak
