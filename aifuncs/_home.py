@@ -29,6 +29,18 @@ def home() -> Path:
     return path
 
 
+_files: dict[tuple[Path, str], Path] = {}
+
+
+def home_file(name: str) -> Path:
+    """`home() / name`, made once per home (the usage log, limiter and inference table ask per request)."""
+    base = home()
+    path = _files.get((base, name))
+    if path is None:
+        path = _files[(base, name)] = base / name
+    return path
+
+
 def private_file(path: Path) -> Path:
     """Make `path` (a SQLite file about to be opened) readable and writable by its owner only, if it does not
     exist yet: SQLite gives its -wal and -shm files the same mode."""

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from aifuncs._endpoint import Endpoint, check_name, check_no_secrets
-from aifuncs._home import home
+from aifuncs._home import home_file
 from aifuncs.catalog._store import SqliteStore
 from aifuncs.errors import ConfigError, EndpointExists, PermissionDenied, UnknownEndpoint
 from aifuncs.governance import Principal, current, policy
@@ -418,7 +418,7 @@ _catalogs: dict[Path, Catalog] = {}
 
 def default_catalog() -> Catalog:
     """The catalog of the current AIFUNCS_HOME (looked up on each call, so a changed home is honoured)."""
-    path = home() / "catalog.db"
+    path = home_file("catalog.db")
     if path not in _catalogs or not path.exists():
         _catalogs[path] = Catalog(path)
     return _catalogs[path]

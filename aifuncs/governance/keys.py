@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from aifuncs._fork import after_fork_in_child, renewed_in_child
-from aifuncs._home import home, private_file
+from aifuncs._home import home_file, private_file
 from aifuncs._wal import use_wal
 from aifuncs.errors import ConfigError
 
@@ -224,7 +224,7 @@ def keyring() -> KeyRing | None:
     kek = key_from_environment()
     if kek is None:
         return None
-    path = home() / "keys.db"
+    path = home_file("keys.db")
     with _rings_lock:
         found = _rings.get((path, kek))
         if found is None:

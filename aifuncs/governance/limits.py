@@ -221,6 +221,31 @@ class Refusal:
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tat REAL NOT NULL)"
 
+# Leases: far from its limit, a bucket lends a process room for the requests of the next LEASE_S (at most
+# LEASE_MAX calls), taken in the transaction of the request that asked, so a busy server does not write the
+# file on every request. Lent only while at least LEASE_HEADROOM times as much room is left after it, and
+# only from limits of at least 2 calls per LEASE_S: near its limit, or for a slow limit, every request is
+# counted in the file as it comes. Room lent but not used goes back when the lease lapses. A lease takes
+# its room early, so in any t seconds a bucket admits at most burst + rate x (t + LEASE_S).
+LEASE_S = 0.25
+LEASE_MAX = 64
+LEASE_HEADROOM = 4
+
+
+@dataclass
+class _Lease:
+    units: float  # calls left to spend (a token bucket's lease only lets requests of no tokens through)
+    until: float  # time.monotonic() when it lapses
+    interval_s: float = 0.0  # the bucket's seconds per call, to give back what is left
+
+
+def _lease_size(bucket: Bucket, cost: int, room_s: float) -> int:
+    """Calls to lease beside a request that `bucket` admits with `room_s` seconds of room to spare."""
+    size = min(LEASE_MAX, math.floor(bucket.per_minute / 60 * LEASE_S))
+    if size < 2 or room_s / bucket.interval_s < (LEASE_HEADROOM + 1) * size:
+        return 0
+    return size
+
 
 class Limiter:
     """GCRA buckets in one SQLite file (`limits.db` beside the catalog), shared by every process."""
@@ -233,6 +258,7 @@ class Limiter:
         # Tokens reserved beyond what requests used, returned with this process's next admission: one
         # transaction a request instead of two. Returning them late only ever refuses, never over-admits.
         self._credits: dict[str, float] = {}
+        self._leases: dict[str, _Lease] = {}  # per bucket: room taken ahead, spent without a transaction
 
     def __repr__(self) -> str:
         return f"Limiter({str(self.path)!r})"
@@ -253,11 +279,31 @@ class Limiter:
         """Admit one request costing 1 call and `tokens` tokens under every check, or say how long to wait.
         Nothing is taken unless everything is: a refused request leaves every bucket as it was."""
         with self._lock:
-            return self._try_acquire(checks, tokens)
+            return self._from_leases(checks, tokens) or self._try_acquire(checks, tokens)
+
+    def _from_leases(self, checks: Sequence[Check], tokens: int) -> Reservation | None:
+        """Admit from room this process took ahead (see `_Lease`), if every check has some; else None."""
+        if not self._leases:
+            return None
+        now = time.monotonic()
+        chosen: list[tuple[_Lease, float]] = []
+        for check in checks:
+            for bucket in check.any_of:
+                lease = self._leases.get(bucket.key)
+                cost = 1 if bucket.unit == "calls" else tokens
+                if lease is not None and lease.until > now and lease.units >= cost:
+                    chosen.append((lease, cost))
+                    break
+            else:
+                return None
+        for spent, units in chosen:
+            spent.units -= units
+        return Reservation((), tokens)  # nothing to settle: a lease only ever covers requests of no tokens
 
     def _try_acquire(self, checks: Sequence[Check], tokens: int) -> Reservation | Refusal:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
+        self._return_leases()
         credits, self._credits = self._credits, {}
         try:
             if credits:
@@ -269,6 +315,8 @@ class Limiter:
             marks = ",".join("?" * len(keys))
             tats = dict(db.execute(f"SELECT key, tat FROM buckets WHERE key IN ({marks})", keys).fetchall())
             taken: dict[str, float] = {}
+            leases: dict[str, _Lease] = {}
+            lease_until = time.monotonic() + LEASE_S
             worst: Refusal | None = None
             for check in checks:
                 waits = []
@@ -279,7 +327,14 @@ class Limiter:
                     # a request bigger than the burst passes when its bucket is empty, never otherwise
                     tolerance = max(bucket.burst, cost) * bucket.interval_s
                     wait = due - tolerance - now
-                    if wait <= 0:
+                    if wait <= 1e-6:  # float sums of intervals must not refuse what is due
+                        ahead = _lease_size(bucket, cost, -wait) if tokens == 0 else 0
+                        if ahead:  # a lease: room for requests to come, taken now with this one
+                            if bucket.unit == "calls":
+                                leases[bucket.key] = _Lease(ahead, lease_until, bucket.interval_s)
+                                due += ahead * bucket.interval_s
+                            else:
+                                leases[bucket.key] = _Lease(0, lease_until)
                         taken[bucket.key] = due
                         tats[bucket.key] = due
                         break
@@ -302,8 +357,19 @@ class Limiter:
             for key, seconds in credits.items():  # not lost: returned with the next admission
                 self._credits[key] = self._credits.get(key, 0.0) + seconds
             raise
+        self._leases.update({k: v for k, v in leases.items() if k in taken})
         charged = tuple(b for check in checks for b in check.any_of if b.unit == "tokens" and b.key in taken)
         return Reservation(charged, tokens)
+
+    def _return_leases(self) -> None:
+        """Calls leased and not used by the time they lapsed go back to their buckets (as credits, in the
+        transaction under way)."""
+        now = time.monotonic()
+        for key, lease in list(self._leases.items()):
+            if lease.until <= now:
+                del self._leases[key]
+                if lease.units and lease.interval_s:
+                    self._credits[key] = self._credits.get(key, 0.0) + lease.units * lease.interval_s
 
     def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Correct the token buckets from the estimate reserved to the tokens the model reports."""

@@ -128,8 +128,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_days: dict[int, str] = {}
+
+
 def day(timestamp_ms: int) -> str:
-    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d")
+    number = timestamp_ms // 86_400_000
+    found = _days.get(number)
+    if found is None:
+        if len(_days) > 64:
+            _days.clear()
+        found = _days[number] = datetime.fromtimestamp(number * 86_400, UTC).strftime("%Y-%m-%d")
+    return found
 
 
 class PayloadLog:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aifuncs._fork import after_fork_in_child, leave_behind
-from aifuncs._home import home
+from aifuncs._home import home_file
 from aifuncs._types import arrow_type, parse_replies, plain_type, to_arrow
 from aifuncs.catalog import Endpoint
 from aifuncs.errors import (
@@ -100,6 +100,9 @@ class Runtime:
         self._rates = RateGate()
         self._coalescer = Coalescer()  # small concurrent requests to an in-process model, sent together
         self._call_s: dict[int, float] = {}  # per in-process provider: its calls' smoothed time (loop only)
+        # Set by a server: remote endpoints without a max_concurrency of their own may have this many
+        # requests in flight (a batch query's default of 16 would queue a gateway's clients behind it).
+        self.serving_in_flight: int | None = None
         self.usage = UsageLog()
         self._lock = threading.Lock()
         self._stores: dict[Path, AnswerStore] = {}
@@ -356,7 +359,7 @@ class Runtime:
         return len(self._store().lookup(keys))
 
     def _store(self) -> AnswerStore:
-        path = home() / "answers.db"
+        path = home_file("answers.db")
         with self._lock:
             store = self._stores.get(path)
             if store is None:
@@ -400,7 +403,7 @@ class Runtime:
     ) -> Scored:
         provider = self.provider(call.endpoint)
         target = arrow_type(call.result_type)
-        limit = self._limit(call.endpoint, provider.concurrency)
+        limit = self._limit(call.endpoint, self._most_in_flight(provider))
         size = batch_rows or provider.batch_rows
         size = min(size, self._row_caps.get(_identity(call.endpoint), size))  # after a 413
         refused: list[BudgetExceeded] = []
@@ -701,6 +704,13 @@ class Runtime:
         if key not in self._gates:  # only touched on the loop thread
             self._gates[key] = asyncio.Semaphore(2 * provider.concurrency)
         return self._gates[key]
+
+    def _most_in_flight(self, provider: Provider) -> int:
+        """The endpoint's requests in flight at most: its own setting, else its kind's default, raised for a
+        remote endpoint in a server (`serving_in_flight`), where clients bring the concurrency."""
+        if provider.in_process or provider.options.max_concurrency or self.serving_in_flight is None:
+            return provider.concurrency
+        return max(provider.concurrency, self.serving_in_flight)
 
     def _limit(self, endpoint: Endpoint, maximum: int) -> AdaptiveLimit:
         key = _identity(endpoint)

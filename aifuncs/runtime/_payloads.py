@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from aifuncs._home import home
+from aifuncs._home import home_file
 from aifuncs.governance.guardrails import screen
 from aifuncs.governance.payloads import PayloadRow, capped, day, now_ms, payload_log
 from aifuncs.providers.base import Prediction
@@ -74,7 +74,7 @@ def log_request(
     used = output if isinstance(output, Prediction) else Prediction(None)
     stamp = now_ms()
     payload_log().record(
-        home() / "payloads.db",
+        home_file("payloads.db"),
         PayloadRow(
             request_id=uuid.uuid4().hex,
             client_request_id=call.context.client_request_id,

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aifuncs._home import home
+from aifuncs._home import home_file
 from aifuncs.errors import RateLimited
 from aifuncs.governance.limits import Limiter, Reservation
 from aifuncs.providers.base import Prediction
@@ -66,7 +66,7 @@ class RateGate:
         self._limiters: dict[Path, Limiter] = {}
 
     def _limiter(self) -> Limiter:
-        path = home() / "limits.db"
+        path = home_file("limits.db")
         found = self._limiters.get(path)
         if found is None:
             found = self._limiters[path] = Limiter(path)

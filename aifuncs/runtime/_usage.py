@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from aifuncs._fork import after_fork_in_child, forked_child, held_across_fork
-from aifuncs._home import home, private_file
+from aifuncs._home import home_file, private_file
 from aifuncs._wal import use_wal
 
 _SCHEMA = """
@@ -99,7 +99,7 @@ class UsageLog:
 
     def record(self, row: UsageRow) -> None:
         with self._lock:
-            self._pending.append((home() / "usage.db", row))  # the home of the moment the call ran
+            self._pending.append((home_file("usage.db"), row))  # the home of the moment the call ran
             due = not self._flushing and time.monotonic() - self._last_flush > _FLUSH_EVERY_S
             self._flushing = self._flushing or due
         if due:
@@ -115,7 +115,7 @@ class UsageLog:
                 self.flush()
             except Exception as error:
                 _log.warning(
-                    "usage log: cannot write %s (kept for the next write): %s", home() / "usage.db", error
+                    "usage log: cannot write %s (kept for the next write): %s", home_file("usage.db"), error
                 )
             return
         with self._lock:
@@ -129,7 +129,7 @@ class UsageLog:
             self.flush()
         except Exception as error:  # the rows stay pending; accounting must not fail a query
             _log.warning(
-                "usage log: cannot write %s (kept for the next write): %s", home() / "usage.db", error
+                "usage log: cannot write %s (kept for the next write): %s", home_file("usage.db"), error
             )
         finally:
             with self._lock:
@@ -162,7 +162,7 @@ class UsageLog:
 
     def read(self) -> list[dict[str, Any]]:
         self.flush()
-        path = home() / "usage.db"
+        path = home_file("usage.db")
         if not path.exists():
             return []
         db = _connect(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import json
 import logging
@@ -42,6 +43,7 @@ from aifuncs.server._statements import Statements
 __all__ = ["MAX_BODY_BYTES", "app"]
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # Databricks' payload limit
+SERVING_IN_FLIGHT = 256  # per worker and remote endpoint, unless the endpoint sets max_concurrency
 _SMALL_BODY_BYTES = 64 * 1024  # parsed on the event loop; a bigger body in a worker thread
 _log = logging.getLogger("aifuncs.server")
 _WORKER = str(os.getpid())  # which worker process answered: operators (and a test) tell them apart
@@ -460,7 +462,12 @@ def app(warehouse: str | Path | None = None) -> Starlette:
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     # Each worker process answers on one event loop: the server's is the runtime's too.
-    default_runtime().adopt_loop(asyncio.get_running_loop())
+    runtime = default_runtime()
+    runtime.adopt_loop(asyncio.get_running_loop())
+    runtime.serving_in_flight = SERVING_IN_FLIGHT
+    # What was loaded to start (MLflow, pandas, pyarrow: millions of objects) is never garbage: kept out of
+    # the collector's full passes, which otherwise stall every request in flight now and then.
+    gc.freeze()
     yield
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -257,3 +258,45 @@ def test_explain_and_progress_tell_when_a_limit_paces_the_query(con: duckdb.Duck
         assert relation is not None and len(relation.fetchall()) == 20
     assert progress.snapshot()["paced_by"] == "the endpoint's 60 calls/min"
     assert "paced by the endpoint's 60 calls/min" in progress.line()
+
+
+def _tat(path: Path) -> float:
+    with sqlite3.connect(path) as db:
+        return float(db.execute("SELECT tat FROM buckets").fetchone()[0])
+
+
+def test_far_from_its_limit_a_bucket_lends_room_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, ticks = [1_000_000.0], [50.0]
+    monkeypatch.setattr(limits_module.time, "time", lambda: clock[0])
+    monkeypatch.setattr(limits_module.time, "monotonic", lambda: ticks[0])
+    limiter = Limiter(tmp_path / "limits.db")
+    checks = applicable("ep", [RateLimit("endpoint", calls=6_000_000)], Principal("alice", "user"), ())
+    interval = 60 / 6_000_000
+    lease = limits_module.LEASE_MAX
+    assert isinstance(limiter.try_acquire(checks, 0), Reservation)
+    assert _tat(tmp_path / "limits.db") == pytest.approx(clock[0] + (1 + lease) * interval)  # counted ahead
+    written = _tat(tmp_path / "limits.db")
+    for _ in range(lease):  # the lease: no transaction, the file as it was
+        assert isinstance(limiter.try_acquire(checks, 0), Reservation)
+    assert _tat(tmp_path / "limits.db") == written
+    assert isinstance(limiter.try_acquire(checks, 0), Reservation)  # spent: the next asks the file
+    assert _tat(tmp_path / "limits.db") == pytest.approx(written + (1 + lease) * interval)
+    ticks[0] += limits_module.LEASE_S  # the new lease lapses unused: its room goes back
+    before = _tat(tmp_path / "limits.db")
+    assert isinstance(limiter.try_acquire(checks, 0), Reservation)
+    assert _tat(tmp_path / "limits.db") == pytest.approx(before - lease * interval + (1 + lease) * interval)
+
+
+def test_near_its_limit_a_bucket_counts_every_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1_000_000.0]
+    monkeypatch.setattr(limits_module.time, "time", lambda: clock[0])
+    limiter = Limiter(tmp_path / "limits.db")
+    # 60,000 calls/min with a burst of 1,000: room for leases at first, none once the burst is nearly spent
+    checks = applicable("ep", [RateLimit("endpoint", calls=60_000, burst=1000)], Principal("a", "user"), ())
+    admitted = sum(isinstance(limiter.try_acquire(checks, 0), Reservation) for _ in range(1200))
+    assert admitted == 1000  # exactly the burst (the clock stands still): a lease never lends past it
+    # token requests never come from a lease: each is reserved in the file, to be settled
+    tokens = applicable("ep", [RateLimit("endpoint", calls=6_000_000, tokens=6_000_000)], Principal("a", "user"), ())
+    first = limiter.try_acquire(tokens, 0)
+    second = limiter.try_acquire(tokens, 100)
+    assert isinstance(first, Reservation) and isinstance(second, Reservation) and second.buckets
