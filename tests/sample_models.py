@@ -72,8 +72,21 @@ def slow_doubled(values: pd.Series) -> np.ndarray:
     """Doubles after 20 ms (a model busy long enough for concurrent requests to queue); 13 fails its batch."""
     import time
 
+    import os
+
     SLOW_CALLS.append(len(values))
+    if os.environ.get("SAMPLE_CALLS_FILE"):  # a server process's calls, for the test that started it
+        with open(os.environ["SAMPLE_CALLS_FILE"], "a") as calls:
+            calls.write(f"{len(values)}\n")
     time.sleep(0.02)
     if (values == 13).any():
         raise ValueError("13 is unlucky")
+    return (values * 2).to_numpy()
+
+
+def sleepy(values: pd.Series) -> np.ndarray:
+    """Doubles after a second: a request still in flight when its server is asked to stop."""
+    import time
+
+    time.sleep(1.0)
     return (values * 2).to_numpy()

@@ -586,19 +586,24 @@ class Runtime:
     async def _in_process_call(self, provider: Provider, rows: pa.Array, options: CallOptions) -> Any:
         """A batch of small requests to an in-process model: on this loop while its calls are known to be
         short (a thread hop and the GIL handoffs it brings cost more than a cheap model: pyarrow on the loop
-        thread waits milliseconds for the GIL while a model thread runs Python), else in a worker thread."""
+        thread waits milliseconds for the GIL while a model thread runs Python), else in a worker thread.
+
+        The first call loads the model, in a thread; the next runs on the loop and is timed (wall time: a
+        function that waits on something holds the loop as long as one that computes). Once the model's calls
+        take longer than `INLINE_CALL_S` (smoothed), it stays in worker threads."""
         if not provider.blocking:
             return await provider.predict(rows, options)
         key = id(provider)
         took = self._call_s.get(key)
         if took is not None and took < INLINE_CALL_S:
-            output, spent = _cpu_timed(provider, rows, options)
+            began = time.perf_counter()
+            output = provider.predict_blocking(rows, options)
+            spent = time.perf_counter() - began
             self._call_s[key] = spent if took < 0 else (1 - _SMOOTHING) * took + _SMOOTHING * spent
             return output
-        output, spent = await asyncio.to_thread(_cpu_timed, provider, rows, options)
-        # The first call loads the model: not its measure (the next one, on the loop, is). A threaded call
-        # that proves short brings the model back to the loop.
-        self._call_s[key] = -1.0 if took is None else spent
+        output = await asyncio.to_thread(provider.predict_blocking, rows, options)
+        if took is None:
+            self._call_s[key] = -1.0  # loaded: the next call is measured on the loop
         return output
 
     @staticmethod
@@ -717,14 +722,6 @@ class Runtime:
         if key not in self._limits:  # only touched on the loop thread
             self._limits[key] = AdaptiveLimit(maximum)
         return self._limits[key]
-
-
-def _cpu_timed(provider: Provider, rows: pa.Array, options: CallOptions) -> tuple[Any, float]:
-    """A blocking predict and the CPU time its thread spent on it: the time it would hold the loop, without
-    the waits for the GIL that a busy process adds to a worker thread's wall time."""
-    began = time.thread_time()
-    output = provider.predict_blocking(rows, options)
-    return output, time.thread_time() - began
 
 
 def _usage_row(call: CallSpec, **fields: Any) -> UsageRow:

@@ -30,6 +30,7 @@ from aifuncs._types import json_schema, to_duckdb_type
 from aifuncs.catalog import Catalog, default_catalog
 from aifuncs.errors import AifuncsError
 from aifuncs.governance import Identity
+from aifuncs.governance.payloads import payload_log
 from aifuncs.governance.permissions import DESCRIPTIONS, LEVELS
 from aifuncs.runtime import default_runtime
 from aifuncs.server._auth import Authenticator
@@ -469,6 +470,10 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     # the collector's full passes, which otherwise stall every request in flight now and then.
     gc.freeze()
     yield
+    # Stopping: uvicorn re-raises SIGTERM once it has shut down, which ends the process without atexit, so the
+    # usage and inference-table rows still buffered are written here.
+    runtime.usage.flush()
+    payload_log().flush()
 
 
 _OPEN = ("/health", "/.well-known/databricks-config", "/openapi.json")
