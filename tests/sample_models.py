@@ -70,9 +70,8 @@ SLOW_CALLS: list[int] = []  # batch sizes seen by `slow_doubled`
 
 def slow_doubled(values: pd.Series) -> np.ndarray:
     """Doubles after 20 ms (a model busy long enough for concurrent requests to queue); 13 fails its batch."""
-    import time
-
     import os
+    import time
 
     SLOW_CALLS.append(len(values))
     if os.environ.get("SAMPLE_CALLS_FILE"):  # a server process's calls, for the test that started it
