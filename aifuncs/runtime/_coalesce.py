@@ -25,7 +25,7 @@ import pyarrow as pa
 from aifuncs.providers import Provider
 from aifuncs.providers.base import CallOptions, Prediction
 
-__all__ = ["Coalescer", "splittable"]
+__all__ = ["Coalescer"]
 
 Predict = Callable[[pa.Array], Awaitable[Any]]
 
@@ -144,7 +144,7 @@ def _chunks(rows: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
     return rows.chunks if isinstance(rows, pa.ChunkedArray) else [rows]
 
 
-def splittable(output: Any) -> bool:
+def _splittable(output: Any) -> bool:
     return isinstance(output, (pa.Array, pa.ChunkedArray, np.ndarray, pd.Series, pd.DataFrame, list, tuple))
 
 
@@ -152,7 +152,7 @@ def _split(output: Any, sizes: list[int]) -> list[Any]:
     """A batch's output cut back into its requests' parts, each of the type the model returned."""
     if isinstance(output, Prediction):  # token counts belong to the batch: each part reports none
         return [Prediction(part) for part in _split(output.outputs, sizes)]
-    if not splittable(output) or len(output) != sum(sizes):
+    if not _splittable(output) or len(output) != sum(sizes):
         raise ValueError("the output cannot be cut into its requests' answers")
     parts, start = [], 0
     for size in sizes:

@@ -67,7 +67,7 @@ def test_a_big_request_goes_alone(home: Path) -> None:
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-def test_struct_requests_are_joined_and_cut_back(home: Path, rows: int) -> None:
+def test_struct_requests_each_get_their_own_answers(home: Path, rows: int) -> None:
     aifuncs.endpoints.create("pair", kind="python", function="sample_models:doubled", returns="DOUBLE")
     pair = pa.struct([("a", pa.float64()), ("b", pa.float64())])
     call = bind_call("ai_query", "pair", pair)

@@ -21,7 +21,7 @@ import aifuncs
 import aifuncs.governance as gov
 
 
-def _serve(home: Path, tmp_path: Path, **env: str) -> tuple[list[str], str, dict[str, str]]:
+def _serve(**env: str) -> tuple[list[str], str, dict[str, str]]:
     port = free_port()
     full = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **env}
     return [sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port)], f"http://127.0.0.1:{port}", full
@@ -41,7 +41,7 @@ def test_concurrent_single_rows_share_model_calls_but_not_their_accounting(
     aifuncs.endpoints.update_permissions("slow", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
     headers = {"Authorization": f"Bearer {gov.create_token('alice')}"}
     calls = tmp_path / "calls.txt"
-    command, url, env = _serve(home, tmp_path, SAMPLE_CALLS_FILE=str(calls))
+    command, url, env = _serve(SAMPLE_CALLS_FILE=str(calls))
     with running(command, url + "/health", tmp_path / "serve.log", env), httpx.Client(base_url=url) as client:
 
         def ask(value: float) -> httpx.Response:
@@ -72,7 +72,7 @@ def test_a_dead_provider_a_stalled_client_and_a_stop_mid_request(
     aifuncs.endpoints.create("sleepy", kind="python", function="sample_models:sleepy", returns="DOUBLE")
     gov.create_user("ops", admin=True)
     headers = {"Authorization": f"Bearer {gov.create_token('ops')}"}
-    command, url, env = _serve(home, tmp_path)
+    command, url, env = _serve()
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
