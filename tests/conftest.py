@@ -76,3 +76,16 @@ def mlflow_models(tmp_path_factory: pytest.TempPathFactory) -> MlflowModels:
     finally:
         mlflow.set_tracking_uri(previous or "")
     return MlflowModels(tracking_uri, "models:/wine/1", "models:/sum-and-label/1")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local Spark session (2 cores) for every Spark test: it takes ~8 s to start. Its Python workers
+    import the tests' sample models, as the driver does."""
+    tests = str(Path(__file__).parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    import aifuncs.spark
+
+    session = aifuncs.spark.local_session(2)
+    yield session
+    session.stop()

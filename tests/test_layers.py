@@ -22,6 +22,8 @@ FLOORS = [
     "aifuncs.engines",
     "aifuncs.engines.duckdb",
     "aifuncs.engines.pandas",
+    "aifuncs.engines.spark",
+    "aifuncs.spark",
     "aifuncs.index",
     "aifuncs.jobs",
     "aifuncs.cache",

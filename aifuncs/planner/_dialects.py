@@ -14,7 +14,10 @@ import functools
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.databricks import Databricks
 from sqlglot.errors import ErrorLevel
+from sqlglot.generators.databricks import DatabricksGenerator
+from sqlglot.generators.spark import SparkGenerator
 
 from aifuncs._types import to_duckdb_type
 from aifuncs.errors import ArgumentError, SqlError
@@ -36,9 +39,10 @@ def reader(dialect: str) -> sqlglot.Dialect:
     return type(f"Aifuncs{type(base).__name__}", (type(base),), {"Parser": parser})()
 
 
-def adapt(tree: exp.Expr, dialect: str, number: int) -> exp.Expr:
-    """Refuse what cannot be translated, and translate what sqlglot does not, in statement `number`."""
-    if dialect == "duckdb":
+def adapt(tree: exp.Expr, dialect: str, number: int, engine: str = "duckdb") -> exp.Expr:
+    """Refuse what cannot be translated, and translate what sqlglot does not, in statement `number`, for
+    an engine that reads `engine` SQL (Spark reads Databricks SQL as it is)."""
+    if dialect == engine or engine != "duckdb":
         return tree
     for node in tree.walk():
         for arg, clause in _DROPPED_CLAUSES.items():
@@ -49,6 +53,40 @@ def adapt(tree: exp.Expr, dialect: str, number: int) -> exp.Expr:
     for call in list(tree.find_all(exp.FromJson)):
         call.replace(_from_json(call))
     return tree
+
+
+class Spark4(Databricks):
+    """What Spark 4 reads: Databricks SQL, except that `text:a.b` (a JSON path on a string, which Spark
+    allows on VARIANT only) is written as Spark's get_json_object. sqlglot's spark writer would do that too,
+    but it drops parse_json (`variant_get(parse_json(j), ...)` became `VARIANT_GET(j, ...)`)."""
+
+    class Generator(DatabricksGenerator):
+        QUOTE_JSON_PATH = True
+        TRANSFORMS = {
+            **DatabricksGenerator.TRANSFORMS,
+            **{k: SparkGenerator.TRANSFORMS[k] for k in (exp.JSONExtract, exp.JSONPathRoot)},
+        }
+
+
+def writer(engine: str) -> str | sqlglot.Dialect:
+    """The sqlglot dialect an engine's SQL is written in."""
+    return _SPARK4 if engine == "spark" else engine
+
+
+_SPARK4 = Spark4()
+
+
+def to_engine(tree: exp.Expr, dialect: str, engine: str, number: int) -> str:
+    """The statement in the engine's SQL (see `to_duckdb`)."""
+    if engine == "duckdb":
+        return to_duckdb(tree, dialect, number)
+    try:
+        return tree.sql(writer(engine), copy=False, unsupported_level=ErrorLevel.RAISE)
+    except sqlglot.errors.UnsupportedError as error:
+        raise SqlError(
+            f"Cannot translate statement {number} from {dialect} SQL to {engine}: {error}. Rewrite that part"
+            " of the statement."
+        ) from None
 
 
 def to_duckdb(tree: exp.Expr, dialect: str, number: int) -> str:

@@ -29,7 +29,7 @@ from aifuncs.governance import Principal
 from aifuncs.planner._aliases import lift_alias_references
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore, TableShape
-from aifuncs.planner._dialects import adapt, reader, to_duckdb
+from aifuncs.planner._dialects import adapt, reader, to_engine, writer
 from aifuncs.planner._reads import ancestors
 from aifuncs.runtime import CallSpec, Meter, RequestContext, default_runtime
 
@@ -46,10 +46,15 @@ class EngineHooks:
     is_table: Callable[[str], bool] = lambda name: False  # a base table, scanned in the same order each time
     volatile: frozenset[str] = frozenset()  # functions whose value changes per call (random, nextval...)
     shape: Callable[[str], TableShape | None] = lambda name: None  # a base table's columns and rows
-    vector_index: Callable[[str], VectorIndex | None] = lambda name: None  # a vector index by name
+    # A vector index by name; None where the engine keeps none (vector_search is refused there).
+    vector_index: Callable[[str], VectorIndex | None] | None = None
     principal: Principal | None = None  # who the query runs as (None: this process's identity)
     wait_for_limits: bool = True  # rate-limited requests wait their turn (False: RateLimited at once)
     context: RequestContext = RequestContext()  # where the query comes from, for the usage log
+    dialect: str = "duckdb"  # the SQL the engine reads: the planner writes statements and probes in it
+    name: str = "DuckDB"  # the engine, as errors name it
+    cosine_similarity: str = "list_cosine_similarity"  # the engine's function of two float arrays
+    bulk: bool = True  # scoring queries may score whole columns ahead (DuckDB's POSITIONAL JOIN: `_bulk.py`)
 
     def catalog(self) -> Catalog:
         """The catalog as the query's principal sees it."""
@@ -69,7 +74,7 @@ class VectorIndex:
 class CallSite:
     """One AI call of a statement, as EXPLAIN shows it."""
 
-    text: str  # the call as written (DuckDB SQL)
+    text: str  # the call as written (in the engine's SQL)
     call: CallSpec
     probe: str | None  # a query whose one column is the request, over the call's scope; None when unknown
     request_type: str | None  # DuckDB DDL of the request (None: passed as JSON)
@@ -78,7 +83,8 @@ class CallSite:
 
 @dataclass(frozen=True)
 class PlannedStatement:
-    """One statement to run: its DuckDB SQL, the columns to score before it (the bulk path), its AI calls."""
+    """One statement to run: its SQL in the engine's dialect, the columns to score before it (the bulk
+    path), its AI calls."""
 
     sql: str
     prescores: tuple[Prescore, ...] = field(default=())
@@ -88,11 +94,11 @@ class PlannedStatement:
 def rewrite(
     query: str, dialect: str, hooks: EngineHooks, meters: tuple[Meter, ...] = (), number: int = 1
 ) -> list[PlannedStatement]:
-    """The statements of `query` as DuckDB SQL, every AI call replaced by its specialised UDF.
+    """The statements of `query` in the engine's SQL, every AI call replaced by its specialised UDF.
 
     `number` is the first statement's number in its script, for error messages."""
     _refuse_reserved(query)
-    if dialect == "duckdb" and not _mentions_ai_function(query):
+    if dialect == hooks.dialect == "duckdb" and not _mentions_ai_function(query):
         return [PlannedStatement(query)]  # nothing to do: DuckDB reads its own SQL better than any round trip
     try:
         statements = [s for s in sqlglot.parse(query, read=reader(dialect)) if s is not None]
@@ -103,7 +109,13 @@ def rewrite(
             f"Cannot parse the query as {dialect} SQL{where}: {first.get('description', error)}"
         ) from None
     return [
-        _rewrite_statement(_expand_similarity(adapt(_as_anonymous(s), dialect, n)), hooks, meters, dialect, n)
+        _rewrite_statement(
+            _expand_similarity(adapt(_as_anonymous(s), dialect, n, hooks.dialect), hooks.cosine_similarity),
+            hooks,
+            meters,
+            dialect,
+            n,
+        )
         for n, s in enumerate(statements, start=number)
     ]
 
@@ -188,7 +200,7 @@ def _rewrite_statement(
     for call in _ai_calls(tree):
         spec = get_spec(call.name)
         assert spec is not None
-        text = call.sql("duckdb", normalize_functions="lower")
+        text = call.sql(writer(hooks.dialect), normalize_functions="lower")
         rewritten = _rewrite_call(spec, call, hooks, bulk, meters)
         if rewritten is not None:
             replacement, site = rewritten
@@ -197,7 +209,7 @@ def _rewrite_statement(
     prescores = tuple(bulk.finish())
     tree = lift_alias_references(tree)
     return PlannedStatement(
-        to_duckdb(tree, dialect, number),
+        to_engine(tree, dialect, hooks.dialect, number),
         prescores,
         tuple(site for _, site in sorted(sites, key=lambda s: s[0])),
     )
@@ -273,8 +285,8 @@ def _rewrite_call(
     if not (isinstance(endpoint, exp.Literal) and endpoint.is_string):
         return None  # a per-row endpoint: left to the generic function, which resolves each row
     request = args["request"]
-    probe = _probe(call, request)
-    request_ddl = _probe_type(_probe(call, request, filtered=False), hooks)
+    probe = _probe(call, request, hooks.dialect)
+    request_ddl = _probe_type(_probe(call, request, hooks.dialect, filtered=False), hooks)
     request_type: pa.DataType | None = arrow_type(request_ddl) if request_ddl else None
     fail_on_error = _constant(spec, "failOnError", args.get("failOnError"), hooks)
     if not isinstance(fail_on_error, bool):
@@ -311,7 +323,11 @@ def _rewrite_call(
         argument = request.copy() if request_ddl else exp.func("to_json", request.copy())
         return exp.Anonymous(this=function, expressions=[argument])
 
-    if request_ddl and (column := bulk.try_add(call, request, call_spec, streamed)) is not None:
+    if (
+        hooks.bulk
+        and request_ddl
+        and (column := bulk.try_add(call, request, call_spec, streamed)) is not None
+    ):
         return column, (*site, True)
     return streamed(), (*site, False)
 
@@ -367,21 +383,25 @@ def _rewrite_task(
         wait_for_limits=hooks.wait_for_limits,
         context=hooks.context,
     )
-    if spec.aggregate:  # the group's values as a list; DuckDB's list() is the aggregate
+    if spec.aggregate:  # the group's values as a list, NULLs left out (DuckDB's array_agg keeps them)
         values = exp.cast(args[text_param.name].copy(), "VARCHAR")
         request: exp.Expr = exp.Filter(
-            this=exp.func("list", values),
+            this=exp.ArrayAgg(this=values),
             expression=exp.Where(this=exp.Not(this=exp.Is(this=values.copy(), expression=exp.null()))),
         )
         request_ddl = "VARCHAR[]"
     else:
         request, request_ddl = _text(args[text_param.name]), "VARCHAR"
-    probe = _probe(call, request)
+    probe = _probe(call, request, hooks.dialect)
 
     def streamed() -> exp.Expr:
         return exp.Anonymous(this=hooks.register(call_spec, request_ddl), expressions=[request.copy()])
 
-    if not spec.aggregate and (column := bulk.try_add(call, request, call_spec, streamed)) is not None:
+    if (
+        hooks.bulk
+        and not spec.aggregate
+        and (column := bulk.try_add(call, request, call_spec, streamed)) is not None
+    ):
         return column, (call_spec, probe, request_ddl, True)
     return streamed(), (call_spec, probe, request_ddl, False)
 
@@ -402,9 +422,9 @@ def _endpoint_literal(
     return exp.Literal.string(named or hooks.catalog().default(role).name)
 
 
-def _expand_similarity(tree: exp.Expr) -> exp.Expr:
+def _expand_similarity(tree: exp.Expr, cosine_similarity: str) -> exp.Expr:
     """ai_similarity(a, b) -> list_cosine_similarity(ai_embed(a), ai_embed(b)): two embedding calls the
-    runtime de-duplicates and caches, and a vector function DuckDB already has."""
+    runtime de-duplicates and caches, and a vector function the engine has (DuckDB's own, or Spark's UDF)."""
     for call in list(tree.find_all(exp.Anonymous)):
         spec = get_spec(call.name)
         if spec is None or spec.kind != "similarity":
@@ -419,7 +439,7 @@ def _expand_similarity(tree: exp.Expr) -> exp.Expr:
             exp.Anonymous(this="ai_embed", expressions=[args[name].copy(), *extra])
             for name in ("expr1", "expr2")
         ]
-        replacement = exp.Anonymous(this="list_cosine_similarity", expressions=embeds)
+        replacement = exp.Anonymous(this=cosine_similarity, expressions=embeds)
         if call is tree:
             return replacement
         call.replace(replacement)
@@ -441,6 +461,11 @@ def _expand_vector_search(tree: exp.Expr, hooks: EngineHooks) -> exp.Expr:
         if not isinstance(name, str) or not isinstance(text, str) or not isinstance(count, int) or count < 1:
             raise ArgumentError(
                 "vector_search takes index => 'name', query => 'text' and num_results => a positive number."
+            )
+        if hooks.vector_index is None:
+            raise ArgumentError(
+                f"vector_search is not available on {hooks.name}: its indexes live in DuckDB databases. Run the"
+                " search with aifuncs.sql on DuckDB, or compare embeddings with ai_similarity."
             )
         index = hooks.vector_index(name)
         if index is None:
@@ -475,7 +500,8 @@ def _json_text(value: Any) -> str | None:
 
 
 def _probe_type(probe: str, hooks: EngineHooks) -> str | None:
-    """The DuckDB type of the request at the call site, found by DESCRIBE of a query over the call's scope.
+    """The type of the request at the call site (DuckDB DDL, the planner's type language), found by the
+    engine's analysis of a query over the call's scope.
 
     None when the scope cannot be isolated (e.g. a correlated subquery); the call then passes its
     request as JSON, which works for every type at some cost in speed.
@@ -486,7 +512,7 @@ def _probe_type(probe: str, hooks: EngineHooks) -> str | None:
         return None
 
 
-def _probe(call: exp.Expr, request: exp.Expr, *, filtered: bool = True) -> str:
+def _probe(call: exp.Expr, request: exp.Expr, dialect: str, *, filtered: bool = True) -> str:
     """A query whose one column (`__aifuncs_request`) is the call's request, over the call's scope; without
     the scope's filter where only its type is wanted (a filter may read answers scored ahead of the query)."""
     probe = exp.Select(expressions=[request.copy().as_(PROBE_ALIAS)])
@@ -514,4 +540,4 @@ def _probe(call: exp.Expr, request: exp.Expr, *, filtered: bool = True) -> str:
     ]
     if ctes:
         probe.set("with_", exp.With(expressions=ctes))
-    return probe.sql("duckdb", copy=False)  # built of copies: the generator may use it as it is
+    return probe.sql(writer(dialect), copy=False)  # built of copies: the generator may use it as it is

@@ -403,7 +403,7 @@ class Runtime:
     ) -> Scored:
         provider = self.provider(call.endpoint)
         target = arrow_type(call.result_type)
-        limit = self._limit(call.endpoint, self._most_in_flight(provider))
+        limit = self._limit(call.endpoint, self._most_in_flight(provider), call.processes)
         size = batch_rows or provider.batch_rows
         size = min(size, self._row_caps.get(_identity(call.endpoint), size))  # after a 413
         refused: list[BudgetExceeded] = []
@@ -717,10 +717,12 @@ class Runtime:
             return provider.concurrency
         return max(provider.concurrency, self.serving_in_flight)
 
-    def _limit(self, endpoint: Endpoint, maximum: int) -> AdaptiveLimit:
-        key = _identity(endpoint)
+    def _limit(self, endpoint: Endpoint, maximum: int, processes: int = 1) -> AdaptiveLimit:
+        """The endpoint's in-flight limit in this process: all of it, or its share when `processes` answer
+        the same calls at once."""
+        key = _identity(endpoint) if processes == 1 else f"{_identity(endpoint)}/{processes}"
         if key not in self._limits:  # only touched on the loop thread
-            self._limits[key] = AdaptiveLimit(maximum)
+            self._limits[key] = AdaptiveLimit(max(1, maximum // processes))
         return self._limits[key]
 
 

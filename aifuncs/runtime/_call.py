@@ -53,6 +53,9 @@ class CallSpec:
     payloads: InferenceTable | None = None  # the endpoint's inference table, when it logs payloads
     guardrails: Guardrails | None = None  # the endpoint's input and output guardrails, when it has some
     topic_call: CallSpec | None = None  # embeds rows and topics for a valid_topics guardrail
+    # Processes answering this call site at once (a Spark job's Python workers): each holds an equal share
+    # of the endpoint's in-flight limit, so the job as a whole keeps to it.
+    processes: int = 1
 
     @property
     def output_type(self) -> str:

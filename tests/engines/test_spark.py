@@ -1,0 +1,274 @@
+"""The same SQL, functions and runtime on Apache Spark (a real `local[2]` session, one for every test here).
+
+Each query runs on Spark and on DuckDB and must give the same rows; the job's limits, usage rows and the
+principal's permissions must hold for the whole job, across Spark's two Python workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+from planner.test_databricks import CASES
+from servers import FakeServer
+
+import aifuncs
+import aifuncs.governance as gov
+import aifuncs.spark
+from aifuncs._types import duckdb_ddl
+from aifuncs.errors import ArgumentError, PermissionDenied
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def spark_types(frame: Any) -> list[str]:
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    return [duckdb_ddl(to_arrow_type(f.dataType, timezone="UTC")) for f in frame.schema.fields]
+
+
+def rows_of(table: pa.Table) -> list[str]:
+    """Rows as comparable texts, in order (DuckDB and Spark name a struct's parts alike)."""
+    return [json.dumps(list(r.values()), default=str) for r in table.to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    with FakeServer(keep_bodies=False) as fake:
+        yield fake
+
+
+@pytest.fixture
+def reviews(spark: Any, con: duckdb.DuckDBPyConnection, server: FakeServer) -> duckdb.DuckDBPyConnection:
+    """The conformance suite's table on both engines, and its endpoints (openai chat, a serving scorer)."""
+    con.execute(
+        "CREATE TABLE reviews AS SELECT i AS id, 'review ' || i AS text, (i * 1.5)::DECIMAL(6,2) AS price,"
+        " DATE '2026-11-01' + i::INT AS day FROM range(4) t(i)"
+    )
+    spark.createDataFrame(con.sql("FROM reviews").to_arrow_table()).createOrReplaceTempView("reviews")
+    aifuncs.endpoints.create("llm", kind="openai", model="m", base_url=server.url + "/v1")
+    aifuncs.endpoints.create("scorer", kind="serving", url=server.url + "/invocations", returns="DOUBLE")
+    return con
+
+
+# Engine built-ins that answer in other types (Spark's length() is INT, DuckDB's BIGINT).
+SPARK_TYPES = {"SELECT length(ai_query": ["INTEGER", "BIGINT"]}
+
+
+@pytest.mark.parametrize(("query", "types"), CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_databricks_queries_give_the_same_rows_on_spark_as_on_duckdb(
+    spark: Any, reviews: duckdb.DuckDBPyConnection, query: str, types: list[str]
+) -> None:
+    on_duckdb = aifuncs.sql(reviews, query, dialect="databricks")
+    assert on_duckdb is not None
+    on_spark = aifuncs.spark.sql(spark, query)
+    assert on_spark is not None
+    expected = next((t for prefix, t in SPARK_TYPES.items() if query.startswith(prefix)), types)
+    assert spark_types(on_spark) == expected
+    duckdb_rows, spark_rows = rows_of(on_duckdb.to_arrow_table()), rows_of(on_spark.toArrow())
+    if "ORDER BY" not in query:
+        duckdb_rows, spark_rows = sorted(duckdb_rows), sorted(spark_rows)
+    if "LIMIT" in query:  # which rows a LIMIT keeps is the engine's choice
+        assert len(spark_rows) == len(duckdb_rows) == 2 and set(spark_rows) <= set(
+            rows_of(
+                aifuncs.sql(reviews, query.replace(" LIMIT 2", ""), dialect="databricks").to_arrow_table()
+            )
+        )
+    else:
+        assert spark_rows == duckdb_rows and spark_rows
+
+
+def test_mlflow_model_and_python_function_answer_as_on_duckdb(
+    spark: Any, con: duckdb.DuckDBPyConnection, mlflow_models: Any
+) -> None:
+    from sklearn.datasets import load_wine
+
+    aifuncs.endpoints.create(
+        "wine", kind="mlflow", model_uri=mlflow_models.sklearn_uri, tracking_uri=mlflow_models.tracking_uri
+    )
+    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    wines = pa.Table.from_pandas(load_wine(as_frame=True).frame.reset_index(names="id"), preserve_index=False)
+    con.register("wines", wines)
+    spark.createDataFrame(wines).createOrReplaceTempView("wines")
+    query = (
+        "SELECT id, ai_query('wine', named_struct('alcohol', alcohol, 'malic_acid', malic_acid, 'flavanoids',"
+        " flavanoids, 'color_intensity', color_intensity, 'proline', proline)) AS label,"
+        " ai_query('doubler', proline) AS twice FROM wines ORDER BY id"
+    )
+    on_spark = aifuncs.spark.sql(spark, query).toArrow()
+    on_duckdb = aifuncs.sql(con, query, dialect="databricks").to_arrow_table()
+    assert on_spark.num_rows == 178
+    assert rows_of(on_spark) == rows_of(on_duckdb)
+    assert on_spark.column("twice").to_pylist() == [2 * p for p in wines.column("proline").to_pylist()]
+    assert set(on_spark.column("label").to_pylist()) == {0, 1, 2}  # the model ran: all three classes
+
+
+def test_failures_stay_per_row_and_a_failing_call_names_its_endpoint(
+    spark: Any, con: duckdb.DuckDBPyConnection
+) -> None:
+    aifuncs.endpoints.create(
+        "flaky", kind="python", function="sample_models:fails_on_13", returns="DOUBLE", max_batch_rows=10
+    )
+    spark.range(40).createOrReplaceTempView("numbers")
+    rows = aifuncs.spark.sql(
+        spark,
+        "SELECT id, ai_query('flaky', CAST(id AS DOUBLE), failOnError => false) AS r FROM numbers ORDER BY id",
+    ).collect()
+    failed = [r.id for r in rows if r.r.errorMessage is not None]
+    assert failed == [13]  # one row fails alone, though its batch of 10 was refused
+    assert "13 is unlucky" in rows[13].r.errorMessage and rows[13].r.result is None
+    assert [r.r.result for r in rows if r.id != 13] == [i * 10.0 for i in range(40) if i != 13]
+    with pytest.raises(Exception, match="flaky") as failure:
+        aifuncs.spark.sql(spark, "SELECT ai_query('flaky', CAST(id AS DOUBLE)) FROM numbers").collect()
+    assert "13 is unlucky" in str(failure.value)
+
+
+def test_usage_rows_from_the_workers_reach_the_usage_log(
+    spark: Any, con: duckdb.DuckDBPyConnection, server: FakeServer
+) -> None:
+    aifuncs.endpoints.create(
+        "scorer", kind="serving", url=server.url + "/invocations", returns="DOUBLE", max_batch_rows=25
+    )
+    spark.range(500).createOrReplaceTempView("numbers")
+    before = server.stats.requests
+    answers = aifuncs.spark.sql(
+        spark,
+        "SELECT ai_query('scorer', named_struct('x', id), cache => false) AS s FROM numbers",
+        usage_context={"team": "growth"},
+        client_request_id="nightly-7",
+    ).collect()
+    assert sorted(r.s for r in answers) == [2.0 * i for i in range(500)]
+    sent = server.stats.requests - before
+    assert sent >= 20  # 500 rows in requests of at most 25
+    usage = con.sql(
+        "SELECT count(*), sum(rows), min(requester), min(origin), min(client_request_id), min(usage_context)"
+        " FROM aifuncs_usage WHERE endpoint = 'scorer'"
+    ).fetchall()
+    assert usage == [(sent, 500, gov.whoami().name, "sql", "nightly-7", '{"team": "growth"}')]
+
+
+def test_an_endpoints_limits_hold_for_the_whole_job(spark: Any, con: duckdb.DuckDBPyConnection) -> None:
+    with FakeServer(delay_s=0.05) as slow:
+        aifuncs.endpoints.create(
+            "scorer", kind="serving", url=slow.url + "/invocations", returns="DOUBLE", max_batch_rows=4,
+            max_concurrency=4,
+        )  # fmt: skip
+        spark.range(400).createOrReplaceTempView("numbers")
+        query = "SELECT ai_query('scorer', named_struct('x', id), cache => false) AS s FROM numbers"
+        assert len(aifuncs.spark.sql(spark, query).collect()) == 400
+        seen = slow.stats
+    assert seen.requests == 100
+    assert 2 <= seen.max_in_flight <= 4  # both workers sent, and together never more than the endpoint's 4
+    # A rate limit of 10 calls a second (burst 2) is one bucket for both workers: 80 one-row requests take
+    # at least 7.8 s together, where a bucket per worker would let them through in 3.8 s.
+    aifuncs.endpoints.create(
+        "doubler", kind="python", function="sample_models:doubled", returns="DOUBLE", max_batch_rows=1
+    )
+    aifuncs.endpoints.set_rate_limits("doubler", [{"calls": 600, "key": "endpoint", "burst": 2}])
+    spark.range(80).createOrReplaceTempView("few")
+    began = time.monotonic()
+    rows = aifuncs.spark.sql(spark, "SELECT ai_query('doubler', CAST(id AS DOUBLE), cache => false) FROM few")
+    assert len(rows.collect()) == 80
+    assert time.monotonic() - began >= 7.8 * 0.97
+    assert con.sql("SELECT count(*) FROM aifuncs_usage WHERE endpoint = 'doubler'").fetchall() == [(80,)]
+
+
+def test_the_principal_is_checked_before_any_task_starts(
+    spark: Any, home: Path, monkeypatch: pytest.MonkeyPatch, server: FakeServer
+) -> None:
+    monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
+    gov.create_user("bob")
+    aifuncs.endpoints.create("scorer", kind="serving", url=server.url + "/invocations", returns="DOUBLE")
+    aifuncs.endpoints.update_permissions("scorer", [{"user_name": "bob", "permission_level": "CAN_VIEW"}])
+    spark.range(10).createOrReplaceTempView("numbers")
+    before = server.stats.requests
+    with pytest.raises(PermissionDenied, match="'bob' may not query endpoint 'scorer'"):
+        aifuncs.spark.sql(
+            spark,
+            "SELECT ai_query('scorer', named_struct('x', id)) FROM numbers",
+            token=gov.create_token("bob"),
+        )
+    assert server.stats.requests == before
+
+
+def test_what_spark_cannot_do_is_said_plainly(spark: Any) -> None:
+    with pytest.raises(ArgumentError, match="takes a SparkSession first"):
+        aifuncs.spark.sql("not a session", "SELECT 1")  # type: ignore[arg-type]
+    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    with pytest.raises(ArgumentError, match="vector_search is not available on Spark"):
+        aifuncs.spark.sql(
+            spark, "SELECT * FROM vector_search(index => 'docs', query => 'x', num_results => 3)"
+        )
+    with pytest.raises(ArgumentError, match="workers is the number"):
+        aifuncs.spark.sql(spark, "SELECT 1", workers=0)
+
+
+def test_json_paths_on_text_and_variant_read_as_databricks_means_them(spark: Any) -> None:
+    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    row = aifuncs.spark.sql(
+        spark,
+        """SELECT ai_query('doubler', j:a.b::double) AS twice, variant_get(parse_json(j), '$.a.b', 'int') AS v
+           FROM VALUES ('{"a": {"b": 21}}') AS t(j)""",
+    ).collect()
+    assert [tuple(r) for r in row] == [(42.0, 21)]
+
+
+def test_task_functions_on_the_offline_models(spark: Any, con: duckdb.DuckDBPyConnection) -> None:
+    texts = ["I was charged twice this month", "The app crashes when I upload a photo", "Thanks, all good"]
+    con.execute("CREATE TABLE tickets AS SELECT * FROM (VALUES (1, ?), (2, ?), (3, ?)) t(id, body)", texts)
+    spark.createDataFrame(con.sql("FROM tickets").to_arrow_table()).createOrReplaceTempView("tickets")
+    query = (
+        "SELECT id, ai_classify(body, array('billing', 'bug', 'praise')) AS topic,"
+        " ai_similarity(body, 'a refund for a double charge') AS near FROM tickets ORDER BY id"
+    )
+    on_spark = aifuncs.spark.sql(spark, query).toArrow()
+    on_duckdb = aifuncs.sql(con, query, dialect="databricks").to_arrow_table()
+    assert on_spark.column("topic").to_pylist() == on_duckdb.column("topic").to_pylist()
+    assert on_spark.column("topic").to_pylist()[:2] == ["billing", "bug"]
+    assert on_spark.column("near").to_pylist() == pytest.approx(
+        on_duckdb.column("near").to_pylist(), abs=1e-5
+    )
+    near = on_spark.column("near").to_pylist()
+    assert near[0] == max(near)  # the double charge is nearest the refund
+
+
+CONNECT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, warnings
+    from pyspark.sql import SparkSession
+    import aifuncs, aifuncs.spark
+    warnings.simplefilter("ignore", FutureWarning)  # pyspark on pandas 3, in its own start-up
+    spark = SparkSession.builder.remote("local[2]").getOrCreate()
+    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    rows = aifuncs.spark.sql(spark, "SELECT id, ai_query('doubler', CAST(id AS DOUBLE)) AS twice"
+                                    " FROM range(1000)").collect()
+    twice = [r.twice for r in sorted(rows, key=lambda r: r.id)]
+    print(json.dumps({"twice": twice, "workers": aifuncs.spark.workers_of(spark)}))
+    spark.stop()
+    """
+)
+
+
+def test_a_spark_connect_session(home: Path) -> None:
+    """Spark Connect (what Databricks Connect and shared clusters speak) has no sparkContext: the engine
+    uses only SQL and UDF registration. Its own process: a Connect session cannot share one with the
+    classic session of the other tests."""
+    tests = str(Path(__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": tests, "PYSPARK_PYTHON": sys.executable}
+    done = subprocess.run(
+        [sys.executable, "-c", CONNECT_SCRIPT], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer == {"twice": [2.0 * i for i in range(1000)], "workers": 2}
+    usage = aifuncs.connect().sql("SELECT sum(rows) FROM aifuncs_usage WHERE endpoint = 'doubler'").fetchall()
+    assert usage == [(1000,)]
