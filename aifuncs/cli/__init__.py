@@ -201,6 +201,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=progress,
         on_event=emit,
         on_result=None if as_json else shown.append,
+        engine=args.engine,
     )
     for table in shown:  # after the progress line has ended
         _show_rows(table)
@@ -389,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the last query's rows go: table:NAME, FILE.parquet or FILE.csv",
     )
     run.add_argument("--dialect", default="duckdb", choices=["duckdb", "databricks"])
+    run.add_argument(
+        "--engine",
+        default="duckdb",
+        choices=["duckdb", "spark"],
+        help="spark: the active session, else Spark Connect at SPARK_REMOTE, else local on every core",
+    )
     run.add_argument("--json", action="store_true", help="JSON lines on stdout (the default off a terminal)")
     run.add_argument("--max-failed-rows", type=int, metavar="N", help="exit 4 when more rows fail")
     run.add_argument("--max-cost", type=float, metavar="USD", help="refuse or stop the job past this cost")

@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pyarrow as pa
 
+from aifuncs import errors
 from aifuncs._home import home
 from aifuncs._types import arrow_type, duckdb_ddl
 from aifuncs.engines.duckdb import decode_json, request_context
-from aifuncs.errors import ArgumentError, ConfigError
+from aifuncs.errors import AifuncsError, ArgumentError, ConfigError, SqlError
 from aifuncs.governance import Identity, current, identify
 from aifuncs.governance.payloads import payload_log
 from aifuncs.planner import EngineHooks, rewrite
@@ -44,7 +45,7 @@ from aifuncs.runtime import CallSpec, RequestContext, default_runtime
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["cosine_similarity", "local_session", "sql", "workers_of"]
+__all__ = ["cosine_similarity", "failure_of", "local_session", "session", "sql", "workers_of"]
 
 COSINE_SIMILARITY = "__aifuncs_cosine_similarity"
 
@@ -109,6 +110,42 @@ def local_session(cores: int = 2, **config: str) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def session() -> SparkSession:
+    """The Spark session a job runs on: the active one, else Spark Connect at SPARK_REMOTE, else a local
+    session on every core."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if os.environ.get("SPARK_REMOTE"):
+        return SparkSession.builder.getOrCreate()  # Connect, at the address in SPARK_REMOTE
+    return local_session(os.cpu_count() or 2)
+
+
+def failure_of(error: BaseException) -> AifuncsError:
+    """A Spark failure as aifuncs' own error: the aifuncs error a worker raised (ModelError, RateLimited...)
+    with its message alone, without the worker's traceback; Spark's analysis errors as SqlError."""
+    text = str(error)
+    raised = _WORKER_ERROR.findall(text)
+    if raised:
+        name, message = raised[-1]
+        kind = getattr(errors, name, None)
+        try:  # the worker's type where it is made of a message alone (most are)
+            typed = kind(message.strip()) if isinstance(kind, type) else None
+        except TypeError:
+            typed = None
+        return typed if isinstance(typed, AifuncsError) else AifuncsError(message.strip())
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    if type(error).__name__ in ("AnalysisException", "ParseException"):
+        return SqlError(f"Spark cannot run the statement: {first}")
+    return AifuncsError(f"Spark failed: {first}")
+
+
+# How a worker's exception appears in the PythonException the driver receives.
+_WORKER_ERROR = re.compile(r"^aifuncs\.errors\.(\w+): (.*)$", re.MULTILINE)
 
 
 def workers_of(spark: SparkSession) -> int:

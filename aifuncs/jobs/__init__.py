@@ -30,6 +30,7 @@ from sqlglot import exp
 from aifuncs import _runs as ledger
 from aifuncs import errors
 from aifuncs._home import home
+from aifuncs.catalog import default_catalog
 from aifuncs.engines.duckdb import connect, request_context, returns_rows, sql_each
 from aifuncs.errors import (
     AifuncsError,
@@ -45,6 +46,7 @@ from aifuncs.jobs._lock import JobLock
 from aifuncs.jobs._params import substitute
 from aifuncs.planner import split_statements
 from aifuncs.runtime import Budget, RequestContext, default_runtime
+from aifuncs.runtime._budget import price
 from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._progress import Progress
 
@@ -101,11 +103,17 @@ def run(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     on_result: Callable[[pa.Table], None] | None = None,
     token: str | None = None,
+    engine: str = "duckdb",
 ) -> RunResult:
     """Run the job in `path` (see the module's text). Raises only before the run starts: a missing file,
     a bad output target, `JobLocked` when another run of the job holds its lock. `on_event` receives the
     JSON events; `on_result` the last query's rows when there is no `output` (the CLI shows them). The job
-    acts as `token`'s principal (else AIFUNCS_TOKEN's, else the OS account owning AIFUNCS_HOME)."""
+    acts as `token`'s principal (else AIFUNCS_TOKEN's, else the OS account owning AIFUNCS_HOME).
+
+    `engine="spark"` runs the statements on Spark (the active session, else Spark Connect at
+    SPARK_REMOTE, else a local session on every core): the tables are the session's, `table:NAME` is
+    written to its catalog, and the run's counts are read back from the usage its workers logged."""
+    _check_engine(engine, db, max_requests, max_tokens, max_cost_usd)
     path = Path(path).resolve()
     try:
         text = path.read_text()
@@ -116,7 +124,8 @@ def run(
     params = dict(params or {})
     target = _Output.parse(output)
     database = str(db if str(db) == ":memory:" else Path(db).resolve())
-    key = hashlib.sha256(json.dumps([str(path), sorted(params.items()), database, output, dialect]).encode())
+    identity = [str(path), sorted(params.items()), database, output, dialect]
+    key = hashlib.sha256(json.dumps(identity + ([engine] if engine != "duckdb" else [])).encode())
     job_dir = home() / "jobs" / f"{path.stem}-{key.hexdigest()[:12]}"
     with JobLock(job_dir / "lock", path.stem):
         runner = (identify(token) if token is not None else current()).principal
@@ -138,9 +147,15 @@ def run(
         try:
             budget = Budget(max_requests, max_tokens, max_cost_usd, name="job")
             context = request_context("job", {"job": path.stem, "run_id": str(run_id)})
-            output_rows = _execute(
-                text, database, params, dialect, target, budget, counts, emit, on_result, context, token
-            )
+            if engine == "spark":
+                output_rows = _execute_on_spark(
+                    text, params, dialect, target, emit, on_result, context, token
+                )
+                counts = _counted_from_usage(counts, context)
+            else:
+                output_rows = _execute(
+                    text, database, params, dialect, target, budget, counts, emit, on_result, context, token
+                )
         except (AifuncsError, duckdb.Error, sqlglot.errors.SqlglotError) as failure:
             error = failure
         finally:
@@ -251,6 +266,103 @@ def _execute(
         con.close()
 
 
+def _check_engine(
+    engine: str, db: str | Path, max_requests: int | None, max_tokens: int | None, max_cost_usd: float | None
+) -> None:
+    if engine not in ("duckdb", "spark"):
+        raise AifuncsError(f"engine {engine!r}: use duckdb or spark.")
+    if engine == "spark" and str(db) != ":memory:":
+        raise AifuncsError(
+            "--db names a DuckDB database; a job on Spark reads and writes the Spark session's tables. Drop --db."
+        )
+    if engine == "spark" and any(v is not None for v in (max_requests, max_tokens, max_cost_usd)):
+        raise AifuncsError(
+            "Budgets (--max-requests, --max-tokens, --max-cost) are not available on Spark: its workers would"
+            " each count their own. Cap the job with the endpoint's rate limits, which its workers share."
+        )
+
+
+def _execute_on_spark(
+    text: str,
+    params: dict[str, str],
+    dialect: str,
+    target: _Output | None,
+    emit: Callable[[dict[str, Any]], None],
+    on_result: Callable[[pa.Table], None] | None,
+    context: RequestContext,
+    token: str | None,
+) -> int | None:
+    """`_execute` on Spark: each statement through aifuncs.spark; the last query's rows to the output."""
+    from aifuncs.engines.spark import failure_of, session
+    from aifuncs.engines.spark import sql as spark_sql
+
+    sql = substitute(text, dialect, params)
+    statements = split_statements(sql, dialect)
+    spark = session()
+    output_rows = None
+    began = time.monotonic()
+    try:
+        for number, statement in enumerate(statements, start=1):
+            frame = spark_sql(
+                spark, statement, dialect=dialect, token=token, origin=context.origin,
+                usage_context=dict(context.usage_context),
+            )  # fmt: skip
+            if frame is not None and returns_rows(statement):
+                if number == len(statements) and target is not None:
+                    output_rows = target.write_spark(frame)
+                elif number == len(statements) and on_result is not None:
+                    rows = frame.toArrow()
+                    on_result(rows)
+                    output_rows = rows.num_rows
+                else:
+                    output_rows = _consume_spark(frame)
+            emit({"event": "statement", "number": number, "of": len(statements),
+                  "seconds": round(time.monotonic() - began, 3), "sql": _first_line(statement)})  # fmt: skip
+            began = time.monotonic()
+    except AifuncsError:
+        raise
+    except Exception as error:
+        raise failure_of(error) from error
+    if target is not None and output_rows is None:
+        raise SqlError(
+            f"The job's last statement returns no rows to write to {target.text}: end it with a query."
+        )
+    return output_rows
+
+
+def _consume_spark(frame: Any) -> int:
+    """`_consume` on Spark: the rows run to Spark's noop sink, counted on the way (one pass)."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    seen = Observation("aifuncs_rows")
+    frame.observe(seen, F.count(F.lit(1)).alias("rows")).write.format("noop").mode("overwrite").save()
+    return int(seen.get["rows"])
+
+
+def _counted_from_usage(counts: Progress, context: RequestContext) -> Progress:
+    """A Spark run's requests, rows and tokens, as its workers logged them (they share no meter with this
+    process): the usage rows labelled with this run."""
+    labels = json.dumps(dict(context.usage_context))
+    runtime = default_runtime()
+    prices: dict[str, Any] = {}
+    for row in runtime.usage.read():
+        if row["usage_context"] != labels:
+            continue
+        name = row["endpoint"]
+        if name not in prices:
+            try:
+                prices[name] = runtime.provider(default_catalog().get(name)).options
+            except AifuncsError:
+                prices[name] = None  # deleted since: unpriced
+        rows, tokens_in, tokens_out = row["rows"] or 0, row["input_tokens"], row["output_tokens"]
+        counts.end_request(
+            rows, (tokens_in or 0) + (tokens_out or 0), price(prices[name], rows, tokens_in, tokens_out)
+        )
+        counts.answered(rows, rows if row["status"] == "error" else 0)
+    return counts
+
+
 def _consume(relation: duckdb.DuckDBPyRelation) -> int:
     """Run a query nobody reads (a streamed SELECT runs only as it is fetched), counting its rows."""
     return sum(batch.num_rows for batch in relation.to_arrow_reader(1 << 16))
@@ -279,6 +391,23 @@ class _Output:
         if suffix in (".parquet", ".csv"):
             return cls(text, suffix[1:], str(Path(text).resolve()))
         raise AifuncsError(f"--output {text!r}: use table:NAME, FILE.parquet or FILE.csv.")
+
+    def write_spark(self, frame: Any) -> int:
+        """`write` for a Spark DataFrame: a table of the session's catalog, or one local file."""
+        if self.kind == "table":
+            frame.write.mode("overwrite").saveAsTable(self.target)
+            return int(frame.sparkSession.table(self.target).count())
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
+        rows = frame.toArrow()
+        partial = f"{self.target}.{os.getpid()}.partial"
+        if self.kind == "parquet":
+            pq.write_table(rows, partial)
+        else:
+            pa_csv.write_csv(rows, partial)
+        os.replace(partial, self.target)
+        return int(rows.num_rows)
 
     def write(self, con: duckdb.DuckDBPyConnection, relation: duckdb.DuckDBPyRelation) -> int:
         """Write the rows whole or not at all: a failed job leaves the previous output in place."""

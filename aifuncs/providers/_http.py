@@ -105,7 +105,9 @@ class HttpProvider(Provider):
         client = self.client()
         if not self._direct:
             return await client.post(url, content=content, headers=headers)
-        request = httpx.Request("POST", url, content=content, headers=headers, extensions={"timeout": self._timeouts})
+        request = httpx.Request(
+            "POST", url, content=content, headers=headers, extensions={"timeout": self._timeouts}
+        )
         return await self._transport.handle_async_request(request)
 
     async def aclose(self) -> None:

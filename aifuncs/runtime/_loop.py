@@ -55,7 +55,9 @@ class BackgroundLoop:
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self.running_here():
             coroutine.close()
-            raise RuntimeError("A blocking runtime call on the runtime's own loop would wait forever: await it.")
+            raise RuntimeError(
+                "A blocking runtime call on the runtime's own loop would wait forever: await it."
+            )
         return self.submit(coroutine).result()
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:

@@ -272,3 +272,45 @@ def test_a_spark_connect_session(home: Path) -> None:
     assert answer == {"twice": [2.0 * i for i in range(1000)], "workers": 2}
     usage = aifuncs.connect().sql("SELECT sum(rows) FROM aifuncs_usage WHERE endpoint = 'doubler'").fetchall()
     assert usage == [(1000,)]
+
+
+def test_a_scheduled_job_runs_on_spark(
+    spark: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow.parquet as pq
+
+    from aifuncs import jobs
+    from aifuncs.cli import main
+    from aifuncs.errors import AifuncsError
+
+    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    aifuncs.endpoints.create("flaky", kind="python", function="sample_models:fails_on_13", returns="DOUBLE")
+    job = tmp_path / "nightly.sql"
+    job.write_text(
+        "CREATE OR REPLACE TEMP VIEW numbers AS SELECT id FROM range(50);\n"
+        "SELECT id, ai_query('doubler', CAST(id AS DOUBLE)) AS twice FROM numbers WHERE id >= :low;\n"
+    )
+    out = tmp_path / "twice.parquet"
+    result = jobs.run(job, engine="spark", dialect="databricks", params={"low": "10"}, output=str(out))
+    assert (result.exit_code, result.output_rows, result.rows, result.failed_rows) == (0, 40, 40, 0)
+    assert result.requests >= 1  # read back from the usage its workers logged, labelled with the run
+    assert sorted(pq.read_table(out).column("twice").to_pylist()) == [2.0 * i for i in range(10, 50)]
+    assert jobs.get_run(result.run_id)["rows"] == 40  # type: ignore[index]
+
+    failing = tmp_path / "failing.sql"
+    failing.write_text("SELECT ai_query('flaky', CAST(id AS DOUBLE)) FROM range(20)")
+    failed = jobs.run(failing, engine="spark", dialect="databricks")
+    assert failed.exit_code == jobs.Exit.ERROR and failed.error is not None
+    assert "13 is unlucky" in failed.error and "Traceback" not in failed.error  # the worker's message alone
+    missing = tmp_path / "missing.sql"
+    missing.write_text("SELECT ai_query('doubler', CAST(x AS DOUBLE)) FROM no_such_table")
+    assert jobs.run(missing, engine="spark", dialect="databricks").exit_code == jobs.Exit.BAD_SQL
+    with pytest.raises(AifuncsError, match="Budgets .* are not available on Spark"):
+        jobs.run(job, engine="spark", max_requests=5)
+
+    # the command line: the same job, rows as JSON events
+    assert (
+        main(["run", str(job), "--engine", "spark", "--dialect", "databricks", "-p", "low=45", "--json"]) == 0
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["event"] == "summary" and summary["output_rows"] == 5 and summary["rows"] == 5
