@@ -36,7 +36,7 @@ from aifuncs import errors
 from aifuncs._home import home
 from aifuncs._types import arrow_type, duckdb_ddl
 from aifuncs.engines.duckdb import decode_json, request_context
-from aifuncs.errors import AifuncsError, ArgumentError, ConfigError, SqlError
+from aifuncs.errors import AifuncsError, ArgumentError, ConfigError, MissingSecret, SqlError
 from aifuncs.governance import Identity, current, identify
 from aifuncs.governance.payloads import payload_log
 from aifuncs.planner import EngineHooks, rewrite
@@ -294,6 +294,12 @@ def _answers(
                         yield pending.popleft().result()
                 while pending:
                     yield pending.popleft().result()
+            except MissingSecret as missing:  # where a driver's user would look first: the driver
+                raise MissingSecret(
+                    f"{missing} On Spark the key is read by the Python workers, from their environment: set it"
+                    " before the session starts (a local session's workers inherit it), or pass it as"
+                    " spark.executorEnv.NAME or a cluster secret. aifuncs never ships keys with a query."
+                ) from None
             finally:
                 for future in pending:
                     future.cancel()

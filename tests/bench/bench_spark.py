@@ -21,8 +21,12 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fake server
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the model helpers of bench_local_model.py
@@ -83,17 +87,15 @@ def bench_model(spark: Any, con: Any, kind: str, rows: int, repeats: int) -> Non
     )
 
 
+def zeros(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+    """An Arrow UDF that does no work (module level: Spark reads its type hints)."""
+    for batch in batches:
+        yield pa.array(np.zeros(len(batch), dtype=np.int64))
+
+
 def bench_floor(spark: Any, rows: int, repeats: int) -> None:
     """What any Python UDF over these columns costs on this session: an Arrow UDF that returns zeros."""
-    from collections.abc import Iterator
-
-    import numpy as np
-    import pyarrow as pa
     from pyspark.sql.functions import arrow_udf
-
-    def zeros(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        for batch in batches:
-            yield pa.array(np.zeros(len(batch), dtype=np.int64))
 
     spark.udf.register("bench_zeros", arrow_udf(zeros, "bigint"))
     features = ", ".join(f"'{f}', {f}" for f in FEATURES)

@@ -314,3 +314,43 @@ def test_a_scheduled_job_runs_on_spark(
     )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["event"] == "summary" and summary["output_rows"] == 5 and summary["rows"] == 5
+
+
+def test_repeated_requests_are_asked_once_and_kept_for_the_next_job(
+    spark: Any, con: duckdb.DuckDBPyConnection, server: FakeServer
+) -> None:
+    aifuncs.endpoints.create(
+        "scorer", kind="serving", url=server.url + "/invocations", returns="DOUBLE", max_batch_rows=1
+    )
+    spark.range(1000).createOrReplaceTempView("numbers")
+    query = "SELECT ai_query('scorer', named_struct('x', id % 10), cache => true) AS s FROM numbers"
+    before = server.stats.requests
+    first = aifuncs.spark.sql(spark, query).collect()
+    sent = server.stats.requests - before
+    assert sorted({r.s for r in first}) == [2.0 * i for i in range(10)]
+    assert 10 <= sent <= 20  # each worker asks its distinct requests once (both may ask one at once)
+    again = aifuncs.spark.sql(spark, query).collect()
+    assert len(again) == 1000 and server.stats.requests - before == sent  # kept: nothing asked again
+
+
+def test_an_api_key_reaches_the_workers_through_their_environment_only(
+    spark: Any, monkeypatch: pytest.MonkeyPatch, server: FakeServer
+) -> None:
+    import cloudpickle
+
+    from aifuncs.engines.spark import _answers
+    from aifuncs.planner import bind_call
+
+    monkeypatch.setenv("CRM_LLM_KEY", "sk-very-secret-4242")
+    aifuncs.endpoints.create(
+        "llm", kind="openai", model="m", base_url=server.url + "/v1", api_key_env="CRM_LLM_KEY"
+    )
+    # This session's workers started before the key was set: they say where a key must be, and no key rides
+    # along with the query to make it work.
+    with pytest.raises(
+        Exception, match="needs an API key in the environment variable CRM_LLM_KEY"
+    ) as missing:
+        aifuncs.spark.sql(spark, "SELECT ai_query('llm', 'hi') AS a").collect()
+    assert "spark.executorEnv" in str(missing.value)
+    shipped = cloudpickle.dumps(_answers(bind_call("ai_query", "llm", pa.string()), False, None))
+    assert b"CRM_LLM_KEY" in shipped and b"sk-very-secret-4242" not in shipped
