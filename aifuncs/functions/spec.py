@@ -33,8 +33,9 @@ class FunctionSpec:
     description: str
     returns: str
     params: tuple[Param, ...]
-    # ai_query; a task answered by a chat endpoint; an embedding; a similarity (planned as two embeddings)
-    kind: Literal["query", "task", "embed", "similarity", "table"] = "query"
+    # ai_query; a task answered by a chat endpoint; an embedding; a similarity (planned as two embeddings);
+    # a table function; an HTTP request to a connection (planned as an ai_query of the request's parts)
+    kind: Literal["query", "task", "embed", "similarity", "table", "http"] = "query"
     prompt: str = ""  # a task's prompt: {content} and the names of its constant parameters are filled in
     answer: str = "text"  # how a task's reply becomes its value (see aifuncs/functions/tasks.py)
     labels: tuple[str, ...] = ()  # a task's fixed labels (ai_analyze_sentiment)

@@ -281,6 +281,16 @@ def _rewrite_call(
             "request": _text(args["content"]),
         }
         spec = get_spec("ai_query") or spec
+    if spec.kind == "http":  # an ai_query of the connection, with the request's parts as a struct
+        conn = _constant(spec, "conn", args["conn"], hooks)
+        if not isinstance(conn, str):
+            raise ArgumentError(f"http_request: conn must be a connection's name, not {conn!r}.")
+        args = {
+            "endpoint": exp.Literal.string(conn),
+            "request": _http_request(args),
+            "cache": exp.false(),
+        }
+        spec = get_spec("ai_query") or spec
     endpoint = args["endpoint"]
     if not (isinstance(endpoint, exp.Literal) and endpoint.is_string):
         return None  # a per-row endpoint: left to the generic function, which resolves each row
@@ -311,6 +321,12 @@ def _rewrite_call(
         wait_for_limits=hooks.wait_for_limits,
         context=hooks.context,
     )
+    if function == "http_request" and call_spec.endpoint.kind != "http":
+        raise ArgumentError(
+            f"http_request needs a connection (an endpoint of kind http); {endpoint.this!r} is a"
+            f" {call_spec.endpoint.kind} endpoint. Create one with aifuncs.endpoints.create(NAME, kind='http',"
+            " base_url=...)."
+        )
     if function == "ai_embed" and not call_spec.result_type.endswith("[]"):
         raise ArgumentError(
             f"ai_embed needs an embedding endpoint; {endpoint.this!r} answers {call_spec.result_type}. Pass"
@@ -404,6 +420,24 @@ def _rewrite_task(
     ):
         return column, (call_spec, probe, request_ddl, True)
     return streamed(), (call_spec, probe, request_ddl, False)
+
+
+# The parts of an http_request, in the order and types the http provider reads them.
+_HTTP_PARTS = (("method", "STRING"), ("path", "STRING"), ("headers", "MAP<STRING, STRING>"),
+               ("params", "MAP<STRING, STRING>"), ("json", "STRING"))  # fmt: skip
+
+
+def _http_request(args: dict[str, exp.Expr]) -> exp.Expr:
+    """http_request's arguments as one request struct (absent parts NULL, every part of a fixed type)."""
+    fields = []
+    for name, type_text in _HTTP_PARTS:
+        value = args.get(name)
+        typed = exp.cast(
+            value.copy() if value is not None else exp.null(),
+            exp.DataType.build(type_text, dialect="databricks"),
+        )
+        fields.append(exp.PropertyEQ(this=exp.to_identifier(name), expression=typed))
+    return exp.Struct(expressions=fields)
 
 
 def _text(value: exp.Expr) -> exp.Expr:

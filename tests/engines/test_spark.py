@@ -57,6 +57,7 @@ def reviews(spark: Any, con: duckdb.DuckDBPyConnection, server: FakeServer) -> d
     spark.createDataFrame(con.sql("FROM reviews").to_arrow_table()).createOrReplaceTempView("reviews")
     aifuncs.endpoints.create("llm", kind="openai", model="m", base_url=server.url + "/v1")
     aifuncs.endpoints.create("scorer", kind="serving", url=server.url + "/invocations", returns="DOUBLE")
+    aifuncs.endpoints.create("crm", kind="http", base_url=server.url)
     return con
 
 

@@ -99,6 +99,21 @@ CASES: list[tuple[str, list[str]]] = [
         " AS echo FROM reviews",
         ["VARCHAR"],
     ),
+    # http_request, in the forms Databricks documents: named (any case) and positional arguments
+    (
+        "SELECT http_request(conn => 'crm', method => 'GET', path => CONCAT('/accounts/', id)) AS r FROM reviews",
+        ['STRUCT(status_code INTEGER, "text" VARCHAR)'],
+    ),
+    (
+        "SELECT http_request('crm', 'GET', '/accounts', NULL, map('Accept', 'application/json'),"
+        " map('id', CAST(id AS STRING))).status_code AS s FROM reviews",
+        ["INTEGER"],
+    ),
+    (
+        "SELECT r.status_code, r.text FROM (SELECT http_request(CONN => 'crm', METHOD => 'GET', PATH => '/health',"
+        " HEADERS => map('X-Request', text)) AS r FROM reviews)",
+        ["INTEGER", "VARCHAR"],
+    ),
 ]
 
 
@@ -111,6 +126,7 @@ def reviews(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[duckdb.DuckDBPyCon
     with FakeServer(keep_bodies=True) as server:
         aifuncs.endpoints.create("llm", kind="openai", model="m", base_url=server.url + "/v1")
         aifuncs.endpoints.create("scorer", kind="serving", url=server.url + "/invocations", returns="DOUBLE")
+        aifuncs.endpoints.create("crm", kind="http", base_url=server.url)
         yield con, server
 
 
