@@ -30,7 +30,11 @@ from aifuncs.planner._aliases import lift_alias_references
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore, TableShape
 from aifuncs.planner._dialects import adapt, reader, to_engine, writer
+from aifuncs.planner._forecast import Forecast, forecast_query
+from aifuncs.planner._forecast import names as forecast_names
+from aifuncs.planner._forecast import time_type as forecast_time_type
 from aifuncs.planner._reads import ancestors
+from aifuncs.providers.forecast import check_settings as check_forecast_settings
 from aifuncs.runtime import CallSpec, Meter, RequestContext, default_runtime
 
 PROBE_ALIAS = "__aifuncs_request"
@@ -195,7 +199,7 @@ def _rewrite_statement(
 ) -> PlannedStatement:
     bulk = BulkPlanner(hooks.is_table, hooks.volatile, hooks.shape, default_runtime().shares_answers)
     sites: list[tuple[int, CallSite]] = []
-    tree = _expand_vector_search(tree, hooks)
+    tree = _expand_vector_search(_expand_forecast(tree, hooks), hooks)
     reading_order = {id(node): i for i, node in enumerate(tree.walk(bfs=False))}
     for call in _ai_calls(tree):
         spec = get_spec(call.name)
@@ -480,13 +484,83 @@ def _expand_similarity(tree: exp.Expr, cosine_similarity: str) -> exp.Expr:
     return tree
 
 
+def _expand_forecast(tree: exp.Expr, hooks: EngineHooks) -> exp.Expr:
+    """FROM ai_forecast(TABLE(t), ...): a query that sends each group's history to the forecast endpoint
+    and unnests the answers (`_forecast.py`)."""
+    for table in list(tree.find_all(exp.Table)):
+        call = table.this
+        if not (isinstance(call, exp.Anonymous) and call.name.lower() == "ai_forecast"):
+            continue
+        spec = get_spec("ai_forecast")
+        assert spec is not None
+        args = bind_arguments(spec, call)
+        observed = args["observed"]
+        inner = (
+            observed.expressions[0]
+            if isinstance(observed, exp.Anonymous)
+            and observed.name.upper() == "TABLE"
+            and observed.expressions
+            else None
+        )
+        if isinstance(inner, exp.Column):
+            source = inner.sql(writer(hooks.dialect))
+        elif isinstance(inner, exp.Query):
+            source = f"({inner.sql(writer(hooks.dialect))})"
+        else:
+            raise ArgumentError(
+                "ai_forecast reads its history from TABLE(name) or TABLE(SELECT ...), e.g."
+                " ai_forecast(TABLE(sales), horizon => '2026-12-31', time_col => 'day', value_col => 'revenue')."
+            )
+        constant = {
+            p.name: _constant(spec, p.name, args.get(p.name), hooks)
+            for p in spec.params
+            if p.kind == "constant"
+        }
+        time_col = constant["time_col"]
+        if not isinstance(time_col, str) or not time_col:
+            raise ArgumentError(f"ai_forecast: time_col is a column name, not {time_col!r}.")
+        horizon = constant["horizon"]
+        if horizon is None or isinstance(horizon, bool | dict | list):
+            raise ArgumentError(f"ai_forecast: horizon is a date or timestamp, not {horizon!r}.")
+        width = constant["prediction_interval_width"]
+        if not isinstance(width, int | float) or not 0 < width < 1:
+            raise ArgumentError(f"ai_forecast: prediction_interval_width is between 0 and 1, not {width!r}.")
+        check_forecast_settings(
+            str(constant["frequency"] or "auto"), _json_text(constant["parameters"]) or "{}"
+        )
+        forecast = Forecast(
+            observed=source,
+            time_col=time_col,
+            value_cols=forecast_names(constant["value_col"], "value_col", True),
+            group_cols=forecast_names(constant["group_col"], "group_col", False),
+            parameters={
+                "horizon": str(horizon),
+                "prediction_interval_width": float(width),
+                "frequency": str(constant["frequency"] or "auto"),
+                "seed": constant["seed"],
+                "parameters": _json_text(constant["parameters"]) or "{}",
+            },
+            endpoint=_endpoint_literal(spec, args, hooks, "forecast").this,
+        )
+        probe = exp.select(exp.column(time_col, quoted=True)).from_(
+            sqlglot.parse_one(source, read=reader("databricks" if hooks.dialect != "duckdb" else "duckdb"))
+            if source.startswith("(")
+            else exp.to_table(source)
+        )
+        described = _probe_type(probe.sql(writer(hooks.dialect)), hooks)
+        replacement = forecast_query(forecast, forecast_time_type(described, time_col), hooks.dialect)
+        alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier("ai_forecast"))
+        table.replace(exp.Subquery(this=replacement, alias=alias))
+    return tree
+
+
 def _expand_vector_search(tree: exp.Expr, hooks: EngineHooks) -> exp.Expr:
     """FROM vector_search(index => ..., query => ..., num_results => k): DuckDB has no Python table functions,
     so it becomes a query over the index table, nearest first, the query embedded once (a scalar subquery)."""
     for table in list(tree.find_all(exp.Table)):
         call = table.this
         spec = get_spec(call.name) if isinstance(call, exp.Anonymous) else None
-        if spec is None or spec.kind != "table":
+        if spec is None or spec.name != "vector_search":
             continue
         args = bind_arguments(spec, call)
         name, text, count = (

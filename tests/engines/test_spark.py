@@ -355,3 +355,25 @@ def test_an_api_key_reaches_the_workers_through_their_environment_only(
     assert "spark.executorEnv" in str(missing.value)
     shipped = cloudpickle.dumps(_answers(bind_call("ai_query", "llm", pa.string()), False, None))
     assert b"CRM_LLM_KEY" in shipped and b"sk-very-secret-4242" not in shipped
+
+
+def test_ai_forecast_gives_the_same_rows_on_spark(spark: Any, con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        "CREATE TABLE sales AS SELECT DATE '2026-01-01' + i::INT AS day, s AS store,"
+        " 100 + 20 * s + 8 * sin(2 * pi() * i / 7) + 0.2 * i AS revenue FROM range(70) t(i), range(2) u(s)"
+        " UNION ALL SELECT DATE '2026-03-01', 9, 5.0"
+    )
+    spark.createDataFrame(con.sql("FROM sales").to_arrow_table()).createOrReplaceTempView("sales")
+    query = (
+        "SELECT * FROM ai_forecast(TABLE(sales), horizon => '2026-03-20', time_col => 'day',"
+        " value_col => 'revenue', group_col => 'store', frequency => 'D') ORDER BY store, day"
+    )
+    on_duckdb = aifuncs.sql(con, query, dialect="databricks").to_arrow_table()
+    on_spark = aifuncs.spark.sql(spark, query).toArrow()
+    assert on_spark.column_names == on_duckdb.column_names
+    assert on_spark.num_rows == on_duckdb.num_rows == 2 * 9 + 1  # 9 days per store; store 9 says why not
+    assert on_spark.column("day").to_pylist() == on_duckdb.column("day").to_pylist()
+    assert on_spark.column("error_message").to_pylist() == on_duckdb.column("error_message").to_pylist()
+    spark_values, duckdb_values = (t.column("revenue_forecast").to_pylist() for t in (on_spark, on_duckdb))
+    assert spark_values[-1] is None and duckdb_values[-1] is None
+    assert spark_values[:-1] == pytest.approx(duckdb_values[:-1], rel=1e-6)

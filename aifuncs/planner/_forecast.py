@@ -1,0 +1,117 @@
+"""ai_forecast as SQL: one forecast call per group, its future steps unnested into rows.
+
+    SELECT * FROM ai_forecast(TABLE(sales), horizon => '2026-12-31', time_col => 'day', value_col => 'revenue',
+                              group_col => 'store')
+
+becomes (in the engine's SQL) a query that groups the history, sends each group's points to the forecast
+endpoint as one `ai_query` (planned like any other: governed, counted, concurrent, failing per group), and
+turns each answer's steps into rows: the time, the groups, `revenue_forecast`, `revenue_upper`,
+`revenue_lower`, and `error_message` (NULL, or why the group has no forecast, on its one row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+
+from aifuncs.errors import ArgumentError
+from aifuncs.planner._dialects import reader
+
+ANSWER = "__aifuncs_forecast"
+
+# The history's time type (DuckDB DDL, as an engine describes it) -> how Databricks spells it.
+_TIME_TYPES = {"DATE": "DATE", "TIMESTAMP": "TIMESTAMP_NTZ", "TIMESTAMP WITH TIME ZONE": "TIMESTAMP"}
+
+
+@dataclass(frozen=True)
+class Forecast:
+    observed: str  # the history: a table's name or a query, in the engine's SQL
+    time_col: str
+    value_cols: tuple[str, ...]
+    group_cols: tuple[str, ...]
+    parameters: dict[str, Any]  # horizon, prediction_interval_width, frequency, seed, parameters
+    endpoint: str
+
+
+def time_type(ddl: str | None, column: str) -> str:
+    found = _TIME_TYPES.get((ddl or "").upper())
+    if found is None:
+        raise ArgumentError(
+            f"ai_forecast: time_col {column!r} is {ddl or 'not a column of the input'}; it must be a DATE or"
+            " TIMESTAMP column (CAST it in TABLE(SELECT ...))."
+        )
+    return found
+
+
+def names(value: Any, argument: str, required: bool) -> tuple[str, ...]:
+    """A column name or an array of them."""
+    found = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list | tuple) else ()
+    found = tuple(v for v in found if isinstance(v, str) and v)
+    if required and not found or (value not in (None, "") and not found):
+        raise ArgumentError(f"ai_forecast: {argument} is a column name or an array of them, not {value!r}.")
+    return found
+
+
+def forecast_query(forecast: Forecast, time_ddl: str, dialect: str) -> exp.Expr:
+    """The query that answers `forecast`, as a tree read in the engine's dialect."""
+    spark = dialect != "duckdb"
+
+    def ident(name: str) -> str:
+        return exp.to_identifier(name, quoted=True).sql("spark" if spark else "duckdb")
+
+    def text(value: str) -> str:
+        return exp.Literal.string(value).sql("duckdb")
+
+    fields = ", ".join(
+        [f"`{forecast.time_col}`: {time_ddl}"]
+        + [f"`{v}_{part}`: DOUBLE" for v in forecast.value_cols for part in ("forecast", "upper", "lower")]
+    )
+    return_type = text(f"ARRAY<STRUCT<{fields}>>")
+    point_parts = [("t", ident(forecast.time_col))] + [
+        (v, f"CAST({ident(v)} AS DOUBLE)") for v in forecast.value_cols
+    ]
+    settings = [(k, v) for k, v in forecast.parameters.items() if v is not None]
+
+    def struct(parts: list[tuple[str, str]]) -> str:
+        if spark:
+            return "named_struct(" + ", ".join(f"{text(k)}, {v}" for k, v in parts) + ")"
+        return "{" + ", ".join(f"{text(k)}: {v}" for k, v in parts) + "}"
+
+    def constant(value: Any) -> str:
+        return text(value) if isinstance(value, str) else repr(value)
+
+    points = f"{'collect_list' if spark else 'list'}({struct(point_parts)})"
+    arrow = "=>" if spark else ":="
+    call = (
+        f"ai_query({text(forecast.endpoint)}, {struct([('points', points)])}, returnType {arrow} {return_type},"
+        f" failOnError {arrow} false, modelParameters {arrow} {struct([(k, constant(v)) for k, v in settings])})"
+    )
+    groups = [ident(g) for g in forecast.group_cols]
+    grouped = (
+        f"SELECT {''.join(g + ', ' for g in groups)}{call} AS {ANSWER} FROM {forecast.observed} AS __aifuncs_observed"
+        + (f" GROUP BY {', '.join(groups)}" if groups else "")
+    )
+    step = "__aifuncs_step"
+    columns = [f"{step}.{ident(forecast.time_col)} AS {ident(forecast.time_col)}"] + [
+        f"__aifuncs_g.{g}" for g in groups
+    ]
+    columns += [
+        f"{step}.{ident(f'{v}_{part}')} AS {ident(f'{v}_{part}')}"
+        for v in forecast.value_cols
+        for part in ("forecast", "upper", "lower")
+    ]
+    columns.append(f"__aifuncs_g.{ANSWER}.errorMessage AS error_message")
+    if spark:
+        rows = (
+            f"SELECT {', '.join(columns)} FROM ({grouped}) AS __aifuncs_g"
+            f" LATERAL VIEW OUTER explode(__aifuncs_g.{ANSWER}.result) __aifuncs_u AS {step}"
+        )
+    else:  # a failed group keeps one row, its error in error_message
+        rows = (
+            f"SELECT {', '.join(columns)} FROM ({grouped}) AS __aifuncs_g LEFT JOIN LATERAL"
+            f" (SELECT unnest(__aifuncs_g.{ANSWER}.result) AS {step}) AS __aifuncs_u ON TRUE"
+        )
+    return sqlglot.parse_one(rows, read=reader("databricks" if spark else "duckdb"))
