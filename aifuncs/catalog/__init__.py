@@ -406,12 +406,13 @@ def _inference_table(config: dict[str, Any]) -> InferenceTable | None:
 
 
 GATEWAY_FIELDS = ("rate_limits", "inference_table_config", "guardrails")
-ROLES = ("chat", "embedding", "forecast")
+ROLES = ("chat", "embedding", "forecast", "document")
 # The offline models task functions use until a default is set: (endpoint name, kind, options).
 BUILTIN_DEFAULTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "chat": ("smollm2", "llama_cpp", {}),
     "embedding": ("minilm", "sentence_transformers", {}),
     "forecast": ("forecaster", "forecast", {}),
+    "document": ("parser", "document", {}),
 }
 
 _catalogs: dict[Path, Catalog] = {}

@@ -34,8 +34,9 @@ class FunctionSpec:
     returns: str
     params: tuple[Param, ...]
     # ai_query; a task answered by a chat endpoint; an embedding; a similarity (planned as two embeddings);
-    # a table function; an HTTP request to a connection (planned as an ai_query of the request's parts)
-    kind: Literal["query", "task", "embed", "similarity", "table", "http"] = "query"
+    # a table function; an HTTP request to a connection (planned as an ai_query of the request's parts); a
+    # document to parse (an ai_query of the document endpoint)
+    kind: Literal["query", "task", "embed", "similarity", "table", "http", "document"] = "query"
     prompt: str = ""  # a task's prompt: {content} and the names of its constant parameters are filled in
     answer: str = "text"  # how a task's reply becomes its value (see aifuncs/functions/tasks.py)
     labels: tuple[str, ...] = ()  # a task's fixed labels (ai_analyze_sentiment)

@@ -285,6 +285,12 @@ def _rewrite_call(
             "request": _text(args["content"]),
         }
         spec = get_spec("ai_query") or spec
+    if spec.kind == "document":  # an ai_query of the document endpoint, with the file's bytes
+        args = {
+            "endpoint": _endpoint_literal(spec, args, hooks, "document"),
+            "request": exp.cast(args["content"].copy(), exp.DataType.build("BINARY", dialect="databricks")),
+        }
+        spec = get_spec("ai_query") or spec
     if spec.kind == "http":  # an ai_query of the connection, with the request's parts as a struct
         conn = _constant(spec, "conn", args["conn"], hooks)
         if not isinstance(conn, str):
