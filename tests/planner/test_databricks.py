@@ -114,6 +114,30 @@ CASES: list[tuple[str, list[str]]] = [
         " HEADERS => map('X-Request', text)) AS r FROM reviews)",
         ["INTEGER", "VARCHAR"],
     ),
+    # ai_forecast, named and positional (the history as TABLE(name) and TABLE(SELECT ...))
+    (
+        "SELECT * FROM ai_forecast(TABLE(reviews), horizon => '2026-11-08', time_col => 'day', value_col => 'price')",
+        ["DATE", "DOUBLE", "DOUBLE", "DOUBLE", "VARCHAR"],
+    ),
+    (
+        "SELECT day, price_forecast FROM ai_forecast(TABLE(SELECT day, price FROM reviews), '2026-11-08', 'day',"
+        " 'price', NULL, 0.8, 'D', 7, '{}')",
+        ["DATE", "DOUBLE"],
+    ),
+    # ai_parse_document, with and without options; a text that is no document says so in error_status
+    (
+        "SELECT ai_parse_document(CAST(text AS BINARY), map('version', '2.0')) AS parsed FROM reviews",
+        [
+            'STRUCT("document" STRUCT(pages STRUCT(id INTEGER, image_uri VARCHAR)[], elements STRUCT(id INTEGER,'
+            ' "type" VARCHAR, "content" VARCHAR, bbox STRUCT(coord DOUBLE[], page_id INTEGER)[], description'
+            " VARCHAR)[]), error_status STRUCT(error_message VARCHAR, page_id INTEGER)[], metadata STRUCT(id VARCHAR,"
+            ' "version" VARCHAR))'
+        ],
+    ),
+    (
+        "SELECT ai_parse_document(CAST(text AS BINARY)).error_status[0].error_message AS e FROM reviews",
+        ["VARCHAR"],
+    ),
 ]
 
 
