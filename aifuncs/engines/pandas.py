@@ -241,6 +241,10 @@ class AiSeriesAccessor:
         """True where the text satisfies `predicate`: use as a boolean mask, `df[df.body.ai.filter(...)]`."""
         return call("ai_filter", self._series, predicate=predicate, **kwargs)
 
+    def parse_document(self, **kwargs: Any) -> pd.Series:
+        """A Series of file contents (bytes: PDFs, images) -> each one's parse (ai_parse_document)."""
+        return self.call("ai_parse_document", **kwargs)
+
     def embed(self, **kwargs: Any) -> pd.Series:
         return call("ai_embed", self._series, **kwargs)
 

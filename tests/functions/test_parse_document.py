@@ -132,3 +132,17 @@ def test_a_corrupt_or_encrypted_file_fails_on_its_own_row(
         "SELECT count(*), min(endpoint) FROM aifuncs_usage WHERE function = 'ai_parse_document'"
     ).fetchall()
     assert usage == [(5, "parser")]  # one request per document, to the built-in parser
+
+
+def test_the_pandas_accessor_parses_a_series_of_files(files: Path) -> None:
+    import pandas as pd
+
+    contents = pd.Series([(files / "a_contract.pdf").read_bytes(), b"not a document", None], name="content")
+    parsed = contents.ai.parse_document()
+    assert parsed.index.equals(contents.index)
+    assert parsed[0]["document"]["elements"][0]["content"] == "Service Agreement"
+    assert (
+        parsed[1]["document"] is None
+        and "neither a PDF nor an image" in parsed[1]["error_status"][0]["error_message"]
+    )
+    assert parsed[2] is None or pd.isna(parsed[2])  # no file, no parse
