@@ -62,6 +62,7 @@ bench: venv test-servers bench-tools
 	$(BIN)/python tests/bench/bench_faults.py
 	$(BIN)/python tests/bench/bench_local_model.py
 	$(BIN)/python tests/bench/bench_spark.py
+	$(BIN)/python tests/bench/bench_forecast.py
 	$(BIN)/python tests/bench/bench_remote.py
 	$(BIN)/python tests/bench/bench_dedup_cache.py
 	$(BIN)/python tests/bench/bench_llama_cpp.py
