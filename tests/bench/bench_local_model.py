@@ -60,6 +60,16 @@ def register(kind: str, model: Any, x: Any) -> None:
     )
 
 
+def create_wines(con: Any, x: Any, rows: int) -> None:
+    """Table `wines`: `rows` wine feature rows drawn from the dataset with 3% noise, and an `id`."""
+    rng = np.random.default_rng(7)
+    sample = x.sample(rows, replace=True, random_state=7).reset_index(drop=True)
+    sample = sample * rng.normal(1.0, 0.03, size=sample.shape)
+    con.register("sample_frame", sample)
+    con.execute("CREATE TABLE wines AS SELECT row_number() OVER () AS id, * FROM sample_frame")
+    con.unregister("sample_frame")
+
+
 def settle() -> None:
     """Let the previous side's leftovers finish before the clock starts: OpenBLAS workers spin for a while
     after a multi-threaded call (measured: the SQL path took ~90 ms right after a direct predict, ~70 ms
@@ -118,12 +128,7 @@ def main() -> None:
         register(kind, build_model(kind, x, wine["target"]), x)
 
     con = aifuncs.connect(threads=args.threads)
-    rng = np.random.default_rng(7)
-    sample = x.sample(args.rows, replace=True, random_state=7).reset_index(drop=True)
-    sample = sample * rng.normal(1.0, 0.03, size=sample.shape)
-    con.register("sample_frame", sample)
-    con.execute("CREATE TABLE wines AS SELECT row_number() OVER () AS id, * FROM sample_frame")
-    con.unregister("sample_frame")
+    create_wines(con, x, args.rows)
     frame = con.sql(f"SELECT {', '.join(FEATURES)} FROM wines ORDER BY id").df()
 
     print(f"rows: {args.rows:,}   DuckDB threads: {args.threads}   CPUs: {os.cpu_count()}")

@@ -125,7 +125,8 @@ def hey(url: str, body: Any, token: str | None, seconds: int, connections: int, 
         float(quantiles["50"]) * 1000,
         # under 100 answers hey prints no 99th percentile ("0% in 0.0000 secs"): the slowest is it
         float(quantiles.get("99") or re.search(r"Slowest:\s+([\d.]+)", out).group(1)) * 1000,  # type: ignore[union-attr]
-        sum(int(n) for code, n in codes.items() if code != "200") + len(re.findall(r"Error distribution", out)),
+        sum(int(n) for code, n in codes.items() if code != "200")
+        + len(re.findall(r"Error distribution", out)),
     )
 
 
@@ -178,8 +179,12 @@ def main() -> None:
     logs.mkdir()
     os.environ["AIFUNCS_HOME"] = str(home / "home")
     os.environ.pop("AIFUNCS_TOKEN", None)
-    env = {**os.environ, "PYTHONPATH": str(BENCH.parent), "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # mlflow runs uvicorn
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(BENCH.parent),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }  # mlflow runs uvicorn
 
     import mlflow
     from servers import free_port
@@ -193,27 +198,38 @@ def main() -> None:
 
     columns = ["alcohol", "malic_acid", "flavanoids", "color_intensity", "proline"]
     wine = load_wine(as_frame=True).frame
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(wine[columns], wine["target"])
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(
+        wine[columns], wine["target"]
+    )
     model_dir = home / "wine-model"
     mlflow.sklearn.save_model(
         model, model_dir, input_example=wine[columns].head(3), serialization_format="cloudpickle"
     )
     aifuncs.endpoints.create("wine", kind="mlflow", model_uri=str(model_dir))
     aifuncs.endpoints.create("trivial", kind="python", function="sample_models:doubled", returns="DOUBLE")
-    aifuncs.endpoints.create("trivial-governed", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    aifuncs.endpoints.create(
+        "trivial-governed", kind="python", function="sample_models:doubled", returns="DOUBLE"
+    )
     aifuncs.endpoints.create("wine-governed", kind="mlflow", model_uri=str(model_dir))
     gov.create_user("ops", admin=True)
     gov.create_user("alice")
     gov.create_group("analysts", members=["alice"])
     upstream_port = free_port()
-    aifuncs.endpoints.create("chat", kind="openai", model="m", base_url=f"http://127.0.0.1:{upstream_port}/v1")
+    aifuncs.endpoints.create(
+        "chat", kind="openai", model="m", base_url=f"http://127.0.0.1:{upstream_port}/v1"
+    )
     for name in ("wine", "wine-governed", "trivial-governed", "chat"):
-        aifuncs.endpoints.update_permissions(name, [{"group_name": "analysts", "permission_level": "CAN_QUERY"}])
+        aifuncs.endpoints.update_permissions(
+            name, [{"group_name": "analysts", "permission_level": "CAN_QUERY"}]
+        )
     for name in ("wine-governed", "trivial-governed"):
         aifuncs.endpoints.put_ai_gateway(
             name,
             {
-                "rate_limits": [{"calls": 10_000_000, "key": "endpoint"}, {"tokens": 1_000_000_000, "key": "user"}],
+                "rate_limits": [
+                    {"calls": 10_000_000, "key": "endpoint"},
+                    {"tokens": 1_000_000_000, "key": "user"},
+                ],
                 "inference_table_config": {"enabled": True},
             },
         )
@@ -238,7 +254,9 @@ def main() -> None:
         with started(command, url + "/health", logs, f"mlflow-{workers}", env):
             yield url
 
-    print(f"wrk -t2 -c{connections} -d{seconds}s; hey for fixed rates; all on this machine's {os.cpu_count()} cores\n")
+    print(
+        f"wrk -t2 -c{connections} -d{seconds}s; hey for fixed rates; all on this machine's {os.cpu_count()} cores\n"
+    )
     print("1. One MLflow pyfunc model (scikit-learn pipeline), 64 clients")
     figures: dict[str, Load] = {}
     for workers in (1, 2):
@@ -259,7 +277,11 @@ def main() -> None:
             print(_row(f"mlflow models serve, {workers} worker(s), {rows} row(s)", base))
             ratio = ours.requests_s / base.requests_s
             target = " (target >= 5x)" if rows == 1 else ""
-            print(_row(f"aifuncs serve,       {workers} worker(s), {rows} row(s)", ours, f"{ratio:.1f}x{target}"))
+            print(
+                _row(
+                    f"aifuncs serve,       {workers} worker(s), {rows} row(s)", ours, f"{ratio:.1f}x{target}"
+                )
+            )
 
     print("\n2. OpenAI gateway in front of a loopback server answering after 20 ms")
     upstream_cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(BENCH), "bench_server:upstream", "--port",
@@ -273,7 +295,9 @@ def main() -> None:
         print(_row("the server alone, one connection", direct_one))
         litellm: Load | None = None
         if Path(args.litellm).exists():
-            litellm = _litellm(args.litellm, upstream_url, logs, env, seconds, connections, direct, direct_one)
+            litellm = _litellm(
+                args.litellm, upstream_url, logs, env, seconds, connections, direct, direct_one
+            )
         else:
             print(f"  LiteLLM: not measured ({args.litellm} is missing: `make bench-tools` installs it)")
         with serve_aifuncs(2) as served:
@@ -292,8 +316,10 @@ def main() -> None:
         print(_row(f"aifuncs serve at {peak.requests_s / 2:,.0f} req/s (half its peak)", half,
                    _added(half, half_direct) + " (target: p99 < 5 ms)"))  # fmt: skip
 
-    print("\n3. Governance off (an admin's token; no limits, no inference table) and on (a group's grant, calls and"
-          " tokens limits never hit, the inference table), single rows, aifuncs serve with 2 workers")
+    print(
+        "\n3. Governance off (an admin's token; no limits, no inference table) and on (a group's grant, calls and"
+        " tokens limits never hit, the inference table), single rows, aifuncs serve with 2 workers"
+    )
     with serve_aifuncs(2) as served:
         base = served + "/serving-endpoints/{}/invocations"
         runs = {}
@@ -332,8 +358,20 @@ def _litellm(
         f"      api_base: {upstream_url}\n      api_key: none\n"
     )
     url = f"http://127.0.0.1:{port}"
-    command = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-    key = "sk-bench-" + os.urandom(8).hex()  # its master key: the proxy checks it on each request, as we do tokens
+    command = [
+        binary,
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+    key = (
+        "sk-bench-" + os.urandom(8).hex()
+    )  # its master key: the proxy checks it on each request, as we do tokens
     quiet = {**env, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
              "LITELLM_MASTER_KEY": key}  # fmt: skip
     with started(command, url + "/health/liveliness", logs, "litellm", quiet):

@@ -47,7 +47,6 @@ def best_of(repeats: int, run: Any) -> float:
 
 def bench_model(spark: Any, con: Any, kind: str, rows: int, repeats: int) -> None:
     import mlflow
-    import numpy as np
     from pyspark.sql import functions as F
 
     import aifuncs
@@ -151,8 +150,7 @@ def main() -> None:
     os.environ["AIFUNCS_HOME"] = tempfile.mkdtemp(prefix="aifuncs-bench-")
 
     import mlflow
-    import numpy as np
-    from bench_local_model import build_model, register
+    from bench_local_model import build_model, create_wines, register
     from sklearn.datasets import load_wine
 
     import aifuncs
@@ -169,12 +167,7 @@ def main() -> None:
 
     spark = aifuncs.spark.local_session(2)
     con = aifuncs.connect()
-    rng = np.random.default_rng(7)
-    sample = x.sample(args.rows, replace=True, random_state=7).reset_index(drop=True)
-    sample = sample * rng.normal(1.0, 0.03, size=sample.shape)
-    con.register("sample_frame", sample)
-    con.execute("CREATE TABLE wines AS SELECT row_number() OVER () AS id, * FROM sample_frame")
-    con.unregister("sample_frame")
+    create_wines(con, x, args.rows)
     cached = spark.createDataFrame(con.sql("FROM wines").to_arrow_table()).repartition(2).cache()
     cached.count()
     cached.createOrReplaceTempView("wines")
