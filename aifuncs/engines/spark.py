@@ -155,11 +155,10 @@ def workers_of(spark: SparkSession) -> int:
     local = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\d+)?\])?", master)
     if local is not None:
         cores = local.group(1)
-        return os.cpu_count() or 1 if cores == "*" else int(cores or 1)
-    for key in ("spark.default.parallelism",):
-        value = _conf(spark, key)
-        if value and value.isdigit():
-            return int(value)
+        return (os.cpu_count() or 1) if cores == "*" else int(cores or 1)
+    parallelism = _conf(spark, "spark.default.parallelism")
+    if parallelism and parallelism.isdigit():
+        return int(parallelism)
     executors, cores = _conf(spark, "spark.executor.instances"), _conf(spark, "spark.executor.cores")
     if executors and cores and executors.isdigit() and cores.isdigit():
         return int(executors) * int(cores)

@@ -1,4 +1,5 @@
-"""Databricks SQL on DuckDB: what sqlglot's transpiler leaves for us.
+"""Databricks SQL on DuckDB (and on Spark 4, through the `Spark4` writer): what sqlglot's transpiler leaves
+for us.
 
 sqlglot translates most of Databricks SQL to DuckDB (named_struct, CONCAT, `:` JSON paths, explode,
 type strings). Two gaps matter to AI queries, and are closed here:
