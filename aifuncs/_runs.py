@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aifuncs._home import home, private_file
+from aifuncs._wal import add_columns
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -63,10 +64,7 @@ def _db() -> Iterator[sqlite3.Connection]:
     db = sqlite3.connect(private_file(ledger_path()), timeout=30)
     try:
         db.executescript(_SCHEMA)
-        if "principal" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
-            db.execute(
-                "ALTER TABLE runs ADD COLUMN principal TEXT"
-            )  # who ran it; older ledgers gain it empty
+        add_columns(db, "runs", {"principal": "TEXT"})  # who ran it; older ledgers gain it empty
         with db:
             yield db
     finally:

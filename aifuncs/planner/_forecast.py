@@ -21,6 +21,7 @@ from aifuncs.errors import ArgumentError
 from aifuncs.planner._dialects import reader
 
 ANSWER = "__aifuncs_forecast"
+FUNCTION_META = "aifuncs_function"  # on an AI call the planner made: the function to name it by
 
 # The history's time type (DuckDB DDL, as an engine describes it) -> how Databricks spells it.
 _TIME_TYPES = {"DATE": "DATE", "TIMESTAMP": "TIMESTAMP_NTZ", "TIMESTAMP WITH TIME ZONE": "TIMESTAMP"}
@@ -114,4 +115,8 @@ def forecast_query(forecast: Forecast, time_ddl: str, dialect: str) -> exp.Expr:
             f"SELECT {', '.join(columns)} FROM ({grouped}) AS __aifuncs_g LEFT JOIN LATERAL"
             f" (SELECT unnest(__aifuncs_g.{ANSWER}.result) AS {step}) AS __aifuncs_u ON TRUE"
         )
-    return sqlglot.parse_one(rows, read=reader("databricks" if spark else "duckdb"))
+    tree = sqlglot.parse_one(rows, read=reader("databricks" if spark else "duckdb"))
+    for node in tree.find_all(exp.Anonymous):
+        if node.name.lower() == "ai_query":
+            node.meta[FUNCTION_META] = "ai_forecast"  # the usage log names the function the user called
+    return tree

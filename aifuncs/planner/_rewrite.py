@@ -30,7 +30,7 @@ from aifuncs.planner._aliases import lift_alias_references
 from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore, TableShape
 from aifuncs.planner._dialects import adapt, reader, to_engine, writer
-from aifuncs.planner._forecast import Forecast, forecast_query
+from aifuncs.planner._forecast import FUNCTION_META, Forecast, forecast_query
 from aifuncs.planner._forecast import names as forecast_names
 from aifuncs.planner._forecast import time_type as forecast_time_type
 from aifuncs.planner._reads import ancestors
@@ -278,7 +278,7 @@ def _rewrite_call(
     args = bind_arguments(spec, call)
     if spec.kind == "task":
         return _rewrite_task(spec, call, args, hooks, bulk, meters)
-    function = spec.name
+    function = call.meta.get(FUNCTION_META, spec.name)
     if spec.kind == "embed":  # an ai_query of the embedding endpoint, with a text request
         args = {
             "endpoint": _endpoint_literal(spec, args, hooks, "embedding"),

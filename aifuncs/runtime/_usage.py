@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from aifuncs._fork import after_fork_in_child, forked_child, held_across_fork
 from aifuncs._home import home_file, private_file
-from aifuncs._wal import use_wal
+from aifuncs._wal import add_columns, use_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -178,8 +178,5 @@ def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(private_file(path), timeout=30)
     use_wal(db)
     db.execute(_SCHEMA)
-    present = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
-    for column, kind in _ADDED.items():
-        if column not in present:
-            db.execute(f"ALTER TABLE usage ADD COLUMN {column} {kind}")
+    add_columns(db, "usage", _ADDED)
     return db

@@ -137,7 +137,7 @@ def test_forecasts_are_counted_in_the_usage_log(sales: duckdb.DuckDBPyConnection
         dialect="databricks",
     ).fetchall()
     usage = sales.sql(
-        "SELECT count(*), sum(rows), count(*) FILTER (WHERE status = 'error') FROM aifuncs_usage"
-        " WHERE endpoint = 'forecaster'"
+        "SELECT count(*), sum(rows), count(*) FILTER (WHERE status = 'error'), min(function), max(function)"
+        " FROM aifuncs_usage WHERE endpoint = 'forecaster'"
     ).fetchall()
-    assert usage == [(4, 4, 1)]  # one request per group; store 9 failed
+    assert usage == [(4, 4, 1, "ai_forecast", "ai_forecast")]  # one request per group; store 9 failed

@@ -145,3 +145,37 @@ def test_a_finished_query_writes_its_rows_without_waiting_for_a_read(
     assert _stored(tmp_path / "usage.db") == []  # buffered: not due yet
     log.query_done()
     assert _wait_until(lambda: _stored(tmp_path / "usage.db") == [7])
+
+
+FIRST_WRITE = """
+import sys, time
+from pathlib import Path
+from aifuncs.runtime._usage import _connect
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+for n in range(20):  # a fresh file each round: every process finds its added columns missing at once
+    _connect(Path(sys.argv[1]) / f"usage-{n}.db").close()
+"""
+
+
+def test_processes_opening_a_new_usage_log_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two Spark workers wrote their first usage rows at the same instant: both found the added columns
+    missing, and the second ALTER TABLE failed with "duplicate column name"."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 1.0
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIRST_WRITE, str(tmp_path), str(start)], stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    failures = [w.communicate(timeout=120)[1] for w in workers if w.wait(timeout=120) != 0]
+    assert failures == []
+    db = sqlite3.connect(tmp_path / "usage-19.db")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+    db.close()
+    assert set(UsageRow._fields) <= columns
