@@ -548,11 +548,8 @@ def _expand_forecast(tree: exp.Expr, hooks: EngineHooks) -> exp.Expr:
             },
             endpoint=_endpoint_literal(spec, args, hooks, "forecast").this,
         )
-        probe = exp.select(exp.column(time_col, quoted=True)).from_(
-            sqlglot.parse_one(source, read=reader("databricks" if hooks.dialect != "duckdb" else "duckdb"))
-            if source.startswith("(")
-            else exp.to_table(source)
-        )
+        rows = exp.Subquery(this=inner.copy()) if isinstance(inner, exp.Query) else exp.to_table(source)
+        probe = exp.select(exp.column(time_col, quoted=True)).from_(rows)
         described = _probe_type(probe.sql(writer(hooks.dialect)), hooks)
         replacement = forecast_query(forecast, forecast_time_type(described, time_col), hooks.dialect)
         alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier("ai_forecast"))
