@@ -98,7 +98,7 @@ def query(
     endpoint: str,
     data: pd.DataFrame | pd.Series,
     *,
-    columns: Sequence[str] | None = None,
+    columns: str | Sequence[str] | None = None,
     return_type: str | None = None,
     fail_on_error: bool | None = None,
     model_parameters: dict[str, Any] | None = None,
@@ -112,7 +112,8 @@ def query(
     **sql_names: Any,
 ) -> pd.Series:
     """`ai_query(endpoint, request, ...)` per row. A Series is the request itself; a DataFrame's
-    `columns` (default: all) become a STRUCT request whose fields are the model's inputs, by name.
+    `columns` (default: all) become a STRUCT request whose fields are the model's inputs, by name; one column's name
+    (not in a list) makes its values the request, as `df[name]` selects them.
     Options take their SQL names too (`returnType`, `failOnError`, `modelParameters`, `responseFormat`)."""
     given: dict[str, Any] = {
         "return_type": return_type,
@@ -132,6 +133,13 @@ def query(
             raise ArgumentError(f"ai_query: {key!r} and {snake!r} are the same option; give it once.")
         given[snake] = value
     return_type, fail_on_error, model_parameters, response_format = given.values()
+    if isinstance(data, pd.DataFrame) and columns is not None and not pd.api.types.is_list_like(columns):
+        # One label selects one column as pandas' `df[label]` does: its values are the request.
+        if columns not in data.columns:
+            raise ArgumentError(
+                f"ai_query: the DataFrame has no column {columns!r}; it has {', '.join(map(repr, data.columns))}."
+            )
+        data = data[columns].rename(endpoint)  # named as every DataFrame's answers are: after the endpoint
     if isinstance(data, pd.Series):
         table = pa.table({"c0": _arrow(data)})
         request: exp.Expr = exp.column("c0")
@@ -269,8 +277,9 @@ class AiDataFrameAccessor:
     def __init__(self, frame: pd.DataFrame) -> None:
         self._frame = frame
 
-    def query(self, endpoint: str, columns: Sequence[str] | None = None, **options: Any) -> pd.Series:
-        """ai_query per row, the `columns` (default: all) packed into a STRUCT request."""
+    def query(self, endpoint: str, columns: str | Sequence[str] | None = None, **options: Any) -> pd.Series:
+        """ai_query per row: one column's values (a name) as the request, or the `columns` (a list; default:
+        all) packed into a STRUCT request."""
         return query(endpoint, self._frame, columns=columns, **options)
 
     def sql(self, query_text: str, *, name: str = "df", **options: Any) -> pd.DataFrame:

@@ -134,6 +134,12 @@ def test_query_options_and_struct_requests(chat: FakeServer) -> None:
     ]
     with pytest.raises(ArgumentError, match="no column 'agee'"):
         frame.ai.query("chat", columns=["agee"])
+    # One column's name (not a list) selects it as pandas does: its values are the request, not its letters.
+    named = frame.ai.query("chat", "name")
+    assert named.tolist() == ["echo: ann", "echo: bob"] and named.index.equals(frame.index)
+    assert named.name == "chat"
+    with pytest.raises(ArgumentError, match="no column 'nmae'; it has 'name', 'age'"):
+        frame.ai.query("chat", "nmae")
     with pytest.raises(AifuncsError, match="Did you mean 'chat'"):
         frame.name.ai.query("chta")
 
