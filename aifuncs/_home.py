@@ -24,7 +24,7 @@ def home() -> Path:
     now = time.monotonic()
     if now - _seen.get(path, -_RESEE_S) >= _RESEE_S:
         if not path.is_dir():
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)  # the home's files are its owner's alone
+            private_dir(path)  # the home's files are its owner's alone
         _seen[path] = now
     return path
 
@@ -41,11 +41,30 @@ def home_file(name: str) -> Path:
     return path
 
 
+def private_dir(path: Path) -> Path:
+    """Make the folder `path` and any missing parent, each readable by its owner only. `Path.mkdir(parents=True)`
+    gives the parents it makes the default mode (0755, or 0777 under umask 000), whatever `mode` says."""
+    missing = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made by another process meanwhile
+        os.chmod(folder, 0o700)  # mkdir's mode passes through the umask; a umask can only narrow it
+    return path
+
+
 def private_file(path: Path) -> Path:
     """Make `path` (a SQLite file about to be opened) readable and writable by its owner only, if it does not
     exist yet: SQLite gives its -wal and -shm files the same mode."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
         try:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         except FileExistsError:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from aifuncs._home import home, resource_dir
+from aifuncs._home import home, private_dir, resource_dir
 from aifuncs.errors import ConfigError
 
 _MISSING: Any = object()
@@ -158,8 +159,11 @@ def define(toml_text: str) -> FunctionSpec:
             f"{spec.name}: answer must be one of {', '.join(sorted(ANSWERS))}, not {spec.answer!r}."
         )
     folder = user_folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{spec.name.lower()}.toml").write_text(toml_text)
+    private_dir(folder)
+    target = folder / f"{spec.name.lower()}.toml"
+    with open(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "w") as file:
+        file.write(toml_text)
+    os.chmod(target, 0o600)  # a spec written before keeps the mode it was made with
     return spec
 
 

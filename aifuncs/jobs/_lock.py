@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from aifuncs._home import private_dir
 from aifuncs.errors import JobLocked
 
 
@@ -17,7 +18,7 @@ class JobLock:
         self._fd: int | None = None
 
     def __enter__(self) -> JobLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

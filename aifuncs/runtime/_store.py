@@ -228,7 +228,6 @@ def _rows(
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(private_file(path), timeout=30, check_same_thread=False)
     use_wal(db)
     db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a killed process; WAL keeps it consistent
