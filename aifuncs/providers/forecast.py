@@ -105,9 +105,14 @@ class ForecastProvider(Provider):
         history = history.reindex(history.index.union(grid)).interpolate("time").reindex(grid)
         horizon = pd.Timestamp(settings["horizon"])
         horizon = horizon.tz_convert(None) if horizon.tzinfo is not None else horizon
+        # Databricks' horizon is right-exclusive: the steps after the last time, up to but not including it.
         future = pd.date_range(grid[-1], horizon, freq=freq)[1:]
+        future = future[future < horizon]
         if len(future) == 0:
-            raise ValueError(f"the horizon {settings['horizon']} is not after the last time, {grid[-1]}")
+            raise ValueError(
+                f"the horizon {settings['horizon']} leaves no step after the last time, {grid[-1]} (the horizon"
+                " itself is not forecast): give a later horizon"
+            )
         if len(future) > MAX_STEPS:
             raise ValueError(f"{len(future):,} steps to the horizon: at most {MAX_STEPS:,}")
         width = float(settings.get("prediction_interval_width", 0.95))

@@ -56,7 +56,8 @@ def test_each_group_is_forecast_to_the_horizon_with_databricks_columns(
     first = date(2026, 5, 21)  # the day after the last of 140 days of history
     for store in (0, 1, 2):  # store 1's missing days were filled on the daily grid
         steps = by_store[store]
-        assert [r[0] for r in steps] == [first + timedelta(days=k) for k in range(15)]
+        # up to the horizon, not including it (Databricks' horizon is right-exclusive): 05-21 to 06-03
+        assert [r[0] for r in steps] == [first + timedelta(days=k) for k in range(14)]
         assert all(r[8] is None and r[4] <= r[2] <= r[3] and r[7] <= r[5] <= r[6] for r in steps)
         errors = [abs(r[2] - truth(store, 140 + k)) for k, r in enumerate(steps)]
         assert max(errors) < 3.0, errors  # the weekly season and the trend were found
@@ -75,7 +76,7 @@ def test_frequencies_as_databricks_spells_them(con: duckdb.DuckDBPyConnection) -
         " time_col => 'month', value_col => 'visits', frequency => 'month') ORDER BY month",
         dialect="databricks",
     ).fetchall()
-    assert [r[0] for r in rows] == [date(2025, m, 1) for m in range(1, 7)]  # month starts, as the data
+    assert [r[0] for r in rows] == [date(2025, m, 1) for m in range(1, 6)]  # month starts, June excluded
     assert all(
         abs(v - (50 + 10 * math.sin(2 * math.pi * (60 + k) / 12) + 60 + k)) < 3
         for k, (_, v) in enumerate(rows)
@@ -90,7 +91,7 @@ def test_frequencies_as_databricks_spells_them(con: duckdb.DuckDBPyConnection) -
         " horizon => '2026-03-11 05:00:00', time_col => 'ts', value_col => 'load') ORDER BY ts",
         dialect="databricks",
     ).fetchall()  # frequency auto: hourly, read from the data; a TABLE(SELECT ...) history
-    assert [r[0] for r in auto] == [datetime(2026, 3, 11, h) for h in range(6)]
+    assert [r[0] for r in auto] == [datetime(2026, 3, 11, h) for h in range(5)]
     with pytest.raises(ArgumentError, match="frequency 'fortnight' is not one Databricks knows"):
         aifuncs.sql(
             con,
@@ -112,9 +113,9 @@ def test_models_are_picked_by_parameters_and_bad_arguments_are_named(
         ).fetchall()
 
     naive = forecast('{"model": "seasonal_naive", "seasonal_period": 7}')
-    assert len(naive) == 7 and all(message is None for _, message in naive)
+    assert len(naive) == 6 and all(message is None for _, message in naive)  # 05-21 to 05-26
     arima = forecast('{"model": "arima", "global_floor": 0}')
-    assert len(arima) == 7 and all(value is not None and value >= 0 for value, _ in arima)
+    assert len(arima) == 6 and all(value is not None and value >= 0 for value, _ in arima)
     with pytest.raises(ArgumentError, match="unknown daily_seasonality"):
         forecast('{"daily_seasonality": true}')
     for query, message in [
@@ -141,3 +142,24 @@ def test_forecasts_are_counted_in_the_usage_log(sales: duckdb.DuckDBPyConnection
         " FROM aifuncs_usage WHERE endpoint = 'forecaster'"
     ).fetchall()
     assert usage == [(4, 4, 1, "ai_forecast", "ai_forecast")]  # one request per group; store 9 failed
+
+
+def test_the_horizon_is_excluded_as_in_databricks(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        "CREATE TABLE monthly AS SELECT (DATE '2022-01-01' + INTERVAL (i) MONTH)::DATE AS month, 50 + 10 * sin(i)"
+        " + hash(i) % 10 / 10.0 AS visits FROM range(12) t(i)"
+    )  # history to 2022-12
+
+    def months(horizon: str) -> list[tuple]:
+        return aifuncs.sql(
+            con,
+            f"SELECT month, error_message FROM ai_forecast(TABLE(monthly), horizon => '{horizon}',"
+            " time_col => 'month', value_col => 'visits', frequency => 'month') ORDER BY month",
+            dialect="databricks",
+        ).fetchall()
+
+    # Databricks gives 3 rows: from the last observation up to, not including, the horizon
+    assert months("2023-04-01") == [(date(2023, m, 1), None) for m in (1, 2, 3)]
+    assert [m for m, _ in months("2023-04-15")] == [date(2023, m, 1) for m in (1, 2, 3, 4)]  # April is before
+    ((month, message),) = months("2023-01-01")  # no step before the horizon: the group says so on its row
+    assert month is None and "leaves no step after the last time" in message and "later horizon" in message
