@@ -77,8 +77,9 @@ def accuracy(
     con.register("history_frame", pd.concat(history))
     con.execute("CREATE OR REPLACE TABLE history AS SELECT series, t::DATE AS t, value FROM history_frame")
     con.unregister("history_frame")
-    step = {"month": pd.DateOffset(months=1), "quarter": pd.DateOffset(months=3), "year": pd.DateOffset(years=1)}
-    horizon = (max(g["t"].max() for g in held) + step[frequency]).date().isoformat()  # the horizon is excluded
+    months = {"month": 1, "quarter": 3, "year": 12}[frequency]
+    last = max(g["t"].max() for g in held)
+    horizon = (last + pd.DateOffset(months=months)).date().isoformat()  # excluded: the step after the last
     forecast = aifuncs.sql(
         con,
         f"SELECT series, t, value_forecast, value_lower, value_upper FROM ai_forecast(TABLE(history),"
