@@ -69,7 +69,8 @@ class Directory:
         self._admin(f"delete {name!r}")
         kind = self.principals.get(name).kind
         self.principals.delete(name)
-        self._note("principals.delete", name, kind=kind)
+        revoked = self.tokens.revoke_all(name)  # a principal made later under this name inherits none of them
+        self._note("principals.delete", name, kind=kind, tokens_revoked=revoked)
 
     def add_member(self, group: str, member: str) -> None:
         self._admin(f"change the members of {group!r}")
@@ -80,6 +81,21 @@ class Directory:
         self._admin(f"change the members of {group!r}")
         self.principals.remove_member(group, member)
         self._note("groups.remove-member", group, member=member)
+
+    def grant_entitlement(self, name: str, entitlement: str) -> None:
+        """Let a user, service principal or group (its members) do what `entitlement` names, e.g. create
+        endpoints ("allow-endpoint-create")."""
+        self._admin(f"grant {entitlement!r} to {name!r}")
+        self.principals.grant_entitlement(name, entitlement)
+        self._note("entitlements.grant", name, entitlement=entitlement)
+
+    def revoke_entitlement(self, name: str, entitlement: str) -> None:
+        self._admin(f"revoke {entitlement!r} from {name!r}")
+        self.principals.revoke_entitlement(name, entitlement)
+        self._note("entitlements.revoke", name, entitlement=entitlement)
+
+    def entitlements(self, name: str) -> builtins.list[str]:
+        return self.principals.entitlements(name)
 
     def members(self, group: str) -> builtins.list[str]:
         return self.principals.members(group)

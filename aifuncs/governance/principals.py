@@ -13,7 +13,7 @@ import os
 import pwd
 import re
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,9 +21,22 @@ from aifuncs.errors import ConfigError
 from aifuncs.governance._sqlite import transaction
 from aifuncs.governance.tokens import InvalidToken, TokenStore
 
-__all__ = ["Principal", "PrincipalStore", "UnknownPrincipal", "acting_as", "owner_of"]
+__all__ = [
+    "CREATE_ENDPOINTS",
+    "CREATE_SECRET_SCOPES",
+    "ENTITLEMENTS",
+    "Principal",
+    "PrincipalStore",
+    "UnknownPrincipal",
+    "acting_as",
+    "owner_of",
+]
 
 KINDS = ("user", "group", "service_principal")
+# What a principal may do beyond its grants, named as Databricks' SCIM entitlements are. Admins hold them all.
+CREATE_ENDPOINTS = "allow-endpoint-create"
+CREATE_SECRET_SCOPES = "allow-secret-scope-create"
+ENTITLEMENTS = (CREATE_ENDPOINTS, CREATE_SECRET_SCOPES)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 
 _SCHEMA = """
@@ -38,6 +51,11 @@ CREATE TABLE IF NOT EXISTS members (
     member TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,
     PRIMARY KEY (group_name, member)
 );
+CREATE TABLE IF NOT EXISTS entitlements (
+    principal TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,
+    entitlement TEXT NOT NULL,
+    PRIMARY KEY (principal, entitlement)
+);
 """
 
 
@@ -51,6 +69,9 @@ class Principal:
     kind: str  # user | group | service_principal
     admin: bool = False
     implicit: bool = False  # the OS account that owns AIFUNCS_HOME, not stored
+    # When this principal was made: a name deleted and made again is another principal, which inherits
+    # nothing of the first (its tokens, its rows).
+    created_at: datetime | None = field(default=None, compare=False)
 
 
 def owner_of(home: Path) -> str:
@@ -81,32 +102,40 @@ class PrincipalStore:
             raise ConfigError(
                 f"Invalid principal name {name!r}: letters, digits and . _ @ + - (starting with a letter or digit)."
             )
+        if name == owner_of(self.path.parent):
+            raise ConfigError(
+                f"{name!r} is the OS account that owns AIFUNCS_HOME, an admin of it already; a stored principal of"
+                " the same name would be mistaken for it. Choose another name."
+            )
         with self.transaction() as db:
             taken = db.execute("SELECT kind FROM principals WHERE name = ?", (name,)).fetchone()
             if taken is not None:
                 raise ConfigError(
                     f"The name {name!r} is taken by a {taken[0]}; names are shared by all kinds."
                 )
+            created = datetime.now(UTC)
             db.execute(
                 "INSERT INTO principals (name, kind, admin, created_at) VALUES (?, ?, ?, ?)",
-                (name, kind, int(admin), datetime.now(UTC).isoformat()),
+                (name, kind, int(admin), created.isoformat()),
             )
-        return Principal(name, kind, admin)
+        return Principal(name, kind, admin, created_at=created)
 
     def get(self, name: str) -> Principal:
         with self.transaction() as db:
-            row = db.execute("SELECT name, kind, admin FROM principals WHERE name = ?", (name,)).fetchone()
+            row = db.execute(
+                "SELECT name, kind, admin, created_at FROM principals WHERE name = ?", (name,)
+            ).fetchone()
         if row is None:
             raise UnknownPrincipal(f"There is no user, group or service principal {name!r}.")
-        return Principal(row[0], row[1], bool(row[2]))
+        return _principal(row)
 
     def list(self, kind: str | None = None) -> list[Principal]:
         with self.transaction() as db:
             rows = db.execute(
-                "SELECT name, kind, admin FROM principals WHERE ? IS NULL OR kind = ? ORDER BY name",
+                "SELECT name, kind, admin, created_at FROM principals WHERE ? IS NULL OR kind = ? ORDER BY name",
                 (kind, kind),
             ).fetchall()
-        return [Principal(r[0], r[1], bool(r[2])) for r in rows]
+        return [_principal(r) for r in rows]
 
     def delete(self, name: str) -> None:
         self.get(name)
@@ -136,6 +165,37 @@ class PrincipalStore:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def grant_entitlement(self, name: str, entitlement: str) -> None:
+        _check_entitlement(entitlement)
+        self.get(name)
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO entitlements (principal, entitlement) VALUES (?, ?)", (name, entitlement)
+            )
+
+    def revoke_entitlement(self, name: str, entitlement: str) -> None:
+        _check_entitlement(entitlement)
+        with self.transaction() as db:
+            db.execute("DELETE FROM entitlements WHERE principal = ? AND entitlement = ?", (name, entitlement))
+
+    def entitlements(self, name: str) -> builtins.list[str]:
+        """The entitlements granted to `name` itself (not those it has through its groups)."""
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT entitlement FROM entitlements WHERE principal = ? ORDER BY entitlement", (name,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def entitled(self, principal: Principal, entitlement: str) -> bool:
+        """Whether `principal` holds `entitlement`: an admin always, anyone else when granted it directly or
+        through a group."""
+        if principal.admin:
+            return True
+        holders = {principal.name, *self.groups_of(principal.name)}
+        with self.transaction() as db:
+            rows = db.execute("SELECT principal FROM entitlements WHERE entitlement = ?", (entitlement,)).fetchall()
+        return any(r[0] in holders for r in rows)
+
     def groups_of(self, name: str) -> set[str]:
         """Every group `name` belongs to, directly or through other groups."""
         return self._closure(name, start="member", reach="group_name")
@@ -155,6 +215,15 @@ class PrincipalStore:
         return {r[0] for r in rows}
 
 
+def _principal(row: tuple[str, str, int, str | None]) -> Principal:
+    return Principal(row[0], row[1], bool(row[2]), created_at=datetime.fromisoformat(row[3]) if row[3] else None)
+
+
+def _check_entitlement(entitlement: str) -> None:
+    if entitlement not in ENTITLEMENTS:
+        raise ConfigError(f"Unknown entitlement {entitlement!r}: use one of {', '.join(ENTITLEMENTS)}.")
+
+
 def acting_as(home: Path, token: str | None = None) -> Principal:
     """Who a process acts as: the token's principal (checked: unknown, expired and revoked tokens are
     refused), else the OS account that owns `home`, an admin of it."""
@@ -164,6 +233,14 @@ def acting_as(home: Path, token: str | None = None) -> Principal:
         return Principal(owner_of(home), "user", admin=True, implicit=True)
     record = TokenStore(path).authenticate(token)
     principal = PrincipalStore(path).get(record.principal)  # a deleted principal's tokens stop working
+    if principal.created_at is not None and record.created_at < principal.created_at:
+        # made for an earlier principal of this name, deleted since: the new one inherits none of its tokens
+        raise InvalidToken(f"The token {record.display} belongs to a principal that was deleted.")
+    if principal.name == owner_of(home):
+        raise InvalidToken(
+            f"The token {record.display} names {principal.name!r}, which is also the OS account that owns"
+            " AIFUNCS_HOME: an admin deletes that stored principal and makes the user again under another name."
+        )
     if principal.kind != record.kind:
         raise InvalidToken(
             f"The token {record.display} was made for a {record.kind}, not the {principal.kind} it names."

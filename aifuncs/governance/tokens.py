@@ -170,6 +170,14 @@ class TokenStore:
                 f"There is no token {token_id} that is not revoked already (aifuncs tokens list)."
             )
 
+    def revoke_all(self, principal: str) -> int:
+        """Revoke every live token of `principal` (it is being deleted); how many."""
+        with self._session() as db:
+            return db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE principal = ? AND revoked_at IS NULL",
+                (_now().isoformat(), principal),
+            ).rowcount
+
     def authenticate(self, token: str) -> Token:
         """The token's record, its last use noted; InvalidToken if it is malformed, unknown, expired or
         revoked (all four read alike to the caller but for their reason)."""
