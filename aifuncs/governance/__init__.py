@@ -24,16 +24,28 @@ from aifuncs.governance.directory import Directory
 from aifuncs.governance.identity import Identity, current, identify
 from aifuncs.governance.keys import EncryptionError, fingerprint, generate_key, keyring
 from aifuncs.governance.permissions import LEVELS, PermissionStore, level_allows
-from aifuncs.governance.principals import Principal, PrincipalStore, UnknownPrincipal, acting_as, owner_of
+from aifuncs.governance.principals import (
+    CREATE_ENDPOINTS,
+    CREATE_SECRET_SCOPES,
+    Principal,
+    PrincipalStore,
+    UnknownPrincipal,
+    acting_as,
+    owner_of,
+)
 from aifuncs.governance.tokens import DEFAULT_DAYS, InvalidToken, Token, TokenStore, check_format
 
 __all__ = [
+    "CREATE_ENDPOINTS",
+    "CREATE_SECRET_SCOPES",
     "LEVELS",
     "AuditEntry",
     "AuditLog",
     "EncryptionError",
     "audit_log",
     "generate_key",
+    "grant_entitlement",
+    "revoke_entitlement",
     "keyring",
     "rotate_key",
     "verify_audit",
@@ -129,6 +141,15 @@ def add_member(group: str, member: str) -> None:
 
 def remove_member(group: str, member: str) -> None:
     directory().remove_member(group, member)
+
+
+def grant_entitlement(name: str, entitlement: str = CREATE_ENDPOINTS) -> None:
+    """Let `name` (a user, service principal or group) create endpoints, or what `entitlement` names (admins)."""
+    directory().grant_entitlement(name, entitlement)
+
+
+def revoke_entitlement(name: str, entitlement: str = CREATE_ENDPOINTS) -> None:
+    directory().revoke_entitlement(name, entitlement)
 
 
 def list_principals(kind: str | None = None) -> list[Principal]:

@@ -170,13 +170,16 @@ class PrincipalStore:
         self.get(name)
         with self.transaction() as db:
             db.execute(
-                "INSERT OR IGNORE INTO entitlements (principal, entitlement) VALUES (?, ?)", (name, entitlement)
+                "INSERT OR IGNORE INTO entitlements (principal, entitlement) VALUES (?, ?)",
+                (name, entitlement),
             )
 
     def revoke_entitlement(self, name: str, entitlement: str) -> None:
         _check_entitlement(entitlement)
         with self.transaction() as db:
-            db.execute("DELETE FROM entitlements WHERE principal = ? AND entitlement = ?", (name, entitlement))
+            db.execute(
+                "DELETE FROM entitlements WHERE principal = ? AND entitlement = ?", (name, entitlement)
+            )
 
     def entitlements(self, name: str) -> builtins.list[str]:
         """The entitlements granted to `name` itself (not those it has through its groups)."""
@@ -193,7 +196,9 @@ class PrincipalStore:
             return True
         holders = {principal.name, *self.groups_of(principal.name)}
         with self.transaction() as db:
-            rows = db.execute("SELECT principal FROM entitlements WHERE entitlement = ?", (entitlement,)).fetchall()
+            rows = db.execute(
+                "SELECT principal FROM entitlements WHERE entitlement = ?", (entitlement,)
+            ).fetchall()
         return any(r[0] in holders for r in rows)
 
     def groups_of(self, name: str) -> set[str]:
@@ -216,7 +221,9 @@ class PrincipalStore:
 
 
 def _principal(row: tuple[str, str, int, str | None]) -> Principal:
-    return Principal(row[0], row[1], bool(row[2]), created_at=datetime.fromisoformat(row[3]) if row[3] else None)
+    return Principal(
+        row[0], row[1], bool(row[2]), created_at=datetime.fromisoformat(row[3]) if row[3] else None
+    )
 
 
 def _check_entitlement(entitlement: str) -> None:
