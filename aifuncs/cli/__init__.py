@@ -294,7 +294,10 @@ def _serve(args: argparse.Namespace) -> int:
     from aifuncs.server import serve
 
     serve(args.host, args.port, workers=args.workers, tls_cert=args.tls_cert, tls_key=args.tls_key,
-          insecure_http=args.insecure_http, warehouse=args.warehouse)  # fmt: skip
+          insecure_http=args.insecure_http, warehouse=args.warehouse,
+          statement_timeout_s=args.statement_timeout_s, statement_memory=args.statement_memory,
+          statement_concurrency=args.statement_concurrency,
+          statement_result_mb=args.statement_result_mb)  # fmt: skip
     return 0
 
 
@@ -447,6 +450,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow plain HTTP on a non-loopback address (behind a TLS proxy)",
     )
     serve.add_argument("--warehouse", metavar="DB", help="the DuckDB file SQL over HTTP reads (read-only)")
+    serve.add_argument(
+        "--statement-timeout-s",
+        type=float,
+        metavar="S",
+        help="SQL over HTTP: a statement still running after S seconds is cancelled (900)",
+    )
+    serve.add_argument(
+        "--statement-memory",
+        metavar="SIZE",
+        help="SQL over HTTP: DuckDB's memory limit per statement, e.g. 2GB (1GB)",
+    )
+    serve.add_argument(
+        "--statement-concurrency",
+        type=int,
+        metavar="N",
+        help="SQL over HTTP: statements one principal may have pending or running (4)",
+    )
+    serve.add_argument(
+        "--statement-result-mb",
+        type=int,
+        metavar="MB",
+        help="SQL over HTTP: the largest result answered; a larger one fails (25)",
+    )
     serve.set_defaults(handler=_serve)
     return parser
 

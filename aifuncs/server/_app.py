@@ -39,7 +39,7 @@ from aifuncs.server._errors import ApiError, error_response, from_aifuncs
 from aifuncs.server._invoke import Prepared, prepare, prepare_on_loop
 from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse
 from aifuncs.server._shapes import endpoint_object
-from aifuncs.server._statements import Statements
+from aifuncs.server._statements import Limits, Statements
 
 __all__ = ["MAX_BODY_BYTES", "app"]
 
@@ -374,18 +374,14 @@ async def databricks_config(request: Request) -> Response:
 def statement_routes(auth: Authenticator, statements: Statements) -> list[Route]:
     base = "/api/2.0/sql/statements"
 
-    def execute(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-        return statements.execute(identity, body)
+    async def execute(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+        return await statements.execute(identity, body)  # waits on the loop, holding no thread
 
     def status(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
         return statements.get(identity, request.path_params["statement_id"]).response()
 
     def chunk(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
         statement = statements.get(identity, request.path_params["statement_id"])
-        if statement.state != "SUCCEEDED":
-            raise ApiError(
-                400, "BAD_REQUEST", f"Statement {statement.id} is {statement.state}: it has no result."
-            )
         index = request.path_params["chunk_index"]
         return statement.chunk(int(index) if str(index).isdigit() else -1)
 
@@ -407,7 +403,7 @@ def app(warehouse: str | Path | None = None) -> Starlette:
     file SQL over HTTP reads (default: AIFUNCS_SERVE_WAREHOUSE, else an empty database per statement)."""
     auth = Authenticator(home())
     given = warehouse or os.environ.get("AIFUNCS_SERVE_WAREHOUSE") or None
-    statements = Statements(Path(given).resolve() if given else None)
+    statements = Statements(Path(given).resolve() if given else None, Limits.from_environ(os.environ))
     prefix = "/api/2.0/serving-endpoints"
     routes = [
         # The query routes first: Starlette tries routes in order, and these take nearly all the traffic.
@@ -457,7 +453,9 @@ def app(warehouse: str | Path | None = None) -> Starlette:
         ),  # fmt: skip
     ]
     routes.append(Route("/openapi.json", _openapi_route(routes), methods=["GET"]))
-    return Starlette(routes=routes, lifespan=_lifespan)
+    server = Starlette(routes=routes, lifespan=_lifespan)
+    server.state.statements = statements  # cancelled when the server stops
+    return server
 
 
 @contextlib.asynccontextmanager
@@ -474,6 +472,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     # usage and inference-table rows still buffered are written here.
     runtime.usage.flush()
     payload_log().flush()
+    statements = getattr(app.state, "statements", None)
+    if statements is not None:
+        statements.close()
 
 
 _OPEN = ("/health", "/.well-known/databricks-config", "/openapi.json")

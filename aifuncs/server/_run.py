@@ -25,6 +25,27 @@ def tls_context(config: Any, default: Callable[[], ssl.SSLContext] | None = None
     return context
 
 
+def _statement_limits(
+    timeout_s: float | None, memory: str | None, concurrency: int | None, result_mb: int | None
+) -> None:
+    """Check the bounds of SQL over HTTP here, where a mistake is one clear message, and hand them to the
+    workers' app() in the environment."""
+    import os
+
+    from aifuncs.server._sandbox import Limits
+
+    given = {
+        "AIFUNCS_SERVE_STATEMENT_TIMEOUT_S": timeout_s,
+        "AIFUNCS_SERVE_STATEMENT_MEMORY": memory,
+        "AIFUNCS_SERVE_STATEMENT_CONCURRENCY": concurrency,
+        "AIFUNCS_SERVE_STATEMENT_RESULT_MB": result_mb,
+    }
+    for key, value in given.items():
+        if value is not None:
+            os.environ[key] = str(value)
+    Limits.from_environ(os.environ)
+
+
 def _loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return True
@@ -45,6 +66,10 @@ def serve(
     graceful_s: int = 30,
     log_level: str = "warning",
     warehouse: str | None = None,
+    statement_timeout_s: float | None = None,
+    statement_memory: str | None = None,
+    statement_concurrency: int | None = None,
+    statement_result_mb: int | None = None,
 ) -> None:
     import os
 
@@ -63,6 +88,7 @@ def serve(
         if not os.path.isfile(warehouse):
             raise ConfigError(f"The warehouse {warehouse!r} is not a DuckDB file here: give the path of one.")
         os.environ["AIFUNCS_SERVE_WAREHOUSE"] = os.path.abspath(warehouse)  # for the workers' app()
+    _statement_limits(statement_timeout_s, statement_memory, statement_concurrency, statement_result_mb)
     uvicorn.run(
         "aifuncs.server:app",
         factory=True,

@@ -1,74 +1,50 @@
 """SQL over HTTP: Databricks' Statement Execution API running `aifuncs.sql` on the server's warehouse.
 
-Each statement runs in a DuckDB database of its own, in memory, with the warehouse file attached read-only and
-the sandbox locked before any of the caller's SQL runs: no file outside the warehouse can be read or written
-(so not AIFUNCS_HOME), nothing attached, no extension installed, no setting changed back. Its AI functions
-are bound to the caller's principal, so the policy check, limits, guardrails and logs hold as in SQL anywhere.
-A statement answers within `wait_timeout` (10 s by default, at most 50 s); one still running then is polled
-(`GET /api/2.0/sql/statements/{id}`), or cancelled. Statements are kept in the serving process for an hour and
-visible only to whoever ran them (anyone else reads a missing one); with `--workers` above 1 a client should
-wait for its answer in the first request, since a poll may reach another process.
+Each statement runs in a sandboxed DuckDB session of its own (`_sandbox.py`): the warehouse read-only, a
+memory limit, a private temp folder, no other file. Its AI functions are bound to the caller's principal, so
+the policy check, limits, guardrails and logs hold as in SQL anywhere.
+
+Statements run on a small pool of their own threads, never the request threads: a request waiting for its
+answer (`wait_timeout`, 10 s by default, at most 50 s) waits on the event loop and holds no thread. Each
+statement is bounded: a time limit (it is interrupted then, CANCELED with DEADLINE_EXCEEDED), a cap on the
+statements one principal may have pending or running (429 beyond it), and results read only up to
+`row_limit`/`byte_limit` and the server's result cap. A finished statement's result is kept for `kept_s`
+(and within a principal's share of memory, oldest closed first), then CLOSED; statements are visible only to
+whoever ran them (anyone else reads a missing one). With `--workers` above 1 a client should wait for its
+answer in the first request, since a poll may reach another process.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
 import re
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
-from aifuncs.engines.duckdb import install, sql
+from aifuncs.engines.duckdb import sql
 from aifuncs.errors import AifuncsError
 from aifuncs.governance import Identity
 from aifuncs.jobs._params import markers, substitute
 from aifuncs.server._errors import ApiError
+from aifuncs.server._results import Result, collect
+from aifuncs.server._sandbox import DIALECTS, Limits, Session, refuse_reserved
 
-__all__ = ["Statements"]
+__all__ = ["Limits", "Statements"]
 
-_KEPT_S = 3600.0
-MAX_ROWS = 100_000  # inline rows of one answer (row_limit may lower it)
-_TYPE_NAMES = {
-    "BOOLEAN": "BOOLEAN", "TINYINT": "BYTE", "SMALLINT": "SHORT", "INTEGER": "INT", "BIGINT": "LONG",
-    "HUGEINT": "DECIMAL", "FLOAT": "FLOAT", "DOUBLE": "DOUBLE", "VARCHAR": "STRING", "DATE": "DATE",
-    "TIMESTAMP": "TIMESTAMP", "BLOB": "BINARY",
-}  # fmt: skip
+_log = logging.getLogger("aifuncs.server")
+_ACTIVE = ("PENDING", "RUNNING")
 
 
 def _bad(message: str) -> ApiError:
     return ApiError(400, "INVALID_PARAMETER_VALUE", message)
-
-
-def _type_name(ddl: str) -> str:
-    upper = ddl.upper()
-    for prefix, name in (
-        ("DECIMAL", "DECIMAL"),
-        ("STRUCT", "STRUCT"),
-        ("MAP", "MAP"),
-        ("TIMESTAMP", "TIMESTAMP"),
-    ):
-        if upper.startswith(prefix):
-            return name
-    if upper.endswith("]"):
-        return "ARRAY"
-    return _TYPE_NAMES.get(upper, "STRING")
-
-
-def _text(value: Any) -> str | None:
-    """Databricks' JSON_ARRAY holds every value as text (NULL as null)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return str(value)
 
 
 @dataclass
@@ -76,116 +52,193 @@ class Statement:
     id: str
     principal: str
     text: str
+    dialect: str
+    row_limit: int | None
+    byte_limit: int | None
     state: str = "PENDING"  # PENDING | RUNNING | SUCCEEDED | FAILED | CANCELED | CLOSED
     error: str | None = None
-    table: pa.Table | None = None
-    truncated: bool = False
-    connection: duckdb.DuckDBPyConnection | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    error_code: str = "BAD_REQUEST"
+    result: Result | None = None
+    session: Session | None = None
+    future: Future[None] | None = None
+    finished: float | None = None
     created: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # state and session change together
 
     def response(self) -> dict[str, Any]:
         answer: dict[str, Any] = {"statement_id": self.id, "status": {"state": self.state}}
         if self.error is not None:
-            answer["status"]["error"] = {"error_code": "BAD_REQUEST", "message": self.error}
-        if self.state == "SUCCEEDED" and self.table is not None:
-            answer["manifest"] = self.manifest()
-            answer["result"] = self.chunk(0)
+            answer["status"]["error"] = {"error_code": self.error_code, "message": self.error}
+        result = self.result
+        if self.state == "SUCCEEDED" and result is not None:
+            answer["manifest"] = result.manifest()
+            answer["result"] = result.chunk(self.id, 0)
         return answer
 
-    def manifest(self) -> dict[str, Any]:
-        assert self.table is not None
-        columns = [
-            {"name": f.name, "type_name": _type_name(str(t)), "type_text": str(t), "position": i}
-            for i, (f, t) in enumerate(zip(self.table.schema, self._ddl_types(), strict=True))
-        ]
-        rows = self.table.num_rows
-        return {
-            "format": "JSON_ARRAY",
-            "schema": {"column_count": len(columns), "columns": columns},
-            "total_row_count": rows,
-            "total_chunk_count": 1,
-            "chunks": [{"chunk_index": 0, "row_offset": 0, "row_count": rows}],
-            "truncated": self.truncated,
-        }
-
-    def _ddl_types(self) -> list[str]:
-        with duckdb.connect() as probe:  # DuckDB names Arrow types the way SQL users know them
-            probe.register("t", self.table)
-            return [str(row[1]) for row in probe.execute("DESCRIBE t").fetchall()]
-
     def chunk(self, index: int) -> dict[str, Any]:
-        if index != 0 or self.table is None:
-            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Statement {self.id} has one chunk, 0.")
-        rows = [[_text(v) for v in row.values()] for row in self.table.to_pylist()]
-        return {"chunk_index": 0, "row_offset": 0, "row_count": len(rows), "data_array": rows}
+        result = self.result
+        if self.state != "SUCCEEDED" or result is None:
+            raise ApiError(400, "BAD_REQUEST", f"Statement {self.id} is {self.state}: it has no result.")
+        return result.chunk(self.id, index)
+
+    def stop(self, state: str, code: str, message: str | None) -> None:
+        """Cancel it: a pending one never starts, a running one is interrupted."""
+        with self.lock:
+            if self.state not in _ACTIVE:
+                return
+            self.state, self.error_code, self.error = state, code, message
+            if self.session is not None:
+                self.session.interrupt()
 
 
 class Statements:
-    def __init__(self, warehouse: Path | None) -> None:
+    def __init__(self, warehouse: Path | None, limits: Limits | None = None) -> None:
         self.warehouse = warehouse
+        self.limits = limits or Limits()
         self._kept: dict[str, Statement] = {}
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(self.limits.slots, thread_name_prefix="aifuncs-statement")
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's, known from the first statement
 
-    def _session(self, identity: Identity) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect(":memory:")
-        if self.warehouse is not None:
-            path = str(self.warehouse).replace("'", "''")
-            con.execute(f"ATTACH '{path}' AS warehouse (READ_ONLY)")
-            con.execute("USE warehouse")
-        install(con, identity=identity)  # the AI functions bound to the caller, before the sandbox is locked
-        con.execute("SET allowed_directories = []")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        return con
-
-    def execute(self, identity: Identity, body: Any) -> dict[str, Any]:
+    async def execute(self, identity: Identity, body: Any) -> dict[str, Any]:
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("statement"), str)
             or not body["statement"].strip()
         ):
             raise _bad("Give the SQL as statement.")
-        text = self._with_parameters(body)
+        text = _with_parameters(body)
         wait = _wait_s(body.get("wait_timeout", "10s"))
         on_timeout = str(body.get("on_wait_timeout", "CONTINUE")).upper()
         if on_timeout not in ("CONTINUE", "CANCEL"):
             raise _bad("on_wait_timeout is CONTINUE or CANCEL.")
         if body.get("format", "JSON_ARRAY") != "JSON_ARRAY" or body.get("disposition", "INLINE") != "INLINE":
             raise _bad("This server answers format JSON_ARRAY with disposition INLINE.")
-        row_limit = body.get("row_limit")
-        if row_limit is not None and (not isinstance(row_limit, int) or row_limit < 0):
-            raise _bad("row_limit is a whole number of rows.")
-        statement = Statement(uuid.uuid4().hex, identity.principal.name, text)
-        self._forget_old()
-        with self._lock:
-            self._kept[statement.id] = statement
-        statement.connection = self._session(identity)
-        limit = min(row_limit if row_limit is not None else MAX_ROWS, MAX_ROWS)
-        worker = threading.Thread(target=_run, args=(statement, str(body.get("dialect", "databricks")), limit),
-                                  name="aifuncs-statement", daemon=True)  # fmt: skip
-        statement.state = "RUNNING"
-        worker.start()
-        if not statement.done.wait(wait) and on_timeout == "CANCEL":
-            self._cancel(statement)
-            statement.done.wait(5)
+        dialect = body.get("dialect", "databricks")
+        if dialect not in DIALECTS:
+            raise _bad(f"dialect is one of {', '.join(DIALECTS)}, not {dialect!r}.")
+        row_limit, byte_limit = _count(body, "row_limit", "rows"), _count(body, "byte_limit", "bytes")
+        statement = Statement(uuid.uuid4().hex, identity.principal.name, text, dialect, row_limit, byte_limit)
+        loop = self._loop = asyncio.get_running_loop()
+        self._admit(statement)
+        statement.future = self._pool.submit(self._run, statement, identity, loop)
+        waiting = asyncio.wrap_future(statement.future)
+        if wait:
+            await asyncio.wait({waiting}, timeout=wait)
+        if not waiting.done() and on_timeout == "CANCEL":
+            self._stop(statement, "CANCELLED", None)
+            await asyncio.wait({waiting}, timeout=5)
         return statement.response()
 
-    def _with_parameters(self, body: dict[str, Any]) -> str:
-        text = str(body["statement"])
-        given = body.get("parameters") or []
-        if not isinstance(given, list) or not all(
-            isinstance(p, dict) and isinstance(p.get("name"), str) for p in given
-        ):
-            raise _bad('parameters is a list of {"name": ..., "value": ..., "type": ...}.')
-        values = {p["name"]: "" if p.get("value") is None else str(p["value"]) for p in given}
-        used = {name for _, _, name in markers(text, "databricks")}
-        if used - values.keys() or values.keys() - used:
-            raise _bad(
-                f"The statement's markers ({', '.join(sorted(used)) or 'none'}) and the parameters given"
-                f" ({', '.join(sorted(values)) or 'none'}) differ: give one parameter for each :name."
+    def _admit(self, statement: Statement) -> None:
+        with self._lock:
+            mine = [s for s in self._kept.values() if s.principal == statement.principal]
+            active = sum(s.state in _ACTIVE for s in mine)
+            if active >= self.limits.per_principal:
+                raise ApiError(
+                    429,
+                    "REQUEST_LIMIT_EXCEEDED",
+                    f"{statement.principal} has {active} statements pending or running, the most this server"
+                    " runs for one principal at once: wait for one to finish, or cancel one"
+                    " (POST /api/2.0/sql/statements/{id}/cancel).",
+                    {"Retry-After": "1"},
+                )
+            finished = sorted((s for s in mine if s.state not in _ACTIVE), key=lambda s: s.created)
+            for old in finished[: max(0, len(mine) + 1 - self.limits.kept_count)]:
+                del self._kept[old.id]  # the oldest finished ones make room
+            self._kept[statement.id] = statement
+
+    def _run(self, statement: Statement, identity: Identity, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            with statement.lock:
+                if statement.state != "PENDING":
+                    return  # cancelled (or past its time) while it waited for a slot
+                statement.state = "RUNNING"
+            loop.call_soon_threadsafe(loop.call_later, self.limits.timeout_s, self._deadline, statement)
+            refuse_reserved(statement.text, statement.dialect)
+            session = Session(self.warehouse, identity, self.limits)
+            try:
+                with statement.lock:
+                    statement.session = session
+                    if statement.state != "RUNNING":
+                        return
+                relation = sql(session.con, statement.text, dialect=statement.dialect, progress=False)
+                result = collect(
+                    relation, statement.row_limit, statement.byte_limit, self.limits.result_bytes
+                )
+            finally:
+                with statement.lock:
+                    statement.session = None
+                session.close()
+            self._finish(statement, "SUCCEEDED", result=result)
+        except (AifuncsError, duckdb.Error) as error:
+            self._finish(statement, "FAILED", message=_message(error, self.limits))
+        except Exception:  # a bug of ours: logged, the statement FAILED, the pool keeps serving
+            _log.exception("statement %s failed", statement.id)
+            self._finish(statement, "FAILED", message="The server failed on this statement; see its log.")
+        finally:
+            statement.finished = time.monotonic()
+            loop.call_soon_threadsafe(self._kept_until_expiry, statement, loop)
+
+    def _finish(
+        self, statement: Statement, state: str, *, result: Result | None = None, message: str | None = None
+    ) -> None:
+        with statement.lock:
+            if statement.state == "RUNNING":  # a cancelled one keeps its state and error
+                statement.state, statement.result, statement.error = state, result, message
+
+    def _deadline(self, statement: Statement) -> None:
+        self._stop(
+            statement,
+            "DEADLINE_EXCEEDED",
+            f"The statement ran past this server's time limit of {self.limits.timeout_s:g} s and was"
+            " cancelled: make it do less (a narrower filter, a row_limit), or ask the operator for a longer"
+            " --statement-timeout-s.",
+        )
+
+    def _stop(self, statement: Statement, code: str, message: str | None) -> None:
+        """Cancel it: a pending one never starts; a running one is interrupted, again each half second
+        until its thread lets go (an interrupt that falls between two of a script's queries is lost)."""
+        statement.stop("CANCELED", code, message)
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._interrupt_until_done, statement)
+
+    def _interrupt_until_done(self, statement: Statement) -> None:
+        future, loop = statement.future, self._loop
+        if future is None or future.done() or loop is None:
+            return
+        with statement.lock:
+            if statement.session is not None:
+                statement.session.interrupt()
+        loop.call_later(0.5, self._interrupt_until_done, statement)
+
+    def _kept_until_expiry(self, statement: Statement, loop: asyncio.AbstractEventLoop) -> None:
+        """After its statement finishes: its result within the principal's share, closed after kept_s."""
+        loop.call_later(self.limits.kept_s, self._close, statement, loop)
+        with self._lock:
+            holding = sorted(
+                (
+                    s
+                    for s in self._kept.values()
+                    if s.principal == statement.principal and s.result is not None
+                ),
+                key=lambda s: s.finished or 0.0,
+                reverse=True,
             )
-        return substitute(text, "databricks", values) if values else text
+        total = 0
+        for kept in holding:  # newest first: the oldest results go beyond the share
+            total += kept.result.nbytes if kept.result is not None else 0
+            if total > self.limits.kept_bytes and kept is not statement:
+                _closed(kept)
+
+    def _close(self, statement: Statement, loop: asyncio.AbstractEventLoop) -> None:
+        if statement.state == "CLOSED" or statement.result is None:
+            with self._lock:  # a closed one is forgotten one period later
+                self._kept.pop(statement.id, None)
+            return
+        _closed(statement)
+        loop.call_later(self.limits.kept_s, self._close, statement, loop)
 
     def get(self, identity: Identity, statement_id: str) -> Statement:
         with self._lock:
@@ -195,18 +248,55 @@ class Statements:
         return found
 
     def cancel(self, identity: Identity, statement_id: str) -> None:
-        self._cancel(self.get(identity, statement_id))
+        self._stop(self.get(identity, statement_id), "CANCELLED", None)
 
-    def _cancel(self, statement: Statement) -> None:
-        if not statement.done.is_set() and statement.connection is not None:
-            statement.state = "CANCELED"
-            statement.connection.interrupt()
-
-    def _forget_old(self) -> None:
-        now = time.monotonic()
+    def close(self) -> None:
+        """The server stops: every statement is cancelled, and no thread outlives it for long."""
         with self._lock:
-            for key in [k for k, s in self._kept.items() if now - s.created > _KEPT_S]:
-                del self._kept[key]
+            kept = list(self._kept.values())
+        for statement in kept:
+            statement.stop("CANCELED", "CANCELLED", "The server stopped.")
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _closed(statement: Statement) -> None:
+    with statement.lock:
+        if statement.state == "SUCCEEDED":
+            statement.state, statement.result = "CLOSED", None
+
+
+def _message(error: Exception, limits: Limits) -> str:
+    text = str(error)
+    if isinstance(error, duckdb.OutOfMemoryException):
+        text += (
+            f" (each statement here may use {limits.memory} of memory: make it do less, or ask the operator for"
+            " a larger --statement-memory)"
+        )
+    return text
+
+
+def _count(body: dict[str, Any], name: str, unit: str) -> int | None:
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise _bad(f"{name} is a whole number of {unit}, not {value!r}.")
+    return value
+
+
+def _with_parameters(body: dict[str, Any]) -> str:
+    text = str(body["statement"])
+    given = body.get("parameters") or []
+    if not isinstance(given, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("name"), str) for p in given
+    ):
+        raise _bad('parameters is a list of {"name": ..., "value": ..., "type": ...}.')
+    values = {p["name"]: "" if p.get("value") is None else str(p["value"]) for p in given}
+    used = {name for _, _, name in markers(text, "databricks")}
+    if used - values.keys() or values.keys() - used:
+        raise _bad(
+            f"The statement's markers ({', '.join(sorted(used)) or 'none'}) and the parameters given"
+            f" ({', '.join(sorted(values)) or 'none'}) differ: give one parameter for each :name."
+        )
+    return substitute(text, "databricks", values) if values else text
 
 
 def _wait_s(text: Any) -> float:
@@ -215,22 +305,3 @@ def _wait_s(text: Any) -> float:
     if seconds != 0 and not 5 <= seconds <= 50:
         raise _bad('wait_timeout is "0s", or between "5s" and "50s".')
     return float(seconds)
-
-
-def _run(statement: Statement, dialect: str, limit: int) -> None:
-    con = statement.connection
-    assert con is not None
-    try:
-        relation = sql(con, statement.text, dialect=dialect, progress=False)
-        table = relation.to_arrow_table() if relation is not None else pa.table({})
-        statement.truncated = table.num_rows > limit
-        statement.table = table.slice(0, limit)
-        if statement.state != "CANCELED":
-            statement.state = "SUCCEEDED"
-    except (AifuncsError, duckdb.Error) as error:
-        if statement.state != "CANCELED":
-            statement.state, statement.error = "FAILED", str(error)
-    finally:
-        con.close()
-        statement.connection = None
-        statement.done.set()
