@@ -55,6 +55,7 @@ class Stats:
     max_in_flight: int = 0
     in_flight: int = 0
     arrivals_in_flight: list[int] = field(default_factory=list)  # requests in flight as each one arrived
+    paths: list[str] = field(default_factory=list)  # raw request targets, as sent (with keep_bodies)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -99,11 +100,12 @@ class _Server:
                         stats["auth"] = sorted(stats["auth"])
                         self._send(200, stats)
                 else:
+                    server._saw(self.path, self.headers)
                     self._send(200, {"status": "ok"})
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-                fault = server._begin(self.headers, body)
+                fault = server._begin(self.headers, body, self.path)
                 try:
                     if fault == "drop":
                         self.close_connection = True
@@ -158,8 +160,19 @@ class _Server:
         print(self._server.server_address[1], flush=True)
         self._server.serve_forever()
 
-    def _begin(self, headers: Any, body: Any) -> str | None:
+    def _saw(self, path: str, headers: Any) -> None:
+        """A GET, recorded as a POST is: its raw path (with keep_bodies) and any key it carried."""
         with self._lock:
+            if self.keep_bodies:
+                self.stats.paths.append(path)
+            for name in ("authorization", "x-api-key"):
+                if headers.get(name):
+                    self.stats.auth.add(headers[name])
+
+    def _begin(self, headers: Any, body: Any, path: str = "") -> str | None:
+        with self._lock:
+            if self.keep_bodies:
+                self.stats.paths.append(path)
             self.stats.requests += 1
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
@@ -309,6 +322,7 @@ class FakeServer:
             max_in_flight=data["max_in_flight"],
             in_flight=data["in_flight"],
             arrivals_in_flight=data["arrivals_in_flight"],
+            paths=data.get("paths", []),
         )
 
 

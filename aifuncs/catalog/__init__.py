@@ -5,12 +5,13 @@
     aifuncs.endpoints.list()
 
 Stored in SQLite under AIFUNCS_HOME, so every process on the machine sees the same endpoints. Each
-update bumps the endpoint's version. Secrets are never stored: an endpoint names the environment
-variable that holds its key.
+update bumps the endpoint's version. Secrets are never stored: an endpoint names the secret scope's key
+(or, set by an admin, the environment variable) that holds its key.
 
 Every method acts as a principal (the process's own unless `acting_as` says another) and asks the one
 policy check: get and list need CAN_VIEW, update, delete and permissions CAN_MANAGE. An endpoint one may
-not view reads exactly as one that does not exist. The creator's CAN_MANAGE is written in the transaction
+not view reads exactly as one that does not exist. Creating one needs the allow-endpoint-create entitlement
+(admins hold it), and what a config may reach depends on its author (`_authoring.py`). The creator's CAN_MANAGE is written in the transaction
 that creates the endpoint; a deleted endpoint's grants go in the transaction that deletes it.
 """
 
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 
 from aifuncs._endpoint import Endpoint, check_name, check_no_secrets
 from aifuncs._home import home_file
+from aifuncs.catalog._authoring import authored
 from aifuncs.catalog._store import SqliteStore
 from aifuncs.errors import ConfigError, EndpointExists, PermissionDenied, UnknownEndpoint
 from aifuncs.governance import Principal, current, policy
@@ -33,6 +35,7 @@ from aifuncs.governance.guardrails import Guardrails, parse_guardrails
 from aifuncs.governance.limits import Check, applicable, parse_limits
 from aifuncs.governance.payloads import InferenceTable, parse_inference_table, record_refusal
 from aifuncs.governance.permissions import PermissionStore
+from aifuncs.governance.principals import CREATE_ENDPOINTS
 from aifuncs.providers import provider_class
 
 __all__ = [
@@ -125,8 +128,10 @@ class Catalog:
 
     def create(self, name: str, kind: str, *, description: str = "", **options: Any) -> Endpoint:
         check_name(name)
-        endpoint = Endpoint(name, kind, _validate(name, kind, options), description)
         principal = self.principal
+        self._may_create(principal, name)
+        checked = authored(self.path, principal, kind, _validate(name, kind, options))
+        endpoint = Endpoint(name, kind, checked, description)
         if not self._store.insert(endpoint, also=self._creator_grant(name, principal)):
             if not principal.admin and not policy.viewable(self._permissions, principal, [name]):
                 # taken by an endpoint this principal may not see: say so without saying what it is
@@ -134,6 +139,14 @@ class Catalog:
             raise EndpointExists(f"Endpoint {name!r} already exists; use update() to change it.")
         self._note("endpoints.create", name, kind=kind, options=endpoint.options)
         return self.get(name)
+
+    def _may_create(self, principal: Principal, name: str) -> None:
+        if not self._permissions.principals.entitled(principal, CREATE_ENDPOINTS):
+            raise PermissionDenied(
+                f"{principal.name!r} may not create the endpoint {name!r}: creating endpoints needs the"
+                f" {CREATE_ENDPOINTS!r} entitlement, which an admin grants"
+                f" (aifuncs users entitle {principal.name} {CREATE_ENDPOINTS})."
+            )
 
     def _note(self, action: str, target: str, **details: Any) -> None:
         self._audit.record(self.principal.name, action, target, details)
@@ -178,7 +191,9 @@ class Catalog:
         """Change options (merged into the current ones unless `replace`; None removes one). Bumps the version."""
         current_endpoint = self.authorize(name, "manage")
         merged = dict(options) if replace else {**current_endpoint.options, **options}
-        merged = _validate(name, current_endpoint.kind, merged)
+        merged = authored(
+            self.path, self.principal, current_endpoint.kind, _validate(name, current_endpoint.kind, merged)
+        )
         updated = Endpoint(
             current_endpoint.name,
             current_endpoint.kind,
@@ -294,7 +309,9 @@ class Catalog:
         limits = parse_limits(config.get("rate_limits", []), self._permissions.principals)
         stored: dict[str, Any] = {"rate_limits": [limit.to_dict() for limit in limits]}
         if config.get("guardrails"):
-            stored["guardrails"] = parse_guardrails(config["guardrails"]).to_dict()
+            rails = parse_guardrails(config["guardrails"])
+            self._may_use_topic_endpoint(rails.input.topic_endpoint)
+            stored["guardrails"] = rails.to_dict()
         if "inference_table_config" in config:
             stored["inference_table_config"] = parse_inference_table(
                 config["inference_table_config"]
@@ -303,6 +320,23 @@ class Catalog:
             raise UnknownEndpoint(name, self.names())
         self._note("ai-gateway.put", endpoint.name, **stored)
         return self.get_ai_gateway(endpoint.name)
+
+    def _may_use_topic_endpoint(self, name: str | None) -> None:
+        """A guardrail's embedding endpoint runs on the endpoint's behalf for every caller: its author needs
+        CAN_QUERY on it, and one it may not view reads as missing."""
+        if name is None or self.principal.admin:
+            return
+        try:
+            self.authorize(name, "query")
+        except UnknownEndpoint:
+            raise ConfigError(
+                f"The guardrail's topic_endpoint {name!r} does not exist: make it, or change the guardrail."
+            ) from None
+        except PermissionDenied:
+            raise PermissionDenied(
+                f"{self.principal.name!r} may not use {name!r} as the guardrail's topic_endpoint: that needs"
+                " CAN_QUERY on it. Someone with CAN_MANAGE on it can grant it."
+            ) from None
 
     def set_rate_limits(
         self, name: str, rate_limits: builtins.list[dict[str, Any]]

@@ -8,8 +8,10 @@ only a request that gets no answer (refused, dropped, timed out) is an error, re
 from __future__ import annotations
 
 import asyncio
-import posixpath
+import re
+import unicodedata
 from typing import Any
+from urllib.parse import quote, unquote
 
 import httpx
 import pyarrow as pa
@@ -21,6 +23,18 @@ from aifuncs.providers.base import CallOptions
 
 RESULT_TYPE = "STRUCT(status_code INTEGER, text VARCHAR)"
 _BODY_HEADERS = {"content-type": "application/json"}
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar: everything else is percent-encoded once
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Headers that say where a request goes, who sends it, how its body is framed or which method or URL it
+# really is: the connection sets them (or nobody does), never a row.
+_RESERVED = {
+    "host", "authorization", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
+    "upgrade", "expect", "forwarded", "x-real-ip", "x-http-method-override", "x-http-method", "x-method-override",
+    "x-original-url", "x-rewrite-url",
+}  # fmt: skip
+_RESERVED_PREFIXES = ("proxy-", "x-forwarded-")
 
 
 class HttpConnectionOptions(HttpOptions):
@@ -65,23 +79,57 @@ class HttpConnectionProvider(HttpProvider):
                 " Add it to the connection's allowed_methods to permit it."
             )
         path = str(row.get("path") or "")
-        normal = posixpath.normpath(path.split("?", 1)[0]) if path else ""
-        if not path.startswith("/") or "://" in path or ".." in path.split("?", 1)[0].split("/"):
+        raw_path, mark, query = path.partition("?")
+        try:
+            normal = normal_path(raw_path)
+        except ValueError as error:
             raise ArgumentError(
-                f"Connection {name!r}: the path {path!r} must start with '/' and stay under it."
-            )
+                f"Connection {name!r}: the path {path!r} must start with '/' and stay under it ({error})."
+            ) from None
         if not any(_under(normal, prefix) for prefix in self.options.allowed_paths):
-            raise ArgumentError(
-                f"Connection {name!r} allows paths under {', '.join(self.options.allowed_paths)}, not {path!r}."
+            under = ", ".join(self.options.allowed_paths)
+            if normal != raw_path:
+                raise ArgumentError(
+                    f"Connection {name!r}: the path {path!r} must start with '/' and stay under it: decoded and"
+                    f" resolved it is {normal!r}, outside {under}."
+                )
+            raise ArgumentError(f"Connection {name!r} allows paths under {under}, not {path!r}.")
+        headers = _as_map(row.get("headers"))
+        for header, value in headers.items():
+            if problem := self._header_problem(header, value):
+                raise ArgumentError(f"Connection {name!r}: the header {header!r} {problem}.")
+        # What is sent is the path that was checked, encoded once: no server can read it as another one.
+        sent = quote(normal, safe=_PATH_SAFE) + mark + query
+        return method, sent, headers, _as_map(row.get("params")), row.get("json")
+
+    def _header_problem(self, header: str, value: str) -> str | None:
+        lowered = header.lower()
+        if not _TOKEN.fullmatch(header):
+            return "is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+        if (
+            lowered in _RESERVED
+            or lowered.startswith(_RESERVED_PREFIXES)
+            or lowered == self.options.auth_header.lower()
+        ):
+            return (
+                "is the connection's to set, not a request's (Host, Authorization and the key's header,"
+                " Content-Length, Transfer-Encoding, Connection, Proxy-*, Forwarded, X-Forwarded-* and method or"
+                " URL overrides): remove it from headers"
             )
-        return method, path, _as_map(row.get("headers")), _as_map(row.get("params")), row.get("json")
+        if lowered in (h.lower() for h in self.options.headers):
+            return (
+                "is set by the connection itself (its headers option): remove it from the request's headers"
+            )
+        if _CONTROL.search(value):
+            return "has a control character (a line break, NUL...) in its value: remove it"
+        return None
 
     async def _send(
         self, method: str, path: str, headers: dict[str, str], params: dict[str, str], body: str | None
     ) -> dict[str, Any]:
         key = self.api_key()
         sent = {**self.options.headers, **headers, **(self.auth_headers(key) if key else {})}
-        if body is not None:
+        if body is not None and not any(h.lower() == "content-type" for h in sent):
             sent = {**_BODY_HEADERS, **sent}
         url = join_url(self.options.base_url, path)
         try:
@@ -108,6 +156,45 @@ class HttpConnectionProvider(HttpProvider):
         if key:
             text = text.replace(key, "***")  # a server that echoes the request must not hand SQL the key
         return {"status_code": response.status_code, "text": text}
+
+
+def normal_path(path: str) -> str:
+    """`path` decoded once and its dot segments resolved; ValueError (saying why) where servers could read it
+    as another path: a dot segment hidden by encoding, a second encoding, a backslash, a `;` on a dot segment,
+    a control character or a look-alike of `.` `/` `\\`, or a climb above the root."""
+    if not path.startswith("/"):
+        raise ValueError("it does not start with '/'")
+    try:
+        decoded = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8 once decoded") from None
+    if _ESCAPE.search(decoded):
+        raise ValueError("it is still percent-encoded once decoded: encode it once")
+    if "\\" in decoded:
+        raise ValueError("it holds a backslash")
+    if "://" in decoded:
+        raise ValueError("it holds a URL")
+    if any(unicodedata.category(c) == "Cc" for c in decoded):
+        raise ValueError("it holds a control character")
+    if not decoded.isascii() and any(
+        c in unicodedata.normalize("NFKC", ch) for ch in decoded if not ch.isascii() for c in "./\\"
+    ):
+        raise ValueError("it holds a look-alike of '.', '/' or '\\'")
+    parts: list[str] = []
+    segments = decoded.split("/")[1:]
+    for segment in segments:
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not parts:
+                raise ValueError("it climbs above the root")
+            parts.pop()
+        elif not segment.split(";", 1)[0].strip(". "):
+            raise ValueError(f"its segment {segment!r} is a dot segment in disguise")
+        else:
+            parts.append(segment)
+    trailing = segments[-1] in ("", ".", "..") and bool(parts)
+    return "/" + "/".join(parts) + ("/" if trailing else "")
 
 
 def _under(path: str, prefix: str) -> bool:

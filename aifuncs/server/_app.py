@@ -38,6 +38,7 @@ from aifuncs.server._entities import endpoint_options
 from aifuncs.server._errors import ApiError, error_response, from_aifuncs
 from aifuncs.server._invoke import Prepared, prepare, prepare_on_loop
 from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse
+from aifuncs.server._secrets import secret_routes
 from aifuncs.server._shapes import endpoint_object
 from aifuncs.server._statements import Limits, Statements
 
@@ -166,7 +167,7 @@ def update_config(request: Request, identity: Identity, body: Any) -> dict[str, 
 
 
 # Options a served entity sets: replaced whole by a new config (others, like prices, stay).
-_ENTITY_OPTIONS = ("model_uri", "model", "task", "base_url", "api_key_env", "url")
+_ENTITY_OPTIONS = ("model_uri", "model", "task", "base_url", "api_key_env", "api_key_secret", "url")
 
 
 def delete_endpoint(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
@@ -446,6 +447,7 @@ def app(warehouse: str | Path | None = None) -> Starlette:
             for base in ("/serving-endpoints", "/v1")
         ],
         *statement_routes(auth, statements),
+        *secret_routes(lambda work: api(auth, work)),
         Route(
             "/serving-endpoints/{name}/served-models/{served_model_name}/invocations",
             api(auth, invocations),
