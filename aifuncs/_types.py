@@ -46,6 +46,9 @@ after_fork_in_child(_forget_probe)
 @functools.lru_cache(maxsize=512)
 def to_duckdb_type(type_string: str, dialect: str = "databricks") -> str:
     """Normalise a type string (`STRUCT<a: STRING>`, `ARRAY<INT>`, `DOUBLE`...) to DuckDB DDL."""
+    unbalanced = _unbalanced(type_string)
+    if unbalanced:  # sqlglot reads `STRUCT<a INT` as if it were closed: refuse before any model is called
+        raise ArgumentError(f"Cannot read the type {type_string!r}: {unbalanced}.")
     try:
         ddl = exp.DataType.build(type_string, dialect=dialect).sql("duckdb")
     except (sqlglot.errors.ParseError, ValueError) as error:
@@ -55,6 +58,31 @@ def to_duckdb_type(type_string: str, dialect: str = "databricks") -> str:
         raise ArgumentError(f"Cannot read the type {type_string!r}: check its field types.")
     arrow_type(ddl)  # validates against DuckDB itself
     return ddl
+
+
+_CLOSING = {"<": ">", "(": ")", "[": "]"}
+
+
+def _unbalanced(type_string: str) -> str | None:
+    """What is wrong with the brackets of a type string (outside quoted names), or None."""
+    open_: list[str] = []
+    quote: str | None = None
+    for char in type_string:
+        if quote is not None:
+            quote = None if char == quote else quote
+        elif char in '`"':
+            quote = char
+        elif char in _CLOSING:
+            open_.append(char)
+        elif char in _CLOSING.values():
+            if not open_ or _CLOSING[open_[-1]] != char:
+                return f"{char!r} closes nothing that is open"
+            open_.pop()
+    if quote is not None:
+        return f"the quoted name opened with {quote} is not closed"
+    if open_:
+        return f"{open_[-1]!r} is not closed (add {''.join(_CLOSING[c] for c in reversed(open_))!r})"
+    return None
 
 
 @functools.lru_cache(maxsize=512)

@@ -273,3 +273,46 @@ def test_the_python_api_returns_how_the_run_ended(chat: FakeServer, tmp_path: Pa
     job.write_text("SELECT ai_query('chat', 'x', returnType => 'NOT A TYPE')")
     failed = jobs.run(job)  # what happens inside the job is the result's business, not an exception
     assert failed.exit_code == Exit.BAD_SQL and failed.status == "failed" and failed.error
+
+
+def test_a_job_checks_its_arguments_before_it_pays(chat: FakeServer, tmp_path: Path) -> None:
+    sql = "SELECT range AS id, ai_query('chat', 'hi ' || range) AS r FROM range(5)"
+    job = tmp_path / "job.sql"
+    job.write_text(sql)
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder.parquet").mkdir()
+    for output, says in [
+        (tmp_path / "no" / "such" / "folder" / "out.parquet", "does not exist (create it: mkdir -p"),
+        (tmp_path / "a-file" / "out.csv", "is not a folder"),
+        (tmp_path / "a-folder.parquet", "is a folder; name a file in it"),
+    ]:  # usage errors (exit 2), as a scheduler reads them: nothing was run, nothing recorded
+        code, events, err = finish(start_job(str(job), "--output", str(output)))
+        assert code == Exit.USAGE and says in err and events == [], (code, err)
+    with pytest.raises(aifuncs.errors.AifuncsError, match="does not exist"):  # the Python API as well
+        jobs.run(job, output=str(tmp_path / "missing" / "out.csv"))
+    # A later statement that cannot run stops the job before the first one pays.
+    for later, code in [
+        ("SELECT ai_query('chta', 'x')", Exit.BAD_SQL),  # an unknown endpoint
+        ("SELEC 1", Exit.BAD_SQL),  # a statement that does not parse
+        ("SELECT ai_query('chat', 'x', returnType => 'STRUCT<a INT')", Exit.BAD_SQL),  # a type that does not
+        ("SELECT ai_classify('x', ['a', 'b'], endpont => 'chat')", Exit.BAD_SQL),  # a misspelt argument
+    ]:
+        assert run_job(tmp_path, f"CREATE TABLE paid AS {sql};\n{later}") == code
+    assert chat.stats.requests == 0
+
+
+def test_a_rerun_with_a_corrected_output_reuses_what_was_paid(chat: FakeServer, tmp_path: Path) -> None:
+    job = tmp_path / "nightly.sql"
+    job.write_text(JOB)
+    args = (str(job), "--param", "day=2026-11-24")
+    code, events, err = finish(
+        start_job(*args, "--output", str(tmp_path / "a.parquet"), "--max-requests", "30")
+    )
+    assert code == Exit.BUDGET, err
+    paid = chat.settled().rows
+    assert 0 < paid < NEEDED
+    code, events, err = finish(start_job(*args, "--output", str(tmp_path / "b.parquet")))  # another output
+    assert code == 0, err
+    assert events[-1]["resumed_from"] is not None and events[-1]["checkpoint_answers"] > 0
+    assert chat.stats.rows == NEEDED  # every row paid once over both runs, none twice
+    assert duckdb.sql(f"SELECT count(*) FROM '{tmp_path / 'b.parquet'}'").fetchall() == [(ROWS,)]

@@ -111,6 +111,8 @@ class Catalog:
             if endpoint is None:
                 raise UnknownEndpoint(name, self._store.names())
             return endpoint
+        if action == "manage" and endpoint is not None and reserved_role(endpoint.name):
+            self._refuse_reserved(endpoint.name, "change")
         try:
             policy.authorize(
                 self._permissions,
@@ -128,6 +130,8 @@ class Catalog:
 
     def create(self, name: str, kind: str, *, description: str = "", **options: Any) -> Endpoint:
         check_name(name)
+        if reserved_role(name) and not self.principal.admin:
+            self._refuse_reserved(name, "create")
         principal = self.principal
         self._may_create(principal, name)
         checked = authored(self.path, principal, kind, _validate(name, kind, options))
@@ -139,6 +143,13 @@ class Catalog:
             raise EndpointExists(f"Endpoint {name!r} already exists; use update() to change it.")
         self._note("endpoints.create", name, kind=kind, options=endpoint.options)
         return self.get(name)
+
+    def _refuse_reserved(self, name: str, doing: str) -> None:
+        raise PermissionDenied(
+            f"{self.principal.name!r} may not {doing} {name!r}: the name belongs to the built-in default"
+            f" {reserved_role(name)} model, which serves everyone's text, so only an admin creates or changes it."
+            " Choose another name."
+        )
 
     def _may_create(self, principal: Principal, name: str) -> None:
         if not self._permissions.principals.entitled(principal, CREATE_ENDPOINTS):
@@ -365,8 +376,9 @@ class Catalog:
         endpoint's manager chose it, and it runs on the endpoint's behalf, not the caller's."""
         name = name or self._store.default("embedding") or BUILTIN_DEFAULTS["embedding"][0]
         endpoint = self._store.get(name)
-        if endpoint is None:
-            builtin = next((b for b in BUILTIN_DEFAULTS.items() if b[1][0] == name), None)
+        role = reserved_role(name)
+        if endpoint is None or role is not None:  # a built-in name is followed only while admins hold it
+            builtin = (role, BUILTIN_DEFAULTS[role]) if role is not None else None
             if builtin is None:
                 raise ConfigError(
                     f"The guardrail's topic_endpoint {name!r} does not exist: make it, or change the guardrail."
@@ -423,7 +435,26 @@ class Catalog:
             self._store.insert(Endpoint(name, kind, options, f"built-in default {role} model (offline)"))
         endpoint = self._store.get(name)
         assert endpoint is not None
+        outsiders = self._non_admin_managers(endpoint.name)
+        if outsiders:  # made or handed over before the name was reserved: it would receive everyone's text
+            raise ConfigError(
+                f"The built-in default {role} endpoint {name!r} is managed by {', '.join(sorted(outsiders))}, not"
+                f" only by admins, so it is not used as a default. An admin deletes it (aifuncs endpoints delete"
+                f" {name}) to have the built-in one made again, or sets another default."
+            )
         return endpoint
+
+    def _non_admin_managers(self, name: str) -> set[str]:
+        """Who besides admins holds CAN_MANAGE on `name` (a group counts whoever its members are)."""
+        found = set()
+        for holder in self._permissions.managers(name):
+            try:
+                principal = self._permissions.principals.get(holder)
+            except ConfigError:
+                continue  # its grants went with it
+            if not (principal.admin and principal.kind != "group"):
+                found.add(holder)
+        return found
 
 
 @dataclass(frozen=True)
@@ -448,6 +479,13 @@ BUILTIN_DEFAULTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "forecast": ("forecaster", "forecast", {}),
     "document": ("parser", "document", {}),
 }
+
+
+
+def reserved_role(name: str) -> str | None:
+    """The role whose built-in default model holds `name` (names compare without case), None for others."""
+    return next((role for role, b in BUILTIN_DEFAULTS.items() if b[0].lower() == name.lower()), None)
+
 
 _catalogs: dict[Path, Catalog] = {}
 

@@ -132,6 +132,8 @@ def install(
                 " (and its functions) between the connections to a file: it cannot act as another principal too."
                 " Close the other connections first, or open a copy of the file."
             )
+        if not _has_function(con, "ai_query"):  # another connection to the file: the functions are shared,
+            _install_sql(con)  # but macros and views are TEMP, each connection's own
         return con
     if identity is None:
         identity = identify(token) if token is not None else current()
@@ -157,9 +159,14 @@ def install(
     _udf(con, "__aifuncs_permissions", _permissions_snapshot(identity), [], PERMISSIONS_TYPE)
     _udf(con, "__aifuncs_audit", _audit_snapshot(identity), [], AUDIT_TYPE)
     _udf(con, "__aifuncs_payloads", _payloads_snapshot(identity), [], PAYLOADS_TYPE)
+    _install_sql(con)
+    return con
+
+
+def _install_sql(con: duckdb.DuckDBPyConnection) -> None:
+    """The `ai_query` macro and the system views: TEMP objects, which each connection holds for itself."""
     for script in ("functions.sql", "system_tables.sql"):
         con.execute((resource_dir("sql") / script).read_text())
-    return con
 
 
 # Who each database instance acts as, by the id its `__aifuncs_binding()` returns (connections and cursors

@@ -44,6 +44,7 @@ from aifuncs.errors import (
 from aifuncs.governance import current, identify
 from aifuncs.jobs._lock import JobLock
 from aifuncs.jobs._params import substitute
+from aifuncs.jobs._preflight import check_script
 from aifuncs.planner import split_statements
 from aifuncs.runtime import Budget, RequestContext, default_runtime
 from aifuncs.runtime._budget import price
@@ -124,7 +125,9 @@ def run(
     params = dict(params or {})
     target = _Output.parse(output)
     database = str(db if str(db) == ":memory:" else Path(db).resolve())
-    identity = [str(path), sorted(params.items()), database, output, dialect]
+    # The output is not part of the job's identity: a rerun that only corrects where the rows go resumes
+    # from the answers the failed run paid for.
+    identity = [str(path), sorted(params.items()), database, dialect]
     key = hashlib.sha256(json.dumps(identity + ([engine] if engine != "duckdb" else [])).encode())
     job_dir = home() / "jobs" / f"{path.stem}-{key.hexdigest()[:12]}"
     with JobLock(job_dir / "lock", path.stem):
@@ -147,6 +150,8 @@ def run(
         try:
             budget = Budget(max_requests, max_tokens, max_cost_usd, name="job")
             context = request_context("job", {"job": path.stem, "run_id": str(run_id)})
+            # Every statement parsed and every endpoint resolved before the first one runs (and pays).
+            check_script(substitute(text, dialect, params), dialect, default_catalog().acting_as(runner))
             if engine == "spark":
                 output_rows = _execute_on_spark(
                     text, params, dialect, target, emit, on_result, context, token
@@ -204,7 +209,8 @@ def run(
 
 
 def check_output(output: str | None) -> None:
-    """Raise `AifuncsError` when `output` is not a target `run` can write (table:NAME, FILE.parquet, FILE.csv)."""
+    """Raise `AifuncsError` when `output` is not a target `run` can write: table:NAME, or FILE.parquet or
+    FILE.csv in a folder that exists and this user may write to."""
     _Output.parse(output)
 
 
@@ -389,7 +395,9 @@ class _Output:
             return cls(text, "table", name)
         suffix = Path(text).suffix.lower()
         if suffix in (".parquet", ".csv"):
-            return cls(text, suffix[1:], str(Path(text).resolve()))
+            path = Path(text).resolve()
+            _check_writable(text, path)
+            return cls(text, suffix[1:], str(path))
         raise AifuncsError(f"--output {text!r}: use table:NAME, FILE.parquet or FILE.csv.")
 
     def write_spark(self, frame: Any) -> int:
@@ -430,6 +438,25 @@ class _Output:
             (count,) = con.execute("SELECT count(*) FROM read_csv(?, header = true)", [partial]).fetchall()[0]
         os.replace(partial, self.target)
         return int(count)
+
+
+def _check_writable(text: str, path: Path) -> None:
+    """Refuse an output file the run could not write, before it pays for a single answer: the file is
+    written beside itself (FILE.PID.partial) and moved into place, so its folder must take new files."""
+    folder = path.parent
+    if not folder.is_dir():
+        missing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+        what = "is not a folder" if folder.exists() else "does not exist"
+        hint = f" (create it: mkdir -p {folder})" if missing is not None and missing.is_dir() else ""
+        raise AifuncsError(f"--output {text!r}: the folder {str(folder)!r} {what}{hint}.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AifuncsError(
+            f"--output {text!r}: the folder {str(folder)!r} is not writable by this user; pick another folder."
+        )
+    if path.is_dir():
+        raise AifuncsError(f"--output {text!r} is a folder; name a file in it, e.g. {str(path / 'out')!r}.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise AifuncsError(f"--output {text!r}: the file exists and is not writable by this user.")
 
 
 def _first_line(statement: str, length: int = 80) -> str:
