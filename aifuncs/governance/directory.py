@@ -17,7 +17,7 @@ from typing import Any
 
 from aifuncs.errors import ConfigError, PermissionDenied
 from aifuncs.governance.audit import AuditLog
-from aifuncs.governance.principals import Principal, PrincipalStore
+from aifuncs.governance.principals import Principal, PrincipalStore, owner_of
 from aifuncs.governance.tokens import DEFAULT_DAYS, Token, TokenStore
 
 __all__ = ["Directory"]
@@ -44,20 +44,30 @@ class Directory:
                 " Ask one (the OS account that owns AIFUNCS_HOME is one)."
             )
 
+    def _not_the_owner(self, name: str) -> None:
+        if name == owner_of(self.path.parent):
+            raise ConfigError(
+                f"{name!r} is the OS account that owns AIFUNCS_HOME, an admin of it already; a stored principal of"
+                " the same name would be mistaken for it. Choose another name."
+            )
+
     def create_user(self, name: str, *, admin: bool = False) -> Principal:
         self._admin(f"create the user {name!r}")
+        self._not_the_owner(name)
         created = self.principals.create(name, kind="user", admin=admin)
         self._note("users.create", name, admin=admin)
         return created
 
     def create_service_principal(self, name: str, *, admin: bool = False) -> Principal:
         self._admin(f"create the service principal {name!r}")
+        self._not_the_owner(name)
         created = self.principals.create(name, kind="service_principal", admin=admin)
         self._note("service-principals.create", name, admin=admin)
         return created
 
     def create_group(self, name: str, *, members: Iterable[str] = ()) -> Principal:
         self._admin(f"create the group {name!r}")
+        self._not_the_owner(name)
         group = self.principals.create(name, kind="group")
         self._note("groups.create", name)
         for member in members:

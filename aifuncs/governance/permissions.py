@@ -112,6 +112,15 @@ class PermissionStore:
         same name starts with none."""
         db.execute("DELETE FROM permissions WHERE endpoint = ? COLLATE NOCASE", (endpoint,))
 
+    def managers(self, endpoint: str) -> set[str]:
+        """The principals (groups included) granted CAN_MANAGE on `endpoint` directly."""
+        with self._session() as db:
+            rows = db.execute(
+                "SELECT principal FROM permissions WHERE endpoint = ? COLLATE NOCASE AND level = 'CAN_MANAGE'",
+                (endpoint,),
+            ).fetchall()
+        return {r[0] for r in rows}
+
     def effective(self, endpoint: str, principal: Principal) -> str | None:
         """The highest level `principal` holds on `endpoint`: its own, its groups', CAN_MANAGE for an admin."""
         if principal.admin:

@@ -102,11 +102,6 @@ class PrincipalStore:
             raise ConfigError(
                 f"Invalid principal name {name!r}: letters, digits and . _ @ + - (starting with a letter or digit)."
             )
-        if name == owner_of(self.path.parent):
-            raise ConfigError(
-                f"{name!r} is the OS account that owns AIFUNCS_HOME, an admin of it already; a stored principal of"
-                " the same name would be mistaken for it. Choose another name."
-            )
         with self.transaction() as db:
             taken = db.execute("SELECT kind FROM principals WHERE name = ?", (name,)).fetchone()
             if taken is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import aifuncs
 import aifuncs.governance as gov
 from aifuncs.errors import ConfigError
 from aifuncs.governance import InvalidToken, identify
@@ -57,3 +58,41 @@ def test_a_dead_principals_token_is_a_401_on_the_server(secured: Secured) -> Non
         status = secured.call("mallory", "GET", "/api/2.0/serving-endpoints").status_code
     assert status == 401
     assert httpx.get(secured.url + "/health").status_code == 200
+
+
+def test_the_built_in_default_names_are_reserved_for_admins(home: Path) -> None:
+    from aifuncs.catalog import default_catalog
+    from aifuncs.errors import PermissionDenied
+
+    gov.create_user("mallory")
+    mallory = default_catalog().acting_as(gov.directory().get("mallory"))
+    for name in ("minilm", "SmolLM2", "forecaster", "parser"):
+        with pytest.raises(PermissionDenied, match="only an admin"):
+            mallory.create(name, kind="openai", model="m", base_url="http://127.0.0.1:9/v1")
+    assert default_catalog().names() == []
+
+    # an admin may hand CAN_MANAGE on a built-in to anyone: it still may not be changed but by an admin
+    default_catalog().default("embedding")
+    aifuncs.endpoints.update_permissions("minilm", [{"user_name": "mallory", "permission_level": "CAN_MANAGE"}])
+    with pytest.raises(PermissionDenied, match="only an admin"):
+        mallory.put_ai_gateway("minilm", {"inference_table_config": {"enabled": True}})
+    with pytest.raises(PermissionDenied, match="only an admin"):
+        mallory.update("minilm", model="/tmp/elsewhere")
+
+
+def test_a_built_in_name_held_by_a_non_admin_is_not_followed(home: Path) -> None:
+    from aifuncs.catalog import default_catalog
+
+    gov.create_user("mallory")
+    catalog = default_catalog()
+    # a home where mallory made `minilm` first, before the names were reserved: she manages it
+    mallory = catalog.acting_as(gov.directory().get("mallory"))
+    catalog.create("minilm", kind="openai", model="m", task="embeddings", base_url="http://127.0.0.1:9/v1")
+    aifuncs.endpoints.update_permissions("minilm", [{"user_name": "mallory", "permission_level": "CAN_MANAGE"}])
+    with pytest.raises(ConfigError, match="managed by mallory"):
+        catalog.default("embedding")  # task functions would send everyone's text to her endpoint
+    with pytest.raises(ConfigError, match="managed by mallory"):
+        catalog.for_guardrail(None)  # so would a guardrail's topic check
+    assert mallory.get("minilm").kind == "openai"  # she still sees what she was granted
+    aifuncs.endpoints.delete("minilm")
+    assert catalog.default("embedding").kind == "sentence_transformers"  # the built-in one, made again
