@@ -132,6 +132,15 @@ class RateLimited(AifuncsError):
         self.wait_s = wait_s
 
 
+class LimiterUnavailable(AifuncsError):
+    """An endpoint's rate limits could not be checked in time (their store is locked by another process): the
+    request is refused, not let through; `wait_s` is when to try again."""
+
+    def __init__(self, message: str, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
 class GuardrailBlocked(AifuncsError):
     """An endpoint's guardrail refused a row (its PII or an invalid keyword) under failOnError; the message
     names the rule, never the value."""

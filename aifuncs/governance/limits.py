@@ -31,7 +31,7 @@ from typing import Any
 
 from aifuncs._home import private_file
 from aifuncs._wal import use_wal
-from aifuncs.errors import ConfigError
+from aifuncs.errors import ConfigError, LimiterUnavailable
 from aifuncs.governance.principals import Principal, PrincipalStore
 
 __all__ = ["Check", "Limiter", "RateLimit", "Reservation", "applicable", "pace", "parse_limits"]
@@ -228,6 +228,10 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tat REAL NO
 # counted in the file as it comes. Room lent but not used goes back when the lease lapses. A lease takes
 # its room early, so in any t seconds a bucket admits at most burst + rate x (t + LEASE_S).
 LEASE_S = 0.25
+# The store locked by another process: an admission waits this long for it, then refuses (fails closed), and
+# the admissions of the next UNAVAILABLE_S are refused at once rather than each waiting in turn.
+LOCK_WAIT_S = 2.0
+UNAVAILABLE_S = 1.0
 LEASE_MAX = 64
 LEASE_HEADROOM = 4
 
@@ -258,7 +262,9 @@ class Limiter:
         # Tokens reserved beyond what requests used, returned with this process's next admission: one
         # transaction a request instead of two. Returning them late only ever refuses, never over-admits.
         self._credits: dict[str, float] = {}
+        self._credit_lock = threading.Lock()  # credits alone: settling never waits for a transaction
         self._leases: dict[str, _Lease] = {}  # per bucket: room taken ahead, spent without a transaction
+        self._unavailable_until = 0.0  # time.monotonic() until which the store is taken as locked
 
     def __repr__(self) -> str:
         return f"Limiter({str(self.path)!r})"
@@ -267,9 +273,9 @@ class Limiter:
         if self._db is None or self._pid != os.getpid():  # a forked child opens its own
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(
-                private_file(self.path), timeout=30, isolation_level=None, check_same_thread=False
+                private_file(self.path), timeout=LOCK_WAIT_S, isolation_level=None, check_same_thread=False
             )
-            use_wal(db)
+            use_wal(db, LOCK_WAIT_S)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             self._db, self._pid = db, os.getpid()
@@ -279,7 +285,37 @@ class Limiter:
         """Admit one request costing 1 call and `tokens` tokens under every check, or say how long to wait.
         Nothing is taken unless everything is: a refused request leaves every bucket as it was."""
         with self._lock:
-            return self._from_leases(checks, tokens) or self._try_acquire(checks, tokens)
+            found = self._from_leases(checks, tokens)
+            if found is not None:
+                return found
+            self.check_available()
+            try:
+                return self._try_acquire(checks, tokens)
+            except sqlite3.OperationalError as error:
+                self._unavailable_until = time.monotonic() + UNAVAILABLE_S
+                raise self._unavailable() from error
+
+    def try_leased(self, checks: Sequence[Check], tokens: int) -> Reservation | None:
+        """`try_acquire` from room leased ahead only, never waiting (for an event loop): None when a
+        transaction is needed, or another thread holds the limiter."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._from_leases(checks, tokens)
+        finally:
+            self._lock.release()
+
+    def check_available(self) -> None:
+        """Raise `LimiterUnavailable` while the store was just found locked."""
+        if time.monotonic() < self._unavailable_until:
+            raise self._unavailable()
+
+    def _unavailable(self) -> LimiterUnavailable:
+        return LimiterUnavailable(
+            f"The rate limits cannot be checked: {self.path.name} is locked by another process. The request"
+            " was not sent; retry shortly.",
+            UNAVAILABLE_S,
+        )
 
     def _from_leases(self, checks: Sequence[Check], tokens: int) -> Reservation | None:
         """Admit from room this process took ahead (see `_Lease`), if every check has some; else None."""
@@ -304,7 +340,8 @@ class Limiter:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
         self._return_leases()
-        credits, self._credits = self._credits, {}
+        with self._credit_lock:
+            credits, self._credits = self._credits, {}
         try:
             if credits:
                 db.executemany(
@@ -354,9 +391,11 @@ class Limiter:
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            for key, seconds in credits.items():  # not lost: returned with the next admission
-                self._credits[key] = self._credits.get(key, 0.0) + seconds
+            with self._credit_lock:
+                for key, seconds in credits.items():  # not lost: returned with the next admission
+                    self._credits[key] = self._credits.get(key, 0.0) + seconds
             raise
+        self._unavailable_until = 0.0
         self._leases.update({k: v for k, v in leases.items() if k in taken})
         charged = tuple(b for check in checks for b in check.any_of if b.unit == "tokens" and b.key in taken)
         return Reservation(charged, tokens)
@@ -369,19 +408,27 @@ class Limiter:
             if lease.until <= now:
                 del self._leases[key]
                 if lease.units and lease.interval_s:
-                    self._credits[key] = self._credits.get(key, 0.0) + lease.units * lease.interval_s
+                    with self._credit_lock:
+                        self._credits[key] = self._credits.get(key, 0.0) + lease.units * lease.interval_s
 
     def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Correct the token buckets from the estimate reserved to the tokens the model reports."""
         if not reservation.buckets or used_tokens == reservation.tokens:
             return
+        if used_tokens < reservation.tokens:  # a credit: it waits for this process's next admission
+            self._credit(reservation, used_tokens)
+            return
         with self._lock:
-            if used_tokens < reservation.tokens:  # a credit: it waits for this process's next admission
-                for bucket in reservation.buckets:
-                    seconds = (reservation.tokens - used_tokens) * bucket.interval_s
-                    self._credits[bucket.key] = self._credits.get(bucket.key, 0.0) + seconds
-                return
-            self._settle(reservation, used_tokens)  # a debit: at once, so no process over-admits meanwhile
+            try:  # a debit: at once, so no process over-admits meanwhile
+                self._settle(reservation, used_tokens)
+            except sqlite3.OperationalError:  # locked: the debit is kept, applied with the next admission
+                self._credit(reservation, used_tokens)
+
+    def _credit(self, reservation: Reservation, used_tokens: int) -> None:
+        with self._credit_lock:
+            for bucket in reservation.buckets:
+                seconds = (reservation.tokens - used_tokens) * bucket.interval_s
+                self._credits[bucket.key] = self._credits.get(bucket.key, 0.0) + seconds
 
     def _settle(self, reservation: Reservation, used_tokens: int) -> None:
         db = self._connection()

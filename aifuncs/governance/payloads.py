@@ -4,8 +4,13 @@
     SELECT * FROM aifuncs_payloads
 
 Rows are written off the request path: buffered, and written by a thread of their own every
-`FLUSH_EVERY_S` seconds, when a query ends and at exit. A process killed with `kill -9` loses at most the
-rows of the last interval; `"sync": true` writes each row before its request returns (for audits). A
+`FLUSH_EVERY_S` seconds, when a query ends and at exit. Each row is also appended to the process's journal
+(aifuncs/_journal.py; sealed first when a key is configured, so no payload is there in clear) as it is
+buffered, so a process killed with `kill -9` loses none: the next process to write or read the table replays
+a dead process's journal (rows are told apart by request id: none is written twice). A locked file delays
+rows, in order, never stalls a request: no write waits on the event loop. `"sync": true` writes each row
+before its request returns (for audits) when the file is free; when another process holds it, the row is in
+the journal before the request returns and in the table once the file frees. A
 request or response over `max_payload_bytes` (1 MiB unless set) is stored as NULL with a logging error code,
 as Databricks does. Refusals (403 at plan time, 429 by a rate limit) are recorded as rows without payload.
 Rows older than `retention_days` are deleted as new ones are written. The table lives in
@@ -15,6 +20,7 @@ Rows older than `retention_days` are deleted as new ones are written. The table 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -28,6 +34,7 @@ from typing import Any, NamedTuple
 
 from aifuncs._fork import after_fork_in_child, held_across_fork, renewed_in_child
 from aifuncs._home import private_file
+from aifuncs._journal import Journal, dead_journals
 from aifuncs._wal import use_wal
 from aifuncs.errors import ConfigError
 from aifuncs.governance.keys import EncryptionError, keyring
@@ -43,6 +50,11 @@ __all__ = [
 
 MAX_PAYLOAD_BYTES = 1 << 20  # Databricks' cap: larger payloads are logged as NULL with an error code
 FLUSH_EVERY_S = 0.5
+LOCK_WAIT_S = 5.0  # the writer waits this long for a locked file, then tries again later (rows kept)
+_SYNC_WAIT_S = 0.02  # a sync write on the request path waits this long at most; then the writer takes it
+_EXIT_WAIT_S = 1.0
+_REPLAY_EVERY_S = 2.0
+_COMPACT_BYTES = 1 << 20
 _PRUNE_EVERY_S = 3600.0
 _FIELDS = {"enabled", "retention_days", "max_payload_bytes", "sync", "catalog_name", "schema_name",
            "table_name_prefix"}  # fmt: skip
@@ -112,6 +124,7 @@ CREATE TABLE IF NOT EXISTS payloads (
     origin TEXT, input_tokens INTEGER, output_tokens INTEGER
 );
 CREATE INDEX IF NOT EXISTS payloads_by_time ON payloads(endpoint, timestamp_ms);
+CREATE INDEX IF NOT EXISTS payloads_by_request ON payloads(request_id);
 """
 _COLUMNS = ", ".join(PayloadRow._fields)
 
@@ -142,22 +155,24 @@ def day(timestamp_ms: int) -> str:
 
 
 class PayloadLog:
-    """Buffered rows per file, one writer thread, pruning by each endpoint's retention."""
+    """Buffered rows per file, journaled, one writer thread, pruning by each endpoint's retention."""
 
     def __init__(self) -> None:
         self._pending: list[tuple[Path, PayloadRow, int | None]] = []
+        self._journals: dict[Path, Journal] = {}
         self._lock = threading.Lock()
         self._writing = threading.Lock()
         self._wake = threading.Event()
         self._pruned: dict[tuple[Path, str], float] = {}
+        self._replayed: dict[Path, float] = {}
         self._thread: threading.Thread | None = None
-        atexit.register(self.flush)
+        atexit.register(self.close)
         alive = weakref.ref(self)
 
         def reset_in_child() -> None:
             log = alive()
             if log is not None:
-                log._lock, log._pending, log._thread = threading.Lock(), [], None
+                log._lock, log._pending, log._thread, log._journals = threading.Lock(), [], None, {}
                 log._wake = threading.Event()
 
         after_fork_in_child(reset_in_child)
@@ -168,45 +183,109 @@ class PayloadLog:
             row
         )  # sealed before it is queued: not even the buffer holds it in clear longer than needed
         with self._lock:
+            journal = self._journals.get(path)
+            if journal is None:
+                journal = self._journals[path] = Journal(path.parent, "payloads")
+            journal.append([{"path": path.name, "days": table.retention_days, "row": row._asdict()}])
             self._pending.append((path, row, table.retention_days))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="aifuncs-payloads", daemon=True)
                 self._thread.start()
-        if table.sync:
-            self.flush()
+        if table.sync and self._writing.acquire(blocking=False):  # else the writer is at it already
+            try:
+                self._flush(_SYNC_WAIT_S)
+            except sqlite3.OperationalError:
+                self._wake.set()  # locked: journaled, and written as soon as the file frees
+            finally:
+                self._writing.release()
 
     def _run(self) -> None:
         while True:
-            time.sleep(FLUSH_EVERY_S)
+            self._wake.wait(FLUSH_EVERY_S)
+            self._wake.clear()
             try:
                 self.flush()
+                for path in list(self._journals):
+                    if time.monotonic() - self._replayed.get(path, -_REPLAY_EVERY_S) >= _REPLAY_EVERY_S:
+                        self.replay(path)
             except Exception as error:  # kept pending for the next write; logging must not fail a query
                 _log.warning("inference table: cannot write (kept for the next write): %s", error)
 
-    def flush(self) -> None:
+    def flush(self, wait_s: float = LOCK_WAIT_S) -> None:
         with self._writing:
+            self._flush(wait_s)
+
+    def _flush(self, wait_s: float) -> None:
+        with self._lock:
+            rows, self._pending = self._pending, []
+        if not rows:
+            return
+        written: set[Path] = set()
+        try:
+            for path in dict.fromkeys(p for p, _, _ in rows):
+                db = connect(path, wait_s)
+                try:
+                    with db:
+                        db.executemany(
+                            f"INSERT INTO payloads ({_COLUMNS}) VALUES ({', '.join('?' * len(PayloadRow._fields))})",
+                            [r for p, r, _ in rows if p == path],
+                        )
+                        self._prune(db, path, {(r.endpoint, days) for p, r, days in rows if p == path})
+                finally:
+                    db.close()
+                written.add(path)
+        except BaseException:
             with self._lock:
-                rows, self._pending = self._pending, []
+                self._pending[:0] = [x for x in rows if x[0] not in written]
+            raise
+        finally:
+            with self._lock:  # journals whose rows are all written are emptied; a long one keeps what is owed
+                for path in written:
+                    owed = [
+                        {"path": p.name, "days": d, "row": r._asdict()}
+                        for p, r, d in self._pending
+                        if p == path
+                    ]
+                    journal = self._journals.get(path)
+                    if journal is not None and (not owed or journal.size > _COMPACT_BYTES):
+                        journal.rewrite(owed)
+
+    def replay(self, path: Path, wait_s: float = LOCK_WAIT_S) -> int:
+        """Write the rows of dead processes' journals (beside `path`) not written yet; returns how many."""
+        self._replayed[path] = time.monotonic()
+        with dead_journals(path.parent, "payloads") as lines:
+            rows = {
+                str(line["row"].get("request_id")): PayloadRow(
+                    **{name: line["row"].get(name) for name in PayloadRow._fields}
+                )
+                for line in lines
+                if line.get("path") == path.name and isinstance(line.get("row"), dict)
+            }
             if not rows:
-                return
-            written: set[Path] = set()
+                return 0
+            db = connect(path, wait_s)
             try:
-                for path in dict.fromkeys(p for p, _, _ in rows):
-                    db = connect(path)
-                    try:
-                        with db:
-                            db.executemany(
-                                f"INSERT INTO payloads ({_COLUMNS}) VALUES ({', '.join('?' * len(PayloadRow._fields))})",
-                                [r for p, r, _ in rows if p == path],
-                            )
-                            self._prune(db, path, {(r.endpoint, days) for p, r, days in rows if p == path})
-                    finally:
-                        db.close()
-                    written.add(path)
-            except BaseException:
-                with self._lock:
-                    self._pending[:0] = [x for x in rows if x[0] not in written]
-                raise
+                with db:
+                    before = db.total_changes
+                    db.executemany(
+                        f"INSERT INTO payloads ({_COLUMNS}) SELECT {', '.join('?' * len(PayloadRow._fields))}"
+                        " WHERE NOT EXISTS (SELECT 1 FROM payloads WHERE request_id = ?)",
+                        [(*row, key) for key, row in rows.items()],
+                    )
+                    return db.total_changes - before
+            finally:
+                db.close()
+
+    def close(self) -> None:
+        """At exit: write what is pending, briefly (what a locked file keeps out stays in the journal)."""
+        try:
+            self.flush(_EXIT_WAIT_S)
+        except Exception as error:
+            _log.warning("inference table: rows not written at exit are kept in its journal: %s", error)
+            return
+        with self._lock:
+            for journal in self._journals.values():
+                journal.close(remove=True)
 
     def _prune(self, db: sqlite3.Connection, path: Path, retention: set[tuple[str, int | None]]) -> None:
         for endpoint, days in retention:
@@ -222,6 +301,8 @@ class PayloadLog:
     def read(self, path: Path) -> list[dict[str, Any]]:
         """Every row, its payloads opened (EncryptionError if sealed ones do not open with the key set)."""
         self.flush()
+        with contextlib.suppress(sqlite3.OperationalError):
+            self.replay(path)
         if not path.exists():
             return []
         db = connect(path)
@@ -276,11 +357,15 @@ def sealed(row: PayloadRow) -> PayloadRow:
     return row._replace(request=request, response=response)
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, wait_s: float = 30.0) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(private_file(path), timeout=30)
-    use_wal(db)
-    db.executescript(_SCHEMA)
+    db = sqlite3.connect(private_file(path), timeout=wait_s)
+    try:
+        use_wal(db, wait_s)
+        db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

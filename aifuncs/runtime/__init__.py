@@ -517,41 +517,53 @@ class Runtime:
     async def _predict(
         self, provider: Provider, call: CallSpec, chunk: pa.Array, limit: AdaptiveLimit
     ) -> Any:
-        """One model request with its retries, recorded in the usage log whatever its fate."""
+        """One model request with its retries, recorded in the usage log whatever its fate: each time it is
+        sent (retries and hedged resends too) it is journaled first (`UsageLog.sending`), and its row counts
+        every send in `attempts`."""
         options = CallOptions(call.parameters, call.response_format, call.result_type)
         # A stalled request of a call whose answers do not depend on which reply comes may be sent again.
         hedgeable = not provider.in_process and self.shares_answers(call)
         started, attempt = time.perf_counter(), 0
-        while True:
-            attempt += 1
-            try:
-                if hedgeable:
-                    output = await self._hedged(provider, call, chunk, options, limit)
-                else:
-                    output = await self._send(provider, call, chunk, options, limit)
-                break
-            except (BudgetExceeded, RateLimited):
-                raise  # not a request: nothing was sent
-            except RemoteError as error:
-                if error.status == 429:
-                    limit.throttled(error.retry_after)
-                if not error.retryable or attempt > provider.max_retries:
-                    self._record(call, provider, chunk, started, attempt, None, error)
-                    raise
-                await asyncio.sleep(backoff_s(attempt, provider.retry_base_s, error.retry_after))
-            except Exception as error:
-                self._record(call, provider, chunk, started, attempt, None, error)
-                raise
-        self._record(call, provider, chunk, started, attempt, output, None)
+        sends = _Sends(self.usage, call, chunk)
+        try:
+            while True:
+                attempt += 1
+                try:
+                    if hedgeable:
+                        output = await self._hedged(provider, call, chunk, options, limit, sends.sent)
+                    else:
+                        output = await self._send(provider, call, chunk, options, limit, sends.sent)
+                    break
+                except (BudgetExceeded, RateLimited):
+                    raise  # not a request: nothing was sent this time
+                except RemoteError as error:
+                    if error.status == 429:
+                        limit.throttled(error.retry_after)
+                    if not error.retryable or attempt > provider.max_retries:
+                        raise
+                    await asyncio.sleep(backoff_s(attempt, provider.retry_base_s, error.retry_after))
+        except BaseException as error:  # cancelled too: what was sent was paid, and is accounted
+            if sends.count or not isinstance(error, (BudgetExceeded, RateLimited, asyncio.CancelledError)):
+                self._record(call, provider, chunk, started, sends.count or attempt, None, error, sends.id)
+            raise
+        self._record(call, provider, chunk, started, sends.count or attempt, output, None, sends.id)
         return output.outputs if isinstance(output, Prediction) else output
 
     async def _send(
-        self, provider: Provider, call: CallSpec, chunk: pa.Array, options: CallOptions, limit: AdaptiveLimit
+        self,
+        provider: Provider,
+        call: CallSpec,
+        chunk: pa.Array,
+        options: CallOptions,
+        limit: AdaptiveLimit,
+        journal: Callable[[], None] = lambda: None,
     ) -> Any:
-        """One request under the endpoint's rate limits and in-flight limit, counted by the call's meters."""
+        """One request under the endpoint's rate limits and in-flight limit, counted by the call's meters;
+        `journal` is told just before it goes."""
         reservation = await self._rates.admit(call, chunk, provider.returns_text)
         if self._coalesces(provider, chunk):
             begin_request(call.meters)
+            journal()
             sent = time.perf_counter()
 
             async def send(rows: pa.Array) -> Any:
@@ -560,7 +572,7 @@ class Runtime:
 
             try:
                 output = await self._coalescer.predict(
-                    provider, options, chunk, send, provider.concurrency, provider.batch_rows
+                    provider, options, chunk, send, provider.concurrency, provider.batch_rows, journal
                 )
             except BaseException:
                 for meter in call.meters:
@@ -570,6 +582,7 @@ class Runtime:
         else:
             async with limit:
                 begin_request(call.meters)
+                journal()
                 sent = time.perf_counter()
                 try:
                     output = await provider.predict(chunk, options)
@@ -578,7 +591,7 @@ class Runtime:
                         meter.cancel_request()
                     raise
                 end_request(call.meters, provider, len(chunk), output)
-        self._rates.settle(reservation, output, chunk)
+        await self._rates.settle(reservation, output, chunk)
         # In-process models slow down with concurrency by design; only a server's queueing counts.
         limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
         return output
@@ -613,12 +626,18 @@ class Runtime:
         return provider.in_process and not provider.returns_text and len(chunk) <= provider.batch_rows // 4
 
     async def _hedged(
-        self, provider: Provider, call: CallSpec, chunk: pa.Array, options: CallOptions, limit: AdaptiveLimit
+        self,
+        provider: Provider,
+        call: CallSpec,
+        chunk: pa.Array,
+        options: CallOptions,
+        limit: AdaptiveLimit,
+        journal: Callable[[], None] = lambda: None,
     ) -> Any:
         """Send the request; if no reply comes within the endpoint's hedging delay (a few times its usual
         latency), send it once more and take whichever answers first (the other is cancelled). Fails only
         when both fail, with the first one's error."""
-        first = asyncio.ensure_future(self._send(provider, call, chunk, options, limit))
+        first = asyncio.ensure_future(self._send(provider, call, chunk, options, limit, journal))
         first.add_done_callback(_retrieve)
         tasks = [first]
         sent = time.perf_counter()
@@ -632,7 +651,7 @@ class Runtime:
                     return first.result()
                 if delay is not None and time.perf_counter() - sent >= delay and limit.may_hedge():
                     break
-            second = asyncio.ensure_future(self._send(provider, call, chunk, options, limit))
+            second = asyncio.ensure_future(self._send(provider, call, chunk, options, limit, journal))
             second.add_done_callback(_retrieve)
             tasks.append(second)
             pending = set(tasks)
@@ -658,6 +677,7 @@ class Runtime:
         attempts: int,
         output: Any,
         error: BaseException | None,
+        request_id: str | None = None,
     ) -> None:
         tokens = output if isinstance(output, Prediction) else Prediction(None)
         status_code = 200 if error is None else getattr(error, "status", None) or 500
@@ -672,7 +692,7 @@ class Runtime:
                 status="ok" if error is None else "error",
                 attempts=attempts,
                 error=None if error is None else describe(error),
-                request_id=uuid.uuid4().hex,
+                request_id=request_id or uuid.uuid4().hex,
                 status_code=status_code,
                 input_chars=text_chars(chunk),
                 output_chars=None
@@ -724,6 +744,32 @@ class Runtime:
         if key not in self._limits:  # only touched on the loop thread
             self._limits[key] = AdaptiveLimit(max(1, maximum // processes))
         return self._limits[key]
+
+
+class _Sends:
+    """A request's sends (first, retries, hedged resends, a coalesced batch sent again): each counted and
+    journaled as it goes, under the request's one id."""
+
+    def __init__(self, usage: UsageLog, call: CallSpec, chunk: pa.Array) -> None:
+        self.id = uuid.uuid4().hex
+        self.count = 0
+        self._usage, self._call, self._chunk = usage, call, chunk
+
+    def sent(self) -> None:
+        self.count += 1
+        self._usage.sending(
+            _usage_row(
+                self._call,
+                rows=len(self._chunk),
+                input_tokens=None,
+                output_tokens=None,
+                latency_ms=0.0,
+                status="interrupted",
+                attempts=self.count,
+                error=None,
+                request_id=self.id,
+            )
+        )
 
 
 def _usage_row(call: CallSpec, **fields: Any) -> UsageRow:

@@ -6,7 +6,8 @@ next turn and go in one predict, each getting its own slice of the answers back:
 model servers do, with no wait at all when the model is idle. Everything around the model call stays per
 request: its rate-limit admission, usage row, inference-log row and errors.
 
-A batch that fails is sent again one request at a time, so one bad request fails alone.
+A batch that fails is sent again one request at a time, so one bad request fails alone; each request is told
+(`resent`) that it goes once more, so its usage row counts the failed batch among its attempts.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ Predict = Callable[[pa.Array], Awaitable[Any]]
 class _Waiting:
     rows: pa.Array | pa.ChunkedArray
     answer: asyncio.Future[Any]
+    resent: Callable[[], None] | None = None
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Coalescer:
         send: Predict,
         turns: int,
         most_rows: int,
+        resent: Callable[[], None] | None = None,
     ) -> Any:
         """`send(rows)` for these rows, possibly as part of a bigger batch: the output for these rows only.
         At most `turns` batches of a line are answered at once, each of at most `most_rows` rows (a request
@@ -71,7 +74,7 @@ class Coalescer:
         if line is None:
             line = self._lines[key] = _Line()
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        line.waiting.append(_Waiting(rows, answer))
+        line.waiting.append(_Waiting(rows, answer, resent))
         if line.turns < turns:
             line.turns += 1
             asyncio.ensure_future(self._drain(key, line, send, most_rows))
@@ -118,6 +121,8 @@ async def _answer(batch: list[_Waiting], send: Predict) -> None:
         raise
     except Exception:  # one of them may be the cause: each is sent alone, and fails alone
         for waiting in batch:
+            if waiting.resent is not None and not waiting.answer.done():
+                waiting.resent()
             await _alone(waiting, send)
         return
     for waiting, part in zip(batch, parts, strict=True):

@@ -6,6 +6,7 @@ import json
 import uuid
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 
 from aifuncs._home import home_file
@@ -16,12 +17,19 @@ from aifuncs.runtime._call import CallSpec
 
 
 def _as_list(outputs: Any) -> list[Any]:
+    """A model's output, whatever its shape, as one JSON-able value per row."""
+    if outputs is None:
+        return []
     if isinstance(outputs, (pa.Array, pa.ChunkedArray)):
         return list(outputs.to_pylist())
-    if hasattr(outputs, "to_dict"):  # a DataFrame: its rows
+    if isinstance(outputs, (pa.Table, pa.RecordBatch)):
+        return list(outputs.to_pylist())
+    if isinstance(outputs, pd.DataFrame):  # its rows (a Series has to_dict too, of another shape)
         return list(outputs.to_dict("records"))
     if hasattr(outputs, "tolist"):  # numpy, pandas Series
         return list(outputs.tolist())
+    if isinstance(outputs, (str, bytes)):  # one value
+        return [outputs]
     return list(outputs)
 
 
@@ -47,7 +55,7 @@ def log_request(
         return
     codes: list[str] = []
     request = response = None
-    if status_code not in (400, 403, 429):  # refusals: metadata only
+    if status_code not in (400, 403, 429, 503):  # refusals: metadata only
         body = {"inputs": chunk.to_pylist() if len(chunk) else []}
         if call.parameters:
             body["params"] = call.parameters

@@ -4,11 +4,18 @@ A batch query waits its turn (the limiter says how long), so a million rows unde
 600 a minute; a caller that asked not to wait gets `RateLimited` with the real wait. Token limits reserve
 an estimate when the request leaves, the prompt's (characters + 1) / 4 plus `max_tokens` per row, and
 settle to the tokens the model reports (or the same estimate of its reply when it reports none).
+
+The limiter's file may be locked by another process: its transactions run on a thread of their own, never on
+the event loop, and wait a bounded time (`limits.LOCK_WAIT_S`). A request whose limits cannot be checked is
+refused (`LimiterUnavailable`: 503 with Retry-After on a server), never let through; a batch query waits and
+tries again, up to `UNAVAILABLE_WAIT_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aifuncs._home import home_file
-from aifuncs.errors import RateLimited
-from aifuncs.governance.limits import Limiter, Reservation
+from aifuncs.errors import LimiterUnavailable, RateLimited
+from aifuncs.governance.limits import Limiter, Refusal, Reservation
 from aifuncs.providers.base import Prediction
 from aifuncs.runtime._call import CallSpec
 from aifuncs.runtime._payloads import log_request
 
+UNAVAILABLE_WAIT_S = 60.0  # a batch query waits this long at most for a locked limiter store
 DEFAULT_MAX_TOKENS = 256  # a chat request's reply budget when the call sets no max_tokens
 
 
@@ -64,6 +72,9 @@ class RateGate:
 
     def __init__(self) -> None:
         self._limiters: dict[Path, Limiter] = {}
+        # One thread for the limiters' transactions (they take turns on one connection anyway): a locked
+        # store holds that thread up, not the threads other endpoints' work runs on.
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aifuncs-limits")
 
     def _limiter(self) -> Limiter:
         path = home_file("limits.db")
@@ -79,8 +90,22 @@ class RateGate:
         counts_tokens = any(b.unit == "tokens" for check in call.rate_checks for b in check.any_of)
         tokens = estimate_tokens(call, chunk, returns_text) if counts_tokens else 0
         limiter = self._limiter()
+        loop = asyncio.get_running_loop()
+        began = time.monotonic()
         while True:
-            answer = limiter.try_acquire(call.rate_checks, tokens)
+            answer: Reservation | Refusal | None = limiter.try_leased(call.rate_checks, tokens)
+            try:
+                if answer is None:
+                    limiter.check_available()
+                    answer = await loop.run_in_executor(
+                        self._thread, limiter.try_acquire, call.rate_checks, tokens
+                    )
+            except LimiterUnavailable as unavailable:
+                if not call.wait_for_limits or time.monotonic() - began > UNAVAILABLE_WAIT_S:
+                    log_request(call, chunk, None, None, None, 503)
+                    raise
+                await asyncio.sleep(unavailable.wait_s)
+                continue
             if isinstance(answer, Reservation):
                 return answer
             if not call.wait_for_limits:
@@ -94,6 +119,12 @@ class RateGate:
                 meter.paced(answer.label)
             await asyncio.sleep(answer.wait_s)
 
-    def settle(self, reservation: Reservation | None, output: Any, chunk: pa.Array) -> None:
+    async def settle(self, reservation: Reservation | None, output: Any, chunk: pa.Array) -> None:
         if reservation is not None and reservation.buckets:
-            self._limiter().settle(reservation, used_tokens(output, chunk))
+            used = used_tokens(output, chunk)
+            if used > reservation.tokens:  # a debit is a transaction: off the loop
+                await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self._limiter().settle, reservation, used
+                )
+            else:
+                self._limiter().settle(reservation, used)
