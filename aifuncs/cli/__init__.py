@@ -294,7 +294,8 @@ def _serve(args: argparse.Namespace) -> int:
     from aifuncs.server import serve
 
     serve(args.host, args.port, workers=args.workers, tls_cert=args.tls_cert, tls_key=args.tls_key,
-          insecure_http=args.insecure_http, warehouse=args.warehouse,
+          insecure_http=args.insecure_http, warehouse=args.warehouse, public_url=args.public_url,
+          client_timeout_s=args.client_timeout, max_connections=args.max_connections,
           statement_timeout_s=args.statement_timeout_s, statement_memory=args.statement_memory,
           statement_concurrency=args.statement_concurrency,
           statement_result_mb=args.statement_result_mb)  # fmt: skip
@@ -450,6 +451,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow plain HTTP on a non-loopback address (behind a TLS proxy)",
     )
     serve.add_argument("--warehouse", metavar="DB", help="the DuckDB file SQL over HTTP reads (read-only)")
+    serve.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="how clients reach the server, e.g. https://ai.example.com (default: the address they connected to)",
+    )
+    serve.add_argument(
+        "--client-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a client has to send a whole request (head and body); idle connections close sooner (10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="connections per worker; one more closes the oldest idle or stalled one (1024)",
+    )
     serve.add_argument(
         "--statement-timeout-s",
         type=float,

@@ -187,12 +187,17 @@ class PermissionStore:
                 self.grant(endpoint, name, level, db)
 
 
-def _entry(entry: dict[str, Any]) -> tuple[str, str, str]:
+def _entry(entry: Any) -> tuple[str, str, str]:
     """One `access_control_list` entry of a request: (principal, its kind, level)."""
-    named = [(str(entry[k]), kind) for k, kind in _NAME_KEYS.items() if entry.get(k)]
-    if len(named) != 1 or "permission_level" not in entry:
-        raise ConfigError(
-            "Each access_control_list entry names one of user_name, group_name or service_principal_name, and a"
-            f" permission_level; got {sorted(entry)}."
-        )
-    return named[0][0], named[0][1], str(entry["permission_level"])
+    shape = (
+        "Each access_control_list entry is an object naming one of user_name, group_name or"
+        ' service_principal_name, and a permission_level, e.g. {"user_name": "alice", "permission_level":'
+        ' "CAN_QUERY"}'
+    )
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{shape}; got {type(entry).__name__ if entry is not None else 'null'}.")
+    named = [(entry[k], kind) for k, kind in _NAME_KEYS.items() if entry.get(k)]
+    level = entry.get("permission_level")
+    if len(named) != 1 or not isinstance(named[0][0], str) or not isinstance(level, str):
+        raise ConfigError(f"{shape}; got the keys {sorted(str(k) for k in entry)}, names and level as text.")
+    return named[0][0], named[0][1], level

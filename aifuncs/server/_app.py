@@ -1,9 +1,10 @@
 """The ASGI app: Databricks' serving-endpoints routes over the catalog, governance and runtime.
 
-Every handler runs the same way: the body read (at most `MAX_BODY_BYTES`), the caller authenticated, then the
-work (catalog, SQLite, model calls: all blocking) in a worker thread, and any error turned into the JSON body
-and status clients expect (`_errors.py`). The catalog is seen as the caller (`Catalog.acting_as`), so every
-route asks the same policy check as SQL.
+Every handler runs the same way: the caller authenticated (from the header alone), then the body read (at
+most `MAX_BODY_BYTES`, its JSON bounded by `_input.py`), then the work (catalog, SQLite, model calls: all
+blocking) in a worker thread, and any error turned into the JSON body and status clients expect
+(`_errors.py`). The catalog is seen as the caller (`Catalog.acting_as`), so every route asks the same policy
+check as SQL.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import gc
 import inspect
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -36,6 +36,7 @@ from aifuncs.runtime import default_runtime
 from aifuncs.server._auth import Authenticator
 from aifuncs.server._entities import endpoint_options
 from aifuncs.server._errors import ApiError, error_response, from_aifuncs
+from aifuncs.server._input import parse_json
 from aifuncs.server._invoke import Prepared, prepare, prepare_on_loop
 from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse
 from aifuncs.server._secrets import secret_routes
@@ -59,37 +60,42 @@ def _catalog(identity: Identity) -> Catalog:
 
 
 async def _body(request: Request) -> Any:
+    """The body as JSON (`_input.parse_json` bounds it); read only once the caller is known. How long a client
+    may take to send it is the server's to bound (`_protocol.py`), where the socket is."""
     if request.method in ("GET", "DELETE", "HEAD"):
         return None
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise ApiError(413, "REQUEST_TOO_LARGE", f"The body is over {MAX_BODY_BYTES // (1024 * 1024)} MB.")
-    raw = b""
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
             raise ApiError(
                 413, "REQUEST_TOO_LARGE", f"The body is over {MAX_BODY_BYTES // (1024 * 1024)} MB."
             )
-    if not raw:
+    raw = b"".join(chunks)
+    if not raw.strip():
         return {}
-    try:
-        return json.loads(raw) if len(raw) <= _SMALL_BODY_BYTES else await run_in_threadpool(json.loads, raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError(400, "MALFORMED_REQUEST", f"The body is not JSON: {error}.") from None
+    return parse_json(raw) if len(raw) <= _SMALL_BODY_BYTES else await run_in_threadpool(parse_json, raw)
 
 
 def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awaitable[Response]]:
-    """A route: read, authenticate, work (in a thread, unless it is a coroutine that hands its blocking parts
-    to one itself), answer JSON (or the error a client expects)."""
+    """A route: authenticate (the header alone), then read the body, work (in a thread, unless it is a
+    coroutine that hands its blocking parts to one itself), answer JSON (or the error a client expects).
+    Nothing of the body is read for a caller without a valid token."""
     is_async = inspect.iscoroutinefunction(work)
 
     async def endpoint(request: Request) -> Response:
         response: Response
+        read = request.method in ("GET", "DELETE", "HEAD")
         try:
-            body = await _body(request)
             known = auth.known(request)
             identity = known if known is not None else await run_in_threadpool(auth.identity, request)
+            body = await _body(request)
+            read = True
             if is_async:
                 result = await work(request, identity, body)
             else:
@@ -98,6 +104,8 @@ def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awai
             response = error_response(error)
         except AifuncsError as error:
             response = error_response(from_aifuncs(error))
+        except ClientDisconnect:  # the client went (or was timed out) mid-body: nobody to answer
+            return Response(status_code=400, headers={"connection": "close"})
         except Exception:  # a bug of ours: logged here, a JSON 500 there, the server keeps serving
             _log.exception("%s %s failed", request.method, request.url.path)
             response = error_response(
@@ -105,6 +113,8 @@ def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awai
             )
         else:
             response = result if isinstance(result, Response) else JSONResponse(result)
+        if not read:  # answered before its body was read: the connection is not kept to drain the rest
+            response.headers["connection"] = "close"
         response.headers["x-aifuncs-worker"] = _WORKER
         return response
 
@@ -366,10 +376,20 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"}, headers={"x-aifuncs-worker": _WORKER})
 
 
-async def databricks_config(request: Request) -> Response:
-    # databricks-sdk asks this first, under a long retry budget: answer at once
-    host = str(request.base_url).rstrip("/")
-    return JSONResponse({"oidc_endpoint": f"{host}/oidc", "workspace_id": "0"})
+def databricks_config(public_url: str | None) -> Callable[[Request], Awaitable[Response]]:
+    """databricks-sdk asks this first, under a long retry budget: answered at once. The host is the configured
+    public URL, else the address the connection reached: never the request's Host header, which a caller
+    could set to send the next client's token elsewhere."""
+
+    async def config(request: Request) -> Response:
+        host = public_url
+        if host is None:
+            server = request.scope.get("server") or ("127.0.0.1", None)
+            address = f"[{server[0]}]" if ":" in str(server[0]) else str(server[0])
+            host = f"{request.url.scheme}://{address}" + (f":{server[1]}" if server[1] else "")
+        return JSONResponse({"oidc_endpoint": f"{host.rstrip('/')}/oidc", "workspace_id": "0"})
+
+    return config
 
 
 def statement_routes(auth: Authenticator, statements: Statements) -> list[Route]:
@@ -383,8 +403,15 @@ def statement_routes(auth: Authenticator, statements: Statements) -> list[Route]
 
     def chunk(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
         statement = statements.get(identity, request.path_params["statement_id"])
-        index = request.path_params["chunk_index"]
-        return statement.chunk(int(index) if str(index).isdigit() else -1)
+        index = str(request.path_params["chunk_index"])
+        if not (index.isascii() and index.isdigit() and len(index) <= 9):  # '١' and '²' are digits too
+            raise ApiError(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                f"The chunk index {index[:20]!r} is not a chunk number (0, 1, ...): ask for one below the"
+                " statement's manifest.total_chunk_count.",
+            )
+        return statement.chunk(int(index))
 
     def cancel(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
         statements.cancel(identity, request.path_params["statement_id"])
@@ -399,9 +426,11 @@ def statement_routes(auth: Authenticator, statements: Statements) -> list[Route]
     ]
 
 
-def app(warehouse: str | Path | None = None) -> Starlette:
+def app(warehouse: str | Path | None = None, public_url: str | None = None) -> Starlette:
     """The server as an ASGI app, acting on the catalog of the current AIFUNCS_HOME. `warehouse`: the DuckDB
-    file SQL over HTTP reads (default: AIFUNCS_SERVE_WAREHOUSE, else an empty database per statement)."""
+    file SQL over HTTP reads (default: AIFUNCS_SERVE_WAREHOUSE, else an empty database per statement).
+    `public_url`: how clients reach it, as /.well-known/databricks-config tells them (default:
+    AIFUNCS_SERVE_PUBLIC_URL, else the address each connection reached)."""
     auth = Authenticator(home())
     given = warehouse or os.environ.get("AIFUNCS_SERVE_WAREHOUSE") or None
     statements = Statements(Path(given).resolve() if given else None, Limits.from_environ(os.environ))
@@ -419,7 +448,11 @@ def app(warehouse: str | Path | None = None) -> Starlette:
             )
         ],
         Route("/health", health, methods=["GET"]),
-        Route("/.well-known/databricks-config", databricks_config, methods=["GET"]),
+        Route(
+            "/.well-known/databricks-config",
+            databricks_config(public_url or os.environ.get("AIFUNCS_SERVE_PUBLIC_URL") or None),
+            methods=["GET"],
+        ),
         Route(prefix, api(auth, list_endpoints), methods=["GET"]),
         Route(prefix + "/", api(auth, list_endpoints), methods=["GET"]),
         Route(prefix, api(auth, create_endpoint), methods=["POST"]),

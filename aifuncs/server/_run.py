@@ -2,15 +2,18 @@
 
 TLS: the project builds the SSLContext itself with a floor of TLS 1.2 (uvicorn sets none of its own). A
 non-loopback address without a certificate is refused unless `insecure_http` says so: tokens would cross the
-network in clear. Stopping (SIGINT, SIGTERM) lets requests in flight finish, for up to `graceful_s`.
+network in clear. Stopping (SIGINT, SIGTERM) lets requests in flight finish, for up to `graceful_s`. A client
+has `client_timeout_s` to send a whole request, and a worker holds at most `max_connections` (`_protocol.py`).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 from aifuncs.errors import ConfigError
 
@@ -46,6 +49,23 @@ def _statement_limits(
     Limits.from_environ(os.environ)
 
 
+def checked_public_url(url: str) -> str:
+    """The URL clients reach the server by (what /.well-known/databricks-config names), or ConfigError."""
+    parts = urlsplit(url)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(
+            f"--public-url {url!r} is not a server's address: give one such as https://ai.example.com (a scheme,"
+            " a host, an optional port and path; no user, query or fragment)."
+        )
+    return url.rstrip("/")
+
+
 def _loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return True
@@ -66,6 +86,9 @@ def serve(
     graceful_s: int = 30,
     log_level: str = "warning",
     warehouse: str | None = None,
+    public_url: str | None = None,
+    client_timeout_s: float = 10.0,
+    max_connections: int = 1024,
     statement_timeout_s: float | None = None,
     statement_memory: str | None = None,
     statement_concurrency: int | None = None,
@@ -88,6 +111,19 @@ def serve(
         if not os.path.isfile(warehouse):
             raise ConfigError(f"The warehouse {warehouse!r} is not a DuckDB file here: give the path of one.")
         os.environ["AIFUNCS_SERVE_WAREHOUSE"] = os.path.abspath(warehouse)  # for the workers' app()
+    if public_url is not None:
+        os.environ["AIFUNCS_SERVE_PUBLIC_URL"] = checked_public_url(public_url)
+    if not client_timeout_s > 0 or max_connections < 1:
+        raise ConfigError(
+            "--client-timeout is seconds above 0 and --max-connections at least 1: a client must be let in,"
+            " and given some time to send its request."
+        )
+    from aifuncs.server._protocol import GuardedHttpTools  # uvicorn's: imported with it
+
+    # Slow or idle clients are bounded where the socket is: headers, bodies, kept connections, their number.
+    guarded = functools.partial(
+        GuardedHttpTools, client_timeout_s=client_timeout_s, max_connections=max_connections
+    )
     _statement_limits(statement_timeout_s, statement_memory, statement_concurrency, statement_result_mb)
     uvicorn.run(
         "aifuncs.server:app",
@@ -96,7 +132,8 @@ def serve(
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=cast(Any, guarded),
+        timeout_keep_alive=max(1, min(5, int(client_timeout_s))),
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         ssl_context_factory=tls_context if tls_cert else None,
