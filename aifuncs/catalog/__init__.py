@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,16 @@ class Catalog:
         """The level the principal holds on the endpoint `name` (its canonical name), None for none."""
         principal = self.principal
         return "CAN_MANAGE" if principal.admin else self._permissions.effective(name, principal)
+
+    def managed(self) -> dict[str, datetime | None]:
+        """The endpoints the principal may manage, each with when it was made (rows logged before belong to
+        an earlier endpoint of that name)."""
+        principal = self.principal
+        return {
+            e.name: e.created_at
+            for e in self._store.list()
+            if principal.admin or self._permissions.effective(e.name, principal) == "CAN_MANAGE"
+        }
 
     def managed_names(self) -> builtins.list[str]:
         """The endpoints the principal may manage."""

@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from aifuncs.engines._explain import explain_calls
 from aifuncs.errors import AifuncsError, ArgumentError, ConfigError, DatabaseLocked
 from aifuncs.governance import AuditLog, Identity, current, identify
 from aifuncs.governance.payloads import payload_log
+from aifuncs.governance.visibility import readable_rows
 from aifuncs.planner import (
     EngineHooks,
     PlannedStatement,
@@ -682,16 +683,22 @@ def _usage_snapshot(runtime: Runtime, identity: Identity) -> Callable[[], pa.Arr
     admin everything."""
 
     def snapshot() -> pa.Array:
-        rows = runtime.usage.read()
         principal = identity.principal
-        if not principal.admin:
-            managed = set(default_catalog().acting_as(principal).managed_names())
-            rows = [r for r in rows if r["requester"] == principal.name or r["endpoint"] in managed]
+        managed = {} if principal.admin else default_catalog().acting_as(principal).managed()
+        rows = readable_rows(runtime.usage.read(), principal, managed, _written_at)
         for row in rows:
             row["ts"] = datetime.fromisoformat(row["ts"]).replace(tzinfo=None)
         return pa.array([rows], arrow_type(USAGE_TYPE))
 
     return snapshot
+
+
+def _written_at(row: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(row["ts"])
+
+
+def _logged_at(row: dict[str, Any]) -> datetime:
+    return datetime.fromtimestamp(row["timestamp_ms"] / 1000, UTC)
 
 
 PAYLOADS_TYPE = (
@@ -707,11 +714,9 @@ def _payloads_snapshot(identity: Identity) -> Callable[[], pa.Array]:
     an admin everything."""
 
     def snapshot() -> pa.Array:
-        rows = payload_log().read(identity.home / "payloads.db")
         principal = identity.principal
-        if not principal.admin:
-            managed = set(default_catalog().acting_as(principal).managed_names())
-            rows = [r for r in rows if r["requester"] == principal.name or r["endpoint"] in managed]
+        managed = {} if principal.admin else default_catalog().acting_as(principal).managed()
+        rows = readable_rows(payload_log().read(identity.home / "payloads.db"), principal, managed, _logged_at)
         for row in rows:
             row["date"] = datetime.fromisoformat(row["date"]).date()
         return pa.array([rows], arrow_type(PAYLOADS_TYPE))

@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,8 @@ def patch_tags(request: Request, identity: Identity, body: Any) -> dict[str, Any
     )
     return {"tags": tags}
 
+        # rows of an earlier endpoint of this name are not this one's
+        and (endpoint.created_at is None or datetime.fromisoformat(r["ts"]) >= endpoint.created_at)
 
 def metrics(request: Request, identity: Identity, body: Any) -> Response:
     """OpenMetrics counters of the endpoint's requests, from the usage log (every process's)."""

@@ -96,3 +96,34 @@ def test_a_built_in_name_held_by_a_non_admin_is_not_followed(home: Path) -> None
     assert mallory.get("minilm").kind == "openai"  # she still sees what she was granted
     aifuncs.endpoints.delete("minilm")
     assert catalog.default("embedding").kind == "sentence_transformers"  # the built-in one, made again
+
+
+def test_rows_belong_to_the_endpoint_and_the_user_that_wrote_them_not_to_their_names(home: Path) -> None:
+    """An endpoint made again under a deleted one's name, and a user made again under a deleted one's name,
+    read none of their predecessors' usage or inference rows."""
+    for name in ("alice", "mallory"):
+        gov.create_user(name)
+    make = {"kind": "python", "function": "sample_models:shouted", "input_format": "arrow", "returns": "VARCHAR"}
+    aifuncs.endpoints.create("scorer", **make)
+    aifuncs.endpoints.update_permissions("scorer", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
+    aifuncs.endpoints.put_ai_gateway("scorer", {"inference_table_config": {"enabled": True}})
+    alice = aifuncs.connect(token=gov.create_token("alice"))
+    aifuncs.sql(alice, "SELECT ai_query('scorer', 'private words of alice')").fetchall()
+    counts = "SELECT (SELECT count(*) FROM aifuncs_usage), (SELECT count(*) FROM aifuncs_payloads)"
+    assert aifuncs.connect().sql(counts).fetchall()[0] == (1, 1)  # the admin reads them
+    assert alice.sql(counts).fetchall()[0] == (1, 1)  # and so does the requester
+
+    aifuncs.endpoints.delete("scorer")
+    aifuncs.endpoints.create("scorer", **make)  # a new endpoint under the old name, managed by mallory
+    aifuncs.endpoints.update_permissions("scorer", [{"user_name": "mallory", "permission_level": "CAN_MANAGE"}])
+    aifuncs.endpoints.put_ai_gateway("scorer", {"inference_table_config": {"enabled": True}})
+    mallory = aifuncs.connect(token=gov.create_token("mallory"))
+    assert mallory.sql(counts).fetchall()[0] == (0, 0)
+    aifuncs.sql(mallory, "SELECT ai_query('scorer', 'hello')").fetchall()
+    assert mallory.sql(counts).fetchall()[0] == (1, 1)  # her own endpoint's rows she reads
+
+    gov.delete_principal("alice")
+    gov.create_user("alice")  # someone else named alice
+    new_alice = aifuncs.connect(token=gov.create_token("alice"))
+    assert new_alice.sql(counts).fetchall()[0] == (0, 0)
+    assert "private words" not in str(new_alice.sql("SELECT * FROM aifuncs_payloads").fetchall())
