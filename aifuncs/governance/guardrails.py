@@ -11,19 +11,33 @@ topic's is blocked; the embeddings come from `topic_endpoint`, else the default 
 blocked row is a per-row error (or the query's, under failOnError); its reason names the rule, the kind of
 PII or the nearest topic, never the value. Databricks' `safety` needs a model this version does not ship:
 it is refused.
+
+A row is whatever the model is sent or answers: a text, or a STRUCT, list or map holding texts (a chat's
+messages, a record's fields, an HTTP request's body). `screen_values` applies the guard to every text in it,
+nested too: one blocked text blocks the row, and each masked text is masked where it stands.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aifuncs.errors import ConfigError
 from aifuncs.governance.pii import find_pii, mask_pii
 
-__all__ = ["Guard", "Guardrails", "Screened", "off_topic", "parse_guardrails", "screen"]
+__all__ = [
+    "Guard",
+    "Guardrails",
+    "Screened",
+    "off_topic",
+    "parse_guardrails",
+    "screen",
+    "screen_values",
+    "texts_in",
+]
 
 BEHAVIORS = ("NONE", "BLOCK", "MASK")
 
@@ -139,9 +153,9 @@ def parse_guardrails(config: Any) -> Guardrails:
 
 @dataclass
 class Screened:
-    """A batch of texts after a guard: the texts to use (masked where told) and each row's block reason."""
+    """A batch of rows after a guard: the rows to use (masked where told) and each row's block reason."""
 
-    texts: list[str | None]
+    texts: list[Any]  # each row as it goes on (its texts masked where told); None where blocked
     blocked: list[str | None]  # e.g. "pii (card)", "invalid keyword 'project falcon'"
     decisions: Counter[str]  # reason -> rows, masks included ("masked pii (email)")
 
@@ -152,28 +166,93 @@ def _keyword_pattern(keywords: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(rf"(?<!\w){re.escape(k)}(?!\w)" for k in keywords), re.IGNORECASE)
 
 
+def _screen_text(
+    guard: Guard, pattern: re.Pattern[str] | None, text: str
+) -> tuple[str, str | None, str | None]:
+    """One text: (the text to use, why it is blocked or None, the mask applied or None)."""
+    if pattern is not None and (hit := pattern.search(text)):
+        return text, f"invalid keyword {hit.group().lower()!r}", None
+    if guard.pii != "NONE":
+        findings = find_pii(text)
+        if findings:
+            kinds = ", ".join(sorted({f.kind for f in findings}))
+            if guard.pii == "BLOCK":
+                return text, f"pii ({kinds})", None
+            return mask_pii(text, findings), None, f"masked pii ({kinds})"
+    return text, None, None
+
+
 def screen(guard: Guard, texts: list[str | None]) -> Screened:
+    """Plain texts, one a row."""
     pattern = _keyword_pattern(guard.invalid_keywords)
-    kept: list[str | None] = []
+    kept: list[Any] = []
     blocked: list[str | None] = []
     decisions: Counter[str] = Counter()
     for text in texts:
         reason = None
-        if text is not None and pattern is not None and (hit := pattern.search(text)):
-            reason = f"invalid keyword {hit.group().lower()!r}"
-        if text is not None and reason is None and guard.pii != "NONE":
-            findings = find_pii(text)
-            if findings:
-                kinds = ", ".join(sorted({f.kind for f in findings}))
-                if guard.pii == "BLOCK":
-                    reason = f"pii ({kinds})"
-                else:
-                    text = mask_pii(text, findings)
-                    decisions[f"masked pii ({kinds})"] += 1
+        if text is not None:
+            text, reason, masked = _screen_text(guard, pattern, text)
+            if masked is not None:
+                decisions[masked] += 1
         if reason is not None:
             decisions[reason] += 1
             text = None
         kept.append(text)
+        blocked.append(reason)
+    return Screened(kept, blocked, decisions)
+
+
+def texts_in(value: Any) -> Iterator[str]:
+    """Every text in a row's value, nested ones too, in order (a STRUCT's field names are not texts)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from texts_in(item)
+    elif isinstance(value, list | tuple):  # lists; a MAP's entries come as (key, value) tuples
+        for item in value:
+            yield from texts_in(item)
+
+
+def _replace_texts(value: Any, texts: Iterator[str]) -> Any:
+    """`value` with its texts replaced by the next of `texts`, in the order `texts_in` yields them."""
+    if isinstance(value, str):
+        return next(texts)
+    if isinstance(value, dict):
+        return {key: _replace_texts(item, texts) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_replace_texts(item, texts) for item in value)
+    if isinstance(value, list):
+        return [_replace_texts(item, texts) for item in value]
+    return value
+
+
+def screen_values(guard: Guard, rows: list[Any]) -> Screened:
+    """Rows of any shape: every text in a row is screened; the first blocked text blocks the row (its reason
+    the row's), masked texts are masked in place, and each decision counts once per row."""
+    pattern = _keyword_pattern(guard.invalid_keywords)
+    kept: list[Any] = []
+    blocked: list[str | None] = []
+    decisions: Counter[str] = Counter()
+    for row in rows:
+        reason: str | None = None
+        masks: set[str] = set()
+        screened: list[str] = []
+        for text in texts_in(row):
+            text, reason, masked = _screen_text(guard, pattern, text)
+            if reason is not None:
+                break
+            if masked is not None:
+                masks.add(masked)
+            screened.append(text)
+        if reason is not None:
+            decisions[reason] += 1
+            kept.append(None)
+        elif masks:
+            decisions.update(masks)
+            kept.append(_replace_texts(row, iter(screened)))
+        else:
+            kept.append(row)
         blocked.append(reason)
     return Screened(kept, blocked, decisions)
 

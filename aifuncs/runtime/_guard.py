@@ -1,5 +1,8 @@
 """Guardrails on the request path: screen the texts going into a model and the answers coming out.
 
+Every text counts, whatever the row's shape: a plain text, a chat's messages (system ones too), a record's
+fields, an HTTP request's body, nested lists and maps; and every text of an answer (a STRUCT's fields too).
+
 Rows the input guard blocks are never sent; masked rows are sent masked (and keyed so in the answer store).
 Answers the output guard blocks are withheld. A blocked row is a per-row error ("blocked by the input
 guardrail: pii (card)"), NULL for task functions, or the query's error under failOnError. Each decision is
@@ -12,23 +15,54 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pyarrow as pa
 
 from aifuncs.errors import GuardrailBlocked
-from aifuncs.governance.guardrails import off_topic, screen
+from aifuncs.governance.guardrails import Guard, Screened, off_topic, screen, screen_values, texts_in
 from aifuncs.runtime._call import CallSpec, Scored
 from aifuncs.runtime._payloads import log_request
 
 Resolve = Callable[[pa.Array], Awaitable[Scored]]
 
 
-def _is_text(values: pa.Array) -> bool:
-    return (
-        pa.types.is_string(values.type)
-        or pa.types.is_large_string(values.type)
-        or pa.types.is_string_view(values.type)
-    )
+def _is_text(values: pa.DataType) -> bool:
+    return pa.types.is_string(values) or pa.types.is_large_string(values) or pa.types.is_string_view(values)
+
+
+def _has_text(values: pa.DataType) -> bool:
+    """Whether values of this type can hold a text anywhere (a STRUCT's field, a list's item, a map's entry)."""
+    if _is_text(values):
+        return True
+    if pa.types.is_struct(values):
+        return any(_has_text(f.type) for f in values)
+    if pa.types.is_map(values):
+        return _has_text(values.key_type) or _has_text(values.item_type)
+    if pa.types.is_list(values) or pa.types.is_large_list(values) or pa.types.is_fixed_size_list(values):
+        return _has_text(values.value_type)
+    if pa.types.is_dictionary(values):
+        return _has_text(values.value_type)
+    return False
+
+
+def _screen(guard: Guard, values: pa.Array) -> tuple[pa.Array, Screened]:
+    """Every text of every row through `guard`, whatever the rows' shape: the rows to use (blocked ones NULL,
+    masked ones masked) and the guard's account."""
+    if _is_text(values.type):
+        screened = screen(guard, values.to_pylist())
+        plain = pa.string() if pa.types.is_string_view(values.type) else values.type
+        return pa.array(screened.texts, plain), screened
+    screened = screen_values(guard, values.to_pylist())
+    if any(screened.blocked) or screened.decisions.total():
+        return pa.array(screened.texts, values.type), screened
+    return values, screened
+
+
+def _topic_text(value: Any) -> str | None:
+    """What a row is about, for valid_topics: its texts, one a line (None: a row without text)."""
+    texts = [t for t in texts_in(value) if t.strip()]
+    return "\n".join(texts) if texts else None
 
 
 def _refuse(call: CallSpec, side: str, reason: str) -> GuardrailBlocked:
@@ -46,40 +80,30 @@ async def guarded(
     embed: Resolve | None = None,
 ) -> Scored:
     rails = call.guardrails
-    if rails is None or not rails.active or not _is_text(requests):
+    if rails is None or not rails.active:
         return await resolve(requests)
+    if isinstance(requests, pa.ChunkedArray):  # a provider that takes chunks: screened as one array
+        requests = await asyncio.to_thread(requests.combine_chunks)
     raises = call.fail_on_error and not call.null_on_error
     decisions: Counter[str] = Counter()
     blocked: list[str | None] = [None] * len(requests)
+    reasons: list[str | None] = [None] * len(requests)  # the guard's own words, for the query's error
     send = requests
-    if rails.input.active:
-        screened = await asyncio.to_thread(screen, rails.input, requests.to_pylist())
+    if rails.input.active and _has_text(requests.type):
+        values, screened = await asyncio.to_thread(_screen, rails.input, requests)
         decisions.update({f"input: {k}": v for k, v in screened.decisions.items()})
-        blocked = [None if b is None else f"blocked by the input guardrail: {b}" for b in screened.blocked]
-        send = pa.array([t for t, b in zip(screened.texts, blocked, strict=True) if b is None], pa.string())
-        if rails.input.valid_topics and embed is not None and len(send):
-            topics = pa.array(list(rails.input.valid_topics), pa.string())
-            vectors, _ = await embed(pa.concat_arrays([send, topics]))
-            listed = vectors.to_pylist()
-            reasons = off_topic(
-                listed[: len(send)],
-                listed[len(send) :],
-                rails.input.valid_topics,
-                rails.input.topic_threshold,
-            )
-            positions = [i for i, b in enumerate(blocked) if b is None]
-            for position, reason in zip(positions, reasons, strict=True):
-                if reason is not None:
-                    blocked[position] = f"blocked by the input guardrail: {reason}"
-                    screened.blocked[position] = reason
-                    decisions["input: off topic"] += 1
-            send = pa.array([screened.texts[i] for i, b in enumerate(blocked) if b is None], pa.string())
+        reasons = list(screened.blocked)
+        if rails.input.valid_topics and embed is not None:
+            if off := await _check_topics(rails.input, values, screened.texts, reasons, embed):
+                decisions["input: off topic"] += off
+        blocked = [None if r is None else f"blocked by the input guardrail: {r}" for r in reasons]
+        send = values if not any(blocked) else values.filter(pa.array([b is None for b in blocked]))
     try:
         if raises and any(blocked):
-            raise _refuse(call, "input", next(b for b in screened.blocked if b))
+            raise _refuse(call, "input", next(r for r in reasons if r))
         values, errors = await resolve(send) if len(send) else (pa.array([], send.type), [])
-        if rails.output.active and _is_text(values):
-            answers = await asyncio.to_thread(screen, rails.output, values.to_pylist())
+        if rails.output.active and _has_text(values.type):
+            values, answers = await asyncio.to_thread(_screen, rails.output, values)
             decisions.update({f"output: {k}": v for k, v in answers.decisions.items()})
             if raises and any(answers.blocked):
                 raise _refuse(call, "output", next(b for b in answers.blocked if b))
@@ -87,7 +111,6 @@ async def guarded(
                 e if b is None else f"blocked by the output guardrail: {b}"
                 for e, b in zip(errors, answers.blocked, strict=True)
             ]
-            values = pa.array(answers.texts, values.type)
     finally:
         if decisions:
             record(decisions)
@@ -101,3 +124,24 @@ async def guarded(
     full = values.take(pa.array(order, pa.int64()))
     full_errors = [b if b else errors[i] for b, i in zip(blocked, order, strict=True)]  # type: ignore[index]
     return full, full_errors
+
+
+async def _check_topics(
+    guard: Guard, values: pa.Array, rows: list[Any], reasons: list[str | None], embed: Resolve
+) -> int:
+    """Block (in `reasons`) each row not yet blocked whose texts are off every topic, and count them; a row
+    without text has no topic to check."""
+    texts = rows if _is_text(values.type) else [_topic_text(r) for r in rows]
+    positions = [i for i, (t, r) in enumerate(zip(texts, reasons, strict=True)) if r is None and t]
+    if not positions:
+        return 0
+    asked = pa.array([texts[i] for i in positions] + list(guard.valid_topics), pa.string())
+    vectors, _ = await embed(asked)
+    listed = vectors.to_pylist()
+    found = off_topic(
+        listed[: len(positions)], listed[len(positions) :], guard.valid_topics, guard.topic_threshold
+    )
+    for position, reason in zip(positions, found, strict=True):
+        if reason is not None:
+            reasons[position] = reason
+    return sum(1 for r in found if r is not None)
