@@ -43,6 +43,8 @@ class Faults:
     first_attempts_only: bool = False  # faults strike only a request body not seen before (never a retry)
     max_in_flight: int | None = None  # 429 (no Retry-After) to a request beyond this many in flight
     max_rows: int | None = None  # 413 to a request of more rows
+    fail_first: int = 0  # the first this many requests answer `fail_status` (then it recovers)
+    fail_status: int = 500  # 429 comes with Retry-After: `retry_after`
 
 
 @dataclass
@@ -119,6 +121,11 @@ class _Server:
                     if fault == "bad_gateway":
                         self._send_raw(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>")
                         return
+                    if fault == "fail_first":
+                        status = server.faults.fail_status
+                        extra = {"Retry-After": server.faults.retry_after} if status == 429 else {}
+                        self._send(status, {"error": f"failing the first {server.faults.fail_first}"}, extra)
+                        return
                     if fault == "busy":
                         self._send(429, {"error": "too many requests in flight"})
                         return
@@ -193,6 +200,8 @@ class _Server:
                         fault = name
                         break
                     draw -= chance
+            if self.stats.requests <= self.faults.fail_first:
+                fault = "fail_first"
             if self.faults.max_in_flight is not None and self.stats.in_flight > self.faults.max_in_flight:
                 fault = "busy"
             rows = rows_of(body)

@@ -36,7 +36,7 @@ from aifuncs.governance.permissions import DESCRIPTIONS, LEVELS
 from aifuncs.runtime import default_runtime
 from aifuncs.server._auth import Authenticator
 from aifuncs.server._entities import endpoint_options
-from aifuncs.server._errors import ApiError, error_response, from_aifuncs
+from aifuncs.server._errors import ApiError, error_response, from_aifuncs, from_unexpected
 from aifuncs.server._input import parse_json
 from aifuncs.server._invoke import Prepared, prepare, prepare_on_loop
 from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse
@@ -107,10 +107,12 @@ def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awai
             response = error_response(from_aifuncs(error))
         except ClientDisconnect:  # the client went (or was timed out) mid-body: nobody to answer
             return Response(status_code=400, headers={"connection": "close"})
-        except Exception:  # a bug of ours: logged here, a JSON 500 there, the server keeps serving
-            _log.exception("%s %s failed", request.method, request.url.path)
+        except Exception as error:  # a store's passing failure (503), else a bug of ours: logged, a JSON 500
+            passing = from_unexpected(error)
+            if passing is None:
+                _log.exception("%s %s failed", request.method, request.url.path)
             response = error_response(
-                ApiError(500, "INTERNAL_ERROR", "The server failed on this request; see its log.")
+                passing or ApiError(500, "INTERNAL_ERROR", "The server failed on this request; see its log.")
             )
         else:
             response = result if isinstance(result, Response) else JSONResponse(result)

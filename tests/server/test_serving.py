@@ -83,7 +83,9 @@ def test_a_dead_provider_a_stalled_client_and_a_stop_mid_request(
         with httpx.Client(base_url=url, timeout=30) as client:
             dead = client.post("/serving-endpoints/chat/completions", headers=headers,
                                json={"model": "gone", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
-            assert dead.status_code == 400 and "gone" in dead.json()["message"], dead.text
+            # no upstream to answer: a passing failure every client retries (503 with Retry-After), not a 400
+            assert dead.status_code == 503 and "gone" in dead.json()["message"], dead.text
+            assert dead.headers["retry-after"] == "1"
             port = int(url.rsplit(":", 1)[1])
             with socket.create_connection(("127.0.0.1", port)) as stalled:  # a body that never comes
                 stalled.sendall(b"POST /serving-endpoints/sleepy/invocations HTTP/1.1\r\nHost: x\r\n"
