@@ -493,7 +493,7 @@ def app(warehouse: str | Path | None = None, public_url: str | None = None) -> S
         ),  # fmt: skip
     ]
     routes.append(Route("/openapi.json", _openapi_route(routes), methods=["GET"]))
-    server = Starlette(routes=routes, lifespan=_lifespan)
+    server = Starlette(routes=routes, lifespan=_lifespan, exception_handlers=_NO_ROUTE)
     server.state.statements = statements  # cancelled when the server stops
     return server
 
@@ -518,6 +518,19 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 _OPEN = ("/health", "/.well-known/databricks-config", "/openapi.json")
+
+
+async def _no_route(request: Request, error: Exception) -> Response:
+    """A path or method no route serves: the JSON error every client reads, not Starlette's plain text."""
+    status = getattr(error, "status_code", 404)
+    if status == 405:
+        found = ApiError(405, "METHOD_NOT_ALLOWED", f"{request.url.path} does not take {request.method}.")
+    else:
+        found = ApiError(404, "ENDPOINT_NOT_FOUND", f"No API at {request.url.path}; see /openapi.json.")
+    return error_response(found)
+
+
+_NO_ROUTE: dict[Any, Any] = {404: _no_route, 405: _no_route}
 
 
 def _openapi_route(routes: list[Route]) -> Callable[[Request], Awaitable[Response]]:
