@@ -32,6 +32,7 @@ _BODY = 30  # base62 characters: ~178 bits
 _CHECK = 6  # base62 characters of CRC32 (up to 2^32 < 62^6)
 _ALPHABET = string.digits + string.ascii_letters
 DEFAULT_DAYS = 90
+_NOTE_WAIT_S = 0.05  # how long noting a token's last use waits for a locked catalog
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -178,6 +179,18 @@ class TokenStore:
                 (_now().isoformat(), principal),
             ).rowcount
 
+    def _note_use(self, token_id: int, now: datetime) -> None:
+        """Record the token's last use, if the file can be written at once: another process holding it (a
+        long write, a backup) must not fail or stall authentication. A use not recorded now is by the next."""
+        db = sqlite3.connect(self.path, timeout=_NOTE_WAIT_S)
+        try:
+            with db:
+                db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now.isoformat(), token_id))
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            db.close()
+
     def authenticate(self, token: str) -> Token:
         """The token's record, its last use noted; InvalidToken if it is malformed, unknown, expired or
         revoked (all four read alike to the caller but for their reason)."""
@@ -197,5 +210,5 @@ class TokenStore:
                 raise InvalidToken(f"The token {row[2]} was revoked on {revoked:%Y-%m-%d}.")
             if expires is not None and expires <= now:
                 raise InvalidToken(f"The token {row[2]} expired on {expires:%Y-%m-%d}; make a new one.")
-            db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now.isoformat(), row[0]))
+        self._note_use(int(row[0]), now)
         return Token(row[0], row[2], row[3], row[4], row[5], _time(row[6]) or now, expires, None, now)

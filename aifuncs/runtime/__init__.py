@@ -543,10 +543,10 @@ class Runtime:
                         raise
                     await asyncio.sleep(backoff_s(attempt, provider.retry_base_s, error.retry_after))
         except BaseException as error:  # cancelled too: what was sent was paid, and is accounted
-            if sends.count or not isinstance(error, (BudgetExceeded, RateLimited, asyncio.CancelledError)):
-                self._record(call, provider, chunk, started, sends.count or attempt, None, error, sends.id)
+            if sends.count:  # else refused before it went (a budget, a rate limit): not a request
+                self._record(call, provider, chunk, started, sends.count, None, error, sends.id)
             raise
-        self._record(call, provider, chunk, started, sends.count or attempt, output, None, sends.id)
+        self._record(call, provider, chunk, started, sends.count, output, None, sends.id)
         return output.outputs if isinstance(output, Prediction) else output
 
     async def _send(
