@@ -101,7 +101,37 @@ def _query(args: argparse.Namespace) -> int:
                 relation.show(max_rows=args.max_rows, max_width=200)
     finally:
         con.close()
-    return 0
+    return _accounted()
+
+
+# How long `aifuncs query` waits at its end for the usage and inference logs to take its rows (a locked file
+# used to hold the exit for a minute); what they cannot take by then stays in their journals.
+ACCOUNTING_WAIT_S = 2.0
+
+
+def _accounted() -> int:
+    """Write the query's usage and inference rows, waiting `ACCOUNTING_WAIT_S` at most, and say so when a log
+    could not take them: EXIT_UNACCOUNTED, the answers having been given and paid for."""
+    import sqlite3
+
+    from aifuncs.governance.payloads import payload_log
+    from aifuncs.runtime import default_runtime
+
+    unwritten = []
+    for name, log in (("usage log", default_runtime().usage), ("inference table", payload_log())):
+        try:
+            log.flush(ACCOUNTING_WAIT_S)
+        except (sqlite3.Error, OSError) as error:
+            unwritten.append(f"{name} ({error})")
+    if not unwritten:
+        return 0
+    print(
+        f"warning: the answers above were paid for, but the {' and the '.join(unwritten)} could not take this"
+        f" query's rows within {ACCOUNTING_WAIT_S:g} s (another process holds the file). They are kept in the"
+        " log's journal under AIFUNCS_HOME and written by the next aifuncs process that writes or reads it.",
+        file=sys.stderr,
+    )
+    return EXIT_UNACCOUNTED
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -503,6 +533,7 @@ EXIT_BUDGET = 3  # a budget refused or stopped the query: a scheduler may retry 
 EXIT_LOCKED = (
     7  # another run of the same job is running (the other codes of `aifuncs run`: aifuncs.jobs.Exit)
 )
+EXIT_UNACCOUNTED = 8  # `aifuncs query` answered, but a locked log could not take its usage rows yet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
