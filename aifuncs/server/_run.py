@@ -126,7 +126,7 @@ def serve(
     )
     _statement_limits(statement_timeout_s, statement_memory, statement_concurrency, statement_result_mb)
     uvicorn.run(
-        "aifuncs.server:app",
+        "aifuncs.server._rebalance:served_app",  # the app, its kept connections ended now and then
         factory=True,
         host=host,
         port=port,
