@@ -13,7 +13,7 @@ from aifuncs.errors import ConfigError, InvalidEndpointName
 
 NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
 
-# Option names that would hold a secret. Keys live in the environment; an endpoint names the variable.
+# Option names that would hold a secret. Keys live in secret scopes (or the environment); an endpoint names them.
 _SECRET_OPTION = re.compile(r"(^|_)(api_?key|token|secret|password)$", re.IGNORECASE)
 
 
@@ -58,8 +58,10 @@ def check_name(name: str) -> str:
 
 def check_no_secrets(options: dict[str, Any]) -> None:
     for key in options:
-        if _SECRET_OPTION.search(key) and not key.endswith("_env"):
+        # `*_env` names a variable and `*_secret` a secret scope's key ("scope/key"): neither holds the key
+        if _SECRET_OPTION.search(key) and not key.endswith(("_env", "_secret")):
             raise ConfigError(
-                f"Option {key!r} would store a secret in the catalog. Put the key in an environment"
-                f" variable and pass its name instead, e.g. {key.rstrip('_')}_env='MY_API_KEY'."
+                f"Option {key!r} would store a secret in the catalog. Put the key in a secret scope"
+                f" (aifuncs secrets put SCOPE KEY) and name it instead, e.g. {key.rstrip('_')}_secret='SCOPE/KEY'"
+                f" (admins may also name an environment variable: {key.rstrip('_')}_env='MY_API_KEY')."
             )

@@ -9,6 +9,7 @@ import datetime
 import decimal
 import json
 import os
+import time
 import urllib.request
 import uuid
 from email.utils import parsedate_to_datetime
@@ -18,17 +19,35 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import Field
 
-from aifuncs.errors import EndpointUnreachable, MissingSecret, RemoteError
+from aifuncs._home import home_file
+from aifuncs.errors import AifuncsError, EndpointUnreachable, MissingSecret, RemoteError
+from aifuncs.governance.egress import EgressPolicy
+from aifuncs.governance.keys import keyring
+from aifuncs.governance.secrets import check_env_name, parse_reference
+from aifuncs.governance.secrets import resolve as resolve_secret
 from aifuncs.providers._transport import LeanTransport
 from aifuncs.providers.base import Provider, ProviderOptions
 
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 _SHOWN_BODY = 300  # characters of an error reply quoted in messages
+_SECRET_KEPT_S = 5.0  # a secret's value is read again after this long (a changed key takes effect)
 
 
 class HttpOptions(ProviderOptions):
+    api_key_secret: str | None = Field(
+        default=None,
+        description='The API key as a secret scope\'s key, "scope/key" (aifuncs secrets); saving it needs READ'
+        " on the scope. Read when a request is sent, never stored with the endpoint.",
+    )
     api_key_env: str | None = Field(
-        default=None, description="Name of the environment variable holding the API key (never the key)."
+        default=None,
+        description="Name of the server's environment variable holding the API key (never the key); admins only,"
+        " never an AIFUNCS_ variable.",
+    )
+    egress_checked: bool = Field(
+        default=False,
+        description="Set by the catalog when the config's author is not an admin: every request's host must be"
+        " on the home's egress allow-list (aifuncs egress).",
     )
     timeout_s: float = Field(default=60.0, gt=0, description="Seconds before one request is given up.")
     max_retries: int = Field(
@@ -57,10 +76,11 @@ class HttpProvider(Provider):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: httpx.AsyncClient | None = None
-        self._transport = LeanTransport()
+        self._transport: httpx.AsyncBaseTransport = LeanTransport()
         self._direct = False
         self._timeouts: dict[str, float | None] = {}
         self._urls: dict[str, httpx.URL] = {}  # parsed once: parsing cost 6% of a request's CPU
+        self._kept_key: tuple[str, float] | None = None
 
     @property
     def max_retries(self) -> int:
@@ -70,19 +90,46 @@ class HttpProvider(Provider):
     def retry_base_s(self) -> float:
         return self.options.retry_base_s
 
-    def __repr__(self) -> str:  # never the key: only the name of its variable
-        return f"{type(self).__name__}(endpoint={self.endpoint.name!r}, api_key_env={self.options.api_key_env!r})"
+    def __repr__(self) -> str:  # never the key: only where it is read from
+        where = (
+            f"api_key_secret={self.options.api_key_secret!r}"
+            if self.options.api_key_secret
+            else f"api_key_env={self.options.api_key_env!r}"
+        )
+        return f"{type(self).__name__}(endpoint={self.endpoint.name!r}, {where})"
 
     def api_key(self) -> str | None:
+        """The key for the request being sent: a secret scope's (resolved now, kept a few seconds), else the
+        environment variable's. Neither is ever stored with the endpoint."""
+        if self.options.api_key_secret:
+            return self._secret_key(self.options.api_key_secret)
         name = self.options.api_key_env
         if name is None:
             return None
+        try:
+            check_env_name(name)
+        except AifuncsError as error:  # stored before such names were refused: still never sent
+            raise MissingSecret(f"Endpoint {self.endpoint.name!r}: {error}") from None
         value = os.environ.get(name)
         if not value:
             raise MissingSecret(
                 f"Endpoint {self.endpoint.name!r} needs an API key in the environment variable {name}, which"
                 f" is not set. Set it (export {name}=...) in the process that runs the query."
             )
+        return value
+
+    def _secret_key(self, text: str) -> str:
+        kept = self._kept_key
+        if kept is not None and time.monotonic() - kept[1] < _SECRET_KEPT_S:
+            return kept[0]
+        reference = parse_reference(text)
+        try:
+            value = resolve_secret(home_file("catalog.db"), keyring(), reference)
+        except AifuncsError as error:
+            raise MissingSecret(
+                f"Endpoint {self.endpoint.name!r} reads its API key from {reference}: {error}"
+            ) from None
+        self._kept_key = (value, time.monotonic())
         return value
 
     def auth_headers(self, key: str) -> dict[str, str]:
@@ -92,6 +139,8 @@ class HttpProvider(Provider):
         # One client per endpoint, created on the runtime's loop, so connections are reused across rows.
         if self._client is None:
             self._transport = LeanTransport()
+            if self.options.egress_checked:  # a non-admin's config: each request's host is checked first
+                self._transport = EgressTransport(self._transport, EgressPolicy(home_file("catalog.db")))
             self._client = httpx.AsyncClient(
                 timeout=self.options.timeout_s, transport=self._transport, cookies=_NoCookies()
             )
@@ -164,6 +213,25 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"a request value of type {type(value).__name__} cannot be sent as JSON")
+
+
+class EgressTransport(httpx.AsyncBaseTransport):
+    """Checks each request's host against the egress allow-list (names resolved), then sends it."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, policy: EgressPolicy) -> None:
+        self._inner = inner
+        self._policy = policy
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        port = url.port or (443 if url.scheme == "https" else 80)
+        await self._policy.check_async(
+            url.host.lower().rstrip("."), port, f"{url.scheme}://{url.netloc.decode()}"
+        )
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class _NoCookies(CookieJar):

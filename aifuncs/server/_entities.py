@@ -1,11 +1,12 @@
 """Databricks' served entities to catalog endpoints: a registered MLflow model is an `mlflow` endpoint, an
 external model the matching remote kind.
 
-Keys are never stored: an external model's key is named as an environment variable of the server,
-`"openai_api_key": "{{env/OPENAI_API_KEY}}"` (or `openai_api_key_env`, or Databricks' `{{secrets/scope/key}}`,
-read from the variable `SCOPE_KEY`); a `*_plaintext` key is refused. Serving fields Databricks needs for
-its own machines (`workload_size`, `scale_to_zero_enabled`, `environment_vars`...) are accepted and have no
-effect here.
+Keys are never stored: an external model's key is a secret scope's key, `"openai_api_key":
+"{{secrets/scope/key}}"` (saving it needs READ on the scope), or, for admins only, an environment variable
+of the server, `"{{env/NAME}}"` (or `openai_api_key_env`; never an `AIFUNCS_*` one); a `*_plaintext` key is
+refused. GET shows the reference back (`key_references`). Serving fields Databricks needs for its own
+machines (`workload_size`, `scale_to_zero_enabled`, `environment_vars`...) are accepted and have no effect
+here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from aifuncs.server._errors import ApiError
 
-__all__ = ["endpoint_options"]
+__all__ = ["endpoint_options", "key_references"]
 
 _TASKS = {"llm/v1/chat": "chat", "llm/v1/completions": "completions", "llm/v1/embeddings": "embeddings"}
 _REFERENCE = re.compile(r"^\{\{\s*(env|secrets)/([A-Za-z0-9_.-]+)(?:/([A-Za-z0-9_.-]+))?\s*\}\}$")
@@ -25,29 +26,53 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, "INVALID_PARAMETER_VALUE", message)
 
 
-def _key_env(config: dict[str, Any], field: str) -> str | None:
-    """The environment variable an external model's key is read from."""
+def _key(config: dict[str, Any], field: str) -> dict[str, str]:
+    """Where an external model's key is read from: {"api_key_secret": "scope/key"} or {"api_key_env": NAME}
+    (the catalog checks that the config's author may use it)."""
     if config.get(f"{field}_plaintext"):
         raise _bad(
-            f"{field}_plaintext: aifuncs never stores keys. Put the key in an environment variable of the server and"
-            f' name it: "{field}": "{{{{env/NAME}}}}".'
+            f"{field}_plaintext: aifuncs never stores keys. Put the key in a secret scope and reference it:"
+            f' "{field}": "{{{{secrets/SCOPE/KEY}}}}".'
         )
     if config.get(f"{field}_env"):
-        return str(config[f"{field}_env"])
+        return {"api_key_env": str(config[f"{field}_env"])}
     value = config.get(field)
     if value is None:
-        return None
+        return {}
     found = _REFERENCE.match(str(value))
     if found is None:
         raise _bad(
-            f'{field} names where the key is, e.g. "{{{{env/NAME}}}}"; the key itself is never sent or stored.'
+            f'{field} names where the key is, e.g. "{{{{secrets/SCOPE/KEY}}}}"; the key itself is never sent or'
+            " stored."
         )
     kind, first, second = found.groups()
     if kind == "env":
-        return first
+        if second is not None:
+            raise _bad(f"{field}: an environment reference reads {{{{env/NAME}}}}.")
+        return {"api_key_env": first}
     if second is None:
         raise _bad(f"{field}: a secret reference reads {{{{secrets/scope/key}}}}.")
-    return re.sub(r"[^A-Za-z0-9]", "_", f"{first}_{second}").upper()
+    return {"api_key_secret": f"{first}/{second}"}
+
+
+_KEY_FIELDS = {
+    "openai": ("openai_config", "openai_api_key"),
+    "anthropic": ("anthropic_config", "anthropic_api_key"),
+    "serving": ("databricks_model_serving_config", "databricks_api_token"),
+}
+
+
+def key_references(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The key reference an external model's options hold, in its provider config as GET shows it, e.g.
+    {"openai_config": {"openai_api_key": "{{secrets/llm/openai}}"}}: never a value."""
+    if options.get("api_key_secret"):
+        reference = f"{{{{secrets/{options['api_key_secret']}}}}}"
+    elif options.get("api_key_env"):
+        reference = f"{{{{env/{options['api_key_env']}}}}}"
+    else:
+        return {}
+    section, field = _KEY_FIELDS.get(kind, ("openai_config", "openai_api_key"))
+    return {section: {field: reference}}
 
 
 def _external(model: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -64,13 +89,12 @@ def _external(model: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         base = config.get("openai_api_base") or config.get("custom_provider_url")
         if base:
             options["base_url"] = str(base).rstrip("/")
-        options["api_key_env"] = _key_env(config, "openai_api_key")
-        return "openai", options
+        return "openai", {**options, **_key(config, "openai_api_key")}
     if provider == "anthropic":
         if task != "chat":
             raise _bad("Anthropic serves llm/v1/chat only.")
         config = model.get("anthropic_config") or {}
-        return "anthropic", {"model": name, "api_key_env": _key_env(config, "anthropic_api_key")}
+        return "anthropic", {"model": name, **_key(config, "anthropic_api_key")}
     if provider == "databricks-model-serving":
         config = model.get("databricks_model_serving_config") or {}
         host = str(config.get("databricks_workspace_url", "")).rstrip("/")
@@ -79,7 +103,7 @@ def _external(model: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 "databricks_model_serving_config.databricks_workspace_url is the workspace that serves it."
             )
         url = f"{host}/serving-endpoints/{name}/invocations"
-        return "serving", {"url": url, "api_key_env": _key_env(config, "databricks_api_token")}
+        return "serving", {"url": url, **_key(config, "databricks_api_token")}
     raise _bad(
         f"external_model.provider {provider!r} is not served here: openai, custom, anthropic, databricks-model-serving."
     )

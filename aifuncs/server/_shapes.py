@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aifuncs.catalog import Catalog, Endpoint
+from aifuncs.server._entities import key_references
 
 __all__ = ["endpoint_object"]
 
@@ -31,6 +32,7 @@ def served_entity(endpoint: Endpoint) -> dict[str, Any]:
             "name": endpoint.options.get("model") or endpoint.options.get("endpoint") or endpoint.name,
             "provider": _REMOTE_PROVIDERS[endpoint.kind],
             "task": "llm/v1/chat",
+            **key_references(endpoint.kind, endpoint.options),  # the reference, never the key
         }
     else:
         entity.update(entity_name=endpoint.name, entity_version=str(endpoint.version))

@@ -19,8 +19,9 @@ def changes(home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     gov.create_user("alice")
     gov.create_group("analysts", members=["alice"])
     alices = gov.create_token("alice")
+    gov.PrincipalStore(home / "catalog.db").grant_entitlement("alice", gov.CREATE_ENDPOINTS)  # unaudited: a store
     monkeypatch.setenv("AIFUNCS_TOKEN", alices)
-    aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    aifuncs.endpoints.create("doubler", kind="forecast")  # a kind that runs no code of the author's choosing
     aifuncs.endpoints.update_permissions(
         "doubler", [{"group_name": "analysts", "permission_level": "CAN_VIEW"}]
     )

@@ -26,6 +26,7 @@ def tokens(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, st
     gov.create_user("bob")
     gov.create_group("analysts", members=["bob"])
     aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
+    gov.grant_entitlement("alice")  # alice may create endpoints of her own
     sample_models.CALLS.clear()
     yield {"alice": gov.create_token("alice"), "bob": gov.create_token("bob")}
 
@@ -51,9 +52,7 @@ def test_an_endpoint_one_may_not_view_reads_exactly_as_a_missing_one(
     tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     act_as(monkeypatch, tokens["alice"])
-    aifuncs.endpoints.create(
-        "alices-model", kind="python", function="sample_models:doubled", returns="DOUBLE"
-    )
+    aifuncs.endpoints.create("alices-model", kind="forecast")  # non-admins may not make python endpoints
     acl = aifuncs.endpoints.get_permissions("alices-model")["access_control_list"]
     assert [(e.get("user_name"), e["all_permissions"][0]["permission_level"]) for e in acl] == [
         ("alice", "CAN_MANAGE")
@@ -218,9 +217,7 @@ def test_the_permissions_view_shows_what_each_may_see(
     tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     act_as(monkeypatch, tokens["alice"])
-    aifuncs.endpoints.create(
-        "alices-model", kind="python", function="sample_models:doubled", returns="DOUBLE"
-    )
+    aifuncs.endpoints.create("alices-model", kind="forecast")  # non-admins may not make python endpoints
     aifuncs.endpoints.update_permissions(
         "alices-model", [{"group_name": "analysts", "permission_level": "CAN_VIEW"}]
     )

@@ -16,6 +16,7 @@ from servers import FakeServer, free_port, running
 
 import aifuncs
 import aifuncs.governance as gov
+from aifuncs.governance.egress import EgressPolicy
 
 
 @dataclass
@@ -36,6 +37,8 @@ def server(
     revoked = gov.create_token("carol")
     gov.revoke_token(gov.list_tokens("carol")[-1].id)
     tokens["revoked"] = revoked
+    gov.grant_entitlement("alice")  # alice creates endpoints of her own over REST
+    EgressPolicy(home / "catalog.db").allow("127.0.0.1", gov.whoami())  # the fake upstream, for her configs too
     aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
     aifuncs.endpoints.create("wine", kind="mlflow", model_uri=mlflow_models.sklearn_uri)  # type: ignore[attr-defined]
     with FakeServer(keep_bodies=True) as llm:
