@@ -285,6 +285,8 @@ def test_a_job_checks_its_arguments_before_it_pays(chat: FakeServer, tmp_path: P
         (tmp_path / "no" / "such" / "folder" / "out.parquet", "does not exist (create it: mkdir -p"),
         (tmp_path / "a-file" / "out.csv", "is not a folder"),
         (tmp_path / "a-folder.parquet", "is a folder; name a file in it"),
+        ("table:a.b.c.d", "is not a table name"),  # DuckDB names have three parts at most
+        ("table:topics(x)", "is not a table name"),
     ]:  # usage errors (exit 2), as a scheduler reads them: nothing was run, nothing recorded
         code, events, err = finish(start_job(str(job), "--output", str(output)))
         assert code == Exit.USAGE and says in err and events == [], (code, err)

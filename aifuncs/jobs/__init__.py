@@ -387,9 +387,15 @@ class _Output:
         if text.startswith("table:"):
             name = text.removeprefix("table:")
             try:
-                exp.to_table(name, dialect="duckdb")
+                table = exp.to_table(name, dialect="duckdb")
             except sqlglot.errors.ParseError:
                 name = ""
+            else:  # [catalog.][schema.]table, each part a name: checked now, not after the run has paid
+                if len(table.parts) > 3 or not all(isinstance(p, exp.Identifier) for p in table.parts):
+                    raise AifuncsError(
+                        f"--output {text!r}: {name!r} is not a table name; give table:NAME or table:SCHEMA.NAME"
+                        ' (quote a name with other characters: table:"my table").'
+                    )
             if not name:
                 raise AifuncsError(f"--output {text!r}: give a table name, e.g. table:ticket_topics.")
             return cls(text, "table", name)
