@@ -171,6 +171,15 @@ class Catalog:
     def get(self, name: str) -> Endpoint:
         return self.authorize(name, "view")
 
+    def revision(self) -> int:
+        """The count of governance changes (endpoints, gateway settings, permissions, defaults), read at most
+        once a second: part of the key of whatever a process keeps of a binding."""
+        return self._store.revision()
+
+    def known_revision(self) -> int | None:
+        """`revision()` when it needs no read (under a second old), else None."""
+        return self._store.known_revision()
+
     def list(self) -> builtins.list[Endpoint]:
         endpoints = self._store.list()
         principal = self.principal
@@ -276,6 +285,7 @@ class Catalog:
         """Replace the endpoint's grants (Databricks' PUT): all entries are checked before any is written."""
         endpoint = self.authorize(name, "manage")
         self._permissions.set_acl(endpoint.name, access_control_list)
+        self._store.bump_revision()
         self._note("permissions.set", endpoint.name, access_control_list=access_control_list)
         return self.get_permissions(endpoint.name)
 
@@ -285,6 +295,7 @@ class Catalog:
         """Add or change grants, keeping the others (Databricks' PATCH)."""
         endpoint = self.authorize(name, "manage")
         self._permissions.update_acl(endpoint.name, access_control_list)
+        self._store.bump_revision()
         self._note("permissions.update", endpoint.name, access_control_list=access_control_list)
         return self.get_permissions(endpoint.name)
 

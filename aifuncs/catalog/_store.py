@@ -1,10 +1,16 @@
-"""SQLite storage of the catalog. One file under AIFUNCS_HOME, safe for several processes at once."""
+"""SQLite storage of the catalog. One file under AIFUNCS_HOME, safe for several processes at once.
+
+The catalog's revision counts its governance changes (endpoints made, updated or deleted, gateway settings,
+permissions, defaults): whatever a process keeps of a binding (a DuckDB function, a server's binding) is
+keyed by it, so a change holds for open connections too, within a second in other processes.
+"""
 
 from __future__ import annotations
 
 import builtins
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -48,7 +54,20 @@ CREATE TABLE IF NOT EXISTS defaults (
     role TEXT PRIMARY KEY,
     name TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS revision (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    value INTEGER NOT NULL
+);
 """
+
+REVISION_MAX_AGE_S = 1.0  # how stale a process's idea of the revision may be: one read a second at most
+
+
+def bump_revision(db: sqlite3.Connection) -> None:
+    """Count one governance change, inside the transaction that makes it."""
+    db.execute(
+        "INSERT INTO revision (id, value) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET value = value + 1"
+    )
 
 
 def _now() -> str:
@@ -71,6 +90,7 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = ProcessLocal()
+        self._revision: tuple[float, int] | None = None  # (when read, value), for all threads
         with self._connect() as db:
             use_wal(db)  # kept in the file: later connections need not ask again
             db.executescript(_SCHEMA)
@@ -98,6 +118,31 @@ class SqliteStore:
                 if db.in_transaction:  # the connection is kept: never leave it inside a transaction
                     db.execute("ROLLBACK")
                 raise
+
+    def revision(self) -> int:
+        """The catalog's revision, read from the file at most once a second (and at once after a change made
+        through this store)."""
+        known = self.known_revision()
+        if known is not None:
+            return known
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM revision WHERE id = 1").fetchone()
+        value = 0 if row is None else int(row[0])
+        self._revision = (time.monotonic(), value)
+        return value
+
+    def known_revision(self) -> int | None:
+        """The revision as last read, while under a second old; None when it must be read again."""
+        found = self._revision
+        if found is None or time.monotonic() - found[0] > REVISION_MAX_AGE_S:
+            return None
+        return found[1]
+
+    def bump_revision(self) -> None:
+        """Count a governance change written elsewhere (permissions, in their own transaction)."""
+        with self._write() as db:
+            bump_revision(db)
+        self._revision = None
 
     def get(self, name: str) -> Endpoint | None:
         with self._connect() as db:
@@ -128,6 +173,8 @@ class SqliteStore:
             self._record_version(db, endpoint.name, 1, endpoint.kind, options, endpoint.description, now)
             if also is not None:
                 also(db)
+            bump_revision(db)
+        self._revision = None
         return True
 
     def replace(self, endpoint: Endpoint) -> Endpoint | None:
@@ -147,6 +194,8 @@ class SqliteStore:
             self._record_version(
                 db, endpoint.name, version, endpoint.kind, options, endpoint.description, now
             )
+            bump_revision(db)
+        self._revision = None
         return self.get(endpoint.name)
 
     def delete(self, name: str, also: Callable[[sqlite3.Connection], None] | None = None) -> bool:
@@ -157,6 +206,9 @@ class SqliteStore:
             db.execute("DELETE FROM tags WHERE name = ?", (name,))
             if deleted and also is not None:
                 also(db)
+            if deleted:
+                bump_revision(db)
+        self._revision = None
         return bool(deleted)
 
     def gateway(self, name: str) -> dict[str, object]:
@@ -175,6 +227,8 @@ class SqliteStore:
                 " ON CONFLICT (name) DO UPDATE SET config = excluded.config",
                 (name, json.dumps(config, sort_keys=True)),
             )
+            bump_revision(db)
+        self._revision = None
         return True
 
     def tags(self, name: str) -> builtins.list[dict[str, str | None]]:
@@ -206,6 +260,8 @@ class SqliteStore:
                 db.execute("DELETE FROM defaults WHERE role = ?", (role,))
             else:
                 db.execute("INSERT OR REPLACE INTO defaults VALUES (?, ?)", (role, name))
+            bump_revision(db)
+        self._revision = None
 
     def versions(self, name: str) -> builtins.list[dict[str, object]]:
         with self._connect() as db:

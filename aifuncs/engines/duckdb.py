@@ -475,26 +475,7 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
         return None if rows[0][0] is None else json.loads(rows[0][0])
 
     def register(call: CallSpec, request_ddl: str | None) -> str:
-        key = json.dumps(
-            [
-                call.function,
-                call.endpoint.name,
-                call.endpoint.version,
-                call.result_type,
-                call.fail_on_error,
-                call.model_parameters,
-                call.response_format,
-                call.cache,
-                call.task.identity() if call.task else None,
-                call.principal.name if call.principal else None,
-                call.rate_checks,
-                call.wait_for_limits,
-                call.context,
-                [id(m) for m in call.meters],  # budgets and progress are bound into the function
-                request_ddl,
-            ],
-            default=str,
-        )
+        key = _binding_key(call, request_ddl, default_catalog().revision())
         name = f"__aifuncs_{call.function}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         if not _has_function(con, name):
             fn = _typed_call(call) if request_ddl else _json_call(call)
@@ -523,6 +504,21 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
         vector_index=functools.partial(indexes.find, con),
         principal=principal,
     )
+
+
+def _binding_key(call: CallSpec, request_ddl: str | None, revision: int) -> str:
+    """What a registered function is bound to: every field of its call (guardrails, inference table and limits
+    included: a function found by this key is used as it was bound), its request type, and the catalog's
+    revision (a governance change gets a new function, whatever an open connection registered before)."""
+    fields: list[Any] = []
+    for field in dataclasses.fields(call):
+        value = getattr(call, field.name)
+        if field.name == "task":
+            value = value.identity() if value is not None else None
+        elif field.name == "meters":
+            value = [id(m) for m in value]  # budgets and progress are bound into the function
+        fields.append((field.name, value))
+    return json.dumps([fields, request_ddl, revision], default=repr)
 
 
 @functools.cache

@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from aifuncs.catalog import default_catalog
 from aifuncs.engines.duckdb import request_context as make_context
 from aifuncs.governance import Principal
 from aifuncs.planner import bind_call
@@ -92,8 +93,9 @@ def request_context(body: dict[str, Any]) -> RequestContext:
 
 
 # A request's binding (the policy check, the endpoint's limits, guardrails and logs) is kept for a second per
-# caller, endpoint and request shape: a second of changes to grants or gateway settings is what a burst of
-# requests can miss, as with tokens. Each request still brings its own context and meters.
+# caller, endpoint, request shape and catalog revision: a change to grants, gateway settings or the endpoint
+# takes a new binding as soon as this process reads the new revision (within a second); the second's expiry
+# bounds what the revision does not count (a group's members). Each request brings its own context and meters.
 _BIND_TTL_S = 1.0
 _binds: dict[tuple[Any, ...], tuple[float, CallSpec]] = {}
 _binds_lock = threading.Lock()
@@ -125,17 +127,25 @@ def bound(
     context: RequestContext,
     meters: tuple[Meter, ...] = (),
 ) -> CallSpec:
+    kept_only = _kept_only.get()
+    if kept_only and not _binds:
+        raise NotKept  # the first binding also opens the catalog
+    catalog = default_catalog()
+    revision = catalog.known_revision() if kept_only else catalog.revision()
+    if revision is None:  # reading it is SQLite: not on the event loop
+        raise NotKept
     key = (
         principal.name,
         principal.admin,
         name.lower(),
         str(request_type),
         json.dumps(params, sort_keys=True, default=str),
+        revision,
     )
     now = time.monotonic()
     with _binds_lock:
         found = _binds.get(key)
-    if (found is None or now - found[0] > _BIND_TTL_S) and _kept_only.get():
+    if (found is None or now - found[0] > _BIND_TTL_S) and kept_only:
         raise NotKept
     if found is None or now - found[0] > _BIND_TTL_S:
         call = bind_call("ai_query", name, request_type, model_parameters=params, principal=principal,
