@@ -1,5 +1,6 @@
-"""`aifuncs whoami|users|groups|service-principals|tokens|permissions|gateway|rate-limits|audit|keys`: the
-directory, endpoint grants, AI gateway settings, the audit log and the encryption key.
+"""`aifuncs whoami|users|groups|service-principals|tokens|permissions|gateway|rate-limits|audit|keys|secrets|
+egress`: the directory and entitlements, endpoint grants, AI gateway settings, the audit log, the encryption
+key, secret scopes and the egress allow-list (the last two in `secrets.py`).
 
 Each acts as the process's identity (`AIFUNCS_TOKEN`, else the OS account owning AIFUNCS_HOME) and goes
 through the same checks as the Python API.
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aifuncs.cli.secrets import add_entitlement_actions, add_secret_commands, run_entitlements
 from aifuncs.errors import AifuncsError
 
 _KINDS = {"users": "user", "groups": "group", "service-principals": "service_principal"}
@@ -48,6 +50,8 @@ def _whoami(args: argparse.Namespace) -> int:
 def _principals(args: argparse.Namespace) -> int:
     from aifuncs import governance
 
+    if args.action in ("entitle", "unentitle", "entitlements"):
+        return run_entitlements(args)
     kind = _KINDS[args.command]
     directory = governance.directory()
     if args.action == "create":
@@ -271,6 +275,7 @@ def add_commands(commands: Any) -> None:
         else:
             create.add_argument("--admin", action="store_true", help="CAN_MANAGE on every endpoint")
         actions.add_parser("delete", help=f"remove a {label}").add_argument("name")
+        add_entitlement_actions(actions)
         parser.set_defaults(handler=_principals)
 
     tokens = commands.add_parser("tokens", help="access tokens (set AIFUNCS_TOKEN to act as one)")
@@ -346,3 +351,4 @@ def add_commands(commands: Any) -> None:
         "--new-key-file", required=True, metavar="PATH", help="the new key, in a file of mode 600"
     )
     keys.set_defaults(handler=_keys)
+    add_secret_commands(commands)
