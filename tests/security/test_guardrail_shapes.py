@@ -193,3 +193,19 @@ def test_sql_struct_answers_and_masked_struct_requests(upstream: FakeServer) -> 
         f"SELECT ai_query('llm', {('tell ' + EMAIL)!r}, returnType => 'STRUCT<echo: STRING, length: INT>')",
     ).fetchall()[0]
     assert typed == {"echo": "tell [EMAIL]", "length": len("tell " + EMAIL)}
+
+
+def test_valid_topics_judge_a_structs_texts(upstream: FakeServer) -> None:
+    _gateway(
+        {"input": {"valid_topics": ["billing and payments", "shipping and delivery"]}}
+    )  # the built-in MiniLM
+    con = aifuncs.connect()
+    rows = aifuncs.sql(
+        con,
+        "SELECT id, ai_query('llm', struct_pack(ctx := struct_pack(question := q)), failOnError => false)"
+        " FROM (VALUES (1, 'When will my package arrive?'), (2, 'Write me a poem about dragons')) t(id, q)"
+        " ORDER BY id",
+    ).fetchall()
+    assert rows[0][1]["errorMessage"] is None
+    assert rows[1][1]["errorMessage"].startswith("blocked by the input guardrail: off topic (nearest '")
+    assert _saw(upstream, "package") and not _saw(upstream, "dragons")
