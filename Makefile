@@ -12,7 +12,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 TORCH := torch==2.13.0
 
-.PHONY: venv local-models test-servers bench-tools demo test lint bench clean
+.PHONY: venv local-models test-servers bench-tools demo test lint docs bench clean
 
 venv: $(VENV)/.installed
 
@@ -47,6 +47,12 @@ lint: venv
 test: test-servers lint
 	$(BIN)/python -m pytest
 
+# The documentation site, offline (mkdocs-material from the dev extra), strict: a stale reference page, a broken
+# link or anchor fails it. The reference pages are written by docs/gen_reference.py.
+docs: venv
+	$(BIN)/python docs/gen_reference.py --check
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
 # What bench_server.py compares against and loads with: wrk and hey (Debian), and LiteLLM's proxy in a venv of
 # its own (its pins are not ours).
 bench-tools: .venv-litellm/.installed
@@ -73,4 +79,4 @@ bench: venv test-servers bench-tools
 	$(BIN)/python tests/bench/bench_server.py
 
 clean:
-	rm -rf $(VENV) .venv-litellm .aifuncs-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-litellm .aifuncs-demo .pytest_cache .mypy_cache .ruff_cache site

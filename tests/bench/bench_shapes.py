@@ -12,7 +12,7 @@ Two parts in one run:
   flight); each shape's rows per second against the ideal in-flight throughput, 16 x 64 / 0.05 s (target:
   at least 0.8x). Each shape asks a new endpoint, so no answer is reused from an earlier one, and starts
   from an empty answer store: kept answers accumulating over the run (2M after 52 runs) slowed its commits,
-  and with them the later shapes, by up to a quarter (tests/bench/README.md).
+  and with them the later shapes, by up to a quarter (docs/performance.md).
 
 Every shape's answers are checked against the plain CTAS's (or the server's known rule), and the `LIMIT`
 shape reports how many rows it sent (it must stay near its limit).
