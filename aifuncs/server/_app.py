@@ -214,8 +214,6 @@ def patch_tags(request: Request, identity: Identity, body: Any) -> dict[str, Any
     )
     return {"tags": tags}
 
-        # rows of an earlier endpoint of this name are not this one's
-        and (endpoint.created_at is None or datetime.fromisoformat(r["ts"]) >= endpoint.created_at)
 
 def metrics(request: Request, identity: Identity, body: Any) -> Response:
     """OpenMetrics counters of the endpoint's requests, from the usage log (every process's)."""
@@ -224,6 +222,8 @@ def metrics(request: Request, identity: Identity, body: Any) -> Response:
         r
         for r in default_runtime().usage.read()
         if r["endpoint"] == endpoint.name and r["status"] != "guardrail"
+        # rows of an earlier endpoint of this name are not this one's
+        and (endpoint.created_at is None or datetime.fromisoformat(r["ts"]) >= endpoint.created_at)
     ]
     codes = [r["status_code"] or (200 if r["status"] == "ok" else 500) for r in rows]
     label = f'{{endpoint="{endpoint.name}"}}'
