@@ -132,6 +132,10 @@ class RateLimited(AifuncsError):
         self.wait_s = wait_s
 
 
+class Interrupted(AifuncsError):
+    """A run was told to stop (SIGTERM) before it finished: what it spent is recorded, its answers kept."""
+
+
 class LimiterUnavailable(AifuncsError):
     """An endpoint's rate limits could not be checked in time (their store is locked by another process): the
     request is refused, not let through; `wait_s` is when to try again."""

@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,6 +39,7 @@ from aifuncs.errors import (
     ArgumentError,
     BudgetExceeded,
     EndpointUnreachable,
+    Interrupted,
     RequestMismatch,
     SqlError,
     UnknownEndpoint,
@@ -65,6 +68,7 @@ class Exit(IntEnum):
     UNREACHABLE = 5  # an endpoint did not answer at all (refused, dropped, timed out): retry later
     BAD_SQL = 6  # the job's SQL does not parse or bind (unknown table, endpoint, function argument...)
     LOCKED = 7  # another run of the same job is still running: this one did nothing
+    INTERRUPTED = 8  # stopped by SIGTERM: a rerun resumes from the checkpoint
 
 
 @dataclass
@@ -147,6 +151,8 @@ def run(
         output_rows = None
         runtime = default_runtime()
         runtime.checkpoint = checkpoint
+        labels = json.dumps({"job": path.stem, "run_id": str(run_id)})  # its usage rows' usage_context
+        stopped = _Stop()
         try:
             budget = Budget(max_requests, max_tokens, max_cost_usd, name="job")
             context = request_context("job", {"job": path.stem, "run_id": str(run_id)})
@@ -163,11 +169,17 @@ def run(
                 )
         except (AifuncsError, duckdb.Error, sqlglot.errors.SqlglotError) as failure:
             error = failure
+        except BaseException as failure:  # SIGTERM's error, as DuckDB may have turned it (KeyboardInterrupt)
+            if not stopped.told:
+                raise
+            error = Interrupted("The run was stopped (SIGTERM) before it finished; run it again to resume.")
+            error.__cause__ = failure
         finally:
+            stopped.restore()
             runtime.checkpoint = None
             counts.finish()
             checkpoint.close()
-        code = Exit.OK if error is None else _exit_code(error)
+        code = Exit.OK if error is None else Exit.INTERRUPTED if stopped.told else _exit_code(error)
         message = None if error is None else _message(error)
         if error is None and max_failed_rows is not None and counts.failed_rows > max_failed_rows:
             code = Exit.FAILED_ROWS
@@ -175,10 +187,14 @@ def run(
         if code == Exit.OK:
             checkpoint.delete()  # done: a later run of the job starts afresh
         snapshot = counts.snapshot()
+        if engine != "spark":  # failed and retried requests were paid too: the usage log has them all
+            spent, used = runtime.usage.spent(labels)
+            snapshot["requests"] = max(snapshot["requests"], spent)
+            snapshot["tokens"] = max(snapshot["tokens"], used)
         result = RunResult(
             run_id=run_id,
             job=path.stem,
-            status="succeeded" if code == Exit.OK else "failed",
+            status=_STATUS.get(code, "failed"),
             exit_code=int(code),
             rows=counts.rows,  # answers given (NULL requests included), every AI call of every statement
             failed_rows=snapshot["failed_rows"],
@@ -474,6 +490,29 @@ _BUDGET_TEXT = re.compile(r"The (query|session|job) budget")
 _UNREACHABLE_TEXT = re.compile(r"Endpoint '[^']+': (connection to \S+ failed|no reply from)")
 _BAD_SQL = (SqlError, ArgumentError, UnknownEndpoint, RequestMismatch, sqlglot.errors.SqlglotError)
 _BAD_SQL_DUCKDB = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
+
+
+_STATUS = {Exit.OK: "succeeded", Exit.INTERRUPTED: "interrupted"}
+
+
+class _Stop:
+    """While a run goes on, SIGTERM ends it as a failure would (`Interrupted`, which DuckDB may wrap): its
+    counts, ledger row and summary are written, its answers kept for a rerun. Only the main thread can."""
+
+    def __init__(self) -> None:
+        self.told = False
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.told = True
+        raise Interrupted("The run was stopped (SIGTERM) before it finished; run it again to resume.")
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 def _exit_code(error: BaseException) -> Exit:

@@ -285,10 +285,14 @@ class UsageLog:
         (a job run's), whatever became of them: written, pending, or left in a dead process's journal."""
         self.flush()
         path = home_file("usage.db")
+        with self._lock:  # sent and not back yet (a stopped query's): paid all the same
+            in_flight = sum(
+                r.attempts for p, r in self._open.values() if p == path and r.usage_context == usage_context
+            )
         with contextlib.suppress(sqlite3.OperationalError):
             self.replay(path)
         if not path.exists():
-            return 0, 0
+            return in_flight, 0
         db = _connect(path)
         try:
             requests, tokens = db.execute(
@@ -296,7 +300,7 @@ class UsageLog:
                 " + coalesce(output_tokens, 0)), 0) FROM usage WHERE usage_context = ?",
                 (usage_context,),
             ).fetchone()
-            return int(requests), int(tokens)
+            return int(requests) + in_flight, int(tokens)
         finally:
             db.close()
 
