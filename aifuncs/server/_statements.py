@@ -4,14 +4,15 @@ Each statement runs in a sandboxed DuckDB session of its own (`_sandbox.py`): th
 memory limit, a private temp folder, no other file. Its AI functions are bound to the caller's principal, so
 the policy check, limits, guardrails and logs hold as in SQL anywhere.
 
-Statements run on a small pool of their own threads, never the request threads: a request waiting for its
-answer (`wait_timeout`, 10 s by default, at most 50 s) waits on the event loop and holds no thread. Each
-statement is bounded: a time limit (it is interrupted then, CANCELED with DEADLINE_EXCEEDED), a cap on the
-statements one principal may have pending or running (429 beyond it), and results read only up to
-`row_limit`/`byte_limit` and the server's result cap. A finished statement's result is kept for `kept_s`
-(and within a principal's share of memory, oldest closed first), then CLOSED; statements are visible only to
-whoever ran them (anyone else reads a missing one). With `--workers` above 1 a client should wait for its
-answer in the first request, since a poll may reach another process.
+Statements run on a small pool of their own threads, shared fairly between principals (`_fair.py`), never
+the request threads: a request waiting for its answer (`wait_timeout`, 10 s by default, at most 50 s) waits
+on the event loop and holds no thread. Each statement is bounded: a time limit from its submission (it is
+interrupted then, CANCELED with DEADLINE_EXCEEDED), a cap on the statements one principal may have pending or
+running (429 beyond it), and results read only up to `row_limit`/`byte_limit` and the server's result cap. A
+finished statement's result is kept for `kept_s` (and within a principal's share of memory, oldest closed
+first), then CLOSED; statements are visible only to whoever ran them (anyone else reads a missing one). With
+`--workers` above 1 a client should wait for its answer in the first request, since a poll may reach another
+process.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import re
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from aifuncs.errors import AifuncsError
 from aifuncs.governance import Identity
 from aifuncs.jobs._params import markers, substitute
 from aifuncs.server._errors import ApiError
+from aifuncs.server._fair import FairPool
 from aifuncs.server._results import Result, collect
 from aifuncs.server._sandbox import DIALECTS, Limits, Session, refuse_reserved
 
@@ -97,7 +99,8 @@ class Statements:
         self.limits = limits or Limits()
         self._kept: dict[str, Statement] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(self.limits.slots, thread_name_prefix="aifuncs-statement")
+        # Each principal runs at most half the slots: another's statement always finds one free soon.
+        self._pool = FairPool(self.limits.slots, max(1, self.limits.slots // 2), "aifuncs-statement")
         self._loop: asyncio.AbstractEventLoop | None = None  # the server's, known from the first statement
 
     async def execute(self, identity: Identity, body: Any) -> dict[str, Any]:
@@ -121,7 +124,11 @@ class Statements:
         statement = Statement(uuid.uuid4().hex, identity.principal.name, text, dialect, row_limit, byte_limit)
         loop = self._loop = asyncio.get_running_loop()
         self._admit(statement)
-        statement.future = self._pool.submit(self._run, statement, identity, loop)
+        statement.future = self._pool.submit(
+            statement.principal, lambda: self._run(statement, identity, loop)
+        )
+        # Counted from now: a statement waiting for a slot holds its place in the queue, and a principal's cap.
+        loop.call_later(self.limits.timeout_s, self._deadline, statement)
         waiting = asyncio.wrap_future(statement.future)
         if wait:
             await asyncio.wait({waiting}, timeout=wait)
@@ -154,7 +161,6 @@ class Statements:
                 if statement.state != "PENDING":
                     return  # cancelled (or past its time) while it waited for a slot
                 statement.state = "RUNNING"
-            loop.call_soon_threadsafe(loop.call_later, self.limits.timeout_s, self._deadline, statement)
             refuse_reserved(statement.text, statement.dialect)
             session = Session(self.warehouse, identity, self.limits)
             try:
@@ -191,9 +197,9 @@ class Statements:
         self._stop(
             statement,
             "DEADLINE_EXCEEDED",
-            f"The statement ran past this server's time limit of {self.limits.timeout_s:g} s and was"
-            " cancelled: make it do less (a narrower filter, a row_limit), or ask the operator for a longer"
-            " --statement-timeout-s.",
+            f"The statement was not done within this server's time limit of {self.limits.timeout_s:g} s"
+            " (its wait for a free slot included), and was cancelled: make it do less (a narrower filter,"
+            " a row_limit), or ask the operator for a longer --statement-timeout-s.",
         )
 
     def _stop(self, statement: Statement, code: str, message: str | None) -> None:
@@ -256,7 +262,7 @@ class Statements:
             kept = list(self._kept.values())
         for statement in kept:
             statement.stop("CANCELED", "CANCELLED", "The server stopped.")
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
 
 
 def _closed(statement: Statement) -> None:

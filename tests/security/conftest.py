@@ -87,3 +87,13 @@ def secured(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve: 
         )  # fmt: skip
         with serve() as url:
             yield Secured(url, tokens, upstream, home, tmp_path)
+
+
+@pytest.fixture
+def principals(home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The four principals (no endpoint, no server): their tokens, for a test that starts `serve` itself."""
+    monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
+    gov.create_user("admin", admin=True)
+    for name in PRINCIPALS[1:]:
+        gov.create_user(name)
+    return {name: gov.create_token(name) for name in PRINCIPALS}
