@@ -111,7 +111,7 @@ ACCOUNTING_WAIT_S = 2.0
 
 def _accounted() -> int:
     """Write the query's usage and inference rows, waiting `ACCOUNTING_WAIT_S` at most, and say so when a log
-    could not take them: EXIT_UNACCOUNTED, the answers having been given and paid for."""
+    could not take them: EXIT_UNACCOUNTED (9, not a jobs.Exit code), the answers having been given and paid for."""
     import sqlite3
 
     from aifuncs.governance.payloads import payload_log
@@ -533,7 +533,7 @@ EXIT_BUDGET = 3  # a budget refused or stopped the query: a scheduler may retry 
 EXIT_LOCKED = (
     7  # another run of the same job is running (the other codes of `aifuncs run`: aifuncs.jobs.Exit)
 )
-EXIT_UNACCOUNTED = 8  # `aifuncs query` answered, but a locked log could not take its usage rows yet
+EXIT_UNACCOUNTED = 9  # `aifuncs query` answered, but a locked log could not take its rows yet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
