@@ -20,6 +20,7 @@ from aifuncs._endpoint import Endpoint
 from aifuncs._fork import ProcessLocal
 from aifuncs._home import private_file
 from aifuncs._wal import use_wal
+from aifuncs.governance import _revision as revision
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -54,20 +55,12 @@ CREATE TABLE IF NOT EXISTS defaults (
     role TEXT PRIMARY KEY,
     name TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS revision (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    value INTEGER NOT NULL
-);
-"""
+"""  # and the revision's table (governance/_revision.py)
 
 REVISION_MAX_AGE_S = 1.0  # how stale a process's idea of the revision may be: one read a second at most
 
 
-def bump_revision(db: sqlite3.Connection) -> None:
-    """Count one governance change, inside the transaction that makes it."""
-    db.execute(
-        "INSERT INTO revision (id, value) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET value = value + 1"
-    )
+bump_revision = revision.bump
 
 
 def _now() -> str:
@@ -93,7 +86,7 @@ class SqliteStore:
         self._revision: tuple[float, int] | None = None  # (when read, value), for all threads
         with self._connect() as db:
             use_wal(db)  # kept in the file: later connections need not ask again
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + revision.SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

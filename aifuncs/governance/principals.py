@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aifuncs.errors import ConfigError
+from aifuncs.governance import _revision as revision
 from aifuncs.governance._sqlite import transaction
 from aifuncs.governance.tokens import InvalidToken, TokenStore
 
@@ -93,7 +94,7 @@ class PrincipalStore:
         return f"PrincipalStore({str(self.path)!r})"
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return transaction(self.path, _SCHEMA)
+        return transaction(self.path, _SCHEMA + revision.SCHEMA)
 
     def create(self, name: str, *, kind: str = "user", admin: bool = False) -> Principal:
         if kind not in KINDS:
@@ -136,6 +137,7 @@ class PrincipalStore:
         self.get(name)
         with self.transaction() as db:
             db.execute("DELETE FROM principals WHERE name = ?", (name,))  # memberships go with it
+            revision.bump(db)  # bindings that named it (its grants, its groups) are made again
 
     def add_member(self, group: str, member: str) -> None:
         """Put a user, service principal or group into a group (a group may not end up inside itself)."""
@@ -148,10 +150,12 @@ class PrincipalStore:
             raise ConfigError(f"{member!r} already contains {group!r}: adding it would make a circle.")
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO members (group_name, member) VALUES (?, ?)", (group, member))
+            revision.bump(db)
 
     def remove_member(self, group: str, member: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM members WHERE group_name = ? AND member = ?", (group, member))
+            revision.bump(db)
 
     def members(self, group: str) -> builtins.list[str]:
         with self.transaction() as db:

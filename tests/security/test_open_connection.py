@@ -137,3 +137,17 @@ def test_the_server_honours_a_new_guardrail_within_a_second(secured: Secured) ->
     assert took < 3  # a second at most, plus what a loaded machine adds to the requests polling it
     refused = secured.call("alice", "POST", path, json=ask).json()["message"]
     assert "invalid keyword 'project falcon'" in refused
+
+
+def test_principal_and_membership_changes_count_as_governance_changes(home: Path) -> None:
+    gov.create_user("carol")
+    gov.create_group("analysts")
+    catalog = default_catalog()
+    for change in (
+        lambda: gov.add_member("analysts", "carol"),  # carol gains what the group was granted
+        lambda: gov.remove_member("analysts", "carol"),
+        lambda: gov.delete_principal("carol"),
+    ):
+        before = catalog.revision()
+        change()
+        assert _holds_within(3, lambda before=before: catalog.revision() > before) < 3
