@@ -15,7 +15,7 @@ import pytest
 from servers import FakeServer
 
 import aifuncs
-from aifuncs.cli import ACCOUNTING_WAIT_S, EXIT_UNACCOUNTED
+from aifuncs.cli import EXIT_UNACCOUNTED
 from aifuncs.runtime import default_runtime
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -50,7 +50,8 @@ def test_a_locked_usage_log_makes_an_honest_and_bounded_exit(llm: FakeServer, ho
         holder.close()
     assert "echo: second" in out  # the answer was given, and the rows' fate is told
     assert code == EXIT_UNACCOUNTED and "usage log" in err and "journal" in err, err
-    # Bounded: its own wait, the writer's, and the exit's brief one, far from the minute it used to take.
-    assert locked_s - unlocked_s < 3 * ACCOUNTING_WAIT_S + 10, (locked_s, unlocked_s)
+    # Bounded: the writer thread's wait (5 s), its own (2 s a log) and the exit's brief one: 13 s measured,
+    # where it used to take a minute.
+    assert locked_s - unlocked_s < 30, (locked_s, unlocked_s)
     rows = [r for r in default_runtime().usage.read() if r["endpoint"] == "llm"]  # this process replays it
     assert len(rows) == 2 and llm.stats.requests == 2  # each request paid once, each with its row
