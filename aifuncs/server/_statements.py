@@ -183,7 +183,7 @@ class Statements:
             _log.exception("statement %s failed", statement.id)
             self._finish(statement, "FAILED", message="The server failed on this statement; see its log.")
         finally:
-            statement.finished = time.monotonic()
+            statement.finished, statement.text = time.monotonic(), ""  # its SQL (up to 16 MB) is not kept
             loop.call_soon_threadsafe(self._kept_until_expiry, statement, loop)
 
     def _finish(
