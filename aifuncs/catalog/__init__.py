@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from aifuncs._endpoint import Endpoint, check_name, check_no_secrets
 from aifuncs._home import home_file
-from aifuncs.catalog._authoring import authored
+from aifuncs.catalog._authoring import authored, settle_unrecorded
 from aifuncs.catalog._store import SqliteStore
 from aifuncs.errors import ConfigError, EndpointExists, PermissionDenied, UnknownEndpoint
 from aifuncs.governance import Principal, current, policy
@@ -86,6 +86,7 @@ class Catalog:
         self._permissions.ensure_schema()
         self._audit = AuditLog(self.path)
         self._principal = principal
+        settle_unrecorded(self.path)  # remote configs stored before their author was recorded
 
     def acting_as(self, principal: Principal) -> Catalog:
         """The same catalog, seen and changed as `principal` (a server's request, a connection's owner)."""

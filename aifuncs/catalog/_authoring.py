@@ -7,23 +7,32 @@ saved it:
 - in-process code and files (`python`; `mlflow` other than a `models:/` URI on the default registry;
   `llama_cpp`'s model_path; `sentence_transformers`' model): admins only;
 - hosts: a non-admin's remote endpoint may reach only the egress allow-list's hosts, checked now and on
-  each request (`egress_checked` is set on the options it saves; an admin's save clears it).
+  each request (`egress_checked` is set on the options it saves: true for a non-admin, false for an admin).
+
+A remote endpoint stored without the flag (saved before it was recorded) is checked too, unless the audit log
+shows an admin (the home's owner or a stored admin) saved it last: `settle_unrecorded` writes that decision
+once, when the catalog is opened.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
-from aifuncs.errors import PermissionDenied
+from aifuncs.errors import PermissionDenied, UnknownProviderKind
+from aifuncs.governance import _revision as revision
+from aifuncs.governance._sqlite import transaction
+from aifuncs.governance.audit import AuditLog
 from aifuncs.governance.egress import EgressPolicy
 from aifuncs.governance.keys import keyring
-from aifuncs.governance.principals import Principal
+from aifuncs.governance.principals import Principal, owner_of
 from aifuncs.governance.secrets import Secrets, check_env_name, parse_reference
 from aifuncs.providers import provider_class
 from aifuncs.providers._http import HttpProvider
 
-__all__ = ["authored"]
+__all__ = ["authored", "settle_unrecorded"]
 
 EGRESS_FLAG = "egress_checked"
 _URL_OPTIONS = ("base_url", "url")
@@ -44,10 +53,12 @@ def authored(path: Path, principal: Principal, kind: str, options: dict[str, Any
                 )
         if key.endswith("_secret") and value is not None:
             Secrets(path, principal, keyring()).check_reference(parse_reference(value))
+    provider = provider_class(kind)
     if principal.admin:
+        if issubclass(provider, HttpProvider):
+            options[EGRESS_FLAG] = False  # the record of an admin author: unrestricted
         return options
     _in_process(principal, kind, options)
-    provider = provider_class(kind)
     if issubclass(provider, HttpProvider):
         policy = EgressPolicy(path)
         parsed = provider.Options.model_validate(options)
@@ -77,3 +88,65 @@ def _in_process(principal: Principal, kind: str, options: dict[str, Any]) -> Non
             f"{principal.name!r} may not save this {kind} endpoint: {reason}, so only an admin may. Use the"
             " built-in defaults or a registered model, or ask an admin to create it."
         )
+
+
+def settle_unrecorded(path: Path) -> None:
+    """Record the egress flag on remote endpoints stored without it: false where the audit log shows an admin
+    saved the config last, true (checked) otherwise, so no config escapes the allow-list for want of a record."""
+    with transaction(path, "") as db:
+        if not _table(db, "endpoints"):
+            return
+        rows = db.execute(
+            "SELECT name, kind, options FROM endpoints WHERE json_extract(options, '$.egress_checked') IS NULL"
+        ).fetchall()
+        if not rows:
+            return
+        owner = owner_of(path.parent)
+        checked: list[str] = []
+        settled_any = False
+        for name, kind, options in rows:
+            try:
+                remote = issubclass(provider_class(kind), HttpProvider)
+            except UnknownProviderKind:
+                continue
+            if not remote:
+                continue
+            admin = _last_author_admin(db, name, owner)
+            settled = json.dumps({**json.loads(options), EGRESS_FLAG: not admin}, sort_keys=True)
+            db.execute(
+                "UPDATE endpoints SET options = ? WHERE name = ? AND options = ?", (settled, name, options)
+            )
+            settled_any = True
+            if not admin:
+                checked.append(name)
+        if settled_any:
+            revision.bump(db)  # bindings made from the old options are made again
+    for name in checked:
+        AuditLog(path).record(
+            "aifuncs", "endpoints.egress-checked", name, {"reason": "no admin author recorded"}
+        )
+
+
+def _table(db: sqlite3.Connection, name: str) -> bool:
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return found is not None
+
+
+def _last_author_admin(db: sqlite3.Connection, endpoint: str, owner: str) -> bool:
+    """Whether the audit log's last save of `endpoint`'s config was an admin's (the home's owner's included)."""
+    if not _table(db, "audit"):
+        return False
+    row = db.execute(
+        "SELECT actor FROM audit WHERE target = ? COLLATE NOCASE"
+        " AND action IN ('endpoints.create', 'endpoints.update') ORDER BY id DESC LIMIT 1",
+        (endpoint,),
+    ).fetchone()
+    if row is None:
+        return False
+    if row[0] == owner:
+        return True
+    admin = (
+        _table(db, "principals")
+        and db.execute("SELECT admin FROM principals WHERE name = ?", (row[0],)).fetchone()
+    )
+    return bool(admin and admin[0])

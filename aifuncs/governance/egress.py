@@ -9,6 +9,12 @@ resolve to public addresses: loopback, link-local (169.254.0.0/16, fe80::/10), p
 ranges, and this machine's own addresses are refused unless an address or network covering them is listed
 too. The check runs when the config is saved and again before each request (names resolved then), so a
 name that later resolves to an internal address is refused. Admins' configs are not restricted.
+
+A request connects to the addresses its check vetted (`check_async` returns them; the transport connects to
+one of them, with the name kept for the Host header and TLS), never to a second answer of the resolver: a
+name that answers a listed address to the check and an internal one to the connection (DNS rebinding)
+reaches only the listed one. Names are resolved by the policy's `resolve` (the system's resolver unless
+another is given), the one place a request's name becomes an address.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import ipaddress
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,6 +50,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _RESOLVED_FOR_S = 5.0  # a name's addresses are kept this long, then resolved again
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolve = Callable[[str, int], Awaitable[list[Address]]]  # a name and port -> its addresses, OSError if none
 
 
 class EgressRefused(PermissionDenied):
@@ -119,11 +126,33 @@ def _own_addresses() -> set[Address]:
     return found
 
 
+async def system_resolve(host: str, port: int) -> list[Address]:
+    """The addresses the system's resolver gives for `host` (without blocking the event loop)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return _addresses_of(infos)
+
+
+def _addresses_of(infos: Iterable[tuple[object, ...]]) -> list[Address]:
+    addresses: list[Address] = []
+    for info in infos:
+        sockaddr = info[4]
+        assert isinstance(sockaddr, tuple)
+        with contextlib.suppress(ValueError):
+            address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+            if address not in addresses:
+                addresses.append(address)
+    return addresses
+
+
 class EgressPolicy:
     """The allow-list of one home (in the catalog's SQLite file) and the checks against it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, resolve: Resolve = system_resolve, kept_s: float = _RESOLVED_FOR_S
+    ) -> None:
         self.path = path
+        self.resolve = resolve
+        self.kept_s = kept_s  # how long a name's vetted addresses are used before it is resolved again
         self._resolved: dict[tuple[str, int], tuple[float, builtins.list[Address]]] = {}
         self._own: set[Address] | None = None
 
@@ -170,22 +199,25 @@ class EgressPolicy:
         entries = self._listed(host, port, url)
         self._decide(host, port, self._addresses(host, port), url, entries)
 
-    async def check_async(self, host: str, port: int, url: str) -> None:
-        """`check` for a request on an event loop: the name is resolved without blocking the loop."""
+    async def check_async(self, host: str, port: int, url: str) -> builtins.list[Address]:
+        """`check` for a request on an event loop; returns the vetted addresses, the only ones the request may
+        connect to (resolving the name again to connect would let a second answer through)."""
         entries = self._listed(host, port, url)
         key = (host, port)
         kept = self._resolved.get(key)
-        if kept is not None and time.monotonic() - kept[0] < _RESOLVED_FOR_S:
+        if kept is not None and time.monotonic() - kept[0] < self.kept_s:
             addresses = kept[1]
         else:
+            literal = _literal(host)
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                addresses = [literal] if literal is not None else await self.resolve(host, port)
             except OSError:
-                raise EgressRefused(
-                    f"{url}: the host {host!r} does not resolve, so it cannot be checked."
-                ) from None
-            addresses = self._remember(key, infos)
+                addresses = []
+            if not addresses:
+                raise EgressRefused(f"{url}: the host {host!r} does not resolve, so it cannot be checked.")
+            self._resolved[key] = (time.monotonic(), addresses)
         self._decide(host, port, addresses, url, entries)
+        return addresses
 
     def _addresses(self, host: str, port: int) -> builtins.list[Address]:
         try:
@@ -194,17 +226,7 @@ class EgressPolicy:
             raise EgressRefused(
                 f"{host!r} does not resolve, so it cannot be checked against the egress allow-list."
             ) from None
-        return self._remember((host, port), infos)
-
-    def _remember(self, key: tuple[str, int], infos: Iterable[tuple[object, ...]]) -> builtins.list[Address]:
-        addresses = []
-        for info in infos:
-            sockaddr = info[4]
-            assert isinstance(sockaddr, tuple)
-            with contextlib.suppress(ValueError):
-                addresses.append(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]))
-        self._resolved[key] = (time.monotonic(), addresses)
-        return addresses
+        return _addresses_of(infos)
 
     def _listed(self, host: str, port: int, url: str) -> builtins.list[Entry]:
         """The list's entries, when `host` is on it (else EgressRefused)."""

@@ -25,7 +25,7 @@ from aifuncs.governance.egress import EgressPolicy
 from aifuncs.governance.keys import keyring
 from aifuncs.governance.secrets import check_env_name, parse_reference
 from aifuncs.governance.secrets import resolve as resolve_secret
-from aifuncs.providers._transport import LeanTransport
+from aifuncs.providers._transport import CONNECT_TO, LeanTransport
 from aifuncs.providers.base import Provider, ProviderOptions
 
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
@@ -81,6 +81,8 @@ class HttpProvider(Provider):
         self._timeouts: dict[str, float | None] = {}
         self._urls: dict[str, httpx.URL] = {}  # parsed once: parsing cost 6% of a request's CPU
         self._kept_key: tuple[str, float] | None = None
+        # The allow-list a non-admin's config is held to (made with the client; a test may give its own)
+        self.egress: EgressPolicy | None = None
 
     @property
     def max_retries(self) -> int:
@@ -140,7 +142,9 @@ class HttpProvider(Provider):
         if self._client is None:
             self._transport = LeanTransport()
             if self.options.egress_checked:  # a non-admin's config: each request's host is checked first
-                self._transport = EgressTransport(self._transport, EgressPolicy(home_file("catalog.db")))
+                if self.egress is None:
+                    self.egress = EgressPolicy(home_file("catalog.db"))
+                self._transport = EgressTransport(self._transport, self.egress)
             self._client = httpx.AsyncClient(
                 timeout=self.options.timeout_s, transport=self._transport, cookies=_NoCookies()
             )
@@ -150,9 +154,18 @@ class HttpProvider(Provider):
             self._timeouts = httpx.Timeout(self.options.timeout_s).as_dict()
         return self._client
 
+    async def through_proxy(self, url: httpx.URL) -> None:
+        """Before a request goes through the client while a proxy is set in the environment: a proxy transport
+        (which httpx 0.29 does not mount on a client given its own transport, but may elsewhere) would check
+        nothing, so a non-admin's config has its destination checked here, before any transport."""
+        self.client()
+        if self.egress is not None and not self._direct:
+            await vet(self.egress, url)
+
     async def _post(self, url: httpx.URL, content: bytes, headers: dict[str, str]) -> httpx.Response:
         client = self.client()
         if not self._direct:
+            await self.through_proxy(url)
             return await client.post(url, content=content, headers=headers)
         request = httpx.Request(
             "POST", url, content=content, headers=headers, extensions={"timeout": self._timeouts}
@@ -215,19 +228,23 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"a request value of type {type(value).__name__} cannot be sent as JSON")
 
 
+async def vet(policy: EgressPolicy, url: httpx.URL) -> list[str]:
+    """The addresses `url`'s host may be reached at (EgressRefused when the allow-list does not permit it)."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    where = f"{url.scheme}://{url.netloc.decode()}"
+    return [str(a) for a in await policy.check_async(url.host.lower().rstrip("."), port, where)]
+
+
 class EgressTransport(httpx.AsyncBaseTransport):
-    """Checks each request's host against the egress allow-list (names resolved), then sends it."""
+    """Checks each request's host against the egress allow-list (names resolved), then sends it to one of the
+    addresses the check vetted: the name is never resolved a second time to connect (DNS rebinding)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, policy: EgressPolicy) -> None:
         self._inner = inner
         self._policy = policy
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        port = url.port or (443 if url.scheme == "https" else 80)
-        await self._policy.check_async(
-            url.host.lower().rstrip("."), port, f"{url.scheme}://{url.netloc.decode()}"
-        )
+        request.extensions[CONNECT_TO] = tuple(await vet(self._policy, request.url))
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:

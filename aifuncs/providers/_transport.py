@@ -4,8 +4,12 @@ Why: httpx's default transport (httpcore) spent 3.2-3.5 ms of CPU per request he
 flight (its pool re-examines every queued request on each change, encode/httpx#3215); at 640 requests a
 second that is more than a core. This one spends about 0.6 ms, so the runtime reaches the server's own
 limit. It keeps httpx's API and error types: timeouts raise `httpx.TimeoutException`s, network failures
-`httpx.TransportError`s. Proxies configured in the environment still go through httpx's own transport,
-which httpx mounts for them.
+`httpx.TransportError`s. httpx mounts no proxy of the environment on a client given its own transport, so
+requests go straight to their host.
+
+A request may name the addresses to connect to (`CONNECT_TO`, set by the egress check with the addresses it
+vetted): the connection then goes to one of them, the name kept for the Host header and TLS (SNI and the
+certificate's check), and the name is not resolved again. Connections are pooled per origin and address.
 
 Scope: what inference APIs need. Whole request and reply bodies in memory (no streaming), HTTP/1.1,
 TLS with httpx's default context. How many requests run at once is the runtime's business, not the pool's.
@@ -23,6 +27,7 @@ import httpx
 
 _READ_SIZE = 1 << 16
 _MAX_IDLE_PER_ORIGIN = 64
+CONNECT_TO = "aifuncs.connect_to"  # request extension: the addresses (text) vetted for the request's host
 
 
 class _Connection:
@@ -45,11 +50,12 @@ class _StaleConnection(Exception):
 
 
 Origin = tuple[str, str, int]
+PoolKey = tuple[Origin, tuple[str, ...]]  # an origin and the addresses its connections may go to
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, verify: ssl.SSLContext | None = None) -> None:
-        self._idle: defaultdict[Origin, deque[_Connection]] = defaultdict(deque)
+        self._idle: defaultdict[PoolKey, deque[_Connection]] = defaultdict(deque)
         self._ssl = verify
         self._closed = False
 
@@ -59,15 +65,17 @@ class LeanTransport(httpx.AsyncBaseTransport):
         body = await request.aread()
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         origin = _origin(request.url)
-        connection = self._take_idle(origin)
+        pinned = tuple(str(a) for a in request.extensions.get(CONNECT_TO, ()))
+        key = (origin, pinned)
+        connection = self._take_idle(key)
         if connection is not None:
             try:
-                return await self._exchange(connection, origin, request, body, timeouts, reused=True)
+                return await self._exchange(connection, key, request, body, timeouts, reused=True)
             except _StaleConnection:
                 pass  # the server had hung up on the idle connection: try once on a new one
-        connection = await self._connect(origin, timeouts.get("connect"))
+        connection = await self._connect(origin, pinned, timeouts.get("connect"))
         try:
-            return await self._exchange(connection, origin, request, body, timeouts, reused=False)
+            return await self._exchange(connection, key, request, body, timeouts, reused=False)
         except _StaleConnection as error:  # a new connection closed before a reply: the server dropped it
             raise httpx.RemoteProtocolError(str(error), request=request) from None
 
@@ -77,8 +85,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
             while pool:
                 pool.pop().close()
 
-    def _take_idle(self, origin: Origin) -> _Connection | None:
-        pool = self._idle.get(origin)
+    def _take_idle(self, key: PoolKey) -> _Connection | None:
+        pool = self._idle.get(key)
         while pool:
             connection = pool.pop()
             if connection.reusable():
@@ -86,33 +94,43 @@ class LeanTransport(httpx.AsyncBaseTransport):
             connection.close()
         return None
 
-    def _give_back(self, origin: Origin, connection: _Connection) -> None:
-        pool = self._idle[origin]
+    def _give_back(self, key: PoolKey, connection: _Connection) -> None:
+        pool = self._idle[key]
         if self._closed or len(pool) >= _MAX_IDLE_PER_ORIGIN:
             connection.close()
         else:
             pool.append(connection)
 
-    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+    async def _connect(self, origin: Origin, pinned: tuple[str, ...], timeout: float | None) -> _Connection:
         scheme, host, port = origin
         context = None
         if scheme == "https":
             if self._ssl is None:
                 self._ssl = httpx.create_ssl_context()
             context = self._ssl
+        # The vetted addresses in order, else the name (resolved by asyncio); TLS checks the name either way.
+        targets = pinned or (host,)
+        tls_name = host if context is not None and pinned else None
+        failure: OSError | None = None
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(host, port, ssl=context, limit=_READ_SIZE)
+                for target in targets:
+                    try:
+                        reader, writer = await asyncio.open_connection(
+                            target, port, ssl=context, server_hostname=tls_name, limit=_READ_SIZE
+                        )
+                    except OSError as error:
+                        failure = error
+                        continue
+                    return _Connection(reader, writer)
         except TimeoutError:
             raise httpx.ConnectTimeout(f"Connecting to {host}:{port} timed out") from None
-        except OSError as error:
-            raise httpx.ConnectError(f"Could not connect to {host}:{port}: {error}") from None
-        return _Connection(reader, writer)
+        raise httpx.ConnectError(f"Could not connect to {host}:{port}: {failure}")
 
     async def _exchange(
         self,
         connection: _Connection,
-        origin: Origin,
+        key: PoolKey,
         request: httpx.Request,
         body: bytes,
         timeouts: dict[str, float | None],
@@ -129,7 +147,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 connection.close()
         if connection.state.our_state is h11.DONE and connection.state.their_state is h11.DONE:
             connection.state.start_next_cycle()
-            self._give_back(origin, connection)
+            self._give_back(key, connection)
         else:  # "Connection: close", or HTTP/1.0
             connection.close()
         return httpx.Response(

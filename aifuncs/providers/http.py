@@ -133,6 +133,7 @@ class HttpConnectionProvider(HttpProvider):
             sent = {**_BODY_HEADERS, **sent}
         url = join_url(self.options.base_url, path)
         try:
+            await self.through_proxy(httpx.URL(url))
             response = await self.client().request(
                 method,
                 url,
