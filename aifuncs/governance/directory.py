@@ -18,7 +18,7 @@ from typing import Any
 from aifuncs.errors import ConfigError, PermissionDenied
 from aifuncs.governance.audit import AuditLog
 from aifuncs.governance.principals import Principal, PrincipalStore, owner_of
-from aifuncs.governance.tokens import DEFAULT_DAYS, Token, TokenStore
+from aifuncs.governance.tokens import DEFAULT_DAYS, OWNER, Token, TokenStore
 
 __all__ = ["Directory"]
 
@@ -126,16 +126,21 @@ class Directory:
         Returns the secret, shown this once, and its record."""
         name = principal or self.actor.name
         if self.actor.implicit and name == self.actor.name:
-            raise ConfigError(
-                f"{name!r} is the OS account that owns AIFUNCS_HOME and needs no token: processes without"
-                " one act as it. Make a user (aifuncs users create NAME) and a token for it."
-            )
-        if name != self.actor.name:
-            self._admin(f"make a token for {name!r}")
-        target = self.principals.get(name)
-        if target.kind == "group":
-            raise ConfigError(f"{name!r} is a group; tokens belong to users and service principals.")
-        secret, token = self.tokens.create(name, kind=target.kind, days=days, comment=comment)
+            # The home's owner, for itself (a REST client or a browser on its own machine): only the owner
+            # makes these; no stored principal can be named so (`_not_the_owner`), nor given one by an admin.
+            kind = OWNER
+        else:
+            if name != self.actor.name:
+                self._admin(f"make a token for {name!r}")
+            if name == owner_of(self.path.parent):
+                raise PermissionDenied(
+                    f"Only {name!r} itself makes tokens for the OS account that owns AIFUNCS_HOME."
+                )
+            target = self.principals.get(name)
+            if target.kind == "group":
+                raise ConfigError(f"{name!r} is a group; tokens belong to users and service principals.")
+            kind = target.kind
+        secret, token = self.tokens.create(name, kind=kind, days=days, comment=comment)
         self._note(
             "tokens.create", name, token_id=token.id, display=token.display, expires_at=token.expires_at
         )

@@ -20,7 +20,7 @@ from pathlib import Path
 from aifuncs.errors import ConfigError
 from aifuncs.governance import _revision as revision
 from aifuncs.governance._sqlite import transaction
-from aifuncs.governance.tokens import InvalidToken, TokenStore
+from aifuncs.governance.tokens import OWNER, InvalidToken, Token, TokenStore
 
 __all__ = [
     "CREATE_ENDPOINTS",
@@ -31,6 +31,7 @@ __all__ = [
     "UnknownPrincipal",
     "acting_as",
     "owner_of",
+    "principal_of",
 ]
 
 KINDS = ("user", "group", "service_principal")
@@ -137,6 +138,9 @@ class PrincipalStore:
         self.get(name)
         with self.transaction() as db:
             db.execute("DELETE FROM principals WHERE name = ?", (name,))  # memberships go with it
+            # and its secret scope ACLs (no foreign key: an ACL may name `users`, which is no principal)
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'secret_acls'").fetchone():
+                db.execute("DELETE FROM secret_acls WHERE principal = ?", (name,))
             revision.bump(db)  # bindings that named it (its grants, its groups) are made again
 
     def add_member(self, group: str, member: str) -> None:
@@ -234,10 +238,22 @@ def acting_as(home: Path, token: str | None = None) -> Principal:
     """Who a process acts as: the token's principal (checked: unknown, expired and revoked tokens are
     refused), else the OS account that owns `home`, an admin of it."""
     token = token if token is not None else os.environ.get("AIFUNCS_TOKEN") or None
-    path = home / "catalog.db"
     if token is None:
         return Principal(owner_of(home), "user", admin=True, implicit=True)
-    record = TokenStore(path).authenticate(token)
+    return principal_of(home, TokenStore(home / "catalog.db").authenticate(token))
+
+
+def principal_of(home: Path, record: Token) -> Principal:
+    """The principal a live token's record acts as (the checks `acting_as` makes after the lookup)."""
+    path = home / "catalog.db"
+    if record.kind == OWNER:
+        # The home's owner's token: the owner only while that account still owns the home (a home handed to
+        # another account leaves the former owner's tokens without power).
+        if record.principal != owner_of(home):
+            raise InvalidToken(
+                f"The token {record.display} belongs to {record.principal!r}, which no longer owns AIFUNCS_HOME."
+            )
+        return Principal(record.principal, "user", admin=True, implicit=True)
     principal = PrincipalStore(path).get(record.principal)  # a deleted principal's tokens stop working
     if principal.created_at is not None and record.created_at < principal.created_at:
         # made for an earlier principal of this name, deleted since: the new one inherits none of its tokens

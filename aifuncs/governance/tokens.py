@@ -28,6 +28,11 @@ __all__ = ["Token", "TokenStore", "InvalidToken", "check_format"]
 
 PREFIX = "aif_"
 KINDS = {"user": "u", "service_principal": "s"}
+# The home's owner (the OS account that owns AIFUNCS_HOME, an admin not stored as a principal) has user
+# tokens, recorded under this kind: only `principals.acting_as` turns one into the owner, and only while that
+# account still owns the home. A stored user's token never reads as one (its kind is stored, not read from it).
+OWNER = "owner"
+_LETTERS = {**KINDS, OWNER: KINDS["user"]}
 _BODY = 30  # base62 characters: ~178 bits
 _CHECK = 6  # base62 characters of CRC32 (up to 2^32 < 62^6)
 _ALPHABET = string.digits + string.ascii_letters
@@ -62,7 +67,7 @@ class Token:
     id: int
     display: str  # the first characters, to tell tokens apart
     principal: str
-    kind: str  # user | service_principal
+    kind: str  # user | service_principal | owner (the home's owner's)
     comment: str
     created_at: datetime
     expires_at: datetime | None
@@ -83,7 +88,7 @@ def _checksum(text: str) -> str:
 
 
 def _make(kind: str) -> str:
-    head = PREFIX + KINDS[kind] + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(_BODY))
+    head = PREFIX + _LETTERS[kind] + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(_BODY))
     return head + _checksum(head)
 
 
@@ -127,7 +132,7 @@ class TokenStore:
         self, principal: str, *, kind: str = "user", days: int | None = DEFAULT_DAYS, comment: str = ""
     ) -> tuple[str, Token]:
         """A new token for `principal`: the secret (shown this once) and its record. `days=None`: no expiry."""
-        if kind not in KINDS:
+        if kind not in _LETTERS:
             raise ConfigError(f"A token belongs to a user or a service_principal, not a {kind!r}.")
         if not principal:
             raise ConfigError("A token needs the principal it acts as.")
@@ -190,6 +195,27 @@ class TokenStore:
             pass
         finally:
             db.close()
+
+    def live(self, token_id: int) -> Token:
+        """The record of token `token_id` while it may still be used (a browser session made with it checks this
+        on each request); InvalidToken once it is revoked, expired or gone."""
+        now = _now()
+        with self._session() as db:
+            row = db.execute(
+                "SELECT id, display, principal, kind, comment, created_at, expires_at, revoked_at, last_used_at"
+                " FROM tokens WHERE id = ?",
+                (token_id,),
+            ).fetchone()
+        if row is None:
+            raise InvalidToken("The token this session was signed in with no longer exists: sign in again.")
+        expires, revoked = _time(row[6]), _time(row[7])
+        if revoked is not None:
+            raise InvalidToken(f"The token {row[1]} was revoked on {revoked:%Y-%m-%d}.")
+        if expires is not None and expires <= now:
+            raise InvalidToken(f"The token {row[1]} expired on {expires:%Y-%m-%d}; make a new one.")
+        return Token(
+            row[0], row[1], row[2], row[3], row[4], _time(row[5]) or now, expires, None, _time(row[8])
+        )
 
     def authenticate(self, token: str) -> Token:
         """The token's record, its last use noted; InvalidToken if it is malformed, unknown, expired or
