@@ -21,7 +21,9 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +82,14 @@ CREATE TABLE IF NOT EXISTS secret_acls (
     scope TEXT NOT NULL REFERENCES secret_scopes(name) ON DELETE CASCADE,
     principal TEXT NOT NULL,
     permission TEXT NOT NULL,
+    granted_at INTEGER,
     PRIMARY KEY (scope, principal)
 );
 """
 )
+# A grant belongs to the principal that held the name when it was made (ms since the epoch): a principal deleted
+# and made again holds none of its predecessor's (rows without a time are from before it was kept).
+_GRANTED_AT = "ALTER TABLE secret_acls ADD COLUMN granted_at INTEGER"
 
 
 class UnknownSecret(ConfigError):
@@ -153,8 +159,11 @@ class Secrets:
     def __repr__(self) -> str:
         return f"Secrets({str(self.path)!r}, actor={self.actor.name!r})"
 
-    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return transaction(self.path, _SCHEMA)
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with transaction(self.path, _SCHEMA) as db:
+            _add_granted_at(db)
+            yield db
 
     def _note(self, action: str, target: str, **details: Any) -> None:
         self._audit.record(self.actor.name, action, target, details)  # names only: never a value
@@ -169,9 +178,15 @@ class Secrets:
         holders = {who.name, EVERYONE, *self._principals.groups_of(who.name)}
         with self._db() as db:
             rows = db.execute(
-                "SELECT principal, permission FROM secret_acls WHERE scope = ?", (scope,)
+                "SELECT a.principal, a.permission, a.granted_at, p.created_at FROM secret_acls a"
+                " LEFT JOIN principals p ON p.name = a.principal WHERE a.scope = ?",
+                (scope,),
             ).fetchall()
-        held = [SECRET_LEVELS.index(p) for n, p in rows if n in holders]
+        held = [
+            SECRET_LEVELS.index(level)
+            for name, level, granted_at, created_at in rows
+            if name in holders and (name == EVERYONE or _current(granted_at, created_at))
+        ]
         return SECRET_LEVELS[max(held)] if held else None
 
     def _require(self, scope: str, wanted: str, doing: str) -> str:
@@ -222,8 +237,8 @@ class Secrets:
             manager = EVERYONE if initial_manage_principal == EVERYONE else self.actor.name
             if manager == EVERYONE or not self.actor.implicit:  # the home's owner manages every scope already
                 db.execute(
-                    "INSERT INTO secret_acls (scope, principal, permission) VALUES (?, ?, 'MANAGE')",
-                    (scope, manager),
+                    "INSERT INTO secret_acls (scope, principal, permission, granted_at) VALUES (?, ?, 'MANAGE', ?)",
+                    (scope, manager, _now_ms()),
                 )
         self._note("secrets.create-scope", scope, backend_type=backend)
 
@@ -362,9 +377,10 @@ class Secrets:
             self._principals.get(principal)  # UnknownPrincipal names it
         with self._db() as db:
             db.execute(
-                "INSERT INTO secret_acls (scope, principal, permission) VALUES (?, ?, ?)"
-                " ON CONFLICT (scope, principal) DO UPDATE SET permission = excluded.permission",
-                (scope, principal, level),
+                "INSERT INTO secret_acls (scope, principal, permission, granted_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (scope, principal) DO UPDATE SET permission = excluded.permission,"
+                " granted_at = excluded.granted_at",
+                (scope, principal, level, _now_ms()),
             )
         self._note("secrets.put-acl", scope, principal=principal, permission=level)
 
@@ -405,3 +421,20 @@ def resolve(path: Path, ring: KeyRing | None, reference: SecretReference) -> str
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _add_granted_at(db: sqlite3.Connection) -> None:
+    """Give a table made before grants were timed its column (once per file)."""
+    columns = [r[1] for r in db.execute("PRAGMA table_info(secret_acls)")]
+    if "granted_at" not in columns:
+        with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+            db.execute(_GRANTED_AT)
+
+
+def _current(granted_at: int | None, created_at: str | None) -> bool:
+    """Whether a grant was made to the principal that holds its name now (not to a deleted predecessor)."""
+    if created_at is None:
+        return False  # nobody holds the name: a row its principal's deletion left behind
+    if granted_at is None:
+        return True  # granted before grants were timed
+    return granted_at >= int(datetime.fromisoformat(created_at).timestamp() * 1000)
