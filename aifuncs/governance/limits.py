@@ -205,6 +205,15 @@ def pace(checks: Sequence[Check], requests: int | None, tokens: int | None) -> t
     return slowest
 
 
+def reservable(checks: Sequence[Check], tokens: int) -> int:
+    """The tokens a request reserves ahead: its estimate, never below 0 and never above one minute of the
+    smallest token limit in `checks`. The estimate is the caller's to declare (`max_tokens`): reserving a
+    huge one would push a shared bucket (the endpoint's) years ahead and refuse everyone, a negative one would
+    make its settling debit the difference. What the model reports is settled exactly either way."""
+    sizes = [b.per_minute for check in checks for b in check.any_of if b.unit == "tokens"]
+    return min(max(int(tokens), 0), min(sizes)) if sizes else max(int(tokens), 0)
+
+
 @dataclass(frozen=True)
 class Reservation:
     """What an admitted request took: the token buckets to settle when the model reports its usage."""
@@ -284,6 +293,7 @@ class Limiter:
     def try_acquire(self, checks: Sequence[Check], tokens: int) -> Reservation | Refusal:
         """Admit one request costing 1 call and `tokens` tokens under every check, or say how long to wait.
         Nothing is taken unless everything is: a refused request leaves every bucket as it was."""
+        tokens = reservable(checks, tokens)
         with self._lock:
             found = self._from_leases(checks, tokens)
             if found is not None:
@@ -298,6 +308,7 @@ class Limiter:
     def try_leased(self, checks: Sequence[Check], tokens: int) -> Reservation | None:
         """`try_acquire` from room leased ahead only, never waiting (for an event loop): None when a
         transaction is needed, or another thread holds the limiter."""
+        tokens = reservable(checks, tokens)
         if not self._lock.acquire(blocking=False):
             return None
         try:
