@@ -36,7 +36,9 @@ def admitted(secured: Secured, who: str, body: dict[str, object], timeout_s: flo
 @pytest.mark.parametrize("max_tokens", [10**12, -(10**12), int("9" * 300)])
 def test_a_declared_reply_budget_cannot_take_an_endpoint_limit(secured: Secured, max_tokens: int) -> None:
     # 6,000 tokens a minute for the whole endpoint: a normal request reserves ~257 of them
-    aifuncs.endpoints.set_rate_limits("llm", [{"tokens": 6000, "key": "endpoint", "renewal_period": "minute"}])
+    aifuncs.endpoints.set_rate_limits(
+        "llm", [{"tokens": 6000, "key": "endpoint", "renewal_period": "minute"}]
+    )
     warm = admitted(secured, "alice", chat(), timeout_s=30)  # the server has bound the limit
     assert warm.status_code == 200, warm.text
     attack = admitted(secured, "alice", chat(max_tokens=max_tokens), timeout_s=30)
