@@ -49,7 +49,7 @@ from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._coalesce import Coalescer
 from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, every_row, to_json_texts
 from aifuncs.runtime._guard import guarded
-from aifuncs.runtime._limit import AdaptiveLimit, backoff_s
+from aifuncs.runtime._limit import AdaptiveLimit, GatePlace, backoff_s
 from aifuncs.runtime._loop import BackgroundLoop
 from aifuncs.runtime._meter import Meter, TokenTally, begin_request, end_request
 from aifuncs.runtime._payloads import log_request
@@ -439,19 +439,18 @@ class Runtime:
         # Answers that are kept hold a place from before the request is sent until they are committed: the
         # in-flight limit frees its place when the reply arrives, and without this bound replies waiting for
         # a slow commit would pile up, all of them paid again if the process is killed.
-        gate = self._unkept(call.endpoint, provider) if keep is not None else None
-        if gate is not None:
-            await gate.acquire()
+        place = GatePlace(self._unkept(call.endpoint, provider) if keep is not None else None)
+        await place.take()
         try:
             try:
                 if call.task is not None:
 
                     def predict(rows: pa.Array) -> Awaitable[Any]:
-                        return self._predict(provider, call, rows, limit)
+                        return self._predict(provider, call, rows, limit, place)
 
                     values, row_errors = await answer_task(call, provider, chunk, target, predict)
                 else:
-                    values, row_errors = await self._answer_model(provider, call, chunk, target, limit)
+                    values, row_errors = await self._answer_model(provider, call, chunk, target, limit, place)
                 if len(values) != len(chunk):
                     raise ResultTypeError(
                         f"The model returned {len(values)} results for {len(chunk)} requests."
@@ -473,9 +472,7 @@ class Runtime:
                 elif len(chunk) == 1 or (isinstance(error, RemoteError) and error.retryable):
                     # A request that failed after its retries: each row carries the message.
                     return pa.nulls(len(chunk), target), [describe(error)] * len(chunk)
-                if gate is not None:  # the halves take places of their own
-                    gate.release()
-                    gate = None
+                place.give()  # the halves take places of their own
                 # Bisect to find the rows that fail; the others keep their answers.
                 half = len(chunk) // 2
                 parts = await asyncio.gather(
@@ -498,14 +495,19 @@ class Runtime:
                 await keep(keys, values, row_errors)  # stored before the query goes on: a rerun resumes here
             return values, row_errors
         finally:
-            if gate is not None:
-                gate.release()
+            place.give()
 
     async def _answer_model(
-        self, provider: Provider, call: CallSpec, chunk: pa.Array, target: pa.DataType, limit: AdaptiveLimit
+        self,
+        provider: Provider,
+        call: CallSpec,
+        chunk: pa.Array,
+        target: pa.DataType,
+        limit: AdaptiveLimit,
+        place: GatePlace | None = None,
     ) -> Scored:
         """ai_query's rows: the model's output as the call's type (a text reply parsed into it)."""
-        output = await self._predict(provider, call, chunk, limit)
+        output = await self._predict(provider, call, chunk, limit, place)
         if not provider.returns_text or pa.types.is_string(target):
             return to_arrow(output, target), [None] * len(chunk)
         values, row_errors = parse_replies(to_arrow(output, pa.string()), target)
@@ -515,7 +517,12 @@ class Runtime:
         return values, row_errors
 
     async def _predict(
-        self, provider: Provider, call: CallSpec, chunk: pa.Array, limit: AdaptiveLimit
+        self,
+        provider: Provider,
+        call: CallSpec,
+        chunk: pa.Array,
+        limit: AdaptiveLimit,
+        place: GatePlace | None = None,
     ) -> Any:
         """One model request with its retries, recorded in the usage log whatever its fate: each time it is
         sent (retries and hedged resends too) it is journaled first (`UsageLog.sending`), and its row counts
@@ -541,7 +548,13 @@ class Runtime:
                         limit.throttled(error.retry_after)
                     if not error.retryable or attempt > provider.max_retries:
                         raise
-                    await asyncio.sleep(backoff_s(attempt, provider.retry_base_s, error.retry_after))
+                    wait_s = backoff_s(attempt, provider.retry_base_s, error.retry_after)
+                    if place is None:
+                        await asyncio.sleep(wait_s)
+                    else:  # nothing paid waits: its place goes to a request that can be sent now
+                        place.give()
+                        await asyncio.sleep(wait_s)
+                        await place.take()
         except BaseException as error:  # cancelled too: what was sent was paid, and is accounted
             if sends.count:  # else refused before it went (a budget, a rate limit): not a request
                 self._record(call, provider, chunk, started, sends.count, None, error, sends.id)
@@ -561,6 +574,7 @@ class Runtime:
         """One request under the endpoint's rate limits and in-flight limit, counted by the call's meters;
         `journal` is told just before it goes."""
         reservation = await self._rates.admit(call, chunk, provider.returns_text)
+        stalled = False
         if self._coalesces(provider, chunk):
             begin_request(call.meters)
             journal()
@@ -580,7 +594,8 @@ class Runtime:
                 raise
             end_request(call.meters, provider, len(chunk), output)
         else:
-            async with limit:
+            place = limit.request()
+            async with place:  # a stalled request gives its slot on while it waits
                 begin_request(call.meters)
                 journal()
                 sent = time.perf_counter()
@@ -591,9 +606,11 @@ class Runtime:
                         meter.cancel_request()
                     raise
                 end_request(call.meters, provider, len(chunk), output)
+            stalled = place.stalled
         await self._rates.settle(reservation, output, chunk)
-        # In-process models slow down with concurrency by design; only a server's queueing counts.
-        limit.succeeded(None if provider.in_process else time.perf_counter() - sent)
+        # In-process models slow down with concurrency by design; only a server's queueing counts, and a
+        # stall set aside while the server answered others is this request's trouble, not a queue.
+        limit.succeeded(None if provider.in_process or stalled else time.perf_counter() - sent)
         return output
 
     async def _in_process_call(self, provider: Provider, rows: pa.Array, options: CallOptions) -> Any:
