@@ -4,8 +4,11 @@ exact across real processes, token reservations settled, and a query paced by a 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +18,6 @@ import pytest
 import sample_models
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import hammer_limiter
 
 import aifuncs
 import aifuncs.governance as gov
@@ -195,6 +197,59 @@ def test_token_limits_reserve_the_estimate_and_settle_to_the_use(
     assert limiter.try_acquire(checks, 80).wait_s == pytest.approx(0.6)  # type: ignore[union-attr]
 
 
+# A process that says "ready" once its limiter is open and warm, then hammers one limit in the window it is
+# sent on stdin: the window opens after every process is ready, however late a loaded machine started them.
+_HAMMER = """
+import json, sys, time
+from pathlib import Path
+from aifuncs.governance.limits import Limiter, RateLimit, Reservation, applicable
+from aifuncs.governance.principals import Principal
+path, per_minute, burst = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+limiter = Limiter(path)
+checks = applicable("ep", [RateLimit("endpoint", calls=per_minute, burst=burst)], Principal("p", "user"), ())
+limiter.try_acquire(applicable("warm", [RateLimit("endpoint", calls=1)], Principal("p", "user"), ()), 0)
+print("ready", flush=True)
+start, stop = map(float, sys.stdin.readline().split())
+while time.time() < start:
+    time.sleep(0.001)
+admitted, asked, first, last = 0, 0, None, None
+while (asked_at := time.time()) < stop:
+    asked += 1
+    if isinstance(limiter.try_acquire(checks, 0), Reservation):
+        admitted += 1
+        first = first or asked_at
+        last = time.time()
+print(json.dumps({"admitted": admitted, "asked": asked, "first": first, "last": last, "stop": stop}))
+"""
+
+
+def hammer_limiter(path: Path, seconds: float, per_minute: int, burst: int) -> list[dict[str, float]]:
+    """Four processes asking one limit as fast as they can for `seconds`, from the same instant."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HAMMER, str(path), str(per_minute), str(burst)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        start = time.time() + 0.2  # every process is waiting for this line already
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(f"{start} {start + seconds}\n")
+            worker.stdin.flush()
+        return [json.loads(w.communicate(timeout=120)[0]) for w in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+
 def test_four_processes_share_one_exact_limit(tmp_path: Path) -> None:
     results = hammer_limiter(tmp_path / "limits.db", 3.0, 600, 10)
     stop = max(r["stop"] for r in results)
@@ -205,7 +260,7 @@ def test_four_processes_share_one_exact_limit(tmp_path: Path) -> None:
     # GCRA's promise over the span the admissions fall in: burst + rate x time, never one more
     assert admitted <= 10 + (last - first) * 10 + 1e-6, (admitted, last - first)
     assert admitted >= 10 + (stop - first) * 10 - 1.5, (admitted, stop - first)  # and nothing withheld
-    # the processes were running while the window was open (a loaded machine starts them late)
+    # the processes were running while the window was open: it opened once all of them were ready
     assert stop - first > 1.0
 
 
