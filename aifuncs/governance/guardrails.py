@@ -12,6 +12,12 @@ blocked row is a per-row error (or the query's, under failOnError); its reason n
 PII or the nearest topic, never the value. Databricks' `safety` needs a model this version does not ship:
 it is refused.
 
+Texts are read as people read them: a keyword matches whatever letters it is written with (full-width and
+mathematical forms, Cyrillic and Greek look-alikes, accents), with zero-width and soft-hyphen characters
+dropped and any run of spaces or line breaks between its words; PII is looked for with those invisible
+characters dropped too. A model parameter's texts (stop sequences, extra_params) go to the model as well:
+`screen_parameters` blocks the request when one holds a keyword or PII.
+
 A row is whatever the model is sent or answers: a text, or a STRUCT, list or map holding texts (a chat's
 messages, a record's fields, an HTTP request's body). `screen_values` applies the guard to every text in it,
 nested too: one blocked text blocks the row, and each masked text is masked where it stands.
@@ -20,6 +26,7 @@ nested too: one blocked text blocks the row, and each masked text is masked wher
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +42,9 @@ __all__ = [
     "off_topic",
     "parse_guardrails",
     "screen",
+    "screen_parameters",
     "screen_values",
+    "skeleton",
     "texts_in",
 ]
 
@@ -160,25 +169,53 @@ class Screened:
     decisions: Counter[str]  # reason -> rows, masks included ("masked pii (email)")
 
 
+# Letters of other scripts that read as Latin ones (Unicode's confusables, the common lower and upper cases)
+_LOOK_ALIKES = str.maketrans(
+    "аеорсухіјѕԁԛԝһӏАВЕКМНОРСТХІЈЅ"  # Cyrillic
+    "αβεικνορτυχΑΒΕΗΙΚΜΝΟΡΤΥΧΖ",  # Greek
+    "aeopcyxijsdqwhlABEKMHOPCTXIJSabeikvoptuxABEHIKMNOPTYXZ",
+)
+
+
+def _visible(text: str) -> str:
+    """`text` without format characters (zero-width spaces and joiners, soft hyphens, direction marks)."""
+    if text.isascii():
+        return text
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
+def skeleton(text: str) -> str:
+    """What a text reads as, for matching keywords: compatibility forms folded (full-width, mathematical
+    letters), format characters and accents dropped, look-alike letters of other scripts as Latin ones."""
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Cf", "Mn"))
+    return unicodedata.normalize("NFC", kept).translate(_LOOK_ALIKES)
+
+
 def _keyword_pattern(keywords: tuple[str, ...]) -> re.Pattern[str] | None:
     if not keywords:
         return None
-    return re.compile("|".join(rf"(?<!\w){re.escape(k)}(?!\w)" for k in keywords), re.IGNORECASE)
+    # any run of white space between a phrase's words, each word as its skeleton
+    phrases = (r"\s+".join(re.escape(word) for word in skeleton(k).split()) for k in keywords)
+    return re.compile("|".join(rf"(?<!\w){phrase}(?!\w)" for phrase in phrases), re.IGNORECASE)
 
 
 def _screen_text(
     guard: Guard, pattern: re.Pattern[str] | None, text: str
 ) -> tuple[str, str | None, str | None]:
     """One text: (the text to use, why it is blocked or None, the mask applied or None)."""
-    if pattern is not None and (hit := pattern.search(text)):
-        return text, f"invalid keyword {hit.group().lower()!r}", None
+    if pattern is not None and (hit := pattern.search(skeleton(text))):
+        return text, f"invalid keyword {' '.join(hit.group().split()).lower()!r}", None
     if guard.pii != "NONE":
-        findings = find_pii(text)
+        visible = _visible(text)  # a zero-width character inside a number hides it from no one
+        findings = find_pii(visible)
         if findings:
             kinds = ", ".join(sorted({f.kind for f in findings}))
             if guard.pii == "BLOCK":
                 return text, f"pii ({kinds})", None
-            return mask_pii(text, findings), None, f"masked pii ({kinds})"
+            return mask_pii(visible, findings), None, f"masked pii ({kinds})"
     return text, None, None
 
 
@@ -255,6 +292,17 @@ def screen_values(guard: Guard, rows: list[Any]) -> Screened:
             kept.append(row)
         blocked.append(reason)
     return Screened(kept, blocked, decisions)
+
+
+def screen_parameters(guard: Guard, parameters: dict[str, Any] | None) -> str | None:
+    """Why a request's model parameters (stop sequences, extra_params...) are refused, or None: they reach
+    the model with every row, so a keyword or PII in any of their texts blocks the request (PII is blocked
+    even where rows are masked: a parameter is not a text to rewrite)."""
+    if not parameters or not (guard.pii != "NONE" or guard.invalid_keywords):
+        return None
+    found = screen_values(guard, [parameters])
+    reason = found.blocked[0] or next(iter(found.decisions), None)
+    return None if reason is None else f"{reason.removeprefix('masked ')} in a model parameter"
 
 
 def off_topic(

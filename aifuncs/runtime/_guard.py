@@ -20,7 +20,15 @@ from typing import Any
 import pyarrow as pa
 
 from aifuncs.errors import GuardrailBlocked
-from aifuncs.governance.guardrails import Guard, Screened, off_topic, screen, screen_values, texts_in
+from aifuncs.governance.guardrails import (
+    Guard,
+    Screened,
+    off_topic,
+    screen,
+    screen_parameters,
+    screen_values,
+    texts_in,
+)
 from aifuncs.runtime._call import CallSpec, Scored
 from aifuncs.runtime._payloads import log_request
 
@@ -89,10 +97,13 @@ async def guarded(
     blocked: list[str | None] = [None] * len(requests)
     reasons: list[str | None] = [None] * len(requests)  # the guard's own words, for the query's error
     send = requests
-    if rails.input.active and _has_text(requests.type):
+    if rails.input.active and (_has_text(requests.type) or call.parameters):
         values, screened = await asyncio.to_thread(_screen, rails.input, requests)
         decisions.update({f"input: {k}": v for k, v in screened.decisions.items()})
         reasons = list(screened.blocked)
+        if parameters := screen_parameters(rails.input, call.parameters):  # sent with every row
+            decisions[f"input: {parameters}"] += sum(1 for r in reasons if r is None)
+            reasons = [r or parameters for r in reasons]
         if rails.input.valid_topics and embed is not None:
             if off := await _check_topics(rails.input, values, screened.texts, reasons, embed):
                 decisions["input: off topic"] += off
