@@ -188,6 +188,8 @@ def run(
             checkpoint.delete()  # done: a later run of the job starts afresh
         snapshot = counts.snapshot()
         if engine != "spark":  # failed and retried requests were paid too: the usage log has them all
+            if stopped.told:  # the batches handed over still run: stopped first, or later sends go uncounted
+                runtime.cancel_calls(request_context("job", {"job": path.stem, "run_id": str(run_id)}))
             spent, used = runtime.usage.spent(labels)
             snapshot["requests"] = max(snapshot["requests"], spent)
             snapshot["tokens"] = max(snapshot["tokens"], used)

@@ -111,6 +111,7 @@ class Runtime:
         ] = {}  # requests in flight, by key (loop thread only)
         self._awaited: set[bytes] = set()  # ...and those another batch waits for
         self.checkpoint: Checkpoint | None = None  # a scheduled job's, while it runs (aifuncs.jobs)
+        self._running: dict[asyncio.Task[Any], RequestContext] = {}  # submitted calls (loop thread only)
 
     def provider(self, endpoint: Endpoint) -> Provider:
         """The provider of an endpoint version, built once (models load once per process)."""
@@ -133,7 +134,30 @@ class Runtime:
         self, call: CallSpec, requests: pa.Array | pa.ChunkedArray, *, batch_rows: int | None = None
     ) -> concurrent.futures.Future[pa.Array]:
         """`run_call` without waiting: the answers arrive in the returned future."""
-        return self._loop.submit(self._answer(call, requests, batch_rows))
+        return self._loop.submit(self._tracked(call.context, self._answer(call, requests, batch_rows)))
+
+    async def _tracked(self, context: RequestContext, work: Awaitable[T]) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running[task] = context
+        try:
+            return await work
+        finally:
+            del self._running[task]
+
+    def cancel_calls(self, context: RequestContext, timeout_s: float = 30.0) -> None:
+        """Cancel one caller's submitted calls still running (a stopped job's: its engine was interrupted, but
+        the batches it handed over would go on sending) and wait until each has ended, so no request leaves
+        afterwards and those in flight are in the usage log when this returns."""
+
+        async def cancel() -> None:
+            tasks = [task for task, owner in self._running.items() if owner == context]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=timeout_s)
+
+        self._loop.run(cancel())
 
     async def answer_call(self, call: CallSpec, requests: pa.Array) -> pa.Array:
         """`run_call` from a coroutine: on the runtime's loop itself when the caller runs there (a server
