@@ -305,6 +305,41 @@ class Limiter:
                 self._unavailable_until = time.monotonic() + UNAVAILABLE_S
                 raise self._unavailable() from error
 
+    def peek(self, checks: Sequence[Check]) -> Refusal | None:
+        """How long until one call would be admitted under every check, taking nothing (None: now). For work
+        done on a request's behalf before it is admitted (a guardrail's topic check), so a request its limits
+        will refuse costs nothing first."""
+        with self._lock:
+            self.check_available()
+            keys = sorted({b.key for check in checks for b in check.any_of})
+            marks = ",".join("?" * len(keys))
+            try:
+                rows = self._connection().execute(
+                    f"SELECT key, tat FROM buckets WHERE key IN ({marks})", keys
+                )
+                tats = dict(rows.fetchall())
+            except sqlite3.OperationalError as error:
+                self._unavailable_until = time.monotonic() + UNAVAILABLE_S
+                raise self._unavailable() from error
+            now, clock = time.time(), time.monotonic()
+        worst: Refusal | None = None
+        for check in checks:
+            waits = []
+            for bucket in check.any_of:
+                lease = self._leases.get(bucket.key)
+                if bucket.unit == "calls" and lease is not None and lease.until > clock and lease.units >= 1:
+                    break  # room this process took ahead
+                cost = 1 if bucket.unit == "calls" else 0
+                tat = max(tats.get(bucket.key, now), now)
+                wait = tat + cost * bucket.interval_s - max(bucket.burst, cost) * bucket.interval_s - now
+                if wait <= 1e-6:
+                    break
+                waits.append(wait)
+            else:
+                if worst is None or min(waits) > worst.wait_s:
+                    worst = Refusal(min(waits), check.label)
+        return worst
+
     def try_leased(self, checks: Sequence[Check], tokens: int) -> Reservation | None:
         """`try_acquire` from room leased ahead only, never waiting (for an event loop): None when a
         transaction is needed, or another thread holds the limiter."""

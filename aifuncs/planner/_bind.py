@@ -55,8 +55,11 @@ def bind_call(
                 f"The valid_topics guardrail of {endpoint.name!r} needs an embedding endpoint; {embedder.name!r}"
                 f" answers {embedding_type or 'text'}. Set topic_endpoint to an embedding model."
             )
+        # admitted under the topic endpoint's own limits, after the guarded endpoint's would admit the request
         topic_call = CallSpec("ai_embed", embedder, to_duckdb_type(embedding_type), principal=catalog.principal,
-                              context=context or RequestContext())  # fmt: skip
+                              context=context or RequestContext(), wait_for_limits=wait_for_limits,
+                              rate_checks=catalog.gateway_settings(embedder).rate_checks,
+                              precheck=gateway.rate_checks)  # fmt: skip
     return CallSpec(
         function=function,
         endpoint=endpoint,

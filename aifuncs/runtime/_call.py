@@ -48,6 +48,9 @@ class CallSpec:
     null_on_error: bool = False  # a failed row becomes NULL (task functions) instead of stopping the query
     principal: Principal | None = None  # who asks: authorized at plan time, counted in usage and limits
     rate_checks: tuple[Check, ...] = ()  # the endpoint's rate limits that hold for this principal
+    # Limits checked, not taken, before this request: a topic check's embedding waits on (or is refused by)
+    # the guarded endpoint's limits, so a request they will refuse costs no embedding first.
+    precheck: tuple[Check, ...] = ()
     wait_for_limits: bool = True  # a rate-limited request waits its turn; False: RateLimited at once
     context: RequestContext = RequestContext()
     payloads: InferenceTable | None = None  # the endpoint's inference table, when it logs payloads

@@ -85,6 +85,8 @@ class RateGate:
 
     async def admit(self, call: CallSpec, chunk: pa.Array, returns_text: bool) -> Reservation | None:
         """Take the request's place under every limit that holds for its principal, waiting while full."""
+        if call.precheck:
+            await self._prechecked(call, chunk)
         if not call.rate_checks:
             return None
         counts_tokens = any(b.unit == "tokens" for check in call.rate_checks for b in check.any_of)
@@ -118,6 +120,20 @@ class RateGate:
             for meter in call.meters:
                 meter.paced(answer.label)
             await asyncio.sleep(answer.wait_s)
+
+    async def _prechecked(self, call: CallSpec, chunk: pa.Array) -> None:
+        """Wait until `call.precheck` would admit a call (or raise RateLimited when the call may not wait)."""
+        loop = asyncio.get_running_loop()
+        while refusal := await loop.run_in_executor(self._thread, self._limiter().peek, call.precheck):
+            if not call.wait_for_limits:
+                log_request(call, chunk, None, None, None, 429)
+                raise RateLimited(
+                    f"Rate limited ({refusal.label}): the next request fits in {refusal.wait_s:.2f} s (its"
+                    f" guardrail's topic check on {call.endpoint.name!r} waits for it too). Wait and retry, or let"
+                    " the query wait its turn.",
+                    refusal.wait_s,
+                )
+            await asyncio.sleep(refusal.wait_s)
 
     async def settle(self, reservation: Reservation | None, output: Any, chunk: pa.Array) -> None:
         if reservation is not None and reservation.buckets:

@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+from servers import FakeServer
 
 import aifuncs
 
@@ -46,3 +47,32 @@ def test_a_declared_reply_budget_cannot_take_an_endpoint_limit(secured: Secured,
     # the admin (any other principal) still gets in within seconds, not after the attacker's budget drains
     after = admitted(secured, "admin", chat(max_tokens=10), timeout_s=20)
     assert after.status_code == 200, after.text
+
+
+def test_a_topic_check_costs_no_embedding_once_the_limit_refuses(secured: Secured) -> None:
+    """valid_topics embeds each request's text on the topic endpoint: a principal over the guarded endpoint's
+    limit must not make the server pay for embeddings its requests will never use."""
+    with FakeServer() as embeddings:
+        aifuncs.endpoints.create(
+            "emb", kind="openai", model="e", task="embeddings", base_url=embeddings.url + "/v1"
+        )
+        aifuncs.endpoints.put_ai_gateway(
+            "llm",
+            {
+                "rate_limits": [{"calls": 1, "key": "user", "renewal_period": "minute"}],
+                "guardrails": {
+                    "input": {"valid_topics": ["billing"], "topic_endpoint": "emb", "topic_threshold": -1}
+                },
+            },
+        )
+        deadline = time.monotonic() + 30  # the server binds the gateway anew within a second
+        while (first := secured.call("alice", "POST", INVOCATIONS, json=chat())).status_code != 200:
+            assert time.monotonic() < deadline, first.text
+            time.sleep(0.1)
+        spent = embeddings.settled().requests
+        asked = [{"messages": [{"role": "user", "content": f"billing question {i}"}]} for i in range(20)]
+        refused = [secured.call("alice", "POST", INVOCATIONS, json=body) for body in asked]  # none reused
+        assert [r.status_code for r in refused] == [429] * 20
+        assert all(float(r.headers["retry-after"]) > 1 for r in refused)
+        assert embeddings.settled().requests == spent  # 0 embeddings for 20 refused requests
+        assert secured.call("admin", "POST", INVOCATIONS, json=chat()).status_code == 200  # others unaffected
