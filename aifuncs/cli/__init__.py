@@ -320,9 +320,33 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_sign_in(host: str, port: int, scheme: str = "http") -> None:
+    """On a loopback address, a one-time sign-in link for the home's owner (as Jupyter prints one); the
+    process acts as the owner only without AIFUNCS_TOKEN."""
+    from aifuncs._home import home
+    from aifuncs.governance import current
+    from aifuncs.server._run import _loopback
+    from aifuncs.server.ui import sign_in_link
+
+    if not _loopback(host) or not current().principal.implicit:
+        return
+    address = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("", "localhost") else host)
+    link = sign_in_link(f"{scheme}://{address}:{port}", home())
+    print(f"The web UI: open this link to sign in (it works once):\n    {link}", flush=True)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from aifuncs.server import serve
+
+    _print_sign_in("127.0.0.1", args.port)
+    serve("127.0.0.1", args.port, workers=1, warehouse=args.warehouse)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from aifuncs.server import serve
 
+    _print_sign_in(args.host, args.port, "https" if args.tls_cert else "http")
     serve(args.host, args.port, workers=args.workers, tls_cert=args.tls_cert, tls_key=args.tls_key,
           insecure_http=args.insecure_http, warehouse=args.warehouse, public_url=args.public_url,
           client_timeout_s=args.client_timeout, max_connections=args.max_connections,
@@ -524,6 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQL over HTTP: the largest result answered; a larger one fails (25)",
     )
     serve.set_defaults(handler=_serve)
+
+    ui = commands.add_parser(
+        "ui", help="the web UI on 127.0.0.1 for the home's owner: prints a one-time sign-in link"
+    )
+    ui.add_argument("--port", type=int, default=8765)
+    ui.add_argument("--warehouse", metavar="DB", help="the DuckDB file the SQL page reads (read-only)")
+    ui.set_defaults(handler=_ui)
     return parser
 
 

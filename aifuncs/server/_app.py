@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from aifuncs._home import home
 from aifuncs._types import json_schema, to_duckdb_type
@@ -493,7 +493,13 @@ def app(warehouse: str | Path | None = None, public_url: str | None = None) -> S
         ),  # fmt: skip
     ]
     routes.append(Route("/openapi.json", _openapi_route(routes), methods=["GET"]))
-    server = Starlette(routes=routes, lifespan=_lifespan, exception_handlers=_NO_ROUTE)
+    from aifuncs.server.ui import ui_app  # the web UI, on the same governance (imports Jinja2: only here)
+
+    server = Starlette(
+        routes=[*routes, Mount("/ui", app=ui_app(home(), statements))],
+        lifespan=_lifespan,
+        exception_handlers=_NO_ROUTE,
+    )
     server.state.statements = statements  # cancelled when the server stops
     return server
 

@@ -1,0 +1,209 @@
+"""Hourly and daily rollups of the usage log, kept in `usage.db` beside it and brought up to date
+incrementally: each refresh folds in only the rows written since the last one (by rowid), in one
+transaction, whichever process wrote them (the usage writer, a replayed journal, another worker).
+
+    rollups = Rollups(home / "usage.db")
+    rollups.refresh()                      # milliseconds once caught up; the first pass reads the log once
+    rollups.hourly(since, endpoints)       # per hour, endpoint and status class: charts
+    rollups.daily(since_day)               # per day, endpoint and requester: breakdowns, "My usage"
+
+Pages and charts read these, never the raw rows: with a million usage rows a page still answers in
+milliseconds. Hours and days are UTC (the log's timestamps are). Latency percentiles come from a histogram
+of log-spaced buckets (`BUCKETS_PER_DOUBLING` per doubling: within ~9% of the exact value). Each bucket
+keeps the time of its first row, so a reader can tell a bucket that began before an endpoint or a principal
+of its name was made (an earlier incarnation's rows: `governance/visibility.py`).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aifuncs.runtime._usage import _connect
+
+__all__ = ["BUCKETS_PER_DOUBLING", "Rollups", "percentile"]
+
+BUCKETS_PER_DOUBLING = 4
+_STATE = "v1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_rollup_state (name TEXT PRIMARY KEY, last_rowid INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS usage_hourly (
+    hour TEXT NOT NULL, endpoint TEXT NOT NULL, status_class TEXT NOT NULL,
+    requests INTEGER NOT NULL, rows INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, latency_ms REAL NOT NULL, first_ts TEXT NOT NULL,
+    PRIMARY KEY (hour, endpoint, status_class)
+);
+CREATE TABLE IF NOT EXISTS usage_latency_hourly (
+    hour TEXT NOT NULL, endpoint TEXT NOT NULL, bucket INTEGER NOT NULL, requests INTEGER NOT NULL,
+    PRIMARY KEY (hour, endpoint, bucket)
+);
+CREATE TABLE IF NOT EXISTS usage_daily (
+    day TEXT NOT NULL, endpoint TEXT NOT NULL, requester TEXT NOT NULL, requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL, rows INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, latency_ms REAL NOT NULL, first_ts TEXT NOT NULL,
+    PRIMARY KEY (day, endpoint, requester)
+);
+"""
+# The HTTP status of a row, as the metrics route reads it: its code, else 200 when it answered, else 500.
+_CODE = "coalesce(status_code, CASE WHEN status = 'ok' THEN 200 ELSE 500 END)"
+_CLASS = f"CASE WHEN {_CODE} < 400 THEN '2xx' WHEN {_CODE} < 500 THEN '4xx' ELSE '5xx' END"
+_BUCKET = f"CAST(floor(log2(max(latency_ms, 0.125)) * {BUCKETS_PER_DOUBLING}) AS INTEGER)"
+_FOLD = {
+    "usage_hourly": f"""
+        INSERT INTO usage_hourly SELECT substr(ts, 1, 13), endpoint, {_CLASS}, count(*), coalesce(sum(rows), 0),
+            coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(latency_ms), 0), min(ts)
+        FROM usage WHERE rowid > ? AND rowid <= ? GROUP BY 1, 2, 3
+        ON CONFLICT (hour, endpoint, status_class) DO UPDATE SET requests = requests + excluded.requests,
+            rows = rows + excluded.rows, input_tokens = input_tokens + excluded.input_tokens,
+            output_tokens = output_tokens + excluded.output_tokens, latency_ms = latency_ms + excluded.latency_ms,
+            first_ts = min(first_ts, excluded.first_ts)""",
+    "usage_latency_hourly": f"""
+        INSERT INTO usage_latency_hourly SELECT substr(ts, 1, 13), endpoint, {_BUCKET}, count(*)
+        FROM usage WHERE rowid > ? AND rowid <= ? AND latency_ms IS NOT NULL GROUP BY 1, 2, 3
+        ON CONFLICT (hour, endpoint, bucket) DO UPDATE SET requests = requests + excluded.requests""",
+    "usage_daily": f"""
+        INSERT INTO usage_daily SELECT substr(ts, 1, 10), endpoint, coalesce(requester, ''), count(*),
+            sum({_CODE} >= 400), coalesce(sum(rows), 0), coalesce(sum(input_tokens), 0),
+            coalesce(sum(output_tokens), 0), coalesce(sum(latency_ms), 0), min(ts)
+        FROM usage WHERE rowid > ? AND rowid <= ? GROUP BY 1, 2, 3
+        ON CONFLICT (day, endpoint, requester) DO UPDATE SET requests = requests + excluded.requests,
+            errors = errors + excluded.errors, rows = rows + excluded.rows,
+            input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
+            latency_ms = latency_ms + excluded.latency_ms, first_ts = min(first_ts, excluded.first_ts)""",
+}
+
+
+@dataclass(frozen=True)
+class Hourly:
+    hour: str  # YYYY-MM-DDTHH, UTC
+    endpoint: str
+    status_class: str  # 2xx | 4xx | 5xx
+    requests: int
+    rows: int
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float  # the sum
+    first_ts: str
+
+
+@dataclass(frozen=True)
+class Daily:
+    day: str  # YYYY-MM-DD, UTC
+    endpoint: str
+    requester: str
+    requests: int
+    errors: int
+    rows: int
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    first_ts: str
+
+
+def percentile(histogram: dict[int, int], fraction: float) -> float | None:
+    """The latency (ms) below which `fraction` of the requests of a bucket histogram fall (its bucket's middle)."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= fraction * total:
+            return float(2 ** ((bucket + 0.5) / BUCKETS_PER_DOUBLING))
+    return None  # pragma: no cover (the loop reaches total)
+
+
+class Rollups:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Rollups({str(self.path)!r})"
+
+    def _db(self) -> sqlite3.Connection:
+        db = _connect(self.path)
+        db.executescript(_SCHEMA)
+        return db
+
+    def refresh(self) -> int:
+        """Fold the rows written since the last refresh into the rollups; how many. One transaction: another
+        process refreshing at the same time waits, then finds nothing left to fold."""
+        if not self.path.exists():
+            return 0
+        db = self._db()
+        try:
+            db.isolation_level = None
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                found = db.execute(
+                    "SELECT last_rowid FROM usage_rollup_state WHERE name = ?", (_STATE,)
+                ).fetchone()
+                last = int(found[0]) if found else 0
+                top = db.execute("SELECT max(rowid) FROM usage").fetchone()[0]
+                if top is None or int(top) <= last:
+                    db.execute("COMMIT")
+                    return 0
+                for statement in _FOLD.values():
+                    db.execute(statement, (last, int(top)))
+                db.execute(
+                    "INSERT INTO usage_rollup_state (name, last_rowid) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET last_rowid = excluded.last_rowid",
+                    (_STATE, int(top)),
+                )
+                db.execute("COMMIT")
+                return int(top) - last
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            db.close()
+
+    def _read(self, query: str, parameters: Iterable[Any]) -> list[tuple[Any, ...]]:
+        if not self.path.exists():
+            return []
+        db = self._db()
+        try:
+            return db.execute(query, tuple(parameters)).fetchall()
+        finally:
+            db.close()
+
+    def hourly(self, since_hour: str, endpoints: Iterable[str] | None = None) -> list[Hourly]:
+        """Hours from `since_hour` (YYYY-MM-DDTHH), of `endpoints` (None: all)."""
+        names = None if endpoints is None else sorted(set(endpoints))
+        if names == []:
+            return []
+        query = "SELECT * FROM usage_hourly WHERE hour >= ?"
+        if names is not None:
+            query += f" AND endpoint IN ({', '.join('?' * len(names))})"
+        return [Hourly(*r) for r in self._read(query + " ORDER BY hour", [since_hour, *(names or [])])]
+
+    def latency(self, since_hour: str, endpoints: Iterable[str]) -> dict[tuple[str, str], dict[int, int]]:
+        """Per (hour, endpoint): the latency histogram (bucket -> requests)."""
+        names = sorted(set(endpoints))
+        if not names:
+            return {}
+        rows = self._read(
+            f"SELECT hour, endpoint, bucket, requests FROM usage_latency_hourly WHERE hour >= ?"
+            f" AND endpoint IN ({', '.join('?' * len(names))})",
+            [since_hour, *names],
+        )
+        found: dict[tuple[str, str], dict[int, int]] = {}
+        for hour, endpoint, bucket, requests in rows:
+            found.setdefault((hour, endpoint), {})[int(bucket)] = int(requests)
+        return found
+
+    def daily(self, since_day: str) -> list[Daily]:
+        return [
+            Daily(*r)
+            for r in self._read("SELECT * FROM usage_daily WHERE day >= ? ORDER BY day", [since_day])
+        ]
+
+
+def bucket_of(latency_ms: float) -> int:
+    """The histogram bucket of a latency (as the rollup computes it in SQL)."""
+    return math.floor(math.log2(max(latency_ms, 0.125)) * BUCKETS_PER_DOUBLING)

@@ -1,0 +1,273 @@
+"""Usage (breakdowns and "My usage", from the daily rollup), the playground, SQL with EXPLAIN's cost first,
+the jobs' run ledger, tokens (one's own) and principals (admins). Each acts as the signed-in principal."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from aifuncs import _runs as ledger
+from aifuncs.errors import ConfigError
+from aifuncs.governance.tokens import DEFAULT_DAYS
+from aifuncs.runtime import default_runtime
+from aifuncs.runtime._budget import price
+from aifuncs.server._errors import ApiError
+from aifuncs.server._input import parse_json
+from aifuncs.server._openai import chat
+from aifuncs.server.ui._endpoints import rollups
+from aifuncs.server.ui._stats import breakdown, daily_rows
+from aifuncs.server.ui._web import Me, Ui, form_of
+
+__all__ = ["ROUTES"]
+
+BYS = ("endpoint", "user", "group", "day")
+DAYS = (1, 7, 30, 90)
+_MAX_COMPARE = 3
+
+
+def _usage_view(request: Request, me: Me) -> tuple[str, int, bool, list[tuple[str, Any]]]:
+    params = request.query_params
+    by = params.get("by", "endpoint") if params.get("by") in BYS else "endpoint"
+    days = int(params["days"]) if params.get("days", "").isdigit() and int(params["days"]) in DAYS else 30
+    mine = params.get("mine") == "1"
+    rows = daily_rows(me, rollups(me), days, mine=mine)
+    return by, days, mine, breakdown(me, rows, by)
+
+
+def usage(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
+    by, days, mine, found = _usage_view(request, me)
+    total = SimpleNamespace(
+        requests=sum(t.requests for _, t in found if by != "group") if by != "group" else None,
+        tokens=sum(t.tokens for _, t in found) if by != "group" else None,
+        errors=sum(t.errors for _, t in found) if by != "group" else None,
+        cost=sum(t.cost_usd or 0 for _, t in found) if by != "group" else None,
+    )
+    query = {"by": by, "days": days, **({"mine": "1"} if mine else {})}
+    return "usage.html", {
+        "by": by, "days": days, "mine": mine, "rows": found, "total": total, "bys": BYS, "all_days": DAYS,
+        "top": max([t.requests for _, t in found] or [1]), "csv_query": urlencode(query),
+        "link": lambda **change: urlencode({**query, **change}),
+    }  # fmt: skip
+
+
+def usage_csv(ui: Ui, request: Request, me: Me) -> Response:
+    by, days, mine, found = _usage_view(request, me)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([by, "requests", "errors", "rows", "input_tokens", "output_tokens", "cost_usd"])
+    for key, t in found:
+        safe = "'" + key if key[:1] in ("=", "+", "-", "@") else key
+        cost = "" if t.cost_usd is None else f"{t.cost_usd:.6f}"
+        writer.writerow([safe, t.requests, t.errors, t.rows, t.input_tokens, t.output_tokens, cost])
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="usage-by-{by}-{days}d.csv"'},
+    )
+
+
+def playground(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
+    names = me.catalog.names()
+    chosen = [n for n in request.query_params.getlist("e") if n in names][:_MAX_COMPARE]
+    if not chosen:
+        chosen = names[:2]
+    return "playground.html", {"names": names, "chosen": chosen, "slots": max(2, len(chosen))}
+
+
+async def ask(ui: Ui, request: Request, me: Me) -> Response:
+    """One endpoint's answer to the playground's prompt: text, latency, tokens and cost (JSON)."""
+    body = parse_json(await request.body())
+    if not isinstance(body, dict) or not isinstance(body.get("endpoint"), str):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "Name the endpoint to ask.")
+    prompt = str(body.get("prompt") or "")
+    if not prompt.strip():
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "Write a prompt first.")
+    messages = ([{"role": "system", "content": str(body["system"])}] if body.get("system") else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    request_body: dict[str, Any] = {"messages": messages}
+    for key, kind in (("temperature", float), ("max_tokens", int)):
+        value = body.get(key)
+        if value not in (None, ""):
+            try:
+                request_body[key] = kind(value)
+            except (TypeError, ValueError):
+                raise ApiError(400, "INVALID_PARAMETER_VALUE", f"{key} is a number, not {value!r}.") from None
+    started = time.perf_counter()
+    call, rows, word = await run_in_threadpool(chat, body["endpoint"], request_body, me.principal)
+    answers = await default_runtime().answer_call(call, rows)
+    answer = word(answers)
+    latency_ms = (time.perf_counter() - started) * 1000
+    endpoint = await run_in_threadpool(me.catalog.get, body["endpoint"])
+    used = answer.get("usage") or {}
+    inp, out = used.get("prompt_tokens"), used.get("completion_tokens")
+    cost = price(SimpleNamespace(**endpoint.options), 1, inp, out)
+    text = ((answer.get("choices") or [{}])[0].get("message") or {}).get("content")
+    return JSONResponse(
+        {
+            "endpoint": endpoint.name,
+            "text": text,
+            "latency_ms": round(latency_ms, 1),
+            "input_tokens": inp,
+            "output_tokens": out,
+            "cost_usd": cost,
+        }  # fmt: skip
+    )
+
+
+def sql_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
+    return "sql.html", {"statement": request.query_params.get("q", "")}
+
+
+def _explain(ui: Ui, me: Me, text: str) -> dict[str, Any]:
+    from aifuncs.engines.duckdb import explain
+    from aifuncs.server._sandbox import Session
+
+    session = Session(ui.statements.warehouse, me.identity, ui.statements.limits)
+    try:
+        found = explain(session.con, text, dialect="databricks")
+    finally:
+        session.close()
+    return {"text": str(found), "cost_usd": found.cost_usd, "calls": len(found.calls)}
+
+
+async def sql_explain(ui: Ui, request: Request, me: Me) -> Response:
+    body = parse_json(await request.body())
+    text = str((body or {}).get("statement") or "") if isinstance(body, dict) else ""
+    if not text.strip():
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "Write a query first.")
+    try:
+        return JSONResponse(await run_in_threadpool(_explain, ui, me, text))
+    except Exception as error:  # a query EXPLAIN cannot read: say why, as the run would
+        import duckdb
+
+        if isinstance(error, duckdb.Error | ConfigError):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", str(error).split("\n")[0]) from None
+        raise
+
+
+async def sql_run(ui: Ui, request: Request, me: Me) -> Response:
+    body = parse_json(await request.body())
+    if not isinstance(body, dict):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "Send the statement.")
+    return JSONResponse(
+        await ui.statements.execute(
+            me.identity, {"statement": body.get("statement"), "wait_timeout": "5s", "row_limit": 10_000}
+        )
+    )
+
+
+def sql_status(ui: Ui, request: Request, me: Me) -> Response:
+    return JSONResponse(ui.statements.get(me.identity, request.path_params["id"]).response())
+
+
+def sql_chunk(ui: Ui, request: Request, me: Me) -> Response:
+    index = request.path_params["index"]
+    if not (index.isascii() and index.isdigit() and len(index) < 9):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "A chunk index is a number.")
+    return JSONResponse(ui.statements.get(me.identity, request.path_params["id"]).chunk(int(index)))
+
+
+def sql_cancel(ui: Ui, request: Request, me: Me) -> Response:
+    ui.statements.cancel(me.identity, request.path_params["id"])
+    return JSONResponse({})
+
+
+def jobs(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
+    runs = ledger.runs(None, 200, None if me.principal.admin else me.name)
+    return "jobs.html", {"runs": runs}
+
+
+def tokens(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
+    directory = me.directory()
+    return "tokens.html", {"tokens": directory.list_tokens(), "secret": None, "default_days": DEFAULT_DAYS}
+
+
+async def create_token(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
+    form = await form_of(request)
+    days_text = str(form.get("days") or "").strip()
+    if days_text and not days_text.isdigit():
+        raise ConfigError(f"A token's lifetime is a whole number of days, not {days_text!r}.")
+    days = int(days_text) if days_text else DEFAULT_DAYS
+    for_whom = str(form.get("principal") or "").strip() or None
+
+    def work() -> tuple[str, Any]:
+        directory = me.directory()
+        secret, _ = directory.create_token(for_whom, days=days, comment=str(form.get("comment") or ""))
+        return secret, directory.list_tokens()
+
+    secret, listed = await run_in_threadpool(work)
+    return "tokens.html", {"tokens": listed, "secret": secret, "default_days": DEFAULT_DAYS}
+
+
+async def revoke_token(ui: Ui, request: Request, me: Me) -> Response:
+    token_id = request.path_params["id"]
+    if not token_id.isdigit():
+        raise ConfigError("A token id is a number.")
+    await run_in_threadpool(me.directory().revoke_token, int(token_id))
+    return RedirectResponse("/ui/tokens", 303)
+
+
+def principals(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
+    directory = me.directory()
+    if not me.principal.admin:
+        directory._admin("manage users, groups and service principals")
+    listed = directory.list()
+    members = {p.name: directory.members(p.name) for p in listed if p.kind == "group"}
+    return "principals.html", {"principals": listed, "members": members}
+
+
+async def change_principals(ui: Ui, request: Request, me: Me) -> Response:
+    form = await form_of(request)
+
+    def work() -> None:
+        directory = me.directory()
+        action, name = form.get("action", ""), form.get("name", "").strip()
+        if action == "create":
+            kind = form.get("kind", "user")
+            admin = form.get("admin") == "on"
+            if kind == "group":
+                directory.create_group(name)
+            elif kind == "service_principal":
+                directory.create_service_principal(name, admin=admin)
+            else:
+                directory.create_user(name, admin=admin)
+        elif action == "delete":
+            directory.delete(name)
+        elif action == "add-member":
+            directory.add_member(name, form.get("member", "").strip())
+        elif action == "remove-member":
+            directory.remove_member(name, form.get("member", "").strip())
+        else:
+            raise ConfigError(f"Unknown change {action!r}.")
+
+    await run_in_threadpool(work)
+    return RedirectResponse("/ui/principals", 303)
+
+
+ROUTES: list[tuple[str, Any, list[str]]] = [
+    ("/usage", usage, ["GET"]),
+    ("/usage.csv", usage_csv, ["GET"]),
+    ("/playground", playground, ["GET"]),
+    ("/playground/ask", ask, ["POST"]),
+    ("/sql", sql_page, ["GET"]),
+    ("/sql/explain", sql_explain, ["POST"]),
+    ("/sql/statements", sql_run, ["POST"]),
+    ("/sql/statements/{id}", sql_status, ["GET"]),
+    ("/sql/statements/{id}/chunks/{index}", sql_chunk, ["GET"]),
+    ("/sql/statements/{id}/cancel", sql_cancel, ["POST"]),
+    ("/jobs", jobs, ["GET"]),
+    ("/tokens", tokens, ["GET"]),
+    ("/tokens", create_token, ["POST"]),
+    ("/tokens/{id}/revoke", revoke_token, ["POST"]),
+    ("/principals", principals, ["GET"]),
+    ("/principals", change_principals, ["POST"]),
+]
