@@ -37,7 +37,7 @@ from aifuncs.engines._explain import explain_calls
 from aifuncs.errors import AifuncsError, ArgumentError, ConfigError, DatabaseLocked
 from aifuncs.governance import AuditLog, Identity, current, identify
 from aifuncs.governance.payloads import payload_log
-from aifuncs.governance.visibility import readable_rows
+from aifuncs.governance.visibility import own_since, readable_rows
 from aifuncs.planner import (
     EngineHooks,
     PlannedStatement,
@@ -665,6 +665,8 @@ def _runs_snapshot(identity: Identity) -> Callable[[], pa.Array]:
     def snapshot() -> pa.Array:
         me = identity.principal
         rows = list_runs(principal=None if me.admin else me.name)
+        if not me.admin:  # nor its runs
+            rows = [r for r in rows if own_since(me, datetime.fromisoformat(r["started_at"]))]
         for row in rows:
             row["params"] = json.dumps(row["params"], sort_keys=True)
             for key in ("started_at", "ended_at"):
@@ -730,6 +732,8 @@ def _audit_snapshot(identity: Identity) -> Callable[[], pa.Array]:
     def snapshot() -> pa.Array:
         me = identity.principal
         entries = AuditLog(identity.home / "catalog.db").entries(None if me.admin else me.name)
+        if not me.admin:  # a deleted principal's entries are not those of one made again under its name
+            entries = [e for e in entries if own_since(me, datetime.fromisoformat(e.ts))]
         rows = [
             {**dataclasses.asdict(e), "details": json.dumps(e.details, sort_keys=True),
              "ts": datetime.fromisoformat(e.ts).replace(tzinfo=None)}

@@ -8,12 +8,12 @@ someone else, so each reads only rows written since it was made (its creation ti
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aifuncs.governance.principals import Principal
 
-__all__ = ["readable_rows"]
+__all__ = ["own_since", "readable_rows"]
 
 Row = dict[str, Any]
 
@@ -41,3 +41,14 @@ def readable_rows(
             if made is None or at >= made:
                 found.append(row)
     return found
+
+
+def own_since(principal: Principal, written_at: datetime) -> bool:
+    """Whether a row kept under `principal`'s name (an audit entry it made, a run it started) is this principal's,
+    not a deleted predecessor's of the same name: written since it was made. A naive time is UTC."""
+    since = principal.created_at
+    if since is None:
+        return True
+    if written_at.tzinfo is None:
+        written_at = written_at.replace(tzinfo=UTC)
+    return written_at >= since

@@ -84,3 +84,25 @@ def test_an_acl_older_than_its_principal_counts_for_nothing(
         db.execute("UPDATE secret_acls SET granted_at = granted_at - 60000 WHERE principal = 'carol'")
     assert Secrets(path, carol, None).level("ops") is None
     assert Secrets(path, carol, None).list_scopes() == [{"name": "ops", "backend_type": "DATABRICKS"}]
+
+
+def sql(secured: Secured, who: str, statement: str) -> list[list[str]]:
+    answer = secured.call(who, "POST", "/api/2.0/sql/statements",
+                          json={"statement": statement, "wait_timeout": "30s"})  # fmt: skip
+    body = answer.json()
+    assert body["status"]["state"] == "SUCCEEDED", body
+    return list(body["result"]["data_array"])
+
+
+def test_a_name_made_again_reads_none_of_its_predecessors_audit(
+    secured: Secured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gov.grant_entitlement("alice", ENTITLEMENTS[1])  # may create secret scopes
+    made = secured.call("alice", "POST", "/api/2.0/secrets/scopes/create", json={"scope": "alices-plans"})
+    assert made.status_code == 200, made.text
+    assert sql(secured, "alice", "SELECT target FROM aifuncs_audit") == [["alices-plans"]]
+    gov.delete_principal("alice")
+    gov.create_user("alice")
+    secured.tokens["alice"] = gov.create_token("alice")
+    assert sql(secured, "alice", "SELECT count(*) FROM aifuncs_audit") == [["0"]]
+    assert sql(secured, "alice", "SELECT count(*) FROM aifuncs_runs") == [["0"]]
