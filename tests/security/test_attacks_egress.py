@@ -140,3 +140,60 @@ def test_a_config_saved_before_its_author_was_recorded_is_checked(
     assert secured.upstream.settled().requests == 1
     decided = {e.name: e.options.get("egress_checked") for e in aifuncs.endpoints.list()}
     assert decided == {"llm": False, "near": True, "owned": False}
+
+
+def test_a_pinned_https_request_keeps_the_name_for_tls_and_host() -> None:
+    """Connecting to a vetted address over TLS: the certificate is checked against the name (SNI too) and the
+    Host header names it, so pinning neither weakens TLS nor breaks name-based hosting."""
+    import ssl
+
+    import trustme
+
+    from aifuncs.providers._transport import CONNECT_TO, LeanTransport
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("api.rebind.invalid").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    seen: dict[str, object] = {}
+    names: list[str | None] = []  # the name each TLS handshake asked for (SNI)
+
+    def note_sni(_socket: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+        names.append(name)
+
+    server_context.sni_callback = note_sni
+
+    async def exchange() -> tuple[int, bytes, BaseException | None]:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen["head"] = head.decode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        transport = LeanTransport(verify=client_context)
+        try:
+            request = httpx.Request("GET", f"https://api.rebind.invalid:{port}/v1/models")
+            request.extensions[CONNECT_TO] = ("127.0.0.1",)
+            response = await transport.handle_async_request(request)
+            wrong = httpx.Request("GET", f"https://other.rebind.invalid:{port}/v1/models")
+            wrong.extensions[CONNECT_TO] = ("127.0.0.1",)
+            try:
+                await transport.handle_async_request(wrong)
+                refused: BaseException | None = None
+            except httpx.ConnectError as error:
+                refused = error
+            return response.status_code, response.content, refused
+        finally:
+            await transport.aclose()
+            server.close()
+            await server.wait_closed()
+
+    status, body, refused = asyncio.run(exchange())
+    assert (status, body) == (200, b"ok")
+    assert names == ["api.rebind.invalid", "other.rebind.invalid"]
+    assert "host: api.rebind.invalid:" in str(seen["head"]).lower()
+    assert refused is not None and "certificate" in str(refused).lower()  # a name the certificate lacks
