@@ -5,7 +5,8 @@ transaction, whichever process wrote them (the usage writer, a replayed journal,
     rollups = Rollups(home / "usage.db")
     rollups.refresh()                      # milliseconds once caught up; the first pass reads the log once
     rollups.hourly(since, endpoints)       # per hour, endpoint and status class: charts
-    rollups.daily(since_day)               # per day, endpoint and requester: breakdowns, "My usage"
+    rollups.daily(since_day)               # per day, endpoint and requester
+    rollups.daily_sums(since_day, "requester", scope)   # summed in SQL by a key and endpoint: breakdowns
 
 Pages and charts read these, never the raw rows: with a million usage rows a page still answers in
 milliseconds. Hours and days are UTC (the log's timestamps are). Latency percentiles come from a histogram
@@ -18,14 +19,15 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from aifuncs.runtime._usage import _connect
 
-__all__ = ["BUCKETS_PER_DOUBLING", "Rollups", "percentile"]
+__all__ = ["BUCKETS_PER_DOUBLING", "DailySum", "Rollups", "Scope", "percentile", "since_stamp"]
 
 BUCKETS_PER_DOUBLING = 4
 _STATE = "v1"
@@ -103,6 +105,46 @@ class Daily:
     output_tokens: int
     latency_ms: float
     first_ts: str
+
+
+@dataclass(frozen=True)
+class DailySum:
+    """Daily rows summed per (key, endpoint): what a breakdown prices (an endpoint's prices are its own)."""
+
+    key: str
+    endpoint: str
+    requests: int
+    errors: int
+    rows: int
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which buckets a reader may sum: all of them (`everything`), or those of `requester` begun since
+    `requester_since`, and those of each endpoint in `endpoints` begun since its time (None: since ever)."""
+
+    everything: bool = False
+    requester: str | None = None
+    requester_since: datetime | None = None
+    endpoints: Mapping[str, datetime | None] = field(default_factory=dict)
+
+
+# The key a breakdown sums by: a column of usage_daily, never a caller's text.
+_KEYS = {"endpoint": "endpoint", "requester": "requester", "day": "day"}
+
+
+def since_stamp(at: datetime | None) -> str:
+    """`at` as the log writes times (UTC, milliseconds), rounded up to the next millisecond: a log time (whole
+    milliseconds) compares with it, as text, as the row's instant compares with `at`. None: before any row."""
+    if at is None:
+        return ""
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    if at.microsecond % 1000:
+        at += timedelta(microseconds=1000 - at.microsecond % 1000)
+    return at.isoformat(timespec="milliseconds")
 
 
 def percentile(histogram: dict[int, int], fraction: float) -> float | None:
@@ -202,6 +244,35 @@ class Rollups:
             Daily(*r)
             for r in self._read("SELECT * FROM usage_daily WHERE day >= ? ORDER BY day", [since_day])
         ]
+
+    def daily_sums(
+        self, since_day: str, key: str, scope: Scope, endpoint: str | None = None
+    ) -> list[DailySum]:
+        """Days from `since_day` (YYYY-MM-DD) that `scope` may read, of `endpoint` (None: all), summed per
+        `key` ("endpoint", "requester" or "day") and endpoint, in SQL: a page prices a few thousand sums, not
+        tens of thousands of daily rows."""
+        column = _KEYS[key]
+        managed = [(name, since_stamp(at)) for name, at in sorted(scope.endpoints.items())]
+        parameters: list[Any] = [p for pair in managed for p in pair]
+        query = "WITH managed(endpoint, since) AS (VALUES " + ", ".join(["(?, ?)"] * len(managed)) + ") "
+        if not managed:  # VALUES needs a row: one no endpoint has
+            query, parameters = "WITH managed(endpoint, since) AS (SELECT NULL, NULL) ", []
+        query += (
+            f"SELECT d.{column}, d.endpoint, sum(d.requests), sum(d.errors), sum(d.rows), sum(d.input_tokens),"
+            " sum(d.output_tokens), sum(d.latency_ms) FROM usage_daily d WHERE d.day >= ?"
+            " AND (? OR (d.requester = ? AND d.first_ts >= ?) OR EXISTS (SELECT 1 FROM managed m"
+            " WHERE m.endpoint = d.endpoint AND d.first_ts >= m.since))"
+        )
+        parameters += [
+            since_day,
+            int(scope.everything),
+            scope.requester,
+            since_stamp(scope.requester_since),
+        ]
+        if endpoint is not None:
+            query += " AND d.endpoint = ?"
+            parameters.append(endpoint)
+        return [DailySum(*r) for r in self._read(query + " GROUP BY 1, 2", parameters)]
 
 
 def bucket_of(latency_ms: float) -> int:

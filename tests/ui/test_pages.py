@@ -5,11 +5,13 @@ tokens and principals pages work; every asset is this package's own."""
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 from pathlib import Path
 
 import aifuncs
+import aifuncs.governance as gov
 from aifuncs.server.ui import STATIC
 
 from .conftest import Ui
@@ -198,3 +200,57 @@ def test_every_asset_is_local_and_the_vendored_files_are_what_was_recorded(ui: U
         data = (Path(STATIC) / "vendor" / entry["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["file"]
         assert entry["license"] and entry["version"]
+
+
+def test_deletes_and_revokes_ask_first_on_a_page_of_their_own(ui: Ui) -> None:
+    admin = ui.client("admin")
+    token = ui.csrf(admin)
+    asked = admin.post("/ui/endpoints/llm/delete", data={"csrf": token})
+    assert asked.status_code == 200 and "Delete llm?" in asked.text
+    assert aifuncs.endpoints.get("llm").name == "llm"  # nothing deleted yet
+    assert 'name="confirmed" value="yes"' in asked.text and 'href="/ui/endpoints/llm"' in asked.text  # cancel
+    assert ui.client("alice").post("/ui/endpoints/llm/delete", data={"csrf": token}).status_code == 403
+    bob = ui.client("bob")
+    bobs_token = next(t.id for t in gov.list_tokens() if t.principal == "bob")
+    asked = bob.post(f"/ui/tokens/{bobs_token}/revoke", data={"csrf": ui.csrf(bob)})
+    assert asked.status_code == 200 and f"Revoke token {bobs_token}?" in asked.text
+    assert bob.get("/ui/tokens").status_code == 200  # still signed in: nothing revoked
+    asked = admin.post("/ui/principals", data={"csrf": token, "action": "delete", "name": "mallory"})
+    assert asked.status_code == 200 and "Delete mallory?" in asked.text
+    assert 'name="name" value="mallory"' in asked.text and 'name="action" value="delete"' in asked.text
+    assert "mallory" in [p.name for p in gov.list_principals()]
+    mallory = ui.client("mallory")
+    refused = mallory.post(
+        "/ui/principals", data={"csrf": ui.csrf(mallory), "action": "delete", "name": "bob"}
+    )
+    assert refused.status_code == 403  # not asked: refused
+
+    done = admin.post(
+        "/ui/principals", data={"csrf": token, "action": "delete", "name": "mallory", "confirmed": "yes"}
+    )
+    assert done.status_code == 303 and "mallory" not in [p.name for p in gov.list_principals()]
+    done = bob.post(f"/ui/tokens/{bobs_token}/revoke", data={"csrf": ui.csrf(bob), "confirmed": "yes"})
+    assert done.status_code == 303 and bob.get("/ui/tokens").status_code == 303  # its session ended
+    done = admin.post("/ui/endpoints/llm/delete", data={"csrf": token, "confirmed": "yes"})
+    assert done.status_code == 303 and "llm" not in [e.name for e in aifuncs.endpoints.list()]
+
+
+def test_the_catalogs_own_flags_are_neither_shown_nor_changed_from_the_form(ui: Ui) -> None:
+    assert "egress_checked" in aifuncs.endpoints.get("llm").options  # recorded when it was saved
+    admin = ui.client("admin")
+    page = admin.get("/ui/endpoints/llm").text
+    assert "egress_checked" not in page
+    shown = re.search(r'<textarea id="cfg-options" name="options"[^>]*>([^<]*)</textarea>', page)
+    assert shown is not None
+    options = json.loads(html.unescape(shown.group(1)))
+    assert options["model"] == "m"
+    options["model"] = "m2"
+    saved = admin.post(
+        "/ui/endpoints/llm/config",
+        data={"csrf": ui.csrf(admin), "description": "", "options": json.dumps(options)},
+    )
+    assert saved.status_code == 303
+    after = aifuncs.endpoints.get("llm").options
+    assert after["model"] == "m2" and after["egress_checked"] is False  # an admin's config: unrestricted
+    assert "egress_checked" not in admin.get("/ui/endpoints/llm").text  # nor in the versions
+    assert "egress_checked" not in ui.client("bob").get("/ui/endpoints/llm").text

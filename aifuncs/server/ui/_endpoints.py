@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from aifuncs.catalog._authoring import EGRESS_FLAG
 from aifuncs.errors import ConfigError
 from aifuncs.governance.permissions import LEVELS
 from aifuncs.governance.principals import CREATE_ENDPOINTS
@@ -21,8 +22,8 @@ from aifuncs.runtime import default_runtime
 from aifuncs.runtime._rollups import Rollups
 from aifuncs.server._shapes import served_entity
 from aifuncs.server.ui._logs import LogFilter, log_csv, log_detail, log_page, searchable
-from aifuncs.server.ui._stats import breakdown, daily_rows, endpoint_totals, series
-from aifuncs.server.ui._web import Me, Ui, form_of
+from aifuncs.server.ui._stats import breakdown, endpoint_totals, series
+from aifuncs.server.ui._web import Me, Ui, confirm_step, form_of
 
 __all__ = ["ROUTES"]
 
@@ -38,6 +39,8 @@ KINDS = (
     "forecast",
     "document",
 )
+# Options the catalog sets itself (who authored the config): never shown, never changed from a form.
+INTERNAL = frozenset({EGRESS_FLAG})
 RANGES = {"6h": 6, "24h": 24, "7d": 168, "30d": 720}
 TABS = ("overview", "gateway", "permissions", "logs", "usage")
 
@@ -69,6 +72,11 @@ def _task(kind: str, options: dict[str, Any]) -> str:
         returns_text = False
     task = str(options.get("task") or "")
     return task or ("llm/v1/chat" if returns_text else "model")
+
+
+def shown(options: dict[str, Any]) -> dict[str, Any]:
+    """An endpoint's options as people edit them: without the catalog's own flags."""
+    return {k: v for k, v in options.items() if k not in INTERNAL}
 
 
 def _stamp(value: datetime | None) -> str:
@@ -136,8 +144,10 @@ def endpoint_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]
         "ranges": RANGES,
     }
     if tab == "overview":
-        context["versions"] = me.catalog.versions(endpoint.name)[::-1]
-        context["options"] = json.dumps(endpoint.options, indent=2, sort_keys=True)
+        context["versions"] = [
+            {**v, "options": shown(v.get("options") or {})} for v in me.catalog.versions(endpoint.name)[::-1]
+        ]
+        context["options"] = json.dumps(shown(endpoint.options), indent=2, sort_keys=True)
         context["tags"] = me.catalog.tags(endpoint.name)
     elif tab == "gateway":
         gateway = context["gateway"]
@@ -161,8 +171,7 @@ def endpoint_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]
             table_on=bool(context["gateway"].get("inference_table_config", {}).get("enabled")),
         )
     else:
-        rows_ = [r for r in daily_rows(me, rollups(me), 30, mine=False) if r.endpoint == endpoint.name]
-        context["by_user"] = breakdown(me, rows_, "user")
+        context["by_user"] = breakdown(me, rollups(me), 30, "user", mine=False, endpoint=endpoint.name)
     return "endpoint.html", context
 
 
@@ -181,15 +190,29 @@ async def update_config(ui: Ui, request: Request, me: Me) -> Response:
         if not isinstance(options, dict):
             raise ConfigError('Options are a JSON object, e.g. {"model": "gpt-4o-mini"}.')
         current = me.catalog.authorize(name, "manage")
-        removed: dict[str, Any] = {k: None for k in current.options if k not in options}
+        options = shown(options)  # the catalog's flags are its own to set
+        removed: dict[str, Any] = {k: None for k in shown(current.options) if k not in options}
         me.catalog.update(name, description=form.get("description"), **{**removed, **options})
 
     await run_in_threadpool(work)
     return RedirectResponse(f"/ui/endpoints/{name}?tab=overview", 303)
 
 
-async def delete(ui: Ui, request: Request, me: Me) -> Response:
-    await run_in_threadpool(me.catalog.delete, request.path_params["name"])
+async def delete(ui: Ui, request: Request, me: Me) -> Response | tuple[str, dict[str, Any]]:
+    form = await form_of(request)
+    endpoint = await run_in_threadpool(me.catalog.authorize, request.path_params["name"], "manage")
+    asked = confirm_step(
+        request,
+        form,
+        title=f"Delete {endpoint.name}?",
+        text=f"{endpoint.name}, its versions and its grants go; queries naming it fail. Its usage and request"
+        " log stay. This cannot be undone.",
+        button=f"Delete {endpoint.name}",
+        back=f"/ui/endpoints/{quote(endpoint.name, safe='')}",
+    )
+    if asked is not None:
+        return asked
+    await run_in_threadpool(me.catalog.delete, endpoint.name)
     return RedirectResponse("/ui/endpoints", 303)
 
 

@@ -23,8 +23,8 @@ from aifuncs.server._errors import ApiError
 from aifuncs.server._input import parse_json
 from aifuncs.server._openai import chat
 from aifuncs.server.ui._endpoints import rollups
-from aifuncs.server.ui._stats import breakdown, daily_rows
-from aifuncs.server.ui._web import Me, Ui, form_of
+from aifuncs.server.ui._stats import breakdown
+from aifuncs.server.ui._web import Me, Ui, confirm_step, form_of
 
 __all__ = ["ROUTES"]
 
@@ -38,8 +38,7 @@ def _usage_view(request: Request, me: Me) -> tuple[str, int, bool, list[tuple[st
     by = params.get("by", "endpoint") if params.get("by") in BYS else "endpoint"
     days = int(params["days"]) if params.get("days", "").isdigit() and int(params["days"]) in DAYS else 30
     mine = params.get("mine") == "1"
-    rows = daily_rows(me, rollups(me), days, mine=mine)
-    return by, days, mine, breakdown(me, rows, by)
+    return by, days, mine, breakdown(me, rollups(me), days, by, mine=mine)
 
 
 def usage(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
@@ -208,10 +207,21 @@ async def create_token(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str,
     return "tokens.html", {"tokens": listed, "secret": secret, "default_days": DEFAULT_DAYS}
 
 
-async def revoke_token(ui: Ui, request: Request, me: Me) -> Response:
+async def revoke_token(ui: Ui, request: Request, me: Me) -> Response | tuple[str, dict[str, Any]]:
     token_id = request.path_params["id"]
     if not token_id.isdigit():
         raise ConfigError("A token id is a number.")
+    asked = confirm_step(
+        request,
+        await form_of(request),
+        title=f"Revoke token {token_id}?",
+        text="Every client using it is refused from now on, and sessions signed in with it end. This cannot"
+        " be undone: a new token is a new secret.",
+        button=f"Revoke token {token_id}",
+        back="/ui/tokens",
+    )
+    if asked is not None:
+        return asked
     await run_in_threadpool(me.directory().revoke_token, int(token_id))
     return RedirectResponse("/ui/tokens", 303)
 
@@ -225,8 +235,23 @@ def principals(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
     return "principals.html", {"principals": listed, "members": members}
 
 
-async def change_principals(ui: Ui, request: Request, me: Me) -> Response:
+async def change_principals(ui: Ui, request: Request, me: Me) -> Response | tuple[str, dict[str, Any]]:
     form = await form_of(request)
+    if form.get("action") == "delete":
+        if not me.principal.admin:
+            me.directory()._admin("delete users, groups and service principals")
+        name = form.get("name", "").strip()
+        asked = confirm_step(
+            request,
+            form,
+            title=f"Delete {name}?",
+            text=f"{name}'s grants, group memberships and tokens go with it; its sessions end. Someone made"
+            " again under this name later is someone else: it reads none of this one's usage or logs.",
+            button=f"Delete {name}",
+            back="/ui/principals",
+        )
+        if asked is not None:
+            return asked
 
     def work() -> None:
         directory = me.directory()

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from aifuncs.runtime._budget import price
-from aifuncs.runtime._rollups import Daily, Rollups, percentile
+from aifuncs.runtime._rollups import Rollups, Scope, percentile
 from aifuncs.server.ui._web import Me
 
-__all__ = ["Totals", "daily_rows", "endpoint_totals", "hour_floor", "series", "breakdown"]
+__all__ = ["Totals", "breakdown", "endpoint_totals", "hour_floor", "scope_of", "series"]
 
 
 @dataclass
@@ -124,53 +124,52 @@ def series(me: Me, rollups: Rollups, endpoint: str, hours: int) -> dict[str, Any
     }
 
 
-def daily_rows(me: Me, rollups: Rollups, days: int, *, mine: bool) -> list[Daily]:
-    """The daily rollup rows of the last `days` the principal may read (`mine`: only its own requests)."""
-    since = (datetime.now(UTC) - timedelta(days=days - 1)).strftime("%Y-%m-%d")
-    rows = rollups.daily(since)
-    me_made = me.principal.created_at
+def scope_of(me: Me, *, mine: bool) -> Scope:
+    """The buckets the principal may read (`mine`: only its own requests): an admin all; anyone its own
+    requests since it was made and those of the endpoints it manages since each was made."""
+    own = Scope(requester=me.name, requester_since=me.principal.created_at)
     if mine:
-        return [r for r in rows if r.requester == me.name and _after(r.first_ts, me_made)]
+        return own
     if me.principal.admin:
-        return rows
-    managed = me.catalog.managed()
-    return [
-        r
-        for r in rows
-        if (r.requester == me.name and _after(r.first_ts, me_made))
-        or (r.endpoint in managed and _after(r.first_ts, managed[r.endpoint]))
-    ]
+        return Scope(everything=True)
+    return Scope(requester=me.name, requester_since=me.principal.created_at, endpoints=me.catalog.managed())
 
 
-def breakdown(me: Me, rows: list[Daily], by: str) -> list[tuple[str, Totals]]:
-    """`rows` summed by endpoint, user, group (a request counts once in each group of its requester) or day;
-    largest first (days in order)."""
+def breakdown(
+    me: Me, rollups: Rollups, days: int, by: str, *, mine: bool, endpoint: str | None = None
+) -> list[tuple[str, Totals]]:
+    """The last `days` (UTC) the principal may read, of `endpoint` (None: all), summed by endpoint, user, group
+    (a request counts once in each group of its requester) or day; largest first (days in order). The
+    rollups sum per key and endpoint in SQL; each sum is priced at its endpoint's prices."""
+    since = (datetime.now(UTC) - timedelta(days=days - 1)).strftime("%Y-%m-%d")
+    key = {"user": "requester", "group": "requester"}.get(by, by)
+    sums = rollups.daily_sums(since, key, scope_of(me, mine=mine), endpoint)
     prices = _prices(me)
-    groups: dict[str, set[str]] = {}
+    groups: dict[str, list[str]] = {}
     if by == "group":
         directory = me.directory()
-        for requester in {r.requester for r in rows}:
+        for requester in {s.key for s in sums}:
             try:
-                groups[requester] = directory.groups_of(requester) or {"(no group)"}
+                groups[requester] = sorted(directory.groups_of(requester)) or ["(no group)"]
             except Exception:  # a requester deleted since: its rows stay, under no group
-                groups[requester] = {"(no group)"}
+                groups[requester] = ["(no group)"]
     found: dict[str, Totals] = defaultdict(Totals)
-    for r in rows:
-        keys = {
-            "endpoint": [r.endpoint],
-            "user": [r.requester or "(unknown)"],
-            "group": sorted(groups.get(r.requester, {"(no group)"})),
-            "day": [r.day],
-        }[by]
-        cost = _cost(prices, r.endpoint, r.rows, r.input_tokens, r.output_tokens)
-        for key in keys:
-            t = found[key]
-            t.requests += r.requests
-            t.errors += r.errors
-            t.rows += r.rows
-            t.input_tokens += r.input_tokens
-            t.output_tokens += r.output_tokens
-            t.latency_ms += r.latency_ms
+    for s in sums:
+        if by == "group":
+            keys = groups.get(s.key, ["(no group)"])
+        elif by == "user":
+            keys = [s.key or "(unknown)"]
+        else:
+            keys = [s.key]
+        cost = _cost(prices, s.endpoint, s.rows, s.input_tokens, s.output_tokens)
+        for k in keys:
+            t = found[k]
+            t.requests += s.requests
+            t.errors += s.errors
+            t.rows += s.rows
+            t.input_tokens += s.input_tokens
+            t.output_tokens += s.output_tokens
+            t.latency_ms += s.latency_ms
             _add_cost(t, cost)
     if by == "day":
         return sorted(found.items())

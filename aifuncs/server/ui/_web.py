@@ -27,7 +27,7 @@ from aifuncs.governance import Directory, Identity, Principal
 from aifuncs.server._errors import ApiError, from_aifuncs
 from aifuncs.server.ui._sessions import COOKIE, Sessions, csrf_token
 
-__all__ = ["HEADERS", "Me", "Ui", "form_of", "origin_of", "page", "same_origin"]
+__all__ = ["HEADERS", "Me", "Ui", "confirm_step", "form_of", "origin_of", "page", "same_origin"]
 
 _log = logging.getLogger("aifuncs.server")
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -126,6 +126,18 @@ async def form_of(request: Request) -> dict[str, str]:
     """The form, read once (the CSRF check may have read it already)."""
     kept = getattr(request.state, "form", None)
     return dict(kept) if kept is not None else await form(request)
+
+
+def confirm_step(
+    request: Request, form: dict[str, str], *, title: str, text: str, button: str, back: str
+) -> tuple[str, dict[str, Any]] | None:
+    """A change that cannot be undone asks first, on a page of its own (no script needed): None once the form
+    says it is confirmed, else that page, which posts the same fields again, confirmed."""
+    if form.get("confirmed") == "yes":
+        return None
+    fields = {k: v for k, v in form.items() if k not in ("csrf", "confirmed")}
+    context = {"title": title, "text": text, "button": button, "back": back, "fields": fields}
+    return "confirm.html", {"action": request.url.path, **context}
 
 
 async def _csrf_ok(request: Request, me: Me) -> bool:
