@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -184,7 +185,10 @@ class UsageLog:
                 self._busy = False
 
     def flush(self, wait_s: float = LOCK_WAIT_S) -> None:
-        with self._writing:
+        """Write the pending rows, waiting at most about `wait_s` for a locked file; a write under way (the
+        writer thread waiting out that lock itself) is waited for within the same bound, so that an exit's
+        brief write stays brief. Rows not written stay pending, and journaled."""
+        with _taken(self._writing, wait_s):
             with self._lock:
                 rows, self._pending = self._pending, []
             if not rows:
@@ -303,6 +307,17 @@ class UsageLog:
             return int(requests) + in_flight, int(tokens)
         finally:
             db.close()
+
+
+@contextlib.contextmanager
+def _taken(lock: threading.Lock, wait_s: float) -> Iterator[None]:
+    """`lock` held for the block, waited for at most `wait_s` (then as a locked file is: rows kept)."""
+    if not lock.acquire(timeout=wait_s):
+        raise sqlite3.OperationalError("database is locked (the usage log's writer is waiting on it)")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _waiting(db: sqlite3.Connection, wait_s: float) -> sqlite3.Connection:

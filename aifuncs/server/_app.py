@@ -515,9 +515,10 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     gc.freeze()
     yield
     # Stopping: uvicorn re-raises SIGTERM once it has shut down, which ends the process without atexit, so the
-    # usage and inference-table rows still buffered are written here.
-    runtime.usage.flush()
-    payload_log().flush()
+    # usage and inference-table rows still buffered are written here, briefly as at exit: a locked store must
+    # neither hold the stop up nor fail it (what is not written then is in the journal, for the next process).
+    runtime.usage.close()
+    payload_log().close()
     statements = getattr(app.state, "statements", None)
     if statements is not None:
         statements.close()
