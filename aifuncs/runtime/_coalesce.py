@@ -7,7 +7,8 @@ model servers do, with no wait at all when the model is idle. Everything around 
 request: its rate-limit admission, usage row, inference-log row and errors.
 
 A batch that fails is sent again one request at a time, so one bad request fails alone; each request is told
-(`resent`) that it goes once more, so its usage row counts the failed batch among its attempts.
+(`resent`) that it goes once more, so its usage row counts the failed batch among its attempts. A request whose
+caller gave up meanwhile is not sent again: its row is written already, and would not count that call.
 """
 
 from __future__ import annotations
@@ -121,7 +122,9 @@ async def _answer(batch: list[_Waiting], send: Predict) -> None:
         raise
     except Exception:  # one of them may be the cause: each is sent alone, and fails alone
         for waiting in batch:
-            if waiting.resent is not None and not waiting.answer.done():
+            if waiting.answer.done():  # its caller gave up: a call nobody waits for would go uncounted
+                continue
+            if waiting.resent is not None:
                 waiting.resent()
             await _alone(waiting, send)
         return
