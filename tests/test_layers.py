@@ -18,6 +18,7 @@ FLOORS = [
     "aifuncs.catalog",
     "aifuncs.functions",
     "aifuncs.runtime",
+    "aifuncs.session",
     "aifuncs.planner",
     "aifuncs.engines",
     "aifuncs.engines.duckdb",

@@ -31,11 +31,11 @@ from aifuncs._fork import renewed_in_child
 from aifuncs._home import resource_dir
 from aifuncs._runs import runs as list_runs
 from aifuncs._types import arrow_type, to_arrow
-from aifuncs.catalog import Endpoint, default_catalog
+from aifuncs.catalog import Endpoint
 from aifuncs.engines import _indexes as indexes
 from aifuncs.engines._explain import explain_calls
-from aifuncs.errors import AifuncsError, ArgumentError, ConfigError, DatabaseLocked
-from aifuncs.governance import AuditLog, Identity, current, identify
+from aifuncs.errors import AifuncsError, ConfigError, DatabaseLocked
+from aifuncs.governance import AuditLog, Identity, identify
 from aifuncs.governance.payloads import payload_log
 from aifuncs.governance.visibility import own_since, readable_rows
 from aifuncs.planner import (
@@ -43,13 +43,15 @@ from aifuncs.planner import (
     PlannedStatement,
     Prescore,
     TableShape,
-    bind_call,
     rewrite,
     split_statements,
 )
 from aifuncs.planner._cost import CallEstimate, measurable, render
-from aifuncs.runtime import Budget, CallSpec, Meter, RequestContext, Runtime, default_runtime, session_budget
+from aifuncs.runtime import Budget, CallSpec, RequestContext, Runtime, session_budget
+from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._progress import Progress
+from aifuncs.session import Session, bind_call, open_session
+from aifuncs.session import request_context as request_context
 
 __all__ = ["connect", "install", "returns_rows", "sql", "sql_each", "typed_error"]
 
@@ -81,10 +83,15 @@ def _udf(
 
 
 def connect(
-    database: str | Path = ":memory:", *, read_only: bool = False, token: str | None = None, **config: Any
+    database: str | Path = ":memory:",
+    *,
+    read_only: bool = False,
+    token: str | None = None,
+    session: Session | None = None,
+    **config: Any,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with aifuncs' functions and system views installed, acting as the principal of
-    `token` (else of `AIFUNCS_TOKEN`, else the OS account that owns AIFUNCS_HOME)."""
+    `token` (else of `AIFUNCS_TOKEN`, else the OS account that owns AIFUNCS_HOME), or in `session`."""
     try:
         con = duckdb.connect(str(database), read_only=read_only, config=config or {})
     except duckdb.IOException as error:
@@ -98,7 +105,7 @@ def connect(
             " that notebook's kernel) and run this again."
         ) from None
     try:
-        install(con, token=token)
+        install(con, token=token, session=session)
     except BaseException:
         con.close()
         raise
@@ -115,13 +122,17 @@ def install(
     *,
     token: str | None = None,
     identity: Identity | None = None,
+    session: Session | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Install the generic AI functions, macros and system views on a connection (idempotent), bound to the
     principal of `token` (else of `AIFUNCS_TOKEN`, else the OS account that owns AIFUNCS_HOME).
 
     DuckDB keeps functions per database instance, which its cursors and every connection to the same file
     in this process share: one instance serves one principal, and asking another of it is an error.
-    `identity`: one already authenticated (the server's request), instead of a token."""
+    `identity`: one already authenticated (the server's request), instead of a token; `session`: the whole
+    session the connection acts in (its runtime, identity and catalog)."""
+    if session is not None:
+        identity = session.identity
     if _has_function(con, _INSTALLED_MARK):
         bound = identity_of(con)
         wanted = (
@@ -136,12 +147,12 @@ def install(
         if not _has_function(con, "ai_query"):  # another connection to the file: the functions are shared,
             _install_sql(con)  # but macros and views are TEMP, each connection's own
         return con
-    if identity is None:
-        identity = identify(token) if token is not None else current()
-    runtime = runtime or default_runtime()
-    binding = f"{id(identity):x}"  # one entry per identity, gone with it (its functions hold it while open)
+    if session is None:
+        session = open_session(token=token, identity=identity, runtime=runtime)
+    identity = session.identity
+    binding = f"{id(session):x}"  # one entry per session, gone with it (its functions hold it while open)
     with _registered_lock:
-        _bindings[binding] = identity
+        _bindings[binding] = session
     # Plain (not Arrow) functions without side effects: DuckDB folds them into constants, once per query.
     con.create_function("__aifuncs_binding", lambda: binding, [], "VARCHAR", side_effects=False)
     con.create_function(
@@ -150,16 +161,16 @@ def install(
     _udf(
         con,
         "__aifuncs_ai_query",
-        _generic_ai_query(runtime, identity),
+        _generic_ai_query(session),
         ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR", "BOOLEAN"],
         "VARCHAR",
     )
-    _udf(con, "__aifuncs_endpoints", _endpoints_snapshot(identity), [], ENDPOINTS_TYPE)
-    _udf(con, "__aifuncs_usage", _usage_snapshot(runtime, identity), [], USAGE_TYPE)
+    _udf(con, "__aifuncs_endpoints", _endpoints_snapshot(session), [], ENDPOINTS_TYPE)
+    _udf(con, "__aifuncs_usage", _usage_snapshot(session), [], USAGE_TYPE)
     _udf(con, "__aifuncs_runs", _runs_snapshot(identity), [], RUNS_TYPE)
-    _udf(con, "__aifuncs_permissions", _permissions_snapshot(identity), [], PERMISSIONS_TYPE)
+    _udf(con, "__aifuncs_permissions", _permissions_snapshot(session), [], PERMISSIONS_TYPE)
     _udf(con, "__aifuncs_audit", _audit_snapshot(identity), [], AUDIT_TYPE)
-    _udf(con, "__aifuncs_payloads", _payloads_snapshot(identity), [], PAYLOADS_TYPE)
+    _udf(con, "__aifuncs_payloads", _payloads_snapshot(session), [], PAYLOADS_TYPE)
     _install_sql(con)
     return con
 
@@ -172,12 +183,17 @@ def _install_sql(con: duckdb.DuckDBPyConnection) -> None:
 
 # Who each database instance acts as, by the id its `__aifuncs_binding()` returns (connections and cursors
 # of one instance are different Python objects: the instance's own function tells which it is).
-_bindings: weakref.WeakValueDictionary[str, Identity] = weakref.WeakValueDictionary()
-_bound: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Identity] = weakref.WeakKeyDictionary()
+_bindings: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
+_bound: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Session] = weakref.WeakKeyDictionary()
 
 
 def identity_of(con: duckdb.DuckDBPyConnection) -> Identity:
     """The identity a connection (or a cursor, or another connection to its file) was installed as."""
+    return session_of(con).identity
+
+
+def session_of(con: duckdb.DuckDBPyConnection) -> Session:
+    """The session a connection (or a cursor, or another connection to its file) was installed in."""
     with _registered_lock:
         found = _bound.get(con)
     if found is None:
@@ -244,7 +260,8 @@ def explain(con: duckdb.DuckDBPyConnection, query: str, *, dialect: str = "duckd
     """Each AI call of `query`: endpoint, rows, distinct and cached requests, requests to send, tokens and
     cost, measured with plain SQL before any model is called. Nothing is executed but those counts."""
     install(con)
-    return Explanation(explain_calls(con, query, dialect, _hooks(con), default_runtime()))
+    session = session_of(con)
+    return Explanation(explain_calls(con, query, dialect, _hooks(con, session), session.runtime))
 
 
 def sql_each(
@@ -256,24 +273,29 @@ def sql_each(
     progress: bool | Progress | None = None,
     wait_for_limits: bool = True,
     context: RequestContext | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> Iterator[tuple[str, duckdb.DuckDBPyRelation | None]]:
-    """Run the statements of a query one by one, yielding each one's text and relation."""
+    """Run the statements of a query one by one, yielding each one's text and relation. `checkpoint`: the
+    job's, which keeps the answers a rerun would pay for again (this query's, no other's)."""
     install(con)
-    identity_of(con).recheck()  # a token revoked since the connection opened stops here
-    hooks = dataclasses.replace(
-        _hooks(con), wait_for_limits=wait_for_limits, context=context or RequestContext()
-    )
+    session = session_of(con)
+    session.identity.recheck()  # a token revoked since the connection opened stops here
     budgets = tuple(b for b in (budget, session_budget()) if b is not None and b.limited)
+    line = progress if isinstance(progress, Progress) else Progress.for_terminal(progress)
+    query_session = session.derive(
+        budgets=budgets, progress=line, context=context or RequestContext(), wait_for_limits=wait_for_limits,
+        checkpoint=checkpoint,
+    )  # fmt: skip
+    # The connection's hooks (its runtime and catalog registered the functions) for this query's session.
+    hooks = dataclasses.replace(_hooks(con), session=query_session)
     if budgets:
         _check_estimate(con, query, dialect, hooks, budgets)
-    line = progress if isinstance(progress, Progress) else Progress.for_terminal(progress)
-    meters: tuple[Meter, ...] = (*budgets, line) if line is not None else budgets
     ran_to_the_end = True
     try:
         for number, statement in enumerate(split_statements(query, dialect), start=1):
             result = None
-            for planned in rewrite(statement, dialect, hooks, meters, number):
-                result = _execute(con, planned, line)
+            for planned in rewrite(statement, dialect, hooks, number=number):
+                result = _execute(con, planned, query_session.runtime, line)
                 # A streamed SELECT runs later, as its rows are fetched: the progress line ends by itself.
                 ran_to_the_end = (
                     result is None
@@ -285,26 +307,7 @@ def sql_each(
     finally:
         if line is not None and ran_to_the_end:
             line.finish()
-        default_runtime().usage.query_done()
-
-
-def request_context(
-    origin: str, usage_context: Mapping[str, str] | None = None, client_request_id: str | None = None
-) -> RequestContext:
-    """The usage log's account of where a query comes from, its labels checked."""
-    if usage_context is not None and not isinstance(usage_context, Mapping):
-        raise ArgumentError(
-            f"usage_context is a map of names to texts, e.g. {{'team': 'growth'}}, not {usage_context!r}."
-        )
-    labels = dict(usage_context or {})
-    wrong = [k for k, v in labels.items() if not isinstance(k, str) or not isinstance(v, str)]
-    if wrong:
-        raise ArgumentError(
-            f"usage_context maps texts to texts; these keys do not: {wrong}. Convert the values with str()."
-        )
-    if client_request_id is not None and not isinstance(client_request_id, str):
-        raise ArgumentError(f"client_request_id is a text, not {client_request_id!r}.")
-    return RequestContext(origin, client_request_id, tuple(sorted(labels.items())))
+        session.runtime.usage.query_done()
 
 
 _ROW_KEYWORDS = {"SELECT", "WITH", "FROM", "VALUES", "TABLE", "DESCRIBE", "SHOW", "SUMMARIZE", "EXPLAIN", "PIVOT",
@@ -322,7 +325,7 @@ def _check_estimate(
     con: duckdb.DuckDBPyConnection, query: str, dialect: str, hooks: EngineHooks, budgets: tuple[Budget, ...]
 ) -> None:
     """Refuse a query whose estimate (as EXPLAIN gives it) exceeds a budget, before anything is sent."""
-    calls = explain_calls(con, query, dialect, hooks, default_runtime())
+    calls = explain_calls(con, query, dialect, hooks, hooks.runtime())
 
     def total(values: list[Any]) -> Any:
         return None if any(v is None for v in values) else sum(values)
@@ -335,13 +338,15 @@ def _check_estimate(
 
 
 def _execute(
-    con: duckdb.DuckDBPyConnection, planned: PlannedStatement, progress: Progress | None = None
+    con: duckdb.DuckDBPyConnection,
+    planned: PlannedStatement,
+    runtime: Runtime,
+    progress: Progress | None = None,
 ) -> duckdb.DuckDBPyRelation | None:
     if not planned.prescores:
         if progress is not None and planned.calls:
             progress.expect(_streamed_rows(con, planned))
         return con.sql(planned.sql)
-    runtime = default_runtime()
     registered = []
     try:
         for prescore in planned.prescores:
@@ -463,8 +468,9 @@ def _has_function(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(rows)
 
 
-def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
-    principal = identity_of(con).principal
+def _hooks(con: duckdb.DuckDBPyConnection, session: Session | None = None) -> EngineHooks:
+    """The planner's view of a connection, for a query in `session` (else the connection's own)."""
+    session = session or session_of(con)
 
     def describe(query: str) -> str:
         rows = con.execute(f"DESCRIBE {query}").fetchall()
@@ -475,10 +481,10 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
         return None if rows[0][0] is None else json.loads(rows[0][0])
 
     def register(call: CallSpec, request_ddl: str | None) -> str:
-        key = _binding_key(call, request_ddl, default_catalog().revision())
+        key = _binding_key(call, request_ddl, session.base_catalog.revision())
         name = f"__aifuncs_{call.function}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         if not _has_function(con, name):
-            fn = _typed_call(call) if request_ddl else _json_call(call)
+            fn = _typed_call(call, session.runtime) if request_ddl else _json_call(call, session.runtime)
             _udf(con, name, fn, [request_ddl or "VARCHAR"], call.output_type)
         return name
 
@@ -502,23 +508,15 @@ def _hooks(con: duckdb.DuckDBPyConnection) -> EngineHooks:
         volatile=_volatile(),
         shape=shape,
         vector_index=functools.partial(indexes.find, con),
-        principal=principal,
+        session=session,
     )
 
 
 def _binding_key(call: CallSpec, request_ddl: str | None, revision: int) -> str:
-    """What a registered function is bound to: every field of its call (guardrails, inference table and limits
-    included: a function found by this key is used as it was bound), its request type, and the catalog's
-    revision (a governance change gets a new function, whatever an open connection registered before)."""
-    fields: list[Any] = []
-    for field in dataclasses.fields(call):
-        value = getattr(call, field.name)
-        if field.name == "task":
-            value = value.identity() if value is not None else None
-        elif field.name == "meters":
-            value = [id(m) for m in value]  # budgets and progress are bound into the function
-        fields.append((field.name, value))
-    return json.dumps([fields, request_ddl, revision], default=repr)
+    """What a registered function is bound to: its call's key (every field: a function found by this key is
+    used as it was bound), its request type, and the catalog's revision (a governance change gets a new
+    function, whatever an open connection registered before)."""
+    return json.dumps([call.key(), request_ddl, revision])
 
 
 @functools.cache
@@ -564,9 +562,7 @@ def typed_error(error: BaseException) -> AifuncsError | None:
     return None
 
 
-def _typed_call(call: CallSpec) -> Callable[[pa.Array], pa.Array]:
-    runtime = default_runtime()
-
+def _typed_call(call: CallSpec, runtime: Runtime) -> Callable[[pa.Array], pa.Array]:
     @_remembered
     def udf(request: pa.Array) -> pa.Array:
         return runtime.run_call(call, _as_array(request))
@@ -574,9 +570,7 @@ def _typed_call(call: CallSpec) -> Callable[[pa.Array], pa.Array]:
     return udf
 
 
-def _json_call(call: CallSpec) -> Callable[[pa.Array], pa.Array]:
-    runtime = default_runtime()
-
+def _json_call(call: CallSpec, runtime: Runtime) -> Callable[[pa.Array], pa.Array]:
     @_remembered
     def udf(request_json: pa.Array) -> pa.Array:
         return runtime.run_call(call, decode_json(_as_array(request_json)))
@@ -599,8 +593,9 @@ def decode_json(texts: pa.Array) -> pa.Array:
     return table.column("r").combine_chunks()
 
 
-def _generic_ai_query(runtime: Runtime, identity: Identity) -> Callable[..., pa.Array]:
+def _generic_ai_query(session: Session) -> Callable[..., pa.Array]:
     """The plain-connection ai_query: any endpoint per row, answers as VARCHAR."""
+    runtime = session.runtime
 
     @_remembered
     def udf(
@@ -636,8 +631,8 @@ def _generic_ai_query(runtime: Runtime, identity: Identity) -> Callable[..., pa.
                 model_parameters=json.loads(group["p"]) if group["p"] else None,
                 response_format=group["r"],
                 cache=group["c"],
+                session=session,
                 meters=tuple(b for b in (session_budget(),) if b is not None),
-                principal=identity.principal,
             )
             values = runtime.run_call(call, decode_json(requests.take(rows)))
             for row, text in zip(group["i_list"], _as_text(values).to_pylist(), strict=True):
@@ -676,14 +671,14 @@ def _runs_snapshot(identity: Identity) -> Callable[[], pa.Array]:
     return snapshot
 
 
-def _usage_snapshot(runtime: Runtime, identity: Identity) -> Callable[[], pa.Array]:
+def _usage_snapshot(session: Session) -> Callable[[], pa.Array]:
     """The usage log as `identity` may read it: its own requests, all of the endpoints it manages; an
     admin everything."""
 
     def snapshot() -> pa.Array:
-        principal = identity.principal
-        managed = {} if principal.admin else default_catalog().acting_as(principal).managed()
-        rows = readable_rows(runtime.usage.read(), principal, managed, _written_at)
+        principal = session.principal
+        managed = {} if principal.admin else session.catalog.managed()
+        rows = readable_rows(session.runtime.usage.read(), principal, managed, _written_at)
         for row in rows:
             row["ts"] = datetime.fromisoformat(row["ts"]).replace(tzinfo=None)
         return pa.array([rows], arrow_type(USAGE_TYPE))
@@ -707,14 +702,14 @@ PAYLOADS_TYPE = (
 )
 
 
-def _payloads_snapshot(identity: Identity) -> Callable[[], pa.Array]:
+def _payloads_snapshot(session: Session) -> Callable[[], pa.Array]:
     """The inference tables as `identity` may read them: its own requests, all of the endpoints it manages;
     an admin everything."""
 
     def snapshot() -> pa.Array:
-        principal = identity.principal
-        managed = {} if principal.admin else default_catalog().acting_as(principal).managed()
-        rows = readable_rows(payload_log().read(identity.home / "payloads.db"), principal, managed, _logged_at)
+        principal = session.principal
+        managed = {} if principal.admin else session.catalog.managed()
+        rows = readable_rows(payload_log().read(session.home / "payloads.db"), principal, managed, _logged_at)
         for row in rows:
             row["date"] = datetime.fromisoformat(row["date"]).date()
         return pa.array([rows], arrow_type(PAYLOADS_TYPE))
@@ -750,18 +745,16 @@ PERMISSIONS_TYPE = (
 )
 
 
-def _permissions_snapshot(identity: Identity) -> Callable[[], pa.Array]:
+def _permissions_snapshot(session: Session) -> Callable[[], pa.Array]:
     def snapshot() -> pa.Array:
-        return pa.array(
-            [default_catalog().acting_as(identity.principal).permission_rows()], arrow_type(PERMISSIONS_TYPE)
-        )
+        return pa.array([session.catalog.permission_rows()], arrow_type(PERMISSIONS_TYPE))
 
     return snapshot
 
 
-def _endpoints_snapshot(identity: Identity) -> Callable[[], pa.Array]:
+def _endpoints_snapshot(session: Session) -> Callable[[], pa.Array]:
     def snapshot() -> pa.Array:
-        return _endpoint_rows(default_catalog().acting_as(identity.principal).list())
+        return _endpoint_rows(session.catalog.list())
 
     return snapshot
 

@@ -34,13 +34,12 @@ import pyarrow as pa
 
 from aifuncs import errors
 from aifuncs._home import home
-from aifuncs._types import arrow_type, duckdb_ddl
-from aifuncs.engines.duckdb import decode_json, request_context
+from aifuncs._types import arrow_type, decode_json, duckdb_ddl
 from aifuncs.errors import AifuncsError, ArgumentError, ConfigError, MissingSecret, SqlError
-from aifuncs.governance import Identity, current, identify
 from aifuncs.governance.payloads import payload_log
 from aifuncs.planner import EngineHooks, rewrite
-from aifuncs.runtime import CallSpec, RequestContext, default_runtime
+from aifuncs.runtime import CallSpec, default_runtime
+from aifuncs.session import Session, open_session, request_context
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -70,14 +69,16 @@ def sql(
     each endpoint's in-flight limit is divided. `usage_context`, `client_request_id` and `origin` go into
     the usage log as with `aifuncs.sql`."""
     _check_session(spark)
-    identity = identify(token) if token is not None else current()
-    context = request_context(origin, usage_context, client_request_id)
+    # The query's session: its principal (checked here, before any task), runtime, labels and waiting.
+    session = open_session(token=token).derive(
+        context=request_context(origin, usage_context, client_request_id), wait_for_limits=wait_for_limits
+    )
     processes = workers if workers is not None else workers_of(spark)
     if not isinstance(processes, int) or processes < 1:
         raise ArgumentError(
             f"workers is the number of Spark's Python workers at once (1 or more), not {workers!r}."
         )
-    hooks = _hooks(spark, identity, context, wait_for_limits, processes)
+    hooks = _hooks(spark, session, processes)
     if "ai_similarity" in query.lower():
         _register(spark, COSINE_SIMILARITY, cosine_similarity, "double")
     result = None
@@ -202,9 +203,7 @@ def _conf(spark: SparkSession, key: str) -> str | None:
         return None
 
 
-def _hooks(
-    spark: SparkSession, identity: Identity, context: RequestContext, wait_for_limits: bool, processes: int
-) -> EngineHooks:
+def _hooks(spark: SparkSession, session: Session, processes: int) -> EngineHooks:
     local = (_conf(spark, "spark.master") or "").startswith("local")
     # A local session's workers run on this machine: they keep their accounts in the driver's home (the
     # environment they inherited may name another, set before this query).
@@ -219,7 +218,7 @@ def _hooks(
     def register(call: CallSpec, request_ddl: str | None) -> str:
         # Budgets and progress bars are the driver's objects; the workers answer, they do not meter.
         shipped = dataclasses.replace(call, meters=(), processes=processes)
-        key = json.dumps([repr(shipped), request_ddl, worker_home], default=str)
+        key = json.dumps([shipped.key(), request_ddl, worker_home])
         name = f"__aifuncs_{call.function}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         _register(
             spark, name, _answers(shipped, request_ddl is None, worker_home), _spark_type(call.output_type)
@@ -230,9 +229,7 @@ def _hooks(
         describe=describe,
         evaluate=_evaluate,
         register=register,
-        principal=identity.principal,
-        wait_for_limits=wait_for_limits,
-        context=context,
+        session=session,
         dialect="spark",
         name="Spark",
         cosine_similarity=COSINE_SIMILARITY,

@@ -32,8 +32,7 @@ from sqlglot import exp
 from aifuncs import _runs as ledger
 from aifuncs import errors
 from aifuncs._home import home
-from aifuncs.catalog import default_catalog
-from aifuncs.engines.duckdb import connect, request_context, returns_rows, sql_each
+from aifuncs.engines.duckdb import connect, returns_rows, sql_each
 from aifuncs.errors import (
     AifuncsError,
     ArgumentError,
@@ -44,15 +43,16 @@ from aifuncs.errors import (
     SqlError,
     UnknownEndpoint,
 )
-from aifuncs.governance import current, identify
+from aifuncs.governance import current
 from aifuncs.jobs._lock import JobLock
 from aifuncs.jobs._params import substitute
 from aifuncs.jobs._preflight import check_script
 from aifuncs.planner import split_statements
-from aifuncs.runtime import Budget, RequestContext, default_runtime
+from aifuncs.runtime import Budget, RequestContext
 from aifuncs.runtime._budget import price
 from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._progress import Progress
+from aifuncs.session import Session, open_session, request_context
 
 __all__ = ["Exit", "RunResult", "check_output", "get_run", "list_runs", "run"]
 
@@ -135,7 +135,10 @@ def run(
     key = hashlib.sha256(json.dumps(identity + ([engine] if engine != "duckdb" else [])).encode())
     job_dir = home() / "jobs" / f"{path.stem}-{key.hexdigest()[:12]}"
     with JobLock(job_dir / "lock", path.stem):
-        runner = (identify(token) if token is not None else current()).principal
+        session = open_session(
+            token=token
+        )  # the run's own: its checkpoint, budget and labels are no one else's
+        runner = session.principal
         run_id = ledger.start(path.stem, key.hexdigest(), str(path), params, database, output, runner.name)
         checkpoint_path = job_dir / "checkpoint.db"
         resumed_from = ledger.last_unfinished(key.hexdigest(), run_id) if checkpoint_path.exists() else None
@@ -149,24 +152,24 @@ def run(
         started = time.monotonic()
         error: BaseException | None = None
         output_rows = None
-        runtime = default_runtime()
-        runtime.checkpoint = checkpoint
+        runtime = session.runtime
         labels = json.dumps({"job": path.stem, "run_id": str(run_id)})  # its usage rows' usage_context
         stopped = _Stop()
         try:
             budget = Budget(max_requests, max_tokens, max_cost_usd, name="job")
             context = request_context("job", {"job": path.stem, "run_id": str(run_id)})
             # Every statement parsed and every endpoint resolved before the first one runs (and pays).
-            check_script(substitute(text, dialect, params), dialect, default_catalog().acting_as(runner))
+            check_script(substitute(text, dialect, params), dialect, session.catalog)
             if engine == "spark":
                 output_rows = _execute_on_spark(
                     text, params, dialect, target, emit, on_result, context, token
                 )
-                counts = _counted_from_usage(counts, context)
+                counts = _counted_from_usage(counts, context, session)
             else:
-                output_rows = _execute(
-                    text, database, params, dialect, target, budget, counts, emit, on_result, context, token
+                job = session.derive(
+                    budgets=(budget,), progress=counts, context=context, checkpoint=checkpoint
                 )
+                output_rows = _execute(text, database, params, dialect, target, job, counts, emit, on_result)
         except (AifuncsError, duckdb.Error, sqlglot.errors.SqlglotError) as failure:
             error = failure
         except BaseException as failure:  # SIGTERM's error, as DuckDB may have turned it (KeyboardInterrupt)
@@ -176,7 +179,6 @@ def run(
             error.__cause__ = failure
         finally:
             stopped.restore()
-            runtime.checkpoint = None
             counts.finish()
             checkpoint.close()
         code = Exit.OK if error is None else Exit.INTERRUPTED if stopped.told else _exit_code(error)
@@ -252,22 +254,24 @@ def _execute(
     params: dict[str, str],
     dialect: str,
     target: _Output | None,
-    budget: Budget,
+    job: Session,
     counts: Progress,
     emit: Callable[[dict[str, Any]], None],
     on_result: Callable[[pa.Table], None] | None,
-    context: RequestContext,
-    token: str | None = None,
 ) -> int | None:
-    """Run the statements; the last one's rows go to the output. Returns the output's row count."""
+    """Run the statements in the job's session (its budget, progress, labels and checkpoint); the last one's
+    rows go to the output. Returns the output's row count."""
     sql = substitute(text, dialect, params)
     statements = len(split_statements(sql, dialect))
-    con = connect(database, token=token)
+    con = connect(database, session=job)
     try:
         con.execute("SET enable_progress_bar = false")
         output_rows = None
         began = time.monotonic()
-        stream = sql_each(con, sql, dialect=dialect, budget=budget, progress=counts, context=context)
+        stream = sql_each(
+            con, sql, dialect=dialect, budget=job.budgets[0], progress=counts, context=job.context,
+            checkpoint=job.checkpoint,
+        )  # fmt: skip
         for number, (statement, relation) in enumerate(stream, start=1):
             if relation is not None and returns_rows(statement):
                 if number == statements and target is not None:
@@ -364,11 +368,11 @@ def _consume_spark(frame: Any) -> int:
     return int(seen.get["rows"])
 
 
-def _counted_from_usage(counts: Progress, context: RequestContext) -> Progress:
+def _counted_from_usage(counts: Progress, context: RequestContext, session: Session) -> Progress:
     """A Spark run's requests, rows and tokens, as its workers logged them (they share no meter with this
     process): the usage rows labelled with this run."""
     labels = json.dumps(dict(context.usage_context))
-    runtime = default_runtime()
+    runtime = session.runtime
     prices: dict[str, Any] = {}
     for row in runtime.usage.read():
         if row["usage_context"] != labels:
@@ -376,7 +380,7 @@ def _counted_from_usage(counts: Progress, context: RequestContext) -> Progress:
         name = row["endpoint"]
         if name not in prices:
             try:
-                prices[name] = runtime.provider(default_catalog().get(name)).options
+                prices[name] = runtime.provider(session.base_catalog.get(name)).options
             except AifuncsError:
                 prices[name] = None  # deleted since: unpriced
         rows, tokens_in, tokens_out = row["rows"] or 0, row["input_tokens"], row["output_tokens"]

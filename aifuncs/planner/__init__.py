@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from aifuncs.planner._bind import bind_call, check_request
 from aifuncs.planner._bulk import Prescore, TableShape
 from aifuncs.planner._rewrite import (
     CallSite,
@@ -13,6 +12,7 @@ from aifuncs.planner._rewrite import (
     rewrite,
     split_statements,
 )
+from aifuncs.session import bind_call, check_request  # bound below the planner; kept here for callers
 
 __all__ = [
     "CallSite",

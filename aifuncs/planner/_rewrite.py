@@ -25,9 +25,7 @@ from aifuncs.catalog import Catalog, default_catalog
 from aifuncs.errors import AifuncsError, ArgumentError, SqlError
 from aifuncs.functions import FunctionSpec, all_specs, get_spec
 from aifuncs.functions.tasks import bind_task
-from aifuncs.governance import Principal
 from aifuncs.planner._aliases import lift_alias_references
-from aifuncs.planner._bind import bind_call
 from aifuncs.planner._bulk import BulkPlanner, Prescore, TableShape
 from aifuncs.planner._dialects import adapt, reader, to_engine, writer
 from aifuncs.planner._forecast import FUNCTION_META, Forecast, forecast_query
@@ -35,7 +33,8 @@ from aifuncs.planner._forecast import names as forecast_names
 from aifuncs.planner._forecast import time_type as forecast_time_type
 from aifuncs.planner._reads import ancestors
 from aifuncs.providers.forecast import check_settings as check_forecast_settings
-from aifuncs.runtime import CallSpec, Meter, RequestContext, default_runtime
+from aifuncs.runtime import CallSpec, Meter, Runtime, default_runtime
+from aifuncs.session import Session, bind_call
 
 PROBE_ALIAS = "__aifuncs_request"
 
@@ -52,9 +51,9 @@ class EngineHooks:
     shape: Callable[[str], TableShape | None] = lambda name: None  # a base table's columns and rows
     # A vector index by name; None where the engine keeps none (vector_search is refused there).
     vector_index: Callable[[str], VectorIndex | None] | None = None
-    principal: Principal | None = None  # who the query runs as (None: this process's identity)
-    wait_for_limits: bool = True  # rate-limited requests wait their turn (False: RateLimited at once)
-    context: RequestContext = RequestContext()  # where the query comes from, for the usage log
+    # Who the query runs as, on which runtime, with which meters, usage labels and checkpoint; None (planner
+    # tests only): this process's runtime and identity.
+    session: Session | None = None
     dialect: str = "duckdb"  # the SQL the engine reads: the planner writes statements and probes in it
     name: str = "DuckDB"  # the engine, as errors name it
     cosine_similarity: str = "list_cosine_similarity"  # the engine's function of two float arrays
@@ -62,7 +61,10 @@ class EngineHooks:
 
     def catalog(self) -> Catalog:
         """The catalog as the query's principal sees it."""
-        return default_catalog() if self.principal is None else default_catalog().acting_as(self.principal)
+        return default_catalog() if self.session is None else self.session.catalog
+
+    def runtime(self) -> Runtime:
+        return default_runtime() if self.session is None else self.session.runtime
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,11 @@ class PlannedStatement:
 
 
 def rewrite(
-    query: str, dialect: str, hooks: EngineHooks, meters: tuple[Meter, ...] = (), number: int = 1
+    query: str, dialect: str, hooks: EngineHooks, meters: tuple[Meter, ...] | None = None, number: int = 1
 ) -> list[PlannedStatement]:
     """The statements of `query` in the engine's SQL, every AI call replaced by its specialised UDF.
 
+    `meters`: what the calls are counted against (None: the hooks' session's budgets and progress).
     `number` is the first statement's number in its script, for error messages."""
     _refuse_reserved(query)
     if dialect == hooks.dialect == "duckdb" and not _mentions_ai_function(query):
@@ -195,9 +198,9 @@ def _ai_calls(tree: exp.Expr) -> list[exp.Anonymous]:
 
 
 def _rewrite_statement(
-    tree: exp.Expr, hooks: EngineHooks, meters: tuple[Meter, ...], dialect: str, number: int
+    tree: exp.Expr, hooks: EngineHooks, meters: tuple[Meter, ...] | None, dialect: str, number: int
 ) -> PlannedStatement:
-    bulk = BulkPlanner(hooks.is_table, hooks.volatile, hooks.shape, default_runtime().shares_answers)
+    bulk = BulkPlanner(hooks.is_table, hooks.volatile, hooks.shape, hooks.runtime().shares_answers)
     sites: list[tuple[int, CallSite]] = []
     tree = _expand_vector_search(_expand_forecast(tree, hooks), hooks)
     reading_order = {id(node): i for i, node in enumerate(tree.walk(bfs=False))}
@@ -273,7 +276,7 @@ def _rewrite_call(
     call: exp.Anonymous,
     hooks: EngineHooks,
     bulk: BulkPlanner,
-    meters: tuple[Meter, ...],
+    meters: tuple[Meter, ...] | None,
 ) -> tuple[exp.Expr, tuple[CallSpec, str | None, str | None, bool]] | None:
     args = bind_arguments(spec, call)
     if spec.kind == "task":
@@ -326,10 +329,8 @@ def _rewrite_call(
         model_parameters=parameters,
         response_format=_json_text(_constant(spec, "responseFormat", args.get("responseFormat"), hooks)),
         cache=cache,
+        session=hooks.session,
         meters=meters,
-        principal=hooks.principal,
-        wait_for_limits=hooks.wait_for_limits,
-        context=hooks.context,
     )
     if function == "http_request" and call_spec.endpoint.kind != "http":
         raise ArgumentError(
@@ -364,7 +365,7 @@ def _rewrite_task(
     args: dict[str, exp.Expr],
     hooks: EngineHooks,
     bulk: BulkPlanner,
-    meters: tuple[Meter, ...],
+    meters: tuple[Meter, ...] | None,
 ) -> tuple[exp.Expr, tuple[CallSpec, str | None, str | None, bool]]:
     """A task function: its constants bound into a prompt and parser, sent to a chat endpoint row by row."""
     text_param = next(p for p in spec.params if p.kind == "column")
@@ -384,7 +385,7 @@ def _rewrite_task(
         # small chat model by far (see bench_quality.py in the README).
         role = "embedding"
     endpoint = _endpoint_literal(spec, args, hooks, role).this
-    provider = default_runtime().provider(hooks.catalog().authorize(endpoint, "query"))
+    provider = hooks.runtime().provider(hooks.catalog().authorize(endpoint, "query"))
     # A label task may also be answered by an embedding model: the label whose embedding is nearest the text's.
     by_embedding = (
         not provider.returns_text and task.answer == "label" and (provider.output_type() or "").endswith("[]")
@@ -403,11 +404,9 @@ def _rewrite_task(
         fail_on_error=False,
         model_parameters=None if by_embedding else {"temperature": 0, "max_tokens": task.max_tokens},
         response_format=None if by_embedding else task.schema,
-        meters=meters,
         task=task,
-        principal=hooks.principal,
-        wait_for_limits=hooks.wait_for_limits,
-        context=hooks.context,
+        session=hooks.session,
+        meters=meters,
     )
     if spec.aggregate:  # the group's values as a list, NULLs left out (DuckDB's array_agg keeps them)
         values = exp.cast(args[text_param.name].copy(), "VARCHAR")

@@ -44,8 +44,7 @@ from aifuncs.providers import Provider, provider_class
 from aifuncs.providers.base import CallOptions, Prediction
 from aifuncs.runtime._budget import Budget, session_budget, set_session_budget
 from aifuncs.runtime._bulk import one_native_thread_per_call, prompt_gil_handoffs, step_rows, steps_ahead
-from aifuncs.runtime._call import CallSpec, RequestContext, Scored
-from aifuncs.runtime._checkpoint import Checkpoint
+from aifuncs.runtime._call import CallSpec, Failure, RequestContext, Scored
 from aifuncs.runtime._coalesce import Coalescer
 from aifuncs.runtime._distinct import answer_keys, call_identity, distinct, every_row, to_json_texts
 from aifuncs.runtime._guard import guarded
@@ -63,6 +62,7 @@ from aifuncs.runtime._usage import now as usage_now
 __all__ = [
     "Budget",
     "CallSpec",
+    "Failure",
     "Meter",
     "RequestContext",
     "Runtime",
@@ -110,7 +110,6 @@ class Runtime:
             bytes, asyncio.Future[Answer]
         ] = {}  # requests in flight, by key (loop thread only)
         self._awaited: set[bytes] = set()  # ...and those another batch waits for
-        self.checkpoint: Checkpoint | None = None  # a scheduled job's, while it runs (aifuncs.jobs)
         self._running: dict[asyncio.Task[Any], RequestContext] = {}  # submitted calls (loop thread only)
 
     def provider(self, endpoint: Endpoint) -> Provider:
@@ -241,12 +240,12 @@ class Runtime:
             None if call.topic_call is None else self._embedder(call.topic_call),
         )
         # Only these calls keep failures per row (others raise); counted in C: a batch may have 1M rows.
-        failed = len(errors) - errors.count(None) if call.null_on_error or not call.fail_on_error else 0
-        if call.null_on_error:
+        failed = len(errors) - errors.count(None) if call.failure is not Failure.RAISE else 0
+        if call.failure is Failure.NULL:
             if failed:
                 first = next(e for e in errors if e)
                 _log.warning("%s: %d rows have no answer (NULL); the first: %s", call.function, failed, first)
-        elif not call.fail_on_error:
+        elif call.failure is Failure.RECORD:
             messages = pa.array(errors, pa.string())
             values = pa.StructArray.from_arrays([values, messages], fields=list(output))
         for meter in call.meters:
@@ -265,7 +264,7 @@ class Runtime:
         reuse = self.reuse(call)
         if reuse is None:
             return await self._score(call, requests, batch_rows)
-        checkpoint = self.checkpoint
+        checkpoint = call.checkpoint
         store = self._store() if reuse == "store" else checkpoint.store if checkpoint else None
         # A sampling model's answers are kept for a job's rerun, but two equal requests still get two.
         sampled = reuse == "checkpoint" and not self._deterministic(call, provider)
@@ -352,7 +351,7 @@ class Runtime:
         wanted = call.cache if call.cache is not None else provider.options.cache
         if wanted is False:
             return None
-        checkpoint = "checkpoint" if self.checkpoint is not None else None
+        checkpoint = "checkpoint" if call.checkpoint is not None else None
         if wanted is None:
             deterministic = self._deterministic(call, provider)
             if not deterministic or not provider.reuse_pays:

@@ -29,7 +29,7 @@ from aifuncs.governance.guardrails import (
     screen_values,
     texts_in,
 )
-from aifuncs.runtime._call import CallSpec, Scored
+from aifuncs.runtime._call import CallSpec, Failure, Scored
 from aifuncs.runtime._payloads import log_request
 
 Resolve = Callable[[pa.Array], Awaitable[Scored]]
@@ -92,7 +92,7 @@ async def guarded(
         return await resolve(requests)
     if isinstance(requests, pa.ChunkedArray):  # a provider that takes chunks: screened as one array
         requests = await asyncio.to_thread(requests.combine_chunks)
-    raises = call.fail_on_error and not call.null_on_error
+    raises = call.failure is Failure.RAISE
     decisions: Counter[str] = Counter()
     blocked: list[str | None] = [None] * len(requests)
     reasons: list[str | None] = [None] * len(requests)  # the guard's own words, for the query's error

@@ -20,11 +20,11 @@ from typing import Any
 import pyarrow as pa
 
 from aifuncs.catalog import default_catalog
-from aifuncs.engines.duckdb import request_context as make_context
 from aifuncs.governance import Principal
-from aifuncs.planner import bind_call
 from aifuncs.runtime import CallSpec, Meter, RequestContext
 from aifuncs.server._errors import ApiError
+from aifuncs.session import bind_call
+from aifuncs.session import request_context as make_context
 
 __all__ = ["NotKept", "Prepared", "bound", "prepare", "prepare_on_loop", "request_context"]
 

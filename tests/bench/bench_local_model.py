@@ -82,7 +82,7 @@ def measure(con: Any, kind: str, frame: Any, rows: int, repeats: int) -> tuple[f
     import aifuncs
 
     endpoint = aifuncs.endpoints.get(f"wine-{kind}")
-    pyfunc = aifuncs.engines.duckdb.default_runtime().provider(endpoint).model()
+    pyfunc = aifuncs.runtime.default_runtime().provider(endpoint).model()
     query = (
         "CREATE OR REPLACE TABLE scored AS SELECT id,"
         f" ai_query('wine-{kind}', struct_pack({', '.join(FEATURES)})) AS label FROM wines"

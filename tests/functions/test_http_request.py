@@ -120,7 +120,7 @@ def test_each_row_is_a_request_and_every_status_is_data(
     ).fetchall()[0][0]
     assert missing["status_code"] == 404  # an answer, not an error
     assert KEY not in json.dumps(rows + [posted, missing]) and KEY not in repr(
-        aifuncs.engines.duckdb.default_runtime().provider(aifuncs.endpoints.get("crm"))
+        aifuncs.runtime.default_runtime().provider(aifuncs.endpoints.get("crm"))
     )
 
 

@@ -138,7 +138,7 @@ def test_requests_of_the_signatures_types_skip_pyfunc_enforcement_with_the_same_
     aifuncs.endpoints.create(
         "wine", kind="mlflow", model_uri=mlflow_models.sklearn_uri, tracking_uri=mlflow_models.tracking_uri
     )
-    pyfunc = aifuncs.engines.duckdb.default_runtime().provider(aifuncs.endpoints.get("wine")).model()
+    pyfunc = aifuncs.runtime.default_runtime().provider(aifuncs.endpoints.get("wine")).model()
     through_pyfunc: list[int] = []
     predict = pyfunc.predict
     monkeypatch.setattr(

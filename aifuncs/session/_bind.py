@@ -12,7 +12,8 @@ from aifuncs.errors import ConfigError, RequestMismatch
 from aifuncs.functions.tasks import Task
 from aifuncs.governance import Principal
 from aifuncs.providers import InputColumn
-from aifuncs.runtime import CallSpec, Meter, RequestContext, default_runtime
+from aifuncs.runtime import CallSpec, Failure, Meter, RequestContext, default_runtime
+from aifuncs.session._session import Session
 
 DEFAULT_RESULT_TYPE = "VARCHAR"
 
@@ -27,19 +28,34 @@ def bind_call(
     model_parameters: dict[str, Any] | None = None,
     response_format: str | None = None,
     cache: bool | None = None,
-    meters: tuple[Meter, ...] = (),
     task: Task | None = None,
+    session: Session | None = None,
     principal: Principal | None = None,
-    wait_for_limits: bool = True,
+    meters: tuple[Meter, ...] | None = None,
+    wait_for_limits: bool | None = None,
     context: RequestContext | None = None,
 ) -> CallSpec:
     """Everything about a call site that does not change per row, checked before any model call: first of
-    all that `principal` (None: this process's identity) may query the endpoint."""
-    catalog = default_catalog() if principal is None else default_catalog().acting_as(principal)
+    all that the session's principal may query the endpoint.
+
+    `session` gives the runtime, the catalog as its principal sees it, the meters, usage labels, waiting
+    and checkpoint; without one, this process's runtime and identity (a public edge). `principal`, `meters`,
+    `wait_for_limits` and `context` override the session's."""
+    if session is None:
+        runtime, base = default_runtime(), default_catalog()
+        catalog = base if principal is None else base.acting_as(principal)
+        checkpoint = None
+        meters, wait_for_limits = meters or (), True if wait_for_limits is None else wait_for_limits
+    else:
+        runtime, checkpoint = session.runtime, session.checkpoint
+        catalog = session.catalog if principal is None else session.base_catalog.acting_as(principal)
+        meters = session.meters if meters is None else meters
+        wait_for_limits = session.wait_for_limits if wait_for_limits is None else wait_for_limits
+        context = context or session.context
     endpoint = catalog.authorize(
         endpoint_name, "query"
     )  # UnknownEndpoint (with suggestions), PermissionDenied
-    provider = default_runtime().provider(endpoint)
+    provider = runtime.provider(endpoint)
     if request_type is not None:
         check_request(endpoint.name, request_type, provider.input_columns())
     declared = return_type or provider.output_type()
@@ -49,7 +65,7 @@ def bind_call(
     topic_call = None
     if guardrails is not None and guardrails.input.valid_topics:
         embedder = catalog.for_guardrail(guardrails.input.topic_endpoint)
-        embedding_type = default_runtime().provider(embedder).output_type() or ""
+        embedding_type = runtime.provider(embedder).output_type() or ""
         if not embedding_type.endswith("[]"):
             raise ConfigError(
                 f"The valid_topics guardrail of {endpoint.name!r} needs an embedding endpoint; {embedder.name!r}"
@@ -59,19 +75,18 @@ def bind_call(
         topic_call = CallSpec("ai_embed", embedder, to_duckdb_type(embedding_type), principal=catalog.principal,
                               context=context or RequestContext(), wait_for_limits=wait_for_limits,
                               rate_checks=catalog.gateway_settings(embedder).rate_checks,
-                              precheck=gateway.rate_checks)  # fmt: skip
+                              precheck=gateway.rate_checks, checkpoint=checkpoint)  # fmt: skip
     return CallSpec(
         function=function,
         endpoint=endpoint,
         result_type=result_type,
-        fail_on_error=fail_on_error,
+        failure=Failure.NULL if task is not None else Failure.RAISE if fail_on_error else Failure.RECORD,
         model_parameters=tuple(sorted((model_parameters or {}).items())),
         response_format=response_format,
         bulk_rows=provider.bulk_rows,
         cache=cache,
         meters=meters,
         task=task,
-        null_on_error=task is not None,
         principal=catalog.principal,
         rate_checks=gateway.rate_checks,
         wait_for_limits=wait_for_limits,
@@ -79,6 +94,7 @@ def bind_call(
         payloads=gateway.payloads,
         guardrails=guardrails,
         topic_call=topic_call,
+        checkpoint=checkpoint,
     )
 
 
