@@ -1,7 +1,7 @@
 """Benchmark: ai_query's throughput when a server fails a share of first attempts, and against a server
 that refuses more than N requests in flight.
 
-    python tests/bench/bench_faults.py [--rows N] [--rates 0 0.05 0.35] [--limit N]
+    python tests/bench/bench_faults.py [--rows N] [--rates 0 0.05 0.35] [--limit N] [--accounting-only]
 
 Two cases, each measured fault-free and with faults in the same run, side by side:
 - "20 ms, temperature 0": an OpenAI-compatible chat server on 127.0.0.1 (its own process) answers each request
@@ -14,6 +14,16 @@ endpoint per rate. Targets: 0 wrong rows; at least 0.6x the fault-free rate at 5
 waited out a run cannot end before its last stall does: the "floor" column is the fault-free time plus one
 stall, the least any client could take (on a fast machine it alone is below 0.5x). Then a server that answers 429 (no Retry-After) to any request beyond N in
 flight: the client must settle within 20% of N.
+
+Then every paid request accounted through a kill and a lock (tests/reliability/scenarios.py): a real
+`aifuncs serve` under steady load (clients asking one chat each on new connections, an inference table on, an
+upstream answering after 10 ms). One of `--workers 2` killed with SIGKILL mid-load (after 300 requests went
+upstream; 300 answers more after it), and a server stopped by SIGTERM (after 300 answers) while another
+process holds `usage.db` with `BEGIN EXCLUSIVE`. Counted once the next process has opened the home: requests
+the upstream received, usage rows and their attempts (rows `interrupted`: in flight at the kill), inference
+rows, answered requests. Target: 0 rows lost (attempts never short of what the upstream received, each
+answered request one usage row and one inference row), 0 duplicates, the stop under a locked log within a few
+seconds.
 """
 
 from __future__ import annotations
@@ -39,9 +49,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.05, 0.35])
     parser.add_argument("--limit", type=int, default=8, help="the limiting server's N")
+    parser.add_argument("--accounting-only", action="store_true", help="only the kill and lock scenarios")
     args = parser.parse_args()
     os.environ["AIFUNCS_HOME"] = tempfile.mkdtemp(prefix="aifuncs-bench-")
+    if not args.accounting_only:
+        throughput(args)
+    accounting()
 
+
+def throughput(args: argparse.Namespace) -> None:
+    """Throughput under faults, each case fault-free and faulty side by side; then the limiting server."""
     from servers import FakeServer, Faults
 
     import aifuncs
@@ -98,6 +115,32 @@ def main() -> None:
         f"server refusing more than {n} in flight (client may send {2 * n}): {seconds:.2f} s, {wrong} wrong,"
         f" {stats.faults['busy']} refused; in flight at the server (median, second half) {settled:g},"
         f" client limit at the end {limit:.1f}: {abs(settled - n) / n:.0%} from N (target within 20%)"
+    )
+
+
+def accounting() -> None:
+    """The kill and lock scenarios of tests/reliability, their counts side by side."""
+    from reliability.scenarios import Tally, kill_a_worker, stop_while_locked
+
+    home = Path(os.environ["AIFUNCS_HOME"])
+    logs = Path(tempfile.mkdtemp(prefix="aifuncs-bench-logs-"))
+    print("\nevery paid request accounted: a real `aifuncs serve`, steady load, counted by the next process")
+    print(f"{'scenario':>34} {'upstream':>9} {'usage rows':>11} {'attempts':>9} {'interrupted':>12}"
+          f" {'inference':>10} {'answered':>9} {'after':>6} {'cut':>4} {'dup':>4} {'stop s':>7} {'rows lost':>10}")  # fmt: skip
+    scenarios: list[tuple[str, Tally]] = [
+        ("SIGKILL of 1 of 2 workers", kill_a_worker(home, logs, "bench-killed", answers=300)),
+        ("SIGTERM while usage.db locked", stop_while_locked(home, logs, "bench-locked", answers=300)),
+    ]
+    for name, t in scenarios:
+        print(f"{name:>34} {t.upstream:9,} {t.usage_rows:11,} {t.attempts:9,} {t.interrupted:12,}"
+              f" {t.inference_rows:10,} {t.answered:9,} {t.answered_after_fault:6,} {t.unanswered:4} {t.duplicates:4}"
+              f" {t.stop_s:7.2f} {t.lost:10}")  # fmt: skip
+    met = all(t.lost == 0 and t.duplicates == 0 and t.within_bound for _, t in scenarios)
+    print(
+        "  attempts within [upstream, upstream + interrupted attempts], each answered request one usage and one"
+        f" inference row: {'met' if met else 'NOT MET'} (target: 0 lost, 0 duplicates); 'after': answers after"
+        " the kill or the lock began; 'cut': requests whose connection died with their worker or met the stop;"
+        " 'stop s': SIGTERM to exit"
     )
 
 

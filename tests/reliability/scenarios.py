@@ -158,9 +158,12 @@ class Load:
                     self.refused[answer.status_code] += 1
 
 
-def kill_a_worker(home: Path, logs: Path, endpoint: str = "killed", clients: int = 4) -> Tally:
-    """Two workers under load; one is killed with SIGKILL while it has requests in flight; the other answers
-    on. Then the server stops and this process (the next to open the home) reads the accounting."""
+def kill_a_worker(
+    home: Path, logs: Path, endpoint: str = "killed", clients: int = 4, answers: int = 30
+) -> Tally:
+    """Two workers under load; once `answers` requests went upstream, one is killed with SIGKILL while it has
+    requests in flight; the other answers `answers` more. Then the server stops and this process (the next to
+    open the home) reads the accounting."""
     tally = Tally()
     with FakeServer(delay_s=0.01) as upstream:
         token = endpoint_for_load(endpoint, upstream)
@@ -171,11 +174,13 @@ def kill_a_worker(home: Path, logs: Path, endpoint: str = "killed", clients: int
             with Load(url, token, endpoint, clients) as load:
                 # Killed once it has served some and holds a journal (requests in flight or rows owed).
                 tally.victim_served = bool(
-                    wait_until(lambda: upstream.stats.requests >= 30 and _journaled(home, victim), 30, 0.01)
+                    wait_until(
+                        lambda: upstream.stats.requests >= answers and _journaled(home, victim), 60, 0.01
+                    )
                 )
                 os.kill(victim, signal.SIGKILL)
                 killed_at = time.monotonic()
-                wait_until(lambda: load.count_since(killed_at) >= 30, 30)
+                wait_until(lambda: load.count_since(killed_at) >= answers, 60)
                 load.stop()
             tally.answered_after_fault = load.count_since(killed_at)
             tally.stop_s = _stop(process)
@@ -183,9 +188,12 @@ def kill_a_worker(home: Path, logs: Path, endpoint: str = "killed", clients: int
     return _account(tally, home, endpoint, load)
 
 
-def stop_while_locked(home: Path, logs: Path, endpoint: str = "locked", clients: int = 2) -> Tally:
-    """One worker under load; another process holds usage.db with BEGIN EXCLUSIVE; the server gets SIGTERM
-    while it is locked (and must exit all the same). The lock then clears, and this process reads."""
+def stop_while_locked(
+    home: Path, logs: Path, endpoint: str = "locked", clients: int = 2, answers: int = 30
+) -> Tally:
+    """One worker under load; another process holds usage.db with BEGIN EXCLUSIVE; after `answers` answers
+    under the lock the server gets SIGTERM (and must exit all the same). The lock then clears, and this
+    process reads."""
     tally = Tally()
     with FakeServer(delay_s=0.01) as upstream:
         token = endpoint_for_load(endpoint, upstream)
@@ -196,7 +204,7 @@ def stop_while_locked(home: Path, logs: Path, endpoint: str = "locked", clients:
             with locked(home / "usage.db"):
                 locked_at = time.monotonic()
                 with Load(url, token, endpoint, clients) as load:
-                    wait_until(lambda: load.count_since(locked_at) >= 30, 30)
+                    wait_until(lambda: load.count_since(locked_at) >= answers, 60)
                     tally.stop_s = _stop(process)  # the load runs on into the stop
                 tally.answered_after_fault = load.count_since(locked_at)
         tally.upstream = upstream.settled().requests
