@@ -27,6 +27,7 @@ $(VENV)/.servers: $(VENV)/.local-models Makefile
 	@command -v java >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends -qq openjdk-17-jre-headless; }
 	@command -v tesseract >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends -qq tesseract-ocr tesseract-ocr-eng; }
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends -qq chromium; }
+	@command -v /usr/lib/postgresql/15/bin/initdb >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends -qq postgresql; }
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) "$(TORCH)" "$(LLAMA_CPP)" -e ".[dev,local,spark]"
 	touch $@
 

@@ -120,6 +120,11 @@ class DatabaseLocked(AifuncsError):
     """A DuckDB database file is open for writing in another process (DuckDB allows one such process)."""
 
 
+class DatabaseUnreachable(ConfigError):
+    """The shared database (AIFUNCS_DATABASE_URL) cannot be reached or used; the message names its URL without
+    the password."""
+
+
 class PermissionDenied(AifuncsError):
     """The caller may see the endpoint but lacks the permission level an action needs."""
 

@@ -13,6 +13,7 @@ PACKAGE = Path(aifuncs.__file__).parent
 # Each layer may import only layers below it, and private helpers (aifuncs._types, aifuncs._endpoint...),
 # which import no layer. Lowest first.
 FLOORS = [
+    "aifuncs.storage",  # the shared stores' database: SQLite files or PostgreSQL
     "aifuncs.governance",
     "aifuncs.providers",
     "aifuncs.catalog",
@@ -89,3 +90,25 @@ def test_the_planner_knows_no_engine_and_the_runtime_no_sql() -> None:
     assert not {t for t in edges["aifuncs.planner"] if t.startswith("aifuncs.engines")}
     assert not edges["aifuncs.runtime"] & {"aifuncs.planner", "aifuncs.engines", "aifuncs.engines.duckdb"}
     assert "aifuncs.index" not in edges["aifuncs.planner"]  # vector indexes reach it through EngineHooks
+
+
+# Modules still over the bound, to be split (runtime's Runtime class, the planner's rewrite, the catalog, the CLI,
+# the server's routes, jobs): no other module may grow past it.
+MAX_LINES = 500
+STILL_LONG = {
+    "aifuncs/runtime/__init__.py",
+    "aifuncs/planner/_rewrite.py",
+    "aifuncs/catalog/__init__.py",
+    "aifuncs/cli/__init__.py",
+    "aifuncs/server/_app.py",
+    "aifuncs/jobs/__init__.py",
+}
+
+
+def test_no_module_is_over_500_lines() -> None:
+    long = {
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        if len(path.read_text().splitlines()) > MAX_LINES
+    }
+    assert long - STILL_LONG == set()

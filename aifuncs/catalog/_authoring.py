@@ -17,7 +17,6 @@ once, when the catalog is opened.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from aifuncs.governance.principals import Principal, owner_of
 from aifuncs.governance.secrets import Secrets, check_env_name, parse_reference
 from aifuncs.providers import provider_class
 from aifuncs.providers._http import HttpProvider
+from aifuncs.storage import Connection, shared
 
 __all__ = ["authored", "settle_unrecorded"]
 
@@ -92,7 +92,10 @@ def _in_process(principal: Principal, kind: str, options: dict[str, Any]) -> Non
 
 def settle_unrecorded(path: Path) -> None:
     """Record the egress flag on remote endpoints stored without it: false where the audit log shows an admin
-    saved the config last, true (checked) otherwise, so no config escapes the allow-list for want of a record."""
+    saved the config last, true (checked) otherwise, so no config escapes the allow-list for want of a record.
+    Only files written before the flag was kept lack it: a shared database's rows were all written with it."""
+    if shared(path) is not None:
+        return
     with transaction(path, "") as db:
         if not _table(db, "endpoints"):
             return
@@ -127,12 +130,12 @@ def settle_unrecorded(path: Path) -> None:
         )
 
 
-def _table(db: sqlite3.Connection, name: str) -> bool:
+def _table(db: Connection, name: str) -> bool:
     found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
     return found is not None
 
 
-def _last_author_admin(db: sqlite3.Connection, endpoint: str, owner: str) -> bool:
+def _last_author_admin(db: Connection, endpoint: str, owner: str) -> bool:
     """Whether the audit log's last save of `endpoint`'s config was an admin's (the home's owner's included)."""
     if not _table(db, "audit"):
         return False

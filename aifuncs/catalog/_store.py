@@ -1,4 +1,5 @@
-"""SQLite storage of the catalog. One file under AIFUNCS_HOME, safe for several processes at once.
+"""Storage of the catalog: one SQLite file under AIFUNCS_HOME, safe for several processes at once, or the
+shared database when AIFUNCS_DATABASE_URL is set (aifuncs/storage), safe for several hosts at once.
 
 The catalog's revision counts its governance changes (endpoints made, updated or deleted, gateway settings,
 permissions, defaults): whatever a process keeps of a binding (a DuckDB function, a server's binding) is
@@ -15,12 +16,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aifuncs._endpoint import Endpoint
 from aifuncs._fork import ProcessLocal
 from aifuncs._home import private_file
 from aifuncs._wal import use_wal
 from aifuncs.governance import _revision as revision
+from aifuncs.storage import Connection, shared
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -67,7 +70,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _row_to_endpoint(row: sqlite3.Row) -> Endpoint:
+def _row_to_endpoint(row: Any) -> Endpoint:
     return Endpoint(
         name=row["name"],
         kind=row["kind"],
@@ -84,12 +87,15 @@ class SqliteStore:
         self.path = path
         self._local = ProcessLocal()
         self._revision: tuple[float, int] | None = None  # (when read, value), for all threads
-        with self._connect() as db:
-            use_wal(db)  # kept in the file: later connections need not ask again
-            db.executescript(_SCHEMA + revision.SCHEMA)
+        self._shared = shared(path)
+        if self._shared is not None:
+            self._shared.pool()  # reached and migrated now: an unreachable database fails at start
+            return
+        db = self._file()
+        use_wal(db)  # kept in the file: later connections need not ask again
+        db.executescript(_SCHEMA + revision.SCHEMA)
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _file(self) -> sqlite3.Connection:
         # One connection per thread (and process), kept: opening one and reading the schema again cost ~0.6 ms
         # a lookup, paid by every AI call a query plans. Autocommit: each read sees what others committed.
         db: sqlite3.Connection | None = getattr(self._local.values, "db", None)
@@ -98,19 +104,27 @@ class SqliteStore:
                 private_file(self.path), timeout=30, isolation_level=None
             )
             db.row_factory = sqlite3.Row
-        yield db
+        return db
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock up front: no lost updates between processes
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # the connection is kept: never leave it inside a transaction
-                    db.execute("ROLLBACK")
-                raise
+    def _connect(self) -> Iterator[Connection]:
+        yield self._file() if self._shared is None else self._shared.reader()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        if self._shared is not None:
+            with self._shared.transaction(self.path.stem) as conn:  # writers take turns, as on the file
+                yield conn
+            return
+        db = self._file()
+        db.execute("BEGIN IMMEDIATE")  # take the write lock up front: no lost updates between processes
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # the connection is kept: never leave it inside a transaction
+                db.execute("ROLLBACK")
+            raise
 
     def revision(self) -> int:
         """The catalog's revision, read from the file at most once a second (and at once after a change made
@@ -151,7 +165,7 @@ class SqliteStore:
         with self._connect() as db:
             return [r[0] for r in db.execute("SELECT name FROM endpoints ORDER BY name")]
 
-    def insert(self, endpoint: Endpoint, also: Callable[[sqlite3.Connection], None] | None = None) -> bool:
+    def insert(self, endpoint: Endpoint, also: Callable[[Connection], None] | None = None) -> bool:
         """Add a new endpoint at version 1; False when the name is taken. `also` writes more in the same
         transaction (the creator's grant): both land or neither."""
         now = _now()
@@ -191,7 +205,7 @@ class SqliteStore:
         self._revision = None
         return self.get(endpoint.name)
 
-    def delete(self, name: str, also: Callable[[sqlite3.Connection], None] | None = None) -> bool:
+    def delete(self, name: str, also: Callable[[Connection], None] | None = None) -> bool:
         with self._write() as db:
             deleted = db.execute("DELETE FROM endpoints WHERE name = ?", (name,)).rowcount
             db.execute("DELETE FROM endpoint_versions WHERE name = ?", (name,))
@@ -252,7 +266,11 @@ class SqliteStore:
             if name is None:
                 db.execute("DELETE FROM defaults WHERE role = ?", (role,))
             else:
-                db.execute("INSERT OR REPLACE INTO defaults VALUES (?, ?)", (role, name))
+                db.execute(
+                    "INSERT INTO defaults (role, name) VALUES (?, ?)"
+                    " ON CONFLICT (role) DO UPDATE SET name = excluded.name",
+                    (role, name),
+                )
             bump_revision(db)
         self._revision = None
 
@@ -265,7 +283,7 @@ class SqliteStore:
 
     @staticmethod
     def _record_version(
-        db: sqlite3.Connection, name: str, version: int, kind: str, options: str, description: str, at: str
+        db: Connection, name: str, version: int, kind: str, options: str, description: str, at: str
     ) -> None:
         db.execute(
             "INSERT INTO endpoint_versions VALUES (?, ?, ?, ?, ?, ?)",

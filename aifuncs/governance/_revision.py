@@ -4,7 +4,7 @@ on it, so a change holds for open connections and running servers within a secon
 
 from __future__ import annotations
 
-import sqlite3
+from aifuncs.storage import Connection
 
 __all__ = ["SCHEMA", "bump"]
 
@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS revision (
 """
 
 
-def bump(db: sqlite3.Connection) -> None:
+def bump(db: Connection) -> None:
     """Count one governance change, inside the transaction that makes it."""
     db.execute(
         "INSERT INTO revision (id, value) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET value = value + 1"

@@ -1,4 +1,5 @@
-"""The governance stores' one way into their SQLite file (the catalog's)."""
+"""The governance stores' one way into their SQLite file (the catalog's), or into the shared database that
+holds its tables when AIFUNCS_DATABASE_URL is set (aifuncs/storage)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ from pathlib import Path
 from aifuncs._fork import ProcessLocal
 from aifuncs._home import private_file
 from aifuncs._wal import use_wal
+from aifuncs.storage import Connection, shared
 
 
 @contextlib.contextmanager
-def transaction(path: Path, schema: str) -> Iterator[sqlite3.Connection]:
+def transaction(path: Path, schema: str) -> Iterator[Connection]:
     """One transaction on `path` with `schema` in place: committed when the block ends, rolled back if it
-    raises; the connection closed either way. Foreign keys are enforced (a deleted principal takes its rows)."""
+    raises; the connection closed either way. Foreign keys are enforced (a deleted principal takes its rows).
+    On the shared database the schema is its migrations', and writers of the file's tables take turns."""
+    database = shared(path)
+    if database is not None:
+        with database.transaction(path.stem) as conn:
+            yield conn
+        return
     db = sqlite3.connect(private_file(path), timeout=30)
     try:
         db.execute("PRAGMA foreign_keys=ON")
@@ -38,8 +46,11 @@ _prepared: set[tuple[str, int, int, str]] = set()
 _readers = ProcessLocal()  # per thread and process: a read on the hot path (the policy check) opens nothing
 
 
-def reader(path: Path, schema: str) -> sqlite3.Connection:
+def reader(path: Path, schema: str) -> Connection:
     """A kept connection for reads (autocommit: each read sees what others committed), the schema in place."""
+    database = shared(path)
+    if database is not None:
+        return database.reader()
     kept: dict[tuple[str, str], tuple[int, sqlite3.Connection]] = _readers.values.__dict__.setdefault(
         "connections", {}
     )

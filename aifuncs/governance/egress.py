@@ -24,7 +24,6 @@ import builtins
 import contextlib
 import ipaddress
 import socket
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from aifuncs.errors import ConfigError, PermissionDenied
 from aifuncs.governance._sqlite import transaction
 from aifuncs.governance.audit import AuditLog
 from aifuncs.governance.principals import Principal
+from aifuncs.storage import Connection
 
 __all__ = ["EgressPolicy", "EgressRefused", "parse_entry"]
 
@@ -159,7 +159,7 @@ class EgressPolicy:
     def __repr__(self) -> str:
         return f"EgressPolicy({str(self.path)!r})"
 
-    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    def _db(self) -> contextlib.AbstractContextManager[Connection]:
         return transaction(self.path, _SCHEMA)
 
     def list(self) -> builtins.list[Entry]:
@@ -173,7 +173,7 @@ class EgressPolicy:
         entry = parse_entry(text)
         with self._db() as db:
             db.execute(
-                "INSERT OR IGNORE INTO egress_allowed (host, port, added_by) VALUES (?, ?, ?)",
+                "INSERT INTO egress_allowed (host, port, added_by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (entry.host, entry.port, actor.name),
             )
         AuditLog(self.path).record(actor.name, "egress.allow", str(entry), {})

@@ -10,7 +10,6 @@ permissions API answers it; `set_acl` replaces an endpoint's grants (PUT), `upda
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from aifuncs.errors import ConfigError
 from aifuncs.governance._sqlite import reader, transaction
 from aifuncs.governance.principals import _SCHEMA as PRINCIPALS_SCHEMA
 from aifuncs.governance.principals import Principal, PrincipalStore
+from aifuncs.storage import Connection
 
 __all__ = ["LEVELS", "PermissionStore", "level_allows"]
 
@@ -62,11 +62,11 @@ class PermissionStore:
         return f"PermissionStore({str(self.path)!r})"
 
     @contextlib.contextmanager
-    def _session(self) -> Iterator[sqlite3.Connection]:
+    def _session(self) -> Iterator[Connection]:
         with transaction(self.path, PRINCIPALS_SCHEMA + _SCHEMA) as db:  # principals and grants: one file
             yield db
 
-    def grant(self, endpoint: str, principal: str, level: str, db: sqlite3.Connection | None = None) -> None:
+    def grant(self, endpoint: str, principal: str, level: str, db: Connection | None = None) -> None:
         """Give `principal` `level` on `endpoint` (replacing its own grant there). `db`: an open transaction to
         join, so a grant can be written with what it belongs to (an endpoint's creator, at its creation)."""
         if level not in LEVELS:
@@ -98,7 +98,7 @@ class PermissionStore:
             pass
 
     @staticmethod
-    def grant_creator(db: sqlite3.Connection, endpoint: str, principal: str) -> None:
+    def grant_creator(db: Connection, endpoint: str, principal: str) -> None:
         """CAN_MANAGE for an endpoint's creator, inside the transaction that creates the endpoint."""
         db.execute(
             "INSERT INTO permissions (endpoint, principal, level) VALUES (?, ?, 'CAN_MANAGE')"
@@ -107,7 +107,7 @@ class PermissionStore:
         )
 
     @staticmethod
-    def revoke_all(db: sqlite3.Connection, endpoint: str) -> None:
+    def revoke_all(db: Connection, endpoint: str) -> None:
         """Forget every grant of an endpoint, inside the transaction that deletes it: a new endpoint of the
         same name starts with none."""
         db.execute("DELETE FROM permissions WHERE endpoint = ? COLLATE NOCASE", (endpoint,))

@@ -12,7 +12,6 @@ import contextlib
 import os
 import pwd
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from aifuncs.errors import ConfigError
 from aifuncs.governance import _revision as revision
 from aifuncs.governance._sqlite import transaction
 from aifuncs.governance.tokens import OWNER, InvalidToken, Token, TokenStore
+from aifuncs.storage import Connection
 
 __all__ = [
     "CREATE_ENDPOINTS",
@@ -94,7 +94,7 @@ class PrincipalStore:
     def __repr__(self) -> str:
         return f"PrincipalStore({str(self.path)!r})"
 
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
         return transaction(self.path, _SCHEMA + revision.SCHEMA)
 
     def create(self, name: str, *, kind: str = "user", admin: bool = False) -> Principal:
@@ -153,7 +153,10 @@ class PrincipalStore:
         if self.get(member).kind == "group" and group in self._within(member):
             raise ConfigError(f"{member!r} already contains {group!r}: adding it would make a circle.")
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO members (group_name, member) VALUES (?, ?)", (group, member))
+            db.execute(
+                "INSERT INTO members (group_name, member) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (group, member),
+            )
             revision.bump(db)
 
     def remove_member(self, group: str, member: str) -> None:
@@ -173,7 +176,7 @@ class PrincipalStore:
         self.get(name)
         with self.transaction() as db:
             db.execute(
-                "INSERT OR IGNORE INTO entitlements (principal, entitlement) VALUES (?, ?)",
+                "INSERT INTO entitlements (principal, entitlement) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (name, entitlement),
             )
 

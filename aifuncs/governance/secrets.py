@@ -39,6 +39,7 @@ from aifuncs.governance.principals import (
     Principal,
     PrincipalStore,
 )
+from aifuncs.storage import Connection
 
 __all__ = [
     "BACKENDS",
@@ -160,7 +161,7 @@ class Secrets:
         return f"Secrets({str(self.path)!r}, actor={self.actor.name!r})"
 
     @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _db(self) -> Iterator[Connection]:
         with transaction(self.path, _SCHEMA) as db:
             _add_granted_at(db)
             yield db
@@ -423,8 +424,10 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _add_granted_at(db: sqlite3.Connection) -> None:
-    """Give a table made before grants were timed its column (once per file)."""
+def _add_granted_at(db: Connection) -> None:
+    """Give a table made before grants were timed its column (once per file; the shared database has it)."""
+    if not isinstance(db, sqlite3.Connection):
+        return
     columns = [r[1] for r in db.execute("PRAGMA table_info(secret_acls)")]
     if "granted_at" not in columns:
         with contextlib.suppress(sqlite3.OperationalError):  # another process added it first

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aifuncs.errors import ConfigError
 from aifuncs.governance._sqlite import transaction
+from aifuncs.storage import Connection, shared
 
 __all__ = ["Token", "TokenStore", "InvalidToken", "check_format"]
 
@@ -125,7 +126,7 @@ class TokenStore:
     def __repr__(self) -> str:
         return f"TokenStore({str(self.path)!r})"
 
-    def _session(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    def _session(self) -> contextlib.AbstractContextManager[Connection]:
         return transaction(self.path, _SCHEMA)
 
     def create(
@@ -145,11 +146,11 @@ class TokenStore:
         with self._session() as db:
             cursor = db.execute(
                 "INSERT INTO tokens (hash, display, principal, kind, comment, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (_hash(secret), display, principal, kind, comment, created.isoformat(),
                  None if expires is None else expires.isoformat()),
             )  # fmt: skip
-            token_id = int(cursor.lastrowid or 0)
+            token_id = int(cursor.fetchone()[0])
         return secret, Token(token_id, display, principal, kind, comment, created, expires, None, None)
 
     def list(self, principal: str | None = None) -> list[Token]:
@@ -187,6 +188,14 @@ class TokenStore:
     def _note_use(self, token_id: int, now: datetime) -> None:
         """Record the token's last use, if the file can be written at once: another process holding it (a
         long write, a backup) must not fail or stall authentication. A use not recorded now is by the next."""
+        database = shared(self.path)
+        if database is not None:
+            with database.try_transaction(self.path.stem) as conn:
+                if conn is not None:
+                    conn.execute(
+                        "UPDATE tokens SET last_used_at = ? WHERE id = ?", (now.isoformat(), token_id)
+                    )
+            return
         db = sqlite3.connect(self.path, timeout=_NOTE_WAIT_S)
         try:
             with db:

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from aifuncs.errors import ConfigError
 from aifuncs.governance._sqlite import transaction
 from aifuncs.governance.principals import Principal, owner_of, principal_of
 from aifuncs.governance.tokens import InvalidToken, TokenStore
+from aifuncs.storage import Connection
 
 __all__ = ["COOKIE", "SESSION_S", "SignInFailed", "Sessions", "csrf_token"]
 
@@ -67,7 +67,7 @@ class Sessions:
         return f"Sessions({str(self.path)!r})"
 
     @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _db(self) -> Iterator[Connection]:
         self.home.mkdir(parents=True, exist_ok=True)
         with transaction(self.path, _SCHEMA) as db:
             yield db
@@ -112,7 +112,7 @@ class Sessions:
         with self._db() as db:
             return self._open(db, record.principal, record.id, expires)
 
-    def _open(self, db: sqlite3.Connection, principal: str, token_id: int | None, expires: float) -> str:
+    def _open(self, db: Connection, principal: str, token_id: int | None, expires: float) -> str:
         cookie = secrets.token_urlsafe(32)
         now = time.time()
         db.execute("DELETE FROM ui_sessions WHERE expires_at < ?", (now,))

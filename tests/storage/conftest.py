@@ -1,0 +1,3 @@
+from pg import backend, pg_cluster, pg_url
+
+__all__ = ["backend", "pg_cluster", "pg_url"]
