@@ -1,6 +1,8 @@
 """The UI in a real Chromium (Debian's, driven by Playwright) against a real `aifuncs serve`: sign in with the
 owner's link, see the endpoints, compare two endpoints in the playground, estimate and run SQL, search the
-request log. A console error or a request that leaves 127.0.0.1 fails the test; each saves screenshots."""
+request log; sign in with a token, create an endpoint, grant CAN_QUERY and see it from the grantee's own
+session, with the keyboard and labels checked on the way. A console error, a request that leaves 127.0.0.1 or
+a form control without a label fails the test; each saves screenshots."""
 
 from __future__ import annotations
 
@@ -21,6 +23,61 @@ CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="chromium is installed by make test-servers"
 )
+
+
+class Watched:
+    """A browser context on one server whose pages record what fails them: console errors, page errors and
+    requests to anywhere but the server."""
+
+    def __init__(self, browser: Any, base: str) -> None:
+        self.base = base
+        self.problems: list[str] = []
+        self.context = browser.new_context(timezone_id="UTC", viewport={"width": 1360, "height": 900})
+
+    def page(self) -> Any:
+        page = self.context.new_page()
+        problems = self.problems
+        page.on(
+            "console",
+            lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+        )
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+
+        def only_here(route: Any) -> None:
+            if route.request.url.startswith(self.base + "/"):
+                route.continue_()
+            else:
+                problems.append(f"left 127.0.0.1: {route.request.url}")
+                route.abort()
+
+        page.route("**/*", only_here)
+        return page
+
+
+def unlabelled(page: Any) -> list[str]:
+    """The page's visible form controls that have no label (a <label for>, a wrapping label or aria-label)."""
+    return list(
+        page.evaluate(
+            """() => [...document.querySelectorAll("input, select, textarea")]
+                .filter((el) => el.type !== "hidden" && el.offsetParent !== null)
+                .filter((el) => el.labels.length === 0 && !el.getAttribute("aria-label"))
+                .map((el) => el.outerHTML.slice(0, 80))"""
+        )
+    )
+
+
+def focused(page: Any) -> str:
+    """The focused element: its id, else its text."""
+    return str(page.evaluate("() => document.activeElement.id || document.activeElement.textContent.trim()"))
+
+
+def serve(tmp_path: Path) -> tuple[str, Any]:
+    """A real `aifuncs serve` on a free loopback port: its base URL and the context manager that runs it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1].parent)}
+    command = [sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port)]
+    return base, running(command, base + "/health", tmp_path / "serve.log", env)
 
 
 @pytest.fixture(scope="session")
@@ -44,30 +101,13 @@ def test_owner_signs_in_compares_endpoints_runs_sql_and_searches_the_log(
                                      description=f"{name} behind the team's gateway")  # fmt: skip
             aifuncs.endpoints.put_ai_gateway(name, {"inference_table_config": {"enabled": True}})
         gov.create_user("alice")
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1].parent)}
-        command = [sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port)]
-        with running(command, base + "/health", tmp_path / "serve.log", env):
+        base, server = serve(tmp_path)
+        with server:
             from aifuncs.server.ui import sign_in_link
 
-            context = browser.new_context(timezone_id="UTC", viewport={"width": 1360, "height": 900})
-            page = context.new_page()
-            problems: list[str] = []
-            page.on(
-                "console",
-                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
-            )
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-
-            def only_here(route: Any) -> None:
-                if route.request.url.startswith(base + "/"):
-                    route.continue_()
-                else:
-                    problems.append(f"left 127.0.0.1: {route.request.url}")
-                    route.abort()
-
-            page.route("**/*", only_here)
+            watched = Watched(browser, base)
+            context, problems = watched.context, watched.problems
+            page = watched.page()
             page.goto(sign_in_link(base, home))
             page.wait_for_url(re.compile(r".*/ui/endpoints$"))
             assert page.locator("text=gpt-small").count() >= 1
@@ -104,3 +144,101 @@ def test_owner_signs_in_compares_endpoints_runs_sql_and_searches_the_log(
             page.screenshot(path=str(shots / "ui-endpoint.png"), full_page=True)
             context.close()
             assert problems == []
+
+
+def test_a_token_holder_signs_in_creates_an_endpoint_and_grants_a_user_who_sees_it_at_once(
+    browser: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
+    shots = Path(os.environ.get("AIFUNCS_UI_SCREENSHOTS") or tmp_path)
+    gov.create_user("dana", admin=True)
+    gov.create_user("alice")
+    tokens = {name: gov.create_token(name) for name in ("dana", "alice")}
+    with FakeServer() as upstream:
+        base, server = serve(tmp_path)
+        with server:
+            admin, grantee = Watched(browser, base), Watched(browser, base)
+            page = admin.page()
+            page.goto(base + "/ui/endpoints")  # not signed in: the sign-in page, the token field focused
+            page.wait_for_url(re.compile(r".*/ui/login\?next="))
+            assert focused(page) == "token" and unlabelled(page) == []
+            page.screenshot(path=str(shots / "ui-sign-in.png"), full_page=True)
+            page.keyboard.type(tokens["dana"])
+            page.keyboard.press("Tab")
+            assert focused(page) == "Sign in"
+            page.keyboard.press("Enter")
+            page.wait_for_url(base + "/ui/endpoints")
+            assert "dana" in page.inner_text("header")
+
+            # alice signs in her own browser before she may see anything
+            hers = grantee.page()
+            hers.goto(base + "/ui/endpoints")
+            hers.fill("#token", tokens["alice"])
+            hers.click("button:has-text('Sign in')")
+            hers.wait_for_url(base + "/ui/endpoints")
+            assert "No endpoints you may see yet" in hers.inner_text("main")
+
+            # create an endpoint with the keyboard: name, kind, description in tab order
+            assert unlabelled(page) == []
+            page.focus("#new-name")
+            page.keyboard.type("support-bot")
+            page.keyboard.press("Tab")
+            assert focused(page) == "new-kind"
+            page.select_option("#new-kind", "openai")
+            page.keyboard.press("Tab")
+            assert focused(page) == "new-desc"
+            page.keyboard.type("Answers support tickets")
+            page.fill(
+                "#new-options",
+                f'{{"model": "gpt-4o-mini", "base_url": "{upstream.url}/v1", "usd_per_1m_input_tokens": 0.15}}',
+            )
+            page.screenshot(path=str(shots / "ui-create.png"), full_page=True)
+            page.click("text=Create endpoint")
+            page.wait_for_url(base + "/ui/endpoints/support-bot")
+            assert "Answers support tickets" in page.inner_text("main")
+            assert "egress_checked" not in page.content()
+
+            # grant CAN_QUERY to alice from the permissions tab, by keyboard
+            page.click("nav.tabs >> text=Permissions")
+            page.wait_for_url(base + "/ui/endpoints/support-bot?tab=permissions")
+            assert unlabelled(page) == []
+            page.focus("#pm-type")
+            page.keyboard.press("Tab")
+            assert focused(page) == "pm-name"
+            page.keyboard.type("alice")
+            page.keyboard.press("Tab")
+            assert focused(page) == "pm-level" and page.input_value("#pm-level") == "CAN_QUERY"
+            page.keyboard.press("Tab")
+            assert focused(page) == "Grant"
+            page.keyboard.press("Enter")
+            page.wait_for_selector("table >> text=alice")
+            page.screenshot(path=str(shots / "ui-permissions.png"), full_page=True)
+
+            # alice's session sees it now: listed as hers to query, no edit controls, and it answers
+            hers.reload()
+            row = hers.locator("tbody tr", has_text="support-bot")
+            assert row.locator("td").last.inner_text() == "query"  # her level, in the "You" column
+            hers.goto(base + "/ui/endpoints/support-bot")
+            assert hers.locator("text=Save config").count() == 0
+            assert hers.locator("text=Delete endpoint").count() == 0
+            hers.goto(base + "/ui/playground?e=support-bot")
+            hers.fill("#pg-prompt", "Where is my parcel?")
+            hers.click("#pg-run")
+            hers.locator("#answers .meta span").nth(2).wait_for()
+            assert upstream.stats.requests == 1
+            hers.screenshot(path=str(shots / "ui-grantee.png"), full_page=True)
+
+            # a delete asks first, on a page whose Cancel has the focus
+            page.goto(base + "/ui/endpoints/support-bot")
+            page.click("text=Delete endpoint")
+            page.wait_for_selector("h1:has-text('Delete support-bot?')")
+            assert focused(page) == "Cancel"
+            page.screenshot(path=str(shots / "ui-confirm-delete.png"), full_page=True)
+            page.keyboard.press("Enter")
+            page.wait_for_url(base + "/ui/endpoints/support-bot")
+            for path in ("/ui/usage", "/ui/tokens", "/ui/principals", "/ui/sql", "/ui/playground"):
+                page.goto(base + path)
+                assert unlabelled(page) == [], path
+            admin.context.close()
+            grantee.context.close()
+            assert admin.problems + grantee.problems == []

@@ -33,11 +33,12 @@ _log = logging.getLogger("aifuncs.server")
 _TEMPLATES = Path(__file__).parent / "templates"
 
 # Everything from this origin only: no inline script, no other host, no framing; the sign-in link's ticket
-# never leaves in a Referer.
+# never leaves in a Referer. "same-origin", not "no-referrer": under no-referrer a browser sends `Origin: null`
+# with a form's POST, and the origin check below would refuse every form (sign-in included).
 HEADERS = {
     "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
     " connect-src 'self'; font-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
     "cache-control": "no-store",
