@@ -16,11 +16,12 @@ stall, the least any client could take (on a fast machine it alone is below 0.5x
 flight: the client must settle within 20% of N.
 
 Then every paid request accounted through a kill and a lock (tests/reliability/scenarios.py): a real
-`aifuncs serve` under steady load (clients asking one chat each on new connections, an inference table on, an
-upstream answering after 10 ms). One of `--workers 2` killed with SIGKILL mid-load (after 300 requests went
-upstream; 300 answers more after it), and a server stopped by SIGTERM (after 300 answers) while another
-process holds `usage.db` with `BEGIN EXCLUSIVE`. Counted once the next process has opened the home: requests
-the upstream received, usage rows and their attempts (rows `interrupted`: in flight at the kill), inference
+`aifuncs serve` under steady load (clients asking one chat each on new connections, an inference table on).
+One of `--workers 2` killed with SIGKILL (16 clients, an upstream answering after 300 ms; after 300 requests
+went upstream, while the worker has one on its way; 300 answers more after it), and a server stopped by
+SIGTERM (2 clients, 10 ms; after 300 answers) while another process holds `usage.db` with `BEGIN EXCLUSIVE`.
+Counted once the next process has opened the home: requests the upstream received, usage rows and their
+attempts, rows `interrupted` (in flight at the kill) and how many of them the upstream had received, inference
 rows, answered requests. Target: 0 rows lost (attempts never short of what the upstream received, each
 answered request one usage row and one inference row), 0 duplicates, the stop under a locked log within a few
 seconds.
@@ -125,14 +126,14 @@ def accounting() -> None:
     home = Path(os.environ["AIFUNCS_HOME"])
     logs = Path(tempfile.mkdtemp(prefix="aifuncs-bench-logs-"))
     print("\nevery paid request accounted: a real `aifuncs serve`, steady load, counted by the next process")
-    print(f"{'scenario':>34} {'upstream':>9} {'usage rows':>11} {'attempts':>9} {'interrupted':>12}"
+    print(f"{'scenario':>34} {'upstream':>9} {'usage rows':>11} {'attempts':>9} {'interrupted':>12} {'of them received':>17}"
           f" {'inference':>10} {'answered':>9} {'after':>6} {'cut':>4} {'dup':>4} {'stop s':>7} {'rows lost':>10}")  # fmt: skip
     scenarios: list[tuple[str, Tally]] = [
-        ("SIGKILL of 1 of 2 workers", kill_a_worker(home, logs, "bench-killed", answers=300)),
+        ("SIGKILL of 1 of 2 workers", kill_a_worker(home, logs, "bench-killed", clients=16, answers=300)),
         ("SIGTERM while usage.db locked", stop_while_locked(home, logs, "bench-locked", answers=300)),
     ]
     for name, t in scenarios:
-        print(f"{name:>34} {t.upstream:9,} {t.usage_rows:11,} {t.attempts:9,} {t.interrupted:12,}"
+        print(f"{name:>34} {t.upstream:9,} {t.usage_rows:11,} {t.attempts:9,} {t.interrupted:12,} {t.interrupted_received:17,}"
               f" {t.inference_rows:10,} {t.answered:9,} {t.answered_after_fault:6,} {t.unanswered:4} {t.duplicates:4}"
               f" {t.stop_s:7.2f} {t.lost:10}")  # fmt: skip
     met = all(t.lost == 0 and t.duplicates == 0 and t.within_bound for _, t in scenarios)

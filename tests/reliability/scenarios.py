@@ -14,6 +14,7 @@ received by at most the attempts of the `interrupted` rows (requests in flight a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +49,16 @@ class Tally:
     attempts: int = 0  # sends counted by the usage rows
     interrupted: int = 0  # rows of requests in flight when their process died
     interrupted_attempts: int = 0
+    interrupted_received: int = 0  # ...of them, requests the upstream had received (paid, never answered)
     inference_rows: int = 0
     answered: int = 0  # requests whose client got a 200
     answered_after_fault: int = 0  # ...of them, answers that came after the kill or the lock began
     unanswered: int = 0  # requests whose connection died with their worker, or refused once stopping
     duplicates: int = 0  # usage or inference rows sharing a request id
     answered_unaccounted: int = 0  # answered requests without exactly one ok usage row and one inference row
-    victim_served: bool = False  # the killed worker had requests of its own in flight or owed
+    victim_served: bool = False  # the killed worker had a request on its way to the upstream
     stop_s: float = 0.0  # from SIGTERM to the server's exit
+    interrupted_ids: list[str] = field(default_factory=list)  # their client_request_id
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -161,21 +165,21 @@ class Load:
 def kill_a_worker(
     home: Path, logs: Path, endpoint: str = "killed", clients: int = 4, answers: int = 30
 ) -> Tally:
-    """Two workers under load; once `answers` requests went upstream, one is killed with SIGKILL while it has
-    requests in flight; the other answers `answers` more. Then the server stops and this process (the next to
-    open the home) reads the accounting."""
+    """Two workers under load (an upstream answering after 300 ms, so that each has requests out); once
+    `answers` requests went upstream, one is killed with SIGKILL while a request it journaled as sent is
+    unanswered; the other answers `answers` more. Then the server stops and this process (the next to open the
+    home) reads the accounting."""
     tally = Tally()
-    with FakeServer(delay_s=0.01) as upstream:
+    with FakeServer(delay_s=0.3, keep_bodies=True) as upstream:
         token = endpoint_for_load(endpoint, upstream)
         with server(home, logs / f"{endpoint}.log", ["--workers", "2"]) as (url, process):
             workers = wait_until(lambda: len(w := _workers(process.pid)) == 2 and w, 60)
             assert workers, f"two workers expected, found {_workers(process.pid)}"
             victim = workers[0]
             with Load(url, token, endpoint, clients) as load:
-                # Killed once it has served some and holds a journal (requests in flight or rows owed).
                 tally.victim_served = bool(
                     wait_until(
-                        lambda: upstream.stats.requests >= answers and _journaled(home, victim), 60, 0.01
+                        lambda: upstream.stats.requests >= answers and _unsettled(home, victim), 60, 0.01
                     )
                 )
                 os.kill(victim, signal.SIGKILL)
@@ -184,8 +188,14 @@ def kill_a_worker(
                 load.stop()
             tally.answered_after_fault = load.count_since(killed_at)
             tally.stop_s = _stop(process)
-        tally.upstream = upstream.settled().requests
-    return _account(tally, home, endpoint, load)
+        received = upstream.settled()
+        tally.upstream = received.requests
+        texts = {str(body) for body in received.bodies}
+    tally = _account(tally, home, endpoint, load)
+    tally.interrupted_received = sum(
+        1 for rid in tally.interrupted_ids if any(f"load {rid}'" in text for text in texts)
+    )
+    return tally
 
 
 def stop_while_locked(
@@ -221,6 +231,7 @@ def _account(tally: Tally, home: Path, endpoint: str, load: Load) -> Tally:
     tally.attempts = sum(r["attempts"] or 0 for r in usage)
     tally.interrupted = sum(1 for r in usage if r["status"] == "interrupted")
     tally.interrupted_attempts = sum(r["attempts"] or 0 for r in usage if r["status"] == "interrupted")
+    tally.interrupted_ids = [r["client_request_id"] for r in usage if r["status"] == "interrupted"]
     tally.answered, tally.unanswered = len(load.answered), load.unanswered
     tally.duplicates = _repeated([r["request_id"] for r in usage]) + _repeated(
         [r["request_id"] for r in inference]
@@ -261,10 +272,26 @@ def _workers(pid: int) -> list[int]:
     return sorted(found)
 
 
-def _journaled(home: Path, pid: int) -> bool:
-    """Whether process `pid` has a usage journal now (requests in flight, or rows not written yet)."""
+def _unsettled(home: Path, pid: int) -> bool:
+    """Whether process `pid`'s usage journal holds a request journaled as sent 20 to 150 ms ago and not settled:
+    on its way to the upstream, whose answer takes 300 ms."""
     folder = home / "journal"
-    return folder.is_dir() and any(folder.glob(f"usage-{pid}-*.journal"))
+    sent: dict[str, float] = {}
+    settled: set[str] = set()
+    for path in folder.glob(f"usage-{pid}-*.journal") if folder.is_dir() else []:
+        try:
+            lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            continue  # rewritten meanwhile
+        for raw in lines:
+            with contextlib.suppress(ValueError):
+                line = json.loads(raw)
+                if "sent" in line:
+                    sent[line["sent"]["request_id"]] = datetime.fromisoformat(line["sent"]["ts"]).timestamp()
+                else:
+                    settled.add(line["row"]["request_id"])
+    now = time.time()
+    return any(0.02 <= now - ts <= 0.15 for rid, ts in sent.items() if rid not in settled)
 
 
 def _rows_of(home: Path, endpoint: str) -> int:

@@ -11,7 +11,10 @@ from reliability.scenarios import kill_a_worker, stop_while_locked
 
 def test_a_worker_killed_mid_load_leaves_every_request_accounted(home: Path, tmp_path: Path) -> None:
     tally = kill_a_worker(home, tmp_path)
-    assert tally.victim_served, tally  # the kill struck a worker with requests of its own
+    assert tally.victim_served, tally  # the kill struck a worker with a request on its way
+    assert tally.interrupted >= 1, (
+        tally
+    )  # ...which the next process wrote as `interrupted`, its sends counted
     assert tally.answered_after_fault >= 30, tally  # the other worker answered on
     assert tally.duplicates == 0, tally
     # Each answered request: one ok usage row and one inference row.
