@@ -139,6 +139,9 @@ def test_owner_signs_in_compares_endpoints_runs_sql_and_searches_the_log(
 
             page.goto(base + "/ui/endpoints")
             page.screenshot(path=str(shots / "ui-endpoints.png"), full_page=True)
+            page.goto(base + "/ui/usage?by=endpoint&days=7")
+            assert page.locator("tbody tr", has_text="gpt-small").count() == 1
+            page.screenshot(path=str(shots / "ui-usage.png"), full_page=True)
             page.goto(base + "/ui/endpoints/gpt-small")
             page.wait_for_selector("#charts .uplot")
             page.screenshot(path=str(shots / "ui-endpoint.png"), full_page=True)

@@ -83,6 +83,15 @@ def _stamp(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _when(version: dict[str, Any]) -> str:
+    """When a version was saved, as the page writes times (UTC, to the minute)."""
+    text = str(version.get("updated_at") or version.get("created_at") or "")
+    try:
+        return _stamp(datetime.fromisoformat(text))
+    except ValueError:
+        return text
+
+
 def list_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
     endpoints = me.catalog.list()
     totals = endpoint_totals(me, rollups(me))
@@ -145,7 +154,8 @@ def endpoint_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]
     }
     if tab == "overview":
         context["versions"] = [
-            {**v, "options": shown(v.get("options") or {})} for v in me.catalog.versions(endpoint.name)[::-1]
+            {**v, "options": shown(v.get("options") or {}), "when": _when(v)}
+            for v in me.catalog.versions(endpoint.name)[::-1]
         ]
         context["options"] = json.dumps(shown(endpoint.options), indent=2, sort_keys=True)
         context["tags"] = me.catalog.tags(endpoint.name)
