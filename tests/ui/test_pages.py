@@ -102,7 +102,10 @@ def test_the_playground_answers_with_tokens_and_cost_and_logs_are_each_ones_own(
     rid = re.search(r"/ui/endpoints/llm/logs/([0-9a-f-]+)", found)
     assert rid is not None
     detail = admin.get(f"/ui/endpoints/llm/logs/{rid.group(1)}", headers={"hx-request": "true"})
-    assert "alices-question" in detail.text
+    assert "alices-question" in detail.text and "<html" not in detail.text  # a fragment, opened in place
+    page = admin.get(f"/ui/endpoints/llm/logs/{rid.group(1)}")  # followed without script: a page
+    assert page.status_code == 200 and "<html" in page.text and "alices-question" in page.text
+    assert 'href="/ui/endpoints/llm?tab=logs"' in page.text
     assert "alices-question" not in ui.client("bob").get(f"/ui/endpoints/llm/logs/{rid.group(1)}").text
     csv_text = admin.get("/ui/endpoints/llm/logs.csv").text
     assert csv_text.splitlines()[0].startswith("time,request_id") and len(csv_text.splitlines()) == 3

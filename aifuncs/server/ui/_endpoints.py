@@ -284,7 +284,9 @@ def log_row(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
     row = log_detail(me, request.path_params["name"], request.path_params["request_id"])
     if row is None:
         raise ConfigError("No such request in this endpoint's log that you may read.")
-    return "_log_detail.html", {"row": row}
+    if request.headers.get("hx-request") == "true":  # the log's row opened in place
+        return "_log_detail.html", {"row": row}
+    return "log_request.html", {"row": row, "endpoint": request.path_params["name"]}  # without script: a page
 
 
 def logs_csv(ui: Ui, request: Request, me: Me) -> Response:
