@@ -397,7 +397,7 @@ def _views(sql_text: str) -> list[tuple[str, str, str]]:
 def system_tables_page() -> str:
     import duckdb
 
-    import aifuncs.engines.duckdb as binding
+    import aifuncs.engines.duckdb._system as binding
 
     sql_text = (ROOT / "sql" / "system_tables.sql").read_text()
     con = duckdb.connect()
@@ -407,7 +407,7 @@ def system_tables_page() -> str:
         type_ddl = getattr(binding, f"{function[1].upper()}_TYPE")
         con.execute(f"CREATE MACRO {function[0]}() AS CAST(NULL AS {type_ddl})")
     lines = [
-        _banner("sql/system_tables.sql and the column types in aifuncs/engines/duckdb.py"),
+        _banner("sql/system_tables.sql and the column types in aifuncs/engines/duckdb/_system.py"),
         "# System tables\n",
         sql_text.splitlines()[0].lstrip("- ")
         + " Every connection from `aifuncs.connect()` has them, filtered by",

@@ -22,12 +22,11 @@ import pyarrow as pa
 from sqlglot import exp
 
 from aifuncs._fork import ProcessLocal
-from aifuncs.engines.duckdb import connect, typed_error
+from aifuncs.engines.duckdb import connect, session_of, typed_error
 from aifuncs.engines.duckdb import sql as run_sql
 from aifuncs.errors import ArgumentError
 from aifuncs.functions import FunctionSpec, get_spec
 from aifuncs.governance import current
-from aifuncs.runtime import default_runtime
 
 __all__ = ["AiDataFrameAccessor", "AiSeriesAccessor", "call", "query"]
 
@@ -201,7 +200,7 @@ def sql(
     finally:
         for name in frames:
             con.unregister(name)
-        default_runtime().usage.query_done()  # a streamed query's requests ran while its rows were fetched
+        session_of(con).runtime.usage.query_done()  # streamed requests ran while the rows were fetched
     return _frame(table, dtype_backend)
 
 
@@ -385,7 +384,7 @@ def _select(
             raise typed from error
     finally:
         con.unregister(_FRAME)
-        default_runtime().usage.query_done()  # a streamed query's requests ran while its rows were fetched
+        session_of(con).runtime.usage.query_done()  # streamed requests ran while the rows were fetched
 
 
 def _arrow(series: pd.Series) -> pa.Array | pa.ChunkedArray:
