@@ -14,8 +14,8 @@ import sqlglot
 from sqlglot import exp
 
 from aifuncs.governance.limits import pace
+from aifuncs.planner._hooks import CallSite
 from aifuncs.planner._reads import is_ai
-from aifuncs.planner._rewrite import CallSite
 from aifuncs.runtime._budget import price
 
 CHARS_PER_TOKEN = 4.0  # the usual rule of thumb for English text with GPT-style tokenizers

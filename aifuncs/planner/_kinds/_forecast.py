@@ -18,13 +18,71 @@ import sqlglot
 from sqlglot import exp
 
 from aifuncs.errors import ArgumentError
-from aifuncs.planner._dialects import reader
+from aifuncs.functions import FunctionSpec
+from aifuncs.planner._args import constant, endpoint_literal, json_text, probe_type
+from aifuncs.planner._dialects import reader, writer
+from aifuncs.planner._hooks import EngineHooks
+from aifuncs.planner._kinds._registry import FUNCTION_META, table_function
+from aifuncs.providers.forecast import check_settings
 
 ANSWER = "__aifuncs_forecast"
-FUNCTION_META = "aifuncs_function"  # on an AI call the planner made: the function to name it by
 
 # The history's time type (DuckDB DDL, as an engine describes it) -> how Databricks spells it.
 _TIME_TYPES = {"DATE": "DATE", "TIMESTAMP": "TIMESTAMP_NTZ", "TIMESTAMP WITH TIME ZONE": "TIMESTAMP"}
+
+
+@table_function("ai_forecast")
+def expand_forecast(
+    call: exp.Anonymous, spec: FunctionSpec, args: dict[str, exp.Expr], hooks: EngineHooks
+) -> exp.Expr:
+    """FROM ai_forecast(TABLE(t), ...): a query that sends each group's history to the forecast endpoint
+    and unnests the answers."""
+    observed = args["observed"]
+    inner = (
+        observed.expressions[0]
+        if isinstance(observed, exp.Anonymous) and observed.name.upper() == "TABLE" and observed.expressions
+        else None
+    )
+    if isinstance(inner, exp.Column):
+        source = inner.sql(writer(hooks.dialect))
+    elif isinstance(inner, exp.Query):
+        source = f"({inner.sql(writer(hooks.dialect))})"
+    else:
+        raise ArgumentError(
+            "ai_forecast reads its history from TABLE(name) or TABLE(SELECT ...), e.g."
+            " ai_forecast(TABLE(sales), horizon => '2026-12-31', time_col => 'day', value_col => 'revenue')."
+        )
+    given = {
+        p.name: constant(spec, p.name, args.get(p.name), hooks) for p in spec.params if p.kind == "constant"
+    }
+    time_col = given["time_col"]
+    if not isinstance(time_col, str) or not time_col:
+        raise ArgumentError(f"ai_forecast: time_col is a column name, not {time_col!r}.")
+    horizon = given["horizon"]
+    if horizon is None or isinstance(horizon, bool | dict | list):
+        raise ArgumentError(f"ai_forecast: horizon is a date or timestamp, not {horizon!r}.")
+    width = given["prediction_interval_width"]
+    if not isinstance(width, int | float) or not 0 < width < 1:
+        raise ArgumentError(f"ai_forecast: prediction_interval_width is between 0 and 1, not {width!r}.")
+    check_settings(str(given["frequency"] or "auto"), json_text(given["parameters"]) or "{}")
+    forecast = Forecast(
+        observed=source,
+        time_col=time_col,
+        value_cols=names(given["value_col"], "value_col", True),
+        group_cols=names(given["group_col"], "group_col", False),
+        parameters={
+            "horizon": str(horizon),
+            "prediction_interval_width": float(width),
+            "frequency": str(given["frequency"] or "auto"),
+            "seed": given["seed"],
+            "parameters": json_text(given["parameters"]) or "{}",
+        },
+        endpoint=endpoint_literal(spec, args, hooks, "forecast").this,
+    )
+    rows = exp.Subquery(this=inner.copy()) if isinstance(inner, exp.Query) else exp.to_table(source)
+    history = exp.select(exp.column(time_col, quoted=True)).from_(rows)
+    described = probe_type(history.sql(writer(hooks.dialect)), hooks)
+    return forecast_query(forecast, time_type(described, time_col), hooks.dialect)
 
 
 @dataclass(frozen=True)
