@@ -58,6 +58,8 @@ class Stats:
     in_flight: int = 0
     arrivals_in_flight: list[int] = field(default_factory=list)  # requests in flight as each one arrived
     paths: list[str] = field(default_factory=list)  # raw request targets, as sent (with keep_bodies)
+    streams_done: int = 0  # streamed answers sent to their end
+    streams_cut: list[int] = field(default_factory=list)  # streamed answers whose client hung up: pieces sent
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -75,8 +77,13 @@ class _Server:
         faults: Faults | None = None,
         keep_bodies: bool = False,
         capacity: int | None = None,
+        stream_pieces: int = 8,
+        stream_delay_s: float = 0.0,
     ) -> None:
         self.delay_s = delay_s
+        # A body with "stream": true is answered as server-sent events: the answer in this many pieces, each
+        # after this delay (a model that writes slowly).
+        self.stream_pieces, self.stream_delay_s = stream_pieces, stream_delay_s
         # Like a GPU server with `capacity` slots: requests beyond it queue, so latency grows with load.
         self._slots = threading.Semaphore(capacity) if capacity else None
         self.faults = faults or Faults()
@@ -140,9 +147,33 @@ class _Server:
                     if fault == "malformed":
                         self._send_raw(200, b'{"choices": [ {"mess')
                         return
+                    if body.get("stream"):
+                        self._stream(body)
+                        return
                     self._send(200, server.answer(self.path, body))
                 finally:
                     server._end()
+
+            def _stream(self, body: dict[str, Any]) -> None:
+                self.close_connection = True  # the reply's end is the connection's
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                events = server.stream_events(self.path, body)
+                sent = 0
+                try:
+                    for event in events:
+                        if sent and server.stream_delay_s:
+                            time.sleep(server.stream_delay_s)
+                        self.wfile.write(event)
+                        self.wfile.flush()
+                        sent += 1
+                except OSError:  # the client hung up: the model stops here
+                    with server._lock:
+                        server.stats.streams_cut.append(sent)
+                    return
+                with server._lock:
+                    server.stats.streams_done += 1
 
             def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
                 self._send_raw(status, json.dumps(payload).encode(), headers)
@@ -259,6 +290,42 @@ class _Server:
             return {"predictions": [2 * r for r in rows]}
         return {"error": f"unknown path {path}"}
 
+    def stream_events(self, path: str, body: dict[str, Any]) -> list[bytes]:
+        """A streamed answer as SSE events: OpenAI's chunks (usage last when `stream_options.include_usage`
+        asks), or the Messages API's events; the text is the answer `answer` gives, in `stream_pieces` pieces."""
+        answer = self.answer(path, {k: v for k, v in body.items() if k != "stream"})
+        messages = path.endswith("/v1/messages")
+        if messages:
+            text = "".join(b["text"] for b in answer["content"])
+        else:
+            choice = answer["choices"][0]
+            text = choice["message"]["content"] if "message" in choice else choice["text"]
+        n = max(1, min(self.stream_pieces, len(text)))
+        pieces = [text[i * len(text) // n : (i + 1) * len(text) // n] for i in range(n)]
+
+        def event(data: Any, name: str | None = None) -> bytes:
+            return (f"event: {name}\n" if name else "").encode() + f"data: {json.dumps(data)}\n\n".encode()
+
+        if messages:
+            usage = answer["usage"]
+            return [
+                event({"type": "message_start", "message": {"usage": {"input_tokens": usage["input_tokens"]}}},
+                      "message_start"),
+                *(event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
+                        "content_block_delta") for p in pieces),
+                event({"type": "message_delta", "usage": {"output_tokens": usage["output_tokens"]}}, "message_delta"),
+                event({"type": "message_stop"}, "message_stop"),
+            ]  # fmt: skip
+        chat = path.endswith("/chat/completions")
+        chunks = [
+            {"choices": [{"index": 0, "delta": {"content": p}} if chat else {"index": 0, "text": p}]}
+            for p in pieces
+        ]
+        chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({"choices": [], "usage": answer.get("usage")})
+        return [event(c) for c in chunks] + [b"data: [DONE]\n\n"]
+
     def _count(self, rows: int) -> None:
         with self._lock:
             self.stats.rows += rows
@@ -274,12 +341,16 @@ class FakeServer:
         faults: Faults | None = None,
         keep_bodies: bool = False,
         capacity: int | None = None,
+        stream_pieces: int = 8,
+        stream_delay_s: float = 0.0,
     ) -> None:
         self._config = {
             "delay_s": delay_s,
             "faults": asdict(faults or Faults()),
             "keep_bodies": keep_bodies,
             "capacity": capacity,
+            "stream_pieces": stream_pieces,
+            "stream_delay_s": stream_delay_s,
         }
         self._process: subprocess.Popen[str] | None = None
         self._final: Stats | None = None
@@ -332,6 +403,8 @@ class FakeServer:
             in_flight=data["in_flight"],
             arrivals_in_flight=data["arrivals_in_flight"],
             paths=data.get("paths", []),
+            streams_done=data.get("streams_done", 0),
+            streams_cut=data.get("streams_cut", []),
         )
 
 
@@ -429,6 +502,8 @@ if __name__ == "__main__":
         faults=Faults(**config["faults"]),
         keep_bodies=config["keep_bodies"],
         capacity=config["capacity"],
+        stream_pieces=config.get("stream_pieces", 8),
+        stream_delay_s=config.get("stream_delay_s", 0.0),
     ).serve()
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pyarrow as pa
 
 from aifuncs._types import json_schema, to_duckdb_type
 from aifuncs.errors import ArgumentError
-from aifuncs.providers.base import CallOptions
+from aifuncs.providers.base import CallOptions, Prediction
 
 GENERATION_PARAMETERS = ("max_tokens", "temperature", "top_p", "stop")
 
@@ -78,3 +79,29 @@ def greedy(options: CallOptions) -> bool:
     """Temperature 0: the model picks its likeliest token each time, so its answer is reproducible."""
     temperature = (options.parameters or {}).get("temperature")
     return isinstance(temperature, int | float) and temperature == 0
+
+
+# A streamed answer: text deltas as the model writes them, then one `Prediction` (outputs None) with the tokens
+# the model reported for the whole answer (None where it reports none).
+Piece = str | Prediction
+
+
+@runtime_checkable
+class Streams(Protocol):
+    """A provider that can stream one row's answer (`streams = True` on its class); the runtime is its caller."""
+
+    streams: ClassVar[bool]
+
+    def stream(self, requests: pa.Array, options: CallOptions) -> AsyncIterator[Piece]:
+        """The answer to the one request in `requests`, piece by piece; closing the iterator stops the model."""
+        ...
+
+
+def can_stream(provider: Any) -> bool:
+    return bool(getattr(provider, "streams", False)) and getattr(provider, "returns_text", False)
+
+
+def usage_tokens(usage: Any, prompt: str, completion: str) -> Prediction:
+    """A streamed reply's final usage (OpenAI's or Anthropic's names) as a `Prediction` without outputs."""
+    usage = usage if isinstance(usage, dict) else {}
+    return Prediction(None, usage.get(prompt), usage.get(completion))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import Field
@@ -12,12 +13,14 @@ from pydantic import Field
 from aifuncs.errors import RemoteError
 from aifuncs.providers._chat import (
     Message,
+    Piece,
     conversations,
     generation_parameters,
     greedy,
     wanted_schema,
 )
 from aifuncs.providers._http import HttpOptions, HttpProvider, join_url
+from aifuncs.providers._sse import post_events
 from aifuncs.providers.base import CallOptions, Prediction
 
 API_VERSION = "2023-06-01"
@@ -37,6 +40,7 @@ class AnthropicProvider(HttpProvider):
     Options = AnthropicOptions
     options: AnthropicOptions
     returns_text = True
+    streams: ClassVar[bool] = True
 
     @property
     def batch_rows(self) -> int:
@@ -60,7 +64,41 @@ class AnthropicProvider(HttpProvider):
             output_tokens=sum(a.output_tokens or 0 for a in answers),
         )
 
+    async def stream(self, requests: pa.Array, options: CallOptions) -> AsyncIterator[Piece]:
+        """One row's answer as the Messages API streams it: `content_block_delta` texts, then the tokens of
+        `message_start` (input) and `message_delta` (output)."""
+        tokens_in = tokens_out = None
+        url, payload = self._request(conversations(requests)[0], options)
+        async for event in post_events(
+            self, url, {**payload, "stream": True}, {"anthropic-version": API_VERSION}
+        ):
+            kind = event.get("type")
+            if kind == "error":
+                raise RemoteError(f"Endpoint {self.endpoint.name!r}: the stream failed: {str(event)[:200]}")
+            if kind == "message_start":
+                tokens_in = ((event.get("message") or {}).get("usage") or {}).get("input_tokens")
+            elif kind == "message_delta":
+                tokens_out = (event.get("usage") or {}).get("output_tokens", tokens_out)
+            elif kind == "content_block_delta":
+                text = (event.get("delta") or {}).get("text")
+                if text:
+                    yield text
+        yield Prediction(None, tokens_in, tokens_out)
+
     async def _message(self, chat: list[Message], options: CallOptions) -> Prediction:
+        url, payload = self._request(chat, options)
+        reply = await self.post_json(url, payload, headers={"anthropic-version": API_VERSION})
+        blocks = reply.get("content") if isinstance(reply, dict) else None
+        if not isinstance(blocks, list):
+            raise RemoteError(
+                f"Endpoint {self.endpoint.name!r}: the reply has no content: {str(reply)[:200]}"
+            )
+        answer = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+        usage = reply.get("usage") or {}
+        return Prediction(answer, usage.get("input_tokens"), usage.get("output_tokens"))
+
+    def _request(self, chat: list[Message], options: CallOptions) -> tuple[str, dict[str, Any]]:
+        """The Messages API's URL and body for one conversation."""
         parameters = generation_parameters(options.parameters)
         if "stop" in parameters:  # the Messages API calls it stop_sequences
             stop = parameters.pop("stop")
@@ -84,16 +122,4 @@ class AnthropicProvider(HttpProvider):
         }
         if system:
             payload["system"] = system
-        reply = await self.post_json(
-            join_url(self.options.base_url, "v1/messages"),
-            payload,
-            headers={"anthropic-version": API_VERSION},
-        )
-        blocks = reply.get("content") if isinstance(reply, dict) else None
-        if not isinstance(blocks, list):
-            raise RemoteError(
-                f"Endpoint {self.endpoint.name!r}: the reply has no content: {str(reply)[:200]}"
-            )
-        answer = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-        usage = reply.get("usage") or {}
-        return Prediction(answer, usage.get("input_tokens"), usage.get("output_tokens"))
+        return join_url(self.options.base_url, "v1/messages"), payload

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import Field
@@ -20,6 +21,7 @@ from aifuncs._fork import renewed_in_child
 from aifuncs.errors import ConfigError, MissingDependency
 from aifuncs.providers._chat import (
     Message,
+    Piece,
     conversations,
     generation_parameters,
     greedy,
@@ -48,6 +50,7 @@ class LlamaCppProvider(Provider):
     options: LlamaCppOptions
     default_concurrency = 1  # one model instance answers one prompt at a time
     returns_text = True
+    streams: ClassVar[bool] = True  # create_chat_completion(stream=True), token by token
 
     @property
     def batch_rows(self) -> int:
@@ -106,13 +109,56 @@ class LlamaCppProvider(Provider):
             self._complete_all, conversations(requests, self.options.system_prompt), options
         )
 
-    def _complete_all(self, chats: list[list[Message]], options: CallOptions) -> Prediction:
-        model = self.model()
+    def _parameters(self, options: CallOptions) -> dict[str, Any]:
         parameters = {"max_tokens": self.options.max_tokens, **generation_parameters(options.parameters)}
         shape = wanted_schema(options)
         if shape is not None:
             kind, schema = shape
             parameters["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+        return parameters
+
+    async def stream(self, requests: pa.Array, options: CallOptions) -> AsyncIterator[Piece]:
+        """One row's answer token by token: the model runs in a thread that hands each piece to this loop
+        and stops at the next token once the iterator is closed (the client went away)."""
+        chat = conversations(requests, self.options.system_prompt)[0]
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def run() -> None:
+            try:
+                tokens_out = 0
+                for chunk in self.model().create_chat_completion(
+                    messages=chat, stream=True, **self._parameters(options)
+                ):
+                    if stop.is_set():
+                        return
+                    text = (chunk["choices"][0].get("delta") or {}).get("content")
+                    if text:
+                        tokens_out += 1  # llama.cpp streams one token a chunk
+                        loop.call_soon_threadsafe(pieces.put_nowait, text)
+                # llama.cpp's stream reports no usage: the prompt's tokens are counted here
+                tokens_in = len(self.model().tokenize("".join(m["content"] for m in chat).encode()))
+                loop.call_soon_threadsafe(pieces.put_nowait, Prediction(None, tokens_in, tokens_out))
+            except BaseException as error:  # handed to the reader, raised there
+                loop.call_soon_threadsafe(pieces.put_nowait, error)
+
+        worker = asyncio.ensure_future(asyncio.to_thread(run))
+        try:
+            while True:
+                piece = await pieces.get()
+                if isinstance(piece, BaseException):
+                    raise piece
+                yield piece
+                if isinstance(piece, Prediction):
+                    break
+        finally:
+            stop.set()
+            await asyncio.shield(worker)  # the model is free again only once its thread has stopped
+
+    def _complete_all(self, chats: list[list[Message]], options: CallOptions) -> Prediction:
+        model = self.model()
+        parameters = self._parameters(options)
         answers, tokens_in, tokens_out = [], 0, 0
         for chat in chats:
             reply = model.create_chat_completion(messages=chat, **parameters)

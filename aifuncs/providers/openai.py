@@ -6,7 +6,8 @@ Chat and completions send one prompt per request; embeddings send many rows per 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -14,13 +15,16 @@ from pydantic import Field
 from aifuncs.errors import RemoteError
 from aifuncs.providers._chat import (
     Message,
+    Piece,
     conversations,
     generation_parameters,
     greedy,
     prompts,
+    usage_tokens,
     wanted_schema,
 )
 from aifuncs.providers._http import HttpOptions, HttpProvider, join_url
+from aifuncs.providers._sse import post_events
 from aifuncs.providers.base import CallOptions, Prediction
 
 
@@ -40,6 +44,7 @@ class OpenAIProvider(HttpProvider):
     kind = "openai"
     Options = OpenAIOptions
     options: OpenAIOptions
+    streams: ClassVar[bool] = True  # chat and completions (`stream`); embeddings have no text to stream
 
     @property
     def returns_text(self) -> bool:  # type: ignore[override]
@@ -90,6 +95,35 @@ class OpenAIProvider(HttpProvider):
             answer = (_first_choice(reply, self.endpoint.name).get("message") or {}).get("content")
         usage = reply.get("usage") or {}
         return Prediction(answer, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+    async def stream(self, requests: pa.Array, options: CallOptions) -> AsyncIterator[Piece]:
+        """One row's answer as the server writes it (`stream: true`), then its usage (asked for with
+        `stream_options.include_usage`; servers that ignore it leave the tokens unknown)."""
+        payload: dict[str, Any] = {
+            "model": self.options.model,
+            **generation_parameters(options.parameters),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.options.task == "completions":
+            url, field = join_url(self.options.base_url, "completions"), "text"
+            payload["prompt"] = prompts(requests)[0]
+        else:
+            url, field = join_url(self.options.base_url, "chat/completions"), "content"
+            payload["messages"] = conversations(requests, self.options.system_prompt)[0]
+            shape = wanted_schema(options)
+            if shape is not None:
+                payload["response_format"] = self._response_format(*shape)
+        usage: Any = None
+        async for event in post_events(self, url, payload):
+            if "error" in event:
+                raise RemoteError(f"Endpoint {self.endpoint.name!r}: the stream failed: {str(event)[:200]}")
+            usage = event.get("usage") or usage
+            for choice in event.get("choices") or []:
+                text = (choice.get("delta") or {}).get(field) if field == "content" else choice.get(field)
+                if text:
+                    yield text
+        yield usage_tokens(usage, "prompt_tokens", "completion_tokens")
 
     def _response_format(self, kind: str, schema: dict[str, Any] | None) -> dict[str, Any]:
         if self.options.schema_style == "llama.cpp" or kind == "json_object" or schema is None:

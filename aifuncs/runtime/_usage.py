@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS usage (
 _ADDED = {
     "request_id": "TEXT", "requester": "TEXT", "origin": "TEXT", "client_request_id": "TEXT",
     "usage_context": "TEXT", "status_code": "INTEGER", "input_chars": "INTEGER", "output_chars": "INTEGER",
-    "served_entity": "TEXT",
+    "served_entity": "TEXT", "ttft_ms": "REAL",
 }  # fmt: skip
 _FLUSH_EVERY_S = 0.5
 _RETRY_S = 0.25  # after a failed write, the next try waits at least this long
@@ -76,6 +76,7 @@ class UsageRow(NamedTuple):  # a tuple: written to SQLite as it is
     input_chars: int | None = None  # text requests only
     output_chars: int | None = None  # text answers only
     served_entity: str | None = None
+    ttft_ms: float | None = None  # a streamed answer's time to its first piece
 
 
 _COLUMNS = ", ".join(UsageRow._fields)

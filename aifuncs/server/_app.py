@@ -39,7 +39,7 @@ from aifuncs.server._entities import endpoint_options
 from aifuncs.server._errors import ApiError, error_response, from_aifuncs, from_unexpected
 from aifuncs.server._input import parse_json
 from aifuncs.server._invoke import Prepared, prepare, prepare_on_loop
-from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse
+from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse, streamed
 from aifuncs.server._secrets import secret_routes
 from aifuncs.server._shapes import endpoint_object
 from aifuncs.server._statements import Limits, Statements
@@ -327,18 +327,29 @@ async def invocations(request: Request, identity: Identity, body: Any) -> Respon
     prepare_body = {"chat": chat, "completions": completions, "embeddings": embeddings}.get(
         kind or "", prepare
     )
-    answer = await _answered(prepare_body, name, body, identity, _small(request))
-    return _reply(answer, name, streamed=kind in ("chat", "completions") and bool(body.get("stream")))
+    stream = kind in ("chat", "completions") and bool(body.get("stream"))
+    answer = await _answered(prepare_body, name, body, identity, _small(request), stream, databricks=True)
+    return answer if isinstance(answer, Response) else _reply(answer, name, streamed=stream)
 
 
 async def _answered(
-    prepare_body: Callable[..., Prepared], name: str, body: Any, identity: Identity, small: bool
-) -> dict[str, Any]:
+    prepare_body: Callable[..., Prepared],
+    name: str,
+    body: Any,
+    identity: Identity,
+    small: bool,
+    stream: bool = False,
+    databricks: bool = False,
+) -> dict[str, Any] | Response:
     """Bind (on this loop when the binding is kept and the body small, else in a worker thread: the catalog
     is SQLite), then await the runtime's answer on this loop: no thread waits while the model works."""
     prepared = prepare_on_loop(prepare_body, name, body, identity.principal) if small else None
     if prepared is None:
         prepared = await run_in_threadpool(prepare_body, name, body, identity.principal)
+    if stream:  # token by token where the endpoint's kind can (`_openai.streamed`), else whole below
+        headers = {"served-model-name": name, "x-aifuncs-worker": _WORKER}
+        if (events := await streamed(prepared, name, body, headers, databricks=databricks)) is not None:
+            return events
     call, rows, word = prepared
     answers = await default_runtime().answer_call(call, rows)
     return word(answers)
@@ -364,8 +375,9 @@ def openai_route(kind: str) -> AsyncWork:
     async def route(request: Request, identity: Identity, body: Any) -> Response:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "Name the endpoint as model.")
-        answer = await _answered(prepare_body, body["model"], body, identity, _small(request))
-        return _reply(answer, body["model"], streamed=kind != "embeddings" and bool(body.get("stream")))
+        stream = kind != "embeddings" and bool(body.get("stream"))
+        answer = await _answered(prepare_body, body["model"], body, identity, _small(request), stream)
+        return answer if isinstance(answer, Response) else _reply(answer, body["model"], streamed=stream)
 
     return route
 

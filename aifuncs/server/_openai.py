@@ -10,16 +10,22 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pyarrow as pa
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
 
+from aifuncs.errors import AifuncsError
 from aifuncs.governance import Principal
+from aifuncs.providers.base import Prediction
 from aifuncs.runtime import CallSpec, TokenTally, default_runtime
-from aifuncs.server._errors import ApiError
+from aifuncs.runtime._stream import stream_answer, streams
+from aifuncs.server._errors import ApiError, from_aifuncs
 from aifuncs.server._invoke import Prepared, bound, request_context
 
-__all__ = ["chat", "completions", "embeddings", "kind_of", "sse"]
+__all__ = ["chat", "completions", "embeddings", "kind_of", "sse", "streamed"]
 
 _PARAMETERS = ("max_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
 
@@ -140,7 +146,8 @@ def embeddings(name: str, body: dict[str, Any], principal: Principal) -> Prepare
 
 def sse(answer: dict[str, Any]) -> list[bytes]:
     """A finished chat or completions answer as server-sent events: `data:` lines only, then `data: [DONE]`
-    (mlflow refuses any other line). The answer comes as one chunk once the model has finished."""
+    (mlflow refuses any other line). For endpoints that cannot stream (`streamed` answers the others): the
+    answer comes as one chunk once the model has finished."""
     chunks = []
     for choice in answer["choices"]:
         if answer["object"] == "chat.completion":
@@ -156,3 +163,78 @@ def sse(answer: dict[str, Any]) -> list[bytes]:
     return [f"data: {json.dumps(c, separators=(',', ':'))}\n\n".encode() for c in chunks] + [
         b"data: [DONE]\n\n"
     ]
+
+
+class _Events(StreamingResponse):
+    """Server-sent events whose source is closed as soon as they stop going out (a client that went away
+    stops the upstream request at once, not when the generator is collected)."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+async def streamed(
+    prepared: Prepared, name: str, body: dict[str, Any], headers: dict[str, str], *, databricks: bool
+) -> Response | None:
+    """A chat or completions answer streamed as the model writes it, in OpenAI's chunk shape (Databricks' is
+    the same; on `/invocations` the last chunk carries `usage`, on OpenAI's routes a chunk of its own does,
+    when `stream_options.include_usage` asks). None when the endpoint cannot stream (answered whole).
+
+    The first piece is awaited before the response starts: an error until then (a guardrail, a rate limit,
+    the model failing) is an ordinary error response; after it, an `error` event ends the stream."""
+    call, rows, _ = prepared
+    runtime = default_runtime()
+    if len(rows) != 1 or not streams(runtime, call):
+        return None
+    pieces = stream_answer(runtime, call, rows)
+    try:
+        first = await anext(pieces)
+    except BaseException:
+        await pieces.aclose()
+        raise
+    options = body.get("stream_options")
+    usage_chunk = not databricks and isinstance(options, dict) and bool(options.get("include_usage"))
+    chat_shaped = "messages" in body
+    head = {"id": f"{'chatcmpl' if chat_shaped else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion.chunk" if chat_shaped else "text_completion",
+            "created": int(time.time()), "model": name}  # fmt: skip
+
+    def choice(text: str | None, first_piece: bool = False, finish: str | None = None) -> dict[str, Any]:
+        if not chat_shaped:
+            return {"index": 0, "text": text or "", "finish_reason": finish}
+        delta: dict[str, Any] = {} if text is None else {"content": text}
+        if first_piece:
+            delta = {"role": "assistant", **delta}
+        return {"index": 0, "delta": delta, "finish_reason": finish}
+
+    async def events() -> AsyncIterator[bytes]:
+        piece: str | Prediction = first
+        sent_any = False
+        try:
+            while not isinstance(piece, Prediction):
+                yield _event({**head, "choices": [choice(piece, not sent_any)]})
+                sent_any = True
+                piece = await anext(pieces)
+            usage = {"prompt_tokens": piece.input_tokens or 0, "completion_tokens": piece.output_tokens or 0,
+                     "total_tokens": (piece.input_tokens or 0) + (piece.output_tokens or 0)}  # fmt: skip
+            last = {**head, "choices": [choice(None, not sent_any, "stop")]}
+            yield _event({**last, "usage": usage} if databricks else last)
+            if usage_chunk:
+                yield _event({**head, "choices": [], "usage": usage})
+            yield b"data: [DONE]\n\n"
+        except AifuncsError as error:  # after the first piece: the stream ends with the error, as OpenAI does
+            api = from_aifuncs(error)
+            kind = "invalid_request_error" if api.status < 500 else "server_error"
+            yield _event({"error_code": api.code, "message": api.message,
+                          "error": {"message": api.message, "type": kind, "code": api.code}})  # fmt: skip
+        finally:
+            await pieces.aclose()
+
+    return _Events(events(), media_type="text/event-stream", headers=headers)
+
+
+def _event(chunk: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
