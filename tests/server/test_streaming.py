@@ -217,6 +217,27 @@ def test_guardrails_hold_on_a_streamed_request(streaming: Streaming) -> None:
     )  # the model wrote it
 
 
+def test_an_anthropic_endpoint_streams_its_messages_events(streaming: Streaming) -> None:
+    aifuncs.endpoints.create("claude", kind="anthropic", model="c", base_url=streaming.upstream.url)
+    aifuncs.endpoints.update_permissions("claude", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
+    body = {"model": "claude", "messages": [{"role": "user", "content": PROMPT}], "stream": True,
+            "stream_options": {"include_usage": True}, "client_request_id": "claude-1"}  # fmt: skip
+    deadline = time.monotonic() + 10  # the server sees the new endpoint within a second
+    while True:
+        answer = httpx.post(
+            streaming.url + "/v1/chat/completions", headers=streaming.headers, json=body, timeout=30
+        )
+        if answer.status_code != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    chunks = [json.loads(line[5:]) for line in answer.text.splitlines() if line.startswith("data: {")]
+    texts = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
+    assert "".join(texts) == ANSWER and len([t for t in texts if t]) == PIECES
+    assert chunks[-1] == {**chunks[-1], "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2,
+                                                                 "total_tokens": 5}}  # fmt: skip
+    assert streaming.upstream.stats.bodies[-1]["stream"] is True
+
+
 def test_the_local_llama_cpp_model_streams_token_by_token(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
