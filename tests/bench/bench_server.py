@@ -16,6 +16,9 @@ from Debian (`make bench-tools`), in processes of their own that share this mach
    calls and tokens limits that are never hit, the inference table on), single rows, 2 workers: for the MLflow
    pyfunc (target: on within 15% of off) and for a trivial Python function, whose governed figure is the one to
    chase (Databricks advertises 25,000 queries a second on its cloud).
+4. Time to first token of a streamed chat answer (`stream: true`), one connection: from the loopback server
+   itself (its first piece at once, then 8 more 5 ms apart) and through aifuncs serve. Target: the gateway adds
+   under 5 ms at p50. `--ttft-only` runs this part alone (no wrk, hey, MLflow or LiteLLM needed).
 """
 
 from __future__ import annotations
@@ -62,12 +65,38 @@ async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
         more = message.get("more_body", False)
     if scope["path"].endswith("/models"):
         body = b'{"object": "list", "data": [{"id": "m", "object": "model"}]}'
+    elif scope["path"].startswith(
+        "/stream/"
+    ):  # a streamed answer: the first piece at once, then one each 5 ms
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        for i in range(_PIECES):
+            if i:
+                await asyncio.sleep(0.005)
+            chunk = {"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": f"data: {json.dumps(chunk)}\n\n".encode(),
+                    "more_body": True,
+                }
+            )
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        return
     else:
         await asyncio.sleep(0.02)
         body = _REPLY
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+_PIECES = 9
 
 
 @dataclass
@@ -170,7 +199,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--litellm", default=str(BENCH.parents[1] / ".venv-litellm" / "bin" / "litellm"))
+    parser.add_argument("--ttft-only", action="store_true", help="run only part 4 (time to first token)")
+    parser.add_argument("--ttft-requests", type=int, default=300)
     args = parser.parse_args()
+    if args.ttft_only:
+        main_ttft(args.ttft_requests)
+        return
     missing = [tool for tool in ("wrk", "hey") if shutil.which(tool) is None]
     if missing:
         sys.exit(f"bench_server needs {' and '.join(missing)} (Debian packages): run `make bench-tools`.")
@@ -384,5 +418,80 @@ def _litellm(
     return peak
 
 
+def first_token_ms(url: str, body: Any, token: str | None, requests: int) -> list[float]:
+    """Time to the first piece of text of each of `requests` streamed answers, one after another on one
+    connection (a few first, unmeasured, to warm up)."""
+    import time
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    times: list[float] = []
+    with httpx.Client(headers=headers, timeout=30) as client:
+        for i in range(requests + 20):
+            began = time.perf_counter()
+            first = None
+            with client.stream("POST", url, json={**body, "stream": True}) as response:
+                response.raise_for_status()
+                for line in response.iter_lines():
+                    if first is None and '"content"' in line:
+                        first = time.perf_counter() - began
+            if i >= 20 and first is not None:
+                times.append(first * 1000)
+    return times
+
+
+def _ttft_row(label: str, times: list[float], base: list[float] | None = None) -> str:
+    import statistics
+
+    ordered = sorted(times)
+    p50, p99 = statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
+    added = "" if base is None else f"  adds {p50 - statistics.median(base):+.2f} ms at p50 (target < 5)"
+    return f"  {label:<46} first token p50 {p50:6.2f} ms  p99 {p99:6.2f} ms{added}"
+
+
+def ttft(upstream_url: str, gateway_url: str, token: str, requests: int) -> None:
+    print(f"\n4. Time to first token, streamed chat, one connection ({requests} requests)")
+    direct = first_token_ms(
+        upstream_url + "/stream/v1/chat/completions", {**CHAT, "model": "m"}, None, requests
+    )
+    print(_ttft_row("the server alone", direct))
+    through = first_token_ms(
+        gateway_url + "/serving-endpoints/chat/completions", {**CHAT, "model": "chat-stream"}, token, requests
+    )
+    print(_ttft_row("aifuncs serve, 1 worker", through, direct))
+
+
+def main_ttft(requests: int) -> None:
+    """Part 4 alone, on a home of its own."""
+    home = Path(tempfile.mkdtemp(prefix="aifuncs-bench-"))
+    logs = home / "logs"
+    logs.mkdir()
+    os.environ["AIFUNCS_HOME"] = str(home / "home")
+    os.environ.pop("AIFUNCS_TOKEN", None)
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
+    from servers import free_port
+
+    import aifuncs
+    import aifuncs.governance as gov
+
+    upstream_port, port = free_port(), free_port()
+    upstream_url, url = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{port}"
+    aifuncs.endpoints.create("chat-stream", kind="openai", model="m", base_url=upstream_url + "/stream/v1")
+    gov.create_user("alice")
+    aifuncs.endpoints.update_permissions(
+        "chat-stream", [{"user_name": "alice", "permission_level": "CAN_QUERY"}]
+    )
+    token = gov.create_token("alice")
+    upstream_cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(BENCH), "bench_server:upstream", "--port",
+                    str(upstream_port), "--log-level", "warning"]  # fmt: skip
+    serve_cmd = [sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port)]
+    with started(upstream_cmd, upstream_url + "/models", logs, "upstream", env):
+        with started(serve_cmd, url + "/health", logs, "aifuncs-ttft", env):
+            ttft(upstream_url, url, token, requests)
+
+
 if __name__ == "__main__":
     main()
+    if "--ttft-only" not in sys.argv:  # the full run ends with part 4, on a home of its own
+        main_ttft(300)
