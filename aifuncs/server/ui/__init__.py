@@ -7,7 +7,7 @@ governance as the REST API.
 `_sessions.py` signs browsers in (a token, or the owner's one-time link) and `_web.py` wraps every page: the
 session's principal, CSRF on each change, the catalog seen as that principal, errors as pages. Pages:
 `_endpoints.py` (list, endpoint, gateway, permissions, request log `_logs.py`, charts from `_stats.py`),
-`_pages.py` (usage, playground, SQL, jobs, tokens, principals).
+`_pages.py` (usage, SQL, jobs, tokens, principals), `_playground.py` (answers streamed side by side).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from aifuncs.server.ui._endpoints import ROUTES as ENDPOINT_ROUTES
 from aifuncs.server.ui._pages import ROUTES as PAGE_ROUTES
+from aifuncs.server.ui._playground import ROUTES as PLAYGROUND_ROUTES
 from aifuncs.server.ui._sessions import Sessions
 from aifuncs.server.ui._signin import sign_in, sign_out
 from aifuncs.server.ui._web import HEADERS, Ui, page
@@ -55,6 +56,6 @@ def ui_app(home: Path, statements: Any) -> Starlette:
     ]
     routes += [
         Route(path, page(ui, work), methods=methods)
-        for path, work, methods in [*ENDPOINT_ROUTES, *PAGE_ROUTES]
+        for path, work, methods in [*ENDPOINT_ROUTES, *PAGE_ROUTES, *PLAYGROUND_ROUTES]
     ]
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_found})

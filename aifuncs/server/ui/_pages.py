@@ -1,11 +1,10 @@
-"""Usage (breakdowns and "My usage", from the daily rollup), the playground, SQL with EXPLAIN's cost first,
+"""Usage (breakdowns and "My usage", from the daily rollup), SQL with EXPLAIN's cost first,
 the jobs' run ledger, tokens (one's own) and principals (admins). Each acts as the signed-in principal."""
 
 from __future__ import annotations
 
 import csv
 import io
-import time
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
@@ -17,11 +16,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from aifuncs import _runs as ledger
 from aifuncs.errors import ConfigError
 from aifuncs.governance.tokens import DEFAULT_DAYS
-from aifuncs.runtime import default_runtime
-from aifuncs.runtime._budget import price
 from aifuncs.server._errors import ApiError
 from aifuncs.server._input import parse_json
-from aifuncs.server._openai import chat
 from aifuncs.server.ui._endpoints import rollups
 from aifuncs.server.ui._stats import breakdown
 from aifuncs.server.ui._web import Me, Ui, confirm_step, form_of
@@ -30,7 +26,6 @@ __all__ = ["ROUTES"]
 
 BYS = ("endpoint", "user", "group", "day")
 DAYS = (1, 7, 30, 90)
-_MAX_COMPARE = 3
 
 
 def _usage_view(request: Request, me: Me) -> tuple[str, int, bool, list[tuple[str, Any]]]:
@@ -70,55 +65,6 @@ def usage_csv(ui: Ui, request: Request, me: Me) -> Response:
         out.getvalue(),
         media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="usage-by-{by}-{days}d.csv"'},
-    )
-
-
-def playground(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
-    names = me.catalog.names()
-    chosen = [n for n in request.query_params.getlist("e") if n in names][:_MAX_COMPARE]
-    if not chosen:
-        chosen = names[:2]
-    return "playground.html", {"names": names, "chosen": chosen, "slots": max(2, len(chosen))}
-
-
-async def ask(ui: Ui, request: Request, me: Me) -> Response:
-    """One endpoint's answer to the playground's prompt: text, latency, tokens and cost (JSON)."""
-    body = parse_json(await request.body())
-    if not isinstance(body, dict) or not isinstance(body.get("endpoint"), str):
-        raise ApiError(400, "INVALID_PARAMETER_VALUE", "Name the endpoint to ask.")
-    prompt = str(body.get("prompt") or "")
-    if not prompt.strip():
-        raise ApiError(400, "INVALID_PARAMETER_VALUE", "Write a prompt first.")
-    messages = ([{"role": "system", "content": str(body["system"])}] if body.get("system") else []) + [
-        {"role": "user", "content": prompt}
-    ]
-    request_body: dict[str, Any] = {"messages": messages}
-    for key, kind in (("temperature", float), ("max_tokens", int)):
-        value = body.get(key)
-        if value not in (None, ""):
-            try:
-                request_body[key] = kind(value)
-            except (TypeError, ValueError):
-                raise ApiError(400, "INVALID_PARAMETER_VALUE", f"{key} is a number, not {value!r}.") from None
-    started = time.perf_counter()
-    call, rows, word = await run_in_threadpool(chat, body["endpoint"], request_body, me.principal)
-    answers = await default_runtime().answer_call(call, rows)
-    answer = word(answers)
-    latency_ms = (time.perf_counter() - started) * 1000
-    endpoint = await run_in_threadpool(me.catalog.get, body["endpoint"])
-    used = answer.get("usage") or {}
-    inp, out = used.get("prompt_tokens"), used.get("completion_tokens")
-    cost = price(SimpleNamespace(**endpoint.options), 1, inp, out)
-    text = ((answer.get("choices") or [{}])[0].get("message") or {}).get("content")
-    return JSONResponse(
-        {
-            "endpoint": endpoint.name,
-            "text": text,
-            "latency_ms": round(latency_ms, 1),
-            "input_tokens": inp,
-            "output_tokens": out,
-            "cost_usd": cost,
-        }  # fmt: skip
     )
 
 
@@ -281,8 +227,6 @@ async def change_principals(ui: Ui, request: Request, me: Me) -> Response | tupl
 ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/usage", usage, ["GET"]),
     ("/usage.csv", usage_csv, ["GET"]),
-    ("/playground", playground, ["GET"]),
-    ("/playground/ask", ask, ["POST"]),
     ("/sql", sql_page, ["GET"]),
     ("/sql/explain", sql_explain, ["POST"]),
     ("/sql/statements", sql_run, ["POST"]),
