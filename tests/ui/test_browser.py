@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,14 @@ import aifuncs
 import aifuncs.governance as gov
 
 CHROMIUM = "/usr/bin/chromium"
+PIECES, PIECE_DELAY_S = 12, 0.3  # the playground's fake model writes its answer in about 3.3 s
+STREAM_S = 60  # the most a stream may take to show on a loaded machine
+# The text of a column whose answer is still streaming, once it has some (a truthy value ends the wait).
+STREAMING_TEXT = """() => {
+    const box = document.querySelector("#answers .answer[data-state=streaming]");
+    const text = box && box.querySelector(".text").textContent;
+    return text ? text : null;
+}"""
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="chromium is installed by make test-servers"
 )
@@ -71,6 +80,13 @@ def focused(page: Any) -> str:
     return str(page.evaluate("() => document.activeElement.id || document.activeElement.textContent.trim()"))
 
 
+def _ms(fact: str) -> float:
+    """The milliseconds a figure shows ("first token 123 ms")."""
+    found = re.search(r"([0-9]+) ms", fact)
+    assert found is not None, fact
+    return float(found.group(1))
+
+
 def serve(tmp_path: Path) -> tuple[str, Any]:
     """A real `aifuncs serve` on a free loopback port: its base URL and the context manager that runs it."""
     port = free_port()
@@ -94,7 +110,7 @@ def test_owner_signs_in_compares_endpoints_runs_sql_and_searches_the_log(
 ) -> None:
     monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
     shots = Path(os.environ.get("AIFUNCS_UI_SCREENSHOTS") or tmp_path)
-    with FakeServer(keep_bodies=True) as upstream:
+    with FakeServer(keep_bodies=True, stream_pieces=PIECES, stream_delay_s=PIECE_DELAY_S) as upstream:
         for name, price in (("gpt-small", 0.15), ("gpt-large", 2.5)):
             aifuncs.endpoints.create(name, kind="openai", model=name, base_url=upstream.url + "/v1",
                                      usd_per_1m_input_tokens=price, usd_per_1m_output_tokens=price * 4,
@@ -116,9 +132,33 @@ def test_owner_signs_in_compares_endpoints_runs_sql_and_searches_the_log(
             page.fill("#pg-system", "Answer in one sentence.")
             page.fill("#pg-prompt", "What does a vectorized UDF save?")
             page.click("#pg-run")
-            page.locator("#answers .meta span").nth(5).wait_for()  # latency, tokens, cost of both
+            # the model writes slowly: a column shows part of its answer while the stream is still going
+            partial = page.wait_for_function(STREAMING_TEXT, timeout=STREAM_S * 1000).json_value()
+            page.locator("#answers [data-fact=cost]").nth(1).wait_for()  # both answers' figures
+            assert upstream.stats.streams_done == 2
+            whole = "echo: What does a vectorized UDF save?"
+            assert whole.startswith(partial) and 0 < len(partial) < len(whole)  # shown before the end
+            for column in page.locator("#answers .answer").all():
+                assert column.get_attribute("data-state") == "done"
+                assert column.locator(".text").inner_text() == whole
+                ttft = column.locator("[data-fact=ttft]").inner_text()  # "first token 123 ms"
+                latency = column.locator("[data-fact=latency]").inner_text()
+                assert _ms(ttft) < _ms(latency) and _ms(latency) >= (PIECES - 1) * PIECE_DELAY_S * 1000
+            assert page.inner_text("#answers .answer:first-child").startswith("gpt-small")
             assert "gpt-large" in page.url
             page.screenshot(path=str(shots / "ui-playground.png"), full_page=True)
+
+            # Stop closes both streams: the server sees it and stops its upstream requests at once
+            page.click("#pg-run")
+            page.wait_for_function(STREAMING_TEXT, timeout=STREAM_S * 1000)
+            page.click("#pg-stop")
+            page.locator("#answers .answer[data-state=stopped]").nth(1).wait_for()
+            assert page.locator("#answers [data-fact=stopped]").count() == 2
+            deadline = time.monotonic() + STREAM_S
+            while len(upstream.stats.streams_cut) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(upstream.stats.streams_cut) == 2 and upstream.stats.streams_done == 2
+            assert all(sent < PIECES for sent in upstream.stats.streams_cut)
 
             page.goto(base + "/ui/sql")
             page.fill(
@@ -227,7 +267,7 @@ def test_a_token_holder_signs_in_creates_an_endpoint_and_grants_a_user_who_sees_
             hers.goto(base + "/ui/playground?e=support-bot")
             hers.fill("#pg-prompt", "Where is my parcel?")
             hers.click("#pg-run")
-            hers.locator("#answers .meta span").nth(2).wait_for()
+            hers.locator("#answers [data-fact=cost]").wait_for()
             assert upstream.stats.requests == 1
             hers.screenshot(path=str(shots / "ui-grantee.png"), full_page=True)
 

@@ -1,5 +1,7 @@
-// The playground: one prompt to 2-3 endpoints at once, each answer shown as it arrives, with its latency,
-// tokens and cost; the chosen endpoints stay in the URL; "Copy as SQL" gives the ai_query call.
+// The playground: one prompt to 2-3 endpoints at once, each answer streamed into its column as the model
+// writes it (fetch + ReadableStream, server-sent events from /ui/playground/stream), then its latency, time to
+// first token, tokens and cost; Stop closes the streams (the server stops the upstream requests); the chosen
+// endpoints stay in the URL; "Copy as SQL" gives the ai_query call.
 const form = document.getElementById("pg");
 const answers = document.getElementById("answers");
 const csrf = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRF-Token"];
@@ -14,10 +16,14 @@ function keepInUrl() {
   history.replaceState(null, "", url);
 }
 
+let running = null; // the AbortController of the answers being read, while any is
+
 function card(name) {
   const box = document.createElement("section");
   box.className = "answer";
+  box.dataset.state = "waiting";
   box.setAttribute("aria-label", `Answer of ${name}`);
+  box.setAttribute("aria-busy", "true");
   const head = document.createElement("div");
   head.className = "between";
   const title = document.createElement("b");
@@ -41,54 +47,146 @@ function card(name) {
   meta.className = "meta";
   box.append(head, text, meta);
   answers.append(box);
-  return { text, meta };
+  return { box, text, meta };
 }
 
-function fact(meta, label, value) {
+function fact(meta, name, label, value) {
   const span = document.createElement("span");
+  span.dataset.fact = name;
   span.textContent = `${label} ${value}`;
   meta.append(span);
 }
 
-async function ask(name, shown) {
+const ms = (value) => `${Math.round(value)} ms`;
+
+function settle(shown, state, message) {
+  shown.box.dataset.state = state;
+  shown.box.removeAttribute("aria-busy");
+  if (message) {
+    shown.text.className = state === "stopped" ? "text" : "text status-5xx";
+    if (state === "stopped" && shown.text.dataset.any) {
+      const note = document.createElement("small");
+      note.className = "muted";
+      note.textContent = ` — ${message}`;
+      shown.text.append(note);
+    } else {
+      shown.text.textContent = message;
+    }
+  }
+}
+
+// A failed request's message: the playground route answers JSON; the session and CSRF checks a short fragment.
+async function refusal(response) {
+  const body = await response.text();
+  try {
+    const found = JSON.parse(body);
+    if (found && found.message) return found.message;
+  } catch {
+    const found = new DOMParser().parseFromString(body, "text/html").body.textContent.trim();
+    if (found) return found;
+  }
+  return `The server answered ${response.status}.`;
+}
+
+// Server-sent events from a fetch body: yields {event, data} as each event's blank line arrives.
+async function* events(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replaceAll("\r\n", "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) yield { event, data: data.join("\n") };
+    }
+  }
+}
+
+function figures(shown, summary) {
+  fact(shown.meta, "latency", "latency", ms(summary.latency_ms));
+  fact(shown.meta, "ttft", "first token", ms(summary.ttft_ms));
+  const inp = summary.input_tokens, out = summary.output_tokens || 0;
+  fact(shown.meta, "tokens", "tokens", inp == null ? "—" : `${inp + out} (${inp}+${out})`);
+  fact(shown.meta, "cost", "cost", summary.cost_usd == null ? "— (no prices)" : `$${summary.cost_usd.toFixed(6)}`);
+}
+
+async function ask(name, shown, signal) {
   const body = {
     endpoint: name, prompt: form.prompt.value, system: form.system.value,
     temperature: form.temperature.value, max_tokens: form.max_tokens.value,
   };
   const started = performance.now();
+  let firstAt = null;
   try {
-    const response = await fetch("/ui/playground/ask", {
-      method: "POST", headers: { "content-type": "application/json", accept: "application/json", "x-csrf-token": csrf },
-      body: JSON.stringify(body),
+    const response = await fetch("/ui/playground/stream", {
+      method: "POST", signal, body: JSON.stringify(body),
+      headers: { "content-type": "application/json", accept: "text/event-stream", "x-csrf-token": csrf },
     });
-    const answer = await response.json().catch(() => null);
-    if (!response.ok || !answer) {
-      shown.text.className = "text status-5xx";
-      shown.text.textContent = (answer && (answer.message || answer.error)) || `The server answered ${response.status}.`;
+    if (!response.ok || !response.body) {
+      settle(shown, "error", await refusal(response));
       return;
     }
-    shown.text.className = "text";
-    shown.text.textContent = answer.text ?? "(no text)";
-    fact(shown.meta, "latency", `${Math.round(answer.latency_ms)} ms`);
-    fact(shown.meta, "tokens", answer.input_tokens == null ? "—" : `${answer.input_tokens + (answer.output_tokens || 0)} (${answer.input_tokens}+${answer.output_tokens || 0})`);
-    fact(shown.meta, "cost", answer.cost_usd == null ? "— (no prices)" : `$${answer.cost_usd.toFixed(6)}`);
+    for await (const { event, data } of events(response.body)) {
+      if (data === "[DONE]") break;
+      const chunk = JSON.parse(data);
+      if (event === "summary") {
+        figures(shown, chunk);
+      } else if (chunk.error) {
+        settle(shown, "error", chunk.message || chunk.error.message);
+        return;
+      } else {
+        const piece = chunk.choices && chunk.choices[0] && chunk.choices[0].delta && chunk.choices[0].delta.content;
+        if (!piece) continue;
+        if (firstAt === null) {
+          firstAt = performance.now();
+          shown.text.className = "text";
+          shown.text.textContent = "";
+          shown.text.dataset.any = "1";
+          shown.box.dataset.state = "streaming";
+        }
+        shown.text.append(piece);
+      }
+    }
+    if (firstAt === null) shown.text.textContent = "(no text)";
+    settle(shown, "done");
   } catch (error) {
-    shown.text.className = "text status-5xx";
-    shown.text.textContent = `No answer: ${error}`;
+    if (signal.aborted) {
+      settle(shown, "stopped", "stopped");
+      if (firstAt !== null) fact(shown.meta, "ttft", "first token", ms(firstAt - started));
+      fact(shown.meta, "stopped", "stopped after", ms(performance.now() - started));
+    } else {
+      settle(shown, "error", `No answer: ${error}`);
+    }
   }
-  shown.meta.dataset.ms = String(Math.round(performance.now() - started));
 }
 
-function run() {
+async function run() {
   const names = chosen();
   if (!names.length || !form.prompt.value.trim()) {
     form.prompt.focus();
     return;
   }
+  if (running) running.abort();
   keepInUrl();
   answers.replaceChildren();
   answers.style.setProperty("--cols", String(Math.min(3, names.length)));
-  for (const name of names) ask(name, card(name));
+  const mine = new AbortController();
+  running = mine;
+  stop.disabled = false;
+  await Promise.all(names.map((name) => ask(name, card(name), mine.signal)));
+  if (running === mine) {
+    running = null;
+    stop.disabled = true;
+  }
 }
 
 function asSql() {
@@ -101,6 +199,10 @@ function asSql() {
   return `SELECT ai_query(\n  ${sqlString(name)},\n  ${sqlString(prompt)}${extra}\n) AS answer`;
 }
 
+const stop = document.getElementById("pg-stop");
+stop.addEventListener("click", () => {
+  if (running) running.abort(); // the server sees each connection close and stops its upstream request
+});
 document.getElementById("pg-run").addEventListener("click", run);
 form.prompt.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) run();
