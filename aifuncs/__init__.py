@@ -16,12 +16,15 @@ from aifuncs.engines import pandas  # registers the `.ai` accessors of Series an
 from aifuncs.engines.duckdb import connect, explain, install, sql
 from aifuncs.errors import AifuncsError
 from aifuncs.runtime import set_session_budget
+from aifuncs.session import RequestOptions, SpendingLimits
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AifuncsError",
     "Endpoint",
+    "RequestOptions",
+    "SpendingLimits",
     "cache",
     "connect",
     "endpoints",

@@ -8,12 +8,15 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from aifuncs.cli.governance import add_commands as add_governance_commands
 from aifuncs.errors import AifuncsError, BudgetExceeded, JobLocked
+
+if TYPE_CHECKING:
+    from aifuncs.session import SpendingLimits
 
 BUDGET_MESSAGE = re.compile(r"The (query|session) budget")
 
@@ -78,13 +81,12 @@ def _endpoints(args: argparse.Namespace) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     from aifuncs.engines.duckdb import returns_rows, sql_each
-    from aifuncs.runtime import Budget
 
     if args.no_cache:
         os.environ["AIFUNCS_CACHE"] = "off"  # this process only: read the runtime's switch
 
     text = _sql_text(args)
-    budget = Budget(args.max_requests, args.max_tokens, args.max_cost)
+    budget = _limits(args).budget()
     con = _connect(args.db)
     try:
         progress = False if args.no_progress else None  # None: on a terminal only
@@ -195,13 +197,22 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limits(args: argparse.Namespace) -> SpendingLimits:
+    """--max-requests, --max-tokens and --max-cost as the options object the engines take."""
+    from aifuncs.session import SpendingLimits
+
+    return SpendingLimits(args.max_requests, args.max_tokens, args.max_cost)
+
+
 def _run(args: argparse.Namespace) -> int:
     from aifuncs import jobs
     from aifuncs.runtime._progress import Progress
 
+    _reach_database()
     try:
         jobs.check_output(args.output)
         params = dict(_parse_param(p) for p in args.param or [])
+        limits = _limits(args)
     except AifuncsError as error:
         print(f"aifuncs run: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -224,9 +235,7 @@ def _run(args: argparse.Namespace) -> int:
         params=params,
         output=args.output,
         dialect=args.dialect,
-        max_requests=args.max_requests,
-        max_tokens=args.max_tokens,
-        max_cost_usd=args.max_cost,
+        limits=limits,
         max_failed_rows=args.max_failed_rows,
         progress=progress,
         on_event=emit,
@@ -346,6 +355,7 @@ def _ui(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from aifuncs.server import serve
 
+    _reach_database()
     _print_sign_in(args.host, args.port, "https" if args.tls_cert else "http")
     serve(args.host, args.port, workers=args.workers, tls_cert=args.tls_cert, tls_key=args.tls_key,
           insecure_http=args.insecure_http, warehouse=args.warehouse, public_url=args.public_url,
@@ -467,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds between JSON progress events (5)",
     )
+    _database_option(run)
     run.set_defaults(handler=_run)
 
     runs = commands.add_parser("runs", help="the ledger of job runs")
@@ -497,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="processes (they share AIFUNCS_HOME)")
+    _database_option(serve)
     serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain; TLS 1.2 and 1.3 only")
     serve.add_argument("--tls-key", metavar="PEM", help="its private key")
     serve.add_argument(
@@ -567,8 +579,30 @@ EXIT_LOCKED = (
 EXIT_UNACCOUNTED = 9  # `aifuncs query` answered, but a locked log could not take its rows yet
 
 
+def _database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="the shared database for the catalog and governance (postgresql://...; default: AIFUNCS_DATABASE_URL,"
+        " else SQLite files under AIFUNCS_HOME). A password here shows in the process list: prefer the variable,"
+        " PGPASSWORD or ~/.pgpass",
+    )
+
+
+def _reach_database() -> None:
+    """Fail at start, with the URL shown without its password, when the shared database cannot be used."""
+    from aifuncs._home import home_file
+    from aifuncs.storage import shared
+
+    database = shared(home_file("catalog.db"))
+    if database is not None:
+        database.pool()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "database_url", None):
+        os.environ["AIFUNCS_DATABASE_URL"] = args.database_url  # the process's setting, and its workers'
     try:
         return int(args.handler(args))
     except JobLocked as error:

@@ -27,6 +27,7 @@ from aifuncs.engines.duckdb import sql as run_sql
 from aifuncs.errors import ArgumentError
 from aifuncs.functions import FunctionSpec, get_spec
 from aifuncs.governance import current
+from aifuncs.session import RequestOptions, SpendingLimits, merge
 
 __all__ = ["AiDataFrameAccessor", "AiSeriesAccessor", "call", "query"]
 
@@ -53,6 +54,8 @@ def call(
     function: str,
     *columns: pd.Series | Any,
     dtype_backend: DtypeBackend = "pyarrow",
+    limits: SpendingLimits | None = None,
+    options: RequestOptions | None = None,
     max_requests: int | None = None,
     max_tokens: int | None = None,
     max_cost_usd: float | None = None,
@@ -64,7 +67,8 @@ def call(
 
     `columns` fill the function's column parameters in order (a constant may stand for one, e.g. the
     other text of ai_similarity); `arguments` are its other parameters, by their SQL names or in
-    snake_case (`multi_label` for `multiLabel`). `max_*` limit what the call may spend, as in `aifuncs.sql`.
+    snake_case (`multi_label` for `multiLabel`). `limits` (or `max_*`) limit what the call may spend and
+    `options` (or `progress`) say how its requests go, as in `aifuncs.sql`.
     """
     spec = _spec(function)
     series = [c for c in columns if isinstance(c, pd.Series)]
@@ -85,9 +89,8 @@ def call(
         else:
             values.append(_literal(column))
     expression = _call_expression(spec, values, arguments)
-    result = _select(
-        pa.table(data), [expression], _budget(max_requests, max_tokens, max_cost_usd, progress)
-    ).column(0)
+    budget = _budget(limits, options, max_requests, max_tokens, max_cost_usd, progress)
+    result = _select(pa.table(data), [expression], budget).column(0)
     if spec.aggregate:
         return result[0].as_py()
     return _series(result, first.index, first.name, dtype_backend)
@@ -104,6 +107,8 @@ def query(
     response_format: str | dict[str, Any] | None = None,
     cache: bool | None = None,
     dtype_backend: DtypeBackend = "pyarrow",
+    limits: SpendingLimits | None = None,
+    options: RequestOptions | None = None,
     max_requests: int | None = None,
     max_tokens: int | None = None,
     max_cost_usd: float | None = None,
@@ -126,7 +131,7 @@ def query(
             accepted = ", ".join(f"{sql_name} ({snake_name})" for sql_name, snake_name in _SNAKE_CASE.items())
             raise ArgumentError(
                 f"ai_query has no option {key!r}. Options: {accepted}, cache, columns, dtype_backend,"
-                " max_requests, max_tokens, max_cost_usd, progress."
+                " limits, options, max_requests, max_tokens, max_cost_usd, progress."
             )
         if given[snake] is not None:
             raise ArgumentError(f"ai_query: {key!r} and {snake!r} are the same option; give it once.")
@@ -159,7 +164,7 @@ def query(
               for c in names],
         )  # fmt: skip
         name = endpoint
-    options = {
+    arguments = {
         "returnType": return_type,
         "failOnError": fail_on_error,
         "modelParameters": model_parameters,
@@ -168,8 +173,9 @@ def query(
         else response_format,
         "cache": cache,
     }
-    expression = _call_expression(_spec("ai_query"), [exp.Literal.string(endpoint), request], options)
-    result = _select(table, [expression], _budget(max_requests, max_tokens, max_cost_usd, progress))
+    expression = _call_expression(_spec("ai_query"), [exp.Literal.string(endpoint), request], arguments)
+    budget = _budget(limits, options, max_requests, max_tokens, max_cost_usd, progress)
+    result = _select(table, [expression], budget)
     return _series(result.column(0), data.index, name, dtype_backend)
 
 
@@ -294,8 +300,9 @@ class AiDataFrameAccessor:
         arguments = {"instruction": instruction} if instruction is not None else {}
         dtype_backend = kwargs.pop("dtype_backend", "pyarrow")
         budget = _budget(
-            *(kwargs.pop(k, None) for k in ("max_requests", "max_tokens", "max_cost_usd", "progress"))
-        )
+            *(kwargs.pop(k, None) for k in ("limits", "options", "max_requests", "max_tokens", "max_cost_usd",
+                                             "progress"))
+        )  # fmt: skip
         table = pa.table({**{f"k{i}": _arrow(self._frame[k]) for i, k in enumerate(keys)},
                           "v": _arrow(self._frame[column])})  # fmt: skip
         group: list[exp.Expr] = [exp.column(f"k{i}") for i in range(len(keys))]
@@ -354,13 +361,23 @@ def _literal(value: Any) -> exp.Expr:
 
 
 def _budget(
-    max_requests: int | None, max_tokens: int | None, max_cost_usd: float | None, progress: bool | None
+    limits: SpendingLimits | None,
+    options: RequestOptions | None,
+    max_requests: int | None,
+    max_tokens: int | None,
+    max_cost_usd: float | None,
+    progress: bool | None,
 ) -> dict[str, Any]:
+    """The keywords of `aifuncs.sql` a call passes on: its options objects, the keywords folded in."""
     return {
-        "max_requests": max_requests,
-        "max_tokens": max_tokens,
-        "max_cost_usd": max_cost_usd,
-        "progress": progress,
+        "limits": merge(
+            SpendingLimits,
+            limits,
+            max_requests=max_requests,
+            max_tokens=max_tokens,
+            max_cost_usd=max_cost_usd,
+        ),
+        "options": merge(RequestOptions, options, progress=progress),
     }
 
 

@@ -39,7 +39,7 @@ from aifuncs.errors import AifuncsError, ArgumentError, ConfigError, MissingSecr
 from aifuncs.governance.payloads import payload_log
 from aifuncs.planner import EngineHooks, rewrite
 from aifuncs.runtime import CallSpec, default_runtime
-from aifuncs.session import Session, open_session, request_context
+from aifuncs.session import RequestOptions, Session, merge, open_session, request_context
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -55,7 +55,8 @@ def sql(
     *,
     dialect: str = "databricks",
     token: str | None = None,
-    wait_for_limits: bool = True,
+    options: RequestOptions | None = None,
+    wait_for_limits: bool | None = None,
     usage_context: Mapping[str, str] | None = None,
     client_request_id: str | None = None,
     workers: int | None = None,
@@ -66,12 +67,18 @@ def sql(
     The query is Databricks SQL by default. It runs as the principal of `token` (else of `AIFUNCS_TOKEN`,
     else the OS account that owns AIFUNCS_HOME), checked here, before Spark starts any task. `workers`:
     the job's Python workers at once (default: read from the session, e.g. 2 for `local[2]`), among which
-    each endpoint's in-flight limit is divided. `usage_context`, `client_request_id` and `origin` go into
-    the usage log as with `aifuncs.sql`."""
+    each endpoint's in-flight limit is divided. `options` (`aifuncs.RequestOptions`, or its fields as
+    keywords): `usage_context`, `client_request_id` and `origin` go into the usage log as with `aifuncs.sql`
+    (a progress line is the DuckDB engine's)."""
     _check_session(spark)
+    options = merge(
+        RequestOptions, options, usage_context=usage_context, client_request_id=client_request_id,
+        wait_for_limits=wait_for_limits,
+    )  # fmt: skip
     # The query's session: its principal (checked here, before any task), runtime, labels and waiting.
     session = open_session(token=token).derive(
-        context=request_context(origin, usage_context, client_request_id), wait_for_limits=wait_for_limits
+        context=request_context(origin, options.usage_context, options.client_request_id),
+        wait_for_limits=options.wait_for_limits,
     )
     processes = workers if workers is not None else workers_of(spark)
     if not isinstance(processes, int) or processes < 1:

@@ -48,11 +48,11 @@ from aifuncs.jobs._lock import JobLock
 from aifuncs.jobs._params import substitute
 from aifuncs.jobs._preflight import check_script
 from aifuncs.planner import split_statements
-from aifuncs.runtime import Budget, RequestContext
+from aifuncs.runtime import RequestContext
 from aifuncs.runtime._budget import price
 from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._progress import Progress
-from aifuncs.session import Session, open_session, request_context
+from aifuncs.session import Session, SpendingLimits, merge, open_session, request_context
 
 __all__ = ["Exit", "RunResult", "check_output", "get_run", "list_runs", "run"]
 
@@ -100,6 +100,7 @@ def run(
     params: dict[str, str] | None = None,
     output: str | None = None,
     dialect: str = "duckdb",
+    limits: SpendingLimits | None = None,
     max_requests: int | None = None,
     max_tokens: int | None = None,
     max_cost_usd: float | None = None,
@@ -113,12 +114,16 @@ def run(
     """Run the job in `path` (see the module's text). Raises only before the run starts: a missing file,
     a bad output target, `JobLocked` when another run of the job holds its lock. `on_event` receives the
     JSON events; `on_result` the last query's rows when there is no `output` (the CLI shows them). The job
-    acts as `token`'s principal (else AIFUNCS_TOKEN's, else the OS account owning AIFUNCS_HOME).
+    acts as `token`'s principal (else AIFUNCS_TOKEN's, else the OS account owning AIFUNCS_HOME). `limits`
+    (`aifuncs.SpendingLimits`, or `max_requests`, `max_tokens`, `max_cost_usd`) is the run's budget.
 
     `engine="spark"` runs the statements on Spark (the active session, else Spark Connect at
     SPARK_REMOTE, else a local session on every core): the tables are the session's, `table:NAME` is
     written to its catalog, and the run's counts are read back from the usage its workers logged."""
-    _check_engine(engine, db, max_requests, max_tokens, max_cost_usd)
+    limits = merge(
+        SpendingLimits, limits, max_requests=max_requests, max_tokens=max_tokens, max_cost_usd=max_cost_usd
+    )
+    _check_engine(engine, db, limits)
     path = Path(path).resolve()
     try:
         text = path.read_text()
@@ -156,7 +161,7 @@ def run(
         labels = json.dumps({"job": path.stem, "run_id": str(run_id)})  # its usage rows' usage_context
         stopped = _Stop()
         try:
-            budget = Budget(max_requests, max_tokens, max_cost_usd, name="job")
+            budget = limits.budget(name="job")
             context = request_context("job", {"job": path.stem, "run_id": str(run_id)})
             # Every statement parsed and every endpoint resolved before the first one runs (and pays).
             check_script(substitute(text, dialect, params), dialect, session.catalog)
@@ -294,16 +299,14 @@ def _execute(
         con.close()
 
 
-def _check_engine(
-    engine: str, db: str | Path, max_requests: int | None, max_tokens: int | None, max_cost_usd: float | None
-) -> None:
+def _check_engine(engine: str, db: str | Path, limits: SpendingLimits) -> None:
     if engine not in ("duckdb", "spark"):
         raise AifuncsError(f"engine {engine!r}: use duckdb or spark.")
     if engine == "spark" and str(db) != ":memory:":
         raise AifuncsError(
             "--db names a DuckDB database; a job on Spark reads and writes the Spark session's tables. Drop --db."
         )
-    if engine == "spark" and any(v is not None for v in (max_requests, max_tokens, max_cost_usd)):
+    if engine == "spark" and limits != SpendingLimits():
         raise AifuncsError(
             "Budgets (--max-requests, --max-tokens, --max-cost) are not available on Spark: its workers would"
             " each count their own. Cap the job with the endpoint's rate limits, which its workers share."

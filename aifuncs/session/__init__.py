@@ -5,6 +5,16 @@ from __future__ import annotations
 
 from aifuncs.session._bind import bind_call, check_request
 from aifuncs.session._context import request_context
+from aifuncs.session._options import RequestOptions, SpendingLimits, merge
 from aifuncs.session._session import Session, open_session
 
-__all__ = ["Session", "bind_call", "check_request", "open_session", "request_context"]
+__all__ = [
+    "RequestOptions",
+    "Session",
+    "SpendingLimits",
+    "bind_call",
+    "check_request",
+    "merge",
+    "open_session",
+    "request_context",
+]

@@ -35,7 +35,7 @@ from aifuncs.planner._cost import CallEstimate, render
 from aifuncs.runtime import Budget, CallSpec, RequestContext, session_budget
 from aifuncs.runtime._checkpoint import Checkpoint
 from aifuncs.runtime._progress import Progress
-from aifuncs.session import Session, request_context
+from aifuncs.session import RequestOptions, Session, SpendingLimits, merge, request_context
 
 __all__ = [
     "Explanation",
@@ -56,31 +56,41 @@ def sql(
     query: str,
     *,
     dialect: str = "duckdb",
+    limits: SpendingLimits | None = None,
+    options: RequestOptions | None = None,
     max_requests: int | None = None,
     max_tokens: int | None = None,
     max_cost_usd: float | None = None,
     progress: bool | None = None,
-    wait_for_limits: bool = True,
+    wait_for_limits: bool | None = None,
     usage_context: Mapping[str, str] | None = None,
     client_request_id: str | None = None,
     origin: str = "sql",
 ) -> duckdb.DuckDBPyRelation | None:
     """Run a query with AI functions; returns the relation of the last statement (None for DDL).
 
-    `max_requests`, `max_tokens` and `max_cost_usd` limit what the query may spend (cost from the prices
-    set on its endpoints): a query estimated above a limit is refused before it starts, and one that
-    reaches a limit while running stops sending requests (with what it received kept). `progress` draws a
-    progress line on stderr: by default when stderr is a terminal. Requests an endpoint's rate limits hold
-    back wait their turn; `wait_for_limits=False` raises RateLimited (with the wait) instead.
-    `usage_context` (labels, e.g. {"team": "growth"}) and `client_request_id` go with every request into
-    the usage log (`aifuncs_usage`, `aifuncs_endpoint_usage`), with `origin` (sql; pandas and jobs say so).
+    `limits` (`aifuncs.SpendingLimits`: `max_requests`, `max_tokens`, `max_cost_usd`, also accepted as
+    keywords) limit what the query may spend (cost from the prices set on its endpoints): a query estimated
+    above a limit is refused before it starts, and one that reaches a limit while running stops sending
+    requests (with what it received kept). `options` (`aifuncs.RequestOptions`, its fields also accepted as
+    keywords): `progress` draws a progress line on stderr, by default when stderr is a terminal. Requests an
+    endpoint's rate limits hold back wait their turn; `wait_for_limits=False` raises RateLimited (with the
+    wait) instead. `usage_context` (labels, e.g. {"team": "growth"}) and `client_request_id` go with every
+    request into the usage log (`aifuncs_usage`, `aifuncs_endpoint_usage`), with `origin` (sql; pandas and
+    jobs say so).
     """
+    limits = merge(
+        SpendingLimits, limits, max_requests=max_requests, max_tokens=max_tokens, max_cost_usd=max_cost_usd
+    )
+    options = merge(
+        RequestOptions, options, usage_context=usage_context, client_request_id=client_request_id,
+        progress=progress, wait_for_limits=wait_for_limits,
+    )  # fmt: skip
     result = None
-    budget = Budget(max_requests, max_tokens, max_cost_usd)
-    context = request_context(origin, usage_context, client_request_id)
+    context = request_context(origin, options.usage_context, options.client_request_id)
     stream = sql_each(
-        con, query, dialect=dialect, budget=budget, progress=progress, wait_for_limits=wait_for_limits,
-        context=context,
+        con, query, dialect=dialect, budget=limits.budget(), progress=options.progress,
+        wait_for_limits=options.wait_for_limits, context=context,
     )  # fmt: skip
     for _, relation in stream:
         result = relation
