@@ -29,6 +29,9 @@ STREAMING_TEXT = """() => {
     const text = box && box.querySelector(".text").textContent;
     return text ? text : null;
 }"""
+# Every column of the playground has its answer or its error.
+SETTLED = """() => [...document.querySelectorAll("#answers .answer")]
+    .every((box) => box.dataset.state === "done" || box.dataset.state === "error")"""
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="chromium is installed by make test-servers"
 )
@@ -159,6 +162,35 @@ def test_owner_signs_in_compares_endpoints_runs_sql_and_searches_the_log(
                 time.sleep(0.05)
             assert len(upstream.stats.streams_cut) == 2 and upstream.stats.streams_done == 2
             assert all(sent < PIECES for sent in upstream.stats.streams_cut)
+
+            # a guardrail's refusal reads as such in its column; the other column answers
+            aifuncs.endpoints.put_ai_gateway(
+                "gpt-large",
+                {
+                    "inference_table_config": {"enabled": True},
+                    "guardrails": {"input": {"invalid_keywords": ["Project Falcon"]}},
+                },
+            )
+            page.fill("#pg-prompt", "What is Project Falcon?")
+            large = page.locator("#answers .answer").nth(1)
+            # the server reads the catalog's new revision within a second
+            deadline = time.monotonic() + STREAM_S
+            before = len(problems)
+            while True:
+                page.click("#pg-run")
+                page.wait_for_function(SETTLED, timeout=STREAM_S * 1000)
+                if large.get_attribute("data-state") == "error" or time.monotonic() > deadline:
+                    break
+            assert large.get_attribute("data-state") == "error"
+            assert "blocked by the input guardrail" in large.locator(".text").inner_text()
+            refused = "console error: Failed to load resource: the server responded with a status of 400 (Bad Request)"
+            while refused not in problems[before:] and time.monotonic() < deadline:
+                page.wait_for_timeout(20)  # lets Playwright deliver the page's console events
+            assert problems[before:] == [refused]  # Chromium logs the refusal's 400: that one is expected
+            del problems[before:]
+            small = page.locator("#answers .answer").nth(0)
+            assert small.get_attribute("data-state") == "done"
+            assert small.locator(".text").inner_text() == "echo: What is Project Falcon?"
 
             page.goto(base + "/ui/sql")
             page.fill(

@@ -62,16 +62,17 @@ const ms = (value) => `${Math.round(value)} ms`;
 function settle(shown, state, message) {
   shown.box.dataset.state = state;
   shown.box.removeAttribute("aria-busy");
-  if (message) {
-    shown.text.className = state === "stopped" ? "text" : "text status-5xx";
-    if (state === "stopped" && shown.text.dataset.any) {
-      const note = document.createElement("small");
-      note.className = "muted";
-      note.textContent = ` — ${message}`;
-      shown.text.append(note);
-    } else {
-      shown.text.textContent = message;
-    }
+  if (!message) return;
+  const note = state === "stopped" ? "muted" : "status-5xx";
+  if (shown.text.dataset.any) {
+    // the text received so far stays; the reason follows it
+    const after = document.createElement("small");
+    after.className = note;
+    after.textContent = ` — ${message}`;
+    shown.text.append(after);
+  } else {
+    shown.text.className = `text ${note}`;
+    shown.text.textContent = message;
   }
 }
 
