@@ -135,7 +135,9 @@ def bound(
     if revision is None:  # reading it is SQLite: not on the event loop
         raise NotKept
     key = (
+        str(catalog.path),  # one process may serve several homes (tests, embedding apps)
         principal.name,
+        principal.created_at,  # a principal made again under a deleted one's name is another
         principal.admin,
         name.lower(),
         str(request_type),
