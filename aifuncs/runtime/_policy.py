@@ -69,4 +69,7 @@ def _answer_owner(call: CallSpec, provider: Provider) -> tuple[str, ...]:
     principal = call.principal
     if principal is None or principal.implicit or provider.options.share_answers:
         return ()
-    return (f"principal:{principal.name}",)
+    if principal.created_at is None:
+        return (f"principal:{principal.name}",)
+    # a principal made again under a deleted one's name is someone else: it is served none of its answers
+    return (f"principal:{principal.name}", principal.created_at.isoformat())

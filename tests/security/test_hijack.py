@@ -127,3 +127,22 @@ def test_rows_belong_to_the_endpoint_and_the_user_that_wrote_them_not_to_their_n
     new_alice = aifuncs.connect(token=gov.create_token("alice"))
     assert new_alice.sql(counts).fetchall()[0] == (0, 0)
     assert "private words" not in str(new_alice.sql("SELECT * FROM aifuncs_payloads").fetchall())
+
+
+def test_kept_answers_are_not_served_to_a_principal_made_again_under_the_name(home: Path) -> None:
+    from servers import FakeServer
+
+    with FakeServer() as upstream:
+        aifuncs.endpoints.create("llm", kind="openai", model="m", base_url=upstream.url + "/v1")
+        gov.create_user("alice")
+        aifuncs.endpoints.update_permissions("llm", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
+        query = "SELECT ai_query('llm', 'what did I ask?', cache => true)"
+        aifuncs.sql(aifuncs.connect(token=gov.create_token("alice")), query).fetchall()
+        assert upstream.stats.requests == 1
+        aifuncs.sql(aifuncs.connect(token=gov.create_token("alice")), query).fetchall()
+        assert upstream.stats.requests == 1  # her own kept answer
+        gov.delete_principal("alice")
+        gov.create_user("alice")  # someone else
+        aifuncs.endpoints.update_permissions("llm", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
+        aifuncs.sql(aifuncs.connect(token=gov.create_token("alice")), query).fetchall()
+        assert upstream.stats.requests == 2  # asked afresh: the old alice's answer is not hers
