@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pg import backend, pg_cluster, pg_url  # noqa: F401  (fixtures: a test on both backends)
 
 FEATURES = ["alcohol", "malic_acid", "flavanoids", "color_intensity", "proline"]
 

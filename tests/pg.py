@@ -114,3 +114,21 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     else:
         monkeypatch.delenv("AIFUNCS_DATABASE_URL", raising=False)
     return str(request.param)
+
+
+def stored_database() -> bytes:
+    """Every row of every table in the shared database AIFUNCS_DATABASE_URL names, as text (b"" when unset):
+    what a test that looks for a secret in the home's files must look through too."""
+    url = os.environ.get("AIFUNCS_DATABASE_URL")
+    if not url:
+        return b""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url) as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        rows = [
+            conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(t))).fetchall() for t in tables
+        ]
+    assert tables, "the shared database has no tables"
+    return repr(rows).encode()

@@ -113,7 +113,7 @@ class SqliteStore:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         if self._shared is not None:
-            with self._shared.transaction(self.path.stem) as conn:  # writers take turns, as on the file
+            with self._shared.transaction(self.path.stem, immediate=True) as conn:  # as BEGIN IMMEDIATE
                 yield conn
             return
         db = self._file()

@@ -19,5 +19,5 @@ CREATE TABLE IF NOT EXISTS revision (
 def bump(db: Connection) -> None:
     """Count one governance change, inside the transaction that makes it."""
     db.execute(
-        "INSERT INTO revision (id, value) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET value = value + 1"
+        "INSERT INTO revision (id, value) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET value = revision.value + 1"
     )

@@ -11,14 +11,15 @@ from pathlib import Path
 from aifuncs._fork import ProcessLocal
 from aifuncs._home import private_file
 from aifuncs._wal import use_wal
-from aifuncs.storage import Connection, shared
+from aifuncs.storage import Connection, PgConnection, shared
 
 
 @contextlib.contextmanager
 def transaction(path: Path, schema: str) -> Iterator[Connection]:
     """One transaction on `path` with `schema` in place: committed when the block ends, rolled back if it
     raises; the connection closed either way. Foreign keys are enforced (a deleted principal takes its rows).
-    On the shared database the schema is its migrations', and writers of the file's tables take turns."""
+    On the shared database the schema is its migrations', and writers of the file's tables take turns from
+    their first write (write_first: from the start)."""
     database = shared(path)
     if database is not None:
         with database.transaction(path.stem) as conn:
@@ -68,3 +69,22 @@ def reader(path: Path, schema: str) -> Connection:
     db = sqlite3.connect(path, timeout=30, isolation_level=None)
     kept[(str(path), schema)] = (path.stat().st_ino, db)
     return db
+
+
+def write_first(db: Connection) -> None:
+    """Take the file's write lock now, inside a transaction that reads before it writes (BEGIN IMMEDIATE): no
+    other writer in between; on the shared database, the store's writers' turn."""
+    if isinstance(db, sqlite3.Connection):
+        db.execute("BEGIN IMMEDIATE")
+    elif isinstance(db, PgConnection):
+        db.take_turn()
+
+
+def has_table(db: Connection, name: str) -> bool:
+    """Whether the file has made table `name` yet (the shared database's migrations made them all)."""
+    if isinstance(db, PgConnection):
+        return db.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0] is True
+    return (
+        db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        is not None
+    )

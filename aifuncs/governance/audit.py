@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aifuncs.governance._sqlite import transaction
+from aifuncs.governance._sqlite import transaction, write_first
 
 __all__ = ["AuditEntry", "AuditLog"]
 
@@ -71,7 +71,7 @@ class AuditLog:
     def record(self, actor: str, action: str, target: str, details: dict[str, Any] | None = None) -> None:
         text = json.dumps(details or {}, sort_keys=True, default=str)
         with transaction(self.path, _SCHEMA) as db:
-            db.execute("BEGIN IMMEDIATE")  # one chain, whoever writes at once
+            write_first(db)  # one chain, whoever writes at once
             row = db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
             entry_id, prev = (1, _GENESIS) if row is None else (row[0] + 1, bytes(row[1]))
             ts = datetime.now(UTC).isoformat(timespec="milliseconds")

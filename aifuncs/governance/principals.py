@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aifuncs.errors import ConfigError
 from aifuncs.governance import _revision as revision
-from aifuncs.governance._sqlite import transaction
+from aifuncs.governance._sqlite import has_table, transaction
 from aifuncs.governance.tokens import OWNER, InvalidToken, Token, TokenStore
 from aifuncs.storage import Connection
 
@@ -139,7 +139,7 @@ class PrincipalStore:
         with self.transaction() as db:
             db.execute("DELETE FROM principals WHERE name = ?", (name,))  # memberships go with it
             # and its secret scope ACLs (no foreign key: an ACL may name `users`, which is no principal)
-            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'secret_acls'").fetchone():
+            if has_table(db, "secret_acls"):
                 db.execute("DELETE FROM secret_acls WHERE principal = ?", (name,))
             revision.bump(db)  # bindings that named it (its grants, its groups) are made again
 

@@ -21,6 +21,7 @@ __all__ = ["PgConnection", "Postgres", "Row", "forget", "postgres"]
 
 CONNECT_TIMEOUT_S = 5
 POOL_SIZE = 8
+LOCK_TIMEOUT_S = 30  # as SQLite's busy timeout in the stores
 
 
 def _driver() -> Any:
@@ -58,18 +59,35 @@ def _rows(cursor: Any) -> Any:
     return lambda values: Row(values, names)
 
 
-class PgConnection:
-    """A psycopg connection spoken to as the stores speak to sqlite3's: execute, executemany, rows by name."""
+_WRITES = ("INSERT", "UPDATE", "DELETE")
 
-    def __init__(self, conn: Any) -> None:
+
+class PgConnection:
+    """A psycopg connection spoken to as the stores speak to sqlite3's: execute, executemany, rows by name.
+    Inside a store's transaction its first write waits for the store's turn, as a SQLite transaction takes the
+    file's write lock at its first write: reads never wait, and a write never interleaves with another's."""
+
+    def __init__(self, conn: Any, store: str | None = None) -> None:
         self.raw = conn
+        self.store = store
+        self._turn = store is None
+
+    def take_turn(self) -> None:
+        """Wait for the store's writers' turn now (before a read the write depends on): BEGIN IMMEDIATE."""
+        if not self._turn and self.store is not None:
+            self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.store),))
+            self._turn = True
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
+        if not self._turn and sql.lstrip()[:6].upper() in _WRITES:
+            self.take_turn()
         cursor = self.raw.cursor(row_factory=_rows)
         cursor.execute(to_postgres(sql), tuple(params))
         return cursor
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Any:
+        if not self._turn and sql.lstrip()[:6].upper() in _WRITES:
+            self.take_turn()
         cursor = self.raw.cursor(row_factory=_rows)
         batch = [tuple(r) for r in rows]
         if batch:
@@ -146,13 +164,16 @@ class Postgres:
         return self._pool
 
     @contextlib.contextmanager
-    def transaction(self, store: str | None) -> Iterator[PgConnection]:
-        """One transaction: committed when the block ends, rolled back if it raises. With `store`, writers of
-        that store take turns from the first statement on (what BEGIN IMMEDIATE is on a SQLite file)."""
+    def transaction(self, store: str | None, *, immediate: bool = False) -> Iterator[PgConnection]:
+        """One transaction: committed when the block ends, rolled back if it raises. With `store`, its writers
+        take turns from their first write on, or from the start when `immediate` (BEGIN IMMEDIATE). A turn
+        waited for longer than SQLite's busy timeout is an error, not a hang."""
         with self.pool().connection() as conn, conn.transaction():
-            if store is not None:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(store),))
-            yield PgConnection(conn)
+            conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")  # a constant, never a user's value
+            db = PgConnection(conn, store)
+            if immediate:
+                db.take_turn()
+            yield db
 
     @contextlib.contextmanager
     def try_transaction(self, store: str) -> Iterator[PgConnection | None]:

@@ -6,10 +6,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from pg import stored_database
 
 import aifuncs
 import aifuncs.governance as gov
 from aifuncs.cli import main
+
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and on PostgreSQL
 
 
 @pytest.fixture
@@ -19,7 +22,9 @@ def changes(home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     gov.create_user("alice")
     gov.create_group("analysts", members=["alice"])
     alices = gov.create_token("alice")
-    gov.PrincipalStore(home / "catalog.db").grant_entitlement("alice", gov.CREATE_ENDPOINTS)  # unaudited: a store
+    gov.PrincipalStore(home / "catalog.db").grant_entitlement(
+        "alice", gov.CREATE_ENDPOINTS
+    )  # unaudited: a store
     monkeypatch.setenv("AIFUNCS_TOKEN", alices)
     aifuncs.endpoints.create("doubler", kind="forecast")  # a kind that runs no code of the author's choosing
     aifuncs.endpoints.update_permissions(
@@ -51,6 +56,7 @@ def test_every_change_is_recorded_with_who_made_it(changes: str, home: Path) -> 
         if path.is_file():
             data = path.read_bytes()
             assert changes[:36].encode() not in data and changes[36:].encode() not in data, path
+    assert changes[:36].encode() not in stored_database() and changes[36:].encode() not in stored_database()
     owner_connection = aifuncs.connect()
     assert owner_connection.sql("SELECT count(*) FROM aifuncs_audit").fetchall() == [
         (9,)
@@ -65,8 +71,10 @@ def test_each_principal_reads_its_own_entries(changes: str, monkeypatch: pytest.
 
 
 def test_tampering_breaks_the_chain_where_it_happened(
-    changes: str, home: Path, capsys: pytest.CaptureFixture[str]
+    changes: str, home: Path, capsys: pytest.CaptureFixture[str], backend: str
 ) -> None:
+    if backend != "sqlite":
+        pytest.skip("edits the SQLite file by hand (the shared database's guard: tests/storage/test_seam.py)")
     db = sqlite3.connect(home / "catalog.db")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("UPDATE audit SET actor = 'mallory' WHERE id = 5")

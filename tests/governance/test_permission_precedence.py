@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from aifuncs.governance import PermissionStore, Principal, PrincipalStore
 from aifuncs.governance.permissions import LEVELS
 
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and on PostgreSQL
+
 USERS = ["u1", "u2", "u3"]
 GROUPS = ["g1", "g2", "g3", "g4"]
 ENDPOINTS = ["e1", "e2"]

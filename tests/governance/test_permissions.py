@@ -11,6 +11,8 @@ from aifuncs.errors import ConfigError
 from aifuncs.governance import Principal, PrincipalStore
 from aifuncs.governance.permissions import PermissionStore, level_allows
 
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and on PostgreSQL
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> PermissionStore:

@@ -10,6 +10,8 @@ from aifuncs.errors import PermissionDenied, UnknownEndpoint
 from aifuncs.governance import PermissionStore, Principal, PrincipalStore
 from aifuncs.governance.policy import authorize, viewable
 
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and on PostgreSQL
+
 CATALOG = ["churn", "churn-v2", "gpt"]
 
 

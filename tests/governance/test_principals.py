@@ -10,6 +10,8 @@ import pytest
 from aifuncs.errors import ConfigError
 from aifuncs.governance import InvalidToken, PrincipalStore, TokenStore, UnknownPrincipal, acting_as
 
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and on PostgreSQL
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> PrincipalStore:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pg import stored_database
 
 from aifuncs.errors import ConfigError
 from aifuncs.governance import InvalidToken, TokenStore, check_format
+from aifuncs.governance._sqlite import transaction
+
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and on PostgreSQL
 
 
 @pytest.fixture
@@ -34,15 +37,16 @@ def test_a_token_is_recognisable_and_checksummed(store: TokenStore) -> None:
 
 def test_only_the_hash_is_kept_and_the_secret_never_shows(store: TokenStore) -> None:
     secret, _ = store.create("alice", comment="laptop")
-    raw = store.path.read_bytes()
+    raw = store.path.read_bytes() if store.path.exists() else b""  # none: the shared database
     for sidecar in store.path.parent.glob(store.path.name + "-*"):
         raw += sidecar.read_bytes()
+    raw += stored_database()
     assert secret.encode() not in raw and secret[10:].encode() not in raw
     listed = store.list("alice")
     assert [t.comment for t in listed] == ["laptop"]
     assert secret not in repr(listed) and secret not in repr(store)
-    with sqlite3.connect(store.path) as db:
-        assert db.execute("SELECT count(*) FROM tokens WHERE display LIKE 'aif_u_%...'").fetchone() == (1,)
+    with transaction(store.path, "") as db:
+        assert db.execute("SELECT count(*) FROM tokens WHERE display LIKE 'aif_u_%...'").fetchone()[0] == 1
 
 
 def test_authenticate_names_the_principal_and_notes_the_use(store: TokenStore) -> None:
@@ -67,7 +71,7 @@ def test_unknown_revoked_and_expired_tokens_are_refused_without_echoing_them(sto
     with pytest.raises(ConfigError, match="no token"):
         store.revoke(token.id)
     short, short_token = store.create("alice", days=1)
-    with sqlite3.connect(store.path) as db:  # a day later than its expiry
+    with transaction(store.path, "") as db:  # a day later than its expiry
         past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
         db.execute("UPDATE tokens SET expires_at = ? WHERE id = ?", (past, short_token.id))
     with pytest.raises(InvalidToken, match="expired"):

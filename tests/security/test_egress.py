@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pg import stored_database
 
 import aifuncs
 import aifuncs.governance as gov
@@ -15,6 +16,8 @@ from aifuncs.errors import ConfigError, PermissionDenied
 from aifuncs.governance.egress import EgressPolicy, EgressRefused, parse_entry
 
 from .conftest import Secured
+
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and on PostgreSQL
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -117,3 +120,4 @@ def test_the_secrets_command_line(
     for path in home.rglob("*"):
         if path.is_file():
             assert b"sk-cli-91ab" not in path.read_bytes(), path
+    assert b"sk-cli-91ab" not in stored_database()

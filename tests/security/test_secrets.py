@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pg import stored_database
 
 import aifuncs
 import aifuncs.governance as gov
@@ -21,6 +22,8 @@ from aifuncs.errors import PermissionDenied
 from aifuncs.governance.egress import EgressPolicy
 
 from .conftest import Secured, Serve
+
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and on PostgreSQL
 
 SERVER_SECRET = "server-only-7b1f9e"  # in the server's environment, named by nobody's grant
 STORED_SECRET = "sk-stored-4c2a81"  # put into a scope over the Secrets API
@@ -190,6 +193,7 @@ def test_a_secret_reference_works_end_to_end_and_is_never_shown(
     for path in [*secured.home.rglob("*"), *secured.logs.glob("*.log")]:
         if path.is_file():
             assert STORED_SECRET.encode() not in path.read_bytes(), path
+    assert STORED_SECRET.encode() not in stored_database()
 
 
 def test_non_admins_may_not_run_code_or_read_files_in_process(

@@ -83,7 +83,7 @@ def test_writers_of_one_store_take_turns(pg_url: str) -> None:
 
     def bump() -> None:
         for _ in range(25):
-            with db.transaction("catalog") as c:
+            with db.transaction("catalog", immediate=True) as c:
                 value = c.execute("SELECT value FROM revision WHERE id = 1").fetchone()[0]
                 c.execute("UPDATE revision SET value = ? WHERE id = 1", (value + 1,))
 
@@ -93,6 +93,30 @@ def test_writers_of_one_store_take_turns(pg_url: str) -> None:
     for t in threads:
         t.join()
     assert db.reader().execute("SELECT value FROM revision").fetchone()[0] == 150
+    db.close()
+
+
+def test_a_read_inside_a_write_does_not_wait_for_it(pg_url: str) -> None:
+    # a store reads through another transaction while its own holds the store's turn (a grant checks its
+    # principal inside the endpoint's creation): reads take no turn, so nothing waits on itself
+    db = Postgres(pg_url)
+    with db.transaction("catalog") as outer:
+        outer.execute("INSERT INTO principals VALUES ('p', 'user', 0, 't')")
+        with db.transaction("catalog") as inner:
+            assert inner.execute("SELECT count(*) FROM principals").fetchone()[0] == 0  # not committed yet
+    assert db.reader().execute("SELECT count(*) FROM principals").fetchone()[0] == 1
+    db.close()
+
+
+def test_the_audit_log_is_append_only(pg_url: str) -> None:
+    db = Postgres(pg_url)
+    with db.transaction("catalog") as c:
+        c.execute("INSERT INTO audit (id, ts, actor, action, target, details, prev_hash, hash)"
+                  " VALUES (1, 't', 'a', 'x', 'y', '{}', ?, ?)", (b"0", b"1"))  # fmt: skip
+    for change in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit"):
+        with pytest.raises(psycopg.Error, match="append-only"), db.transaction("catalog") as c:
+            c.execute(change)
+    assert db.reader().execute("SELECT actor FROM audit").fetchall() == [("a",)]
     db.close()
 
 

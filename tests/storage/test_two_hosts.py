@@ -1,0 +1,87 @@
+"""Two `aifuncs serve` hosts, each with its own AIFUNCS_HOME, on one PostgreSQL database: identities and grants
+are one truth. A token made through one host's home works on the other; a grant revoked through one holds on the
+other within a second."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from servers import FakeServer, free_port, running
+
+import aifuncs
+import aifuncs.governance as gov
+
+MESSAGE = {"messages": [{"role": "user", "content": "hi"}]}
+REFUSED = (403, 404)  # without a grant the endpoint is not even shown
+
+
+def _host(home: Path, url: str, tmp_path: Path, port: int) -> object:
+    env = {**os.environ, "AIFUNCS_HOME": str(home), "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("AIFUNCS_TOKEN", None)
+    env.pop("AIFUNCS_DATABASE_URL", None)  # given by the option instead
+    command = [sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port), "--database-url", url]
+    return running(command, f"http://127.0.0.1:{port}/health", tmp_path / f"serve-{port}.log", env)
+
+
+def test_tokens_and_grants_hold_across_hosts(
+    pg_url: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIFUNCS_DATABASE_URL", pg_url)
+    monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
+    gov.create_user("admin", admin=True)
+    gov.create_user("alice")
+    admin = gov.create_token("admin")
+    other_home = tmp_path / "host-b"
+    # alice's token is made by host B's home (its CLI), never by the one that made her
+    made = subprocess.run(
+        [sys.executable, "-m", "aifuncs.cli", "tokens", "create", "--for", "alice"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "AIFUNCS_HOME": str(other_home)},
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    alice = next(w for w in made.stdout.split() if w.startswith("aif_"))
+    with FakeServer() as upstream:
+        aifuncs.endpoints.create("llm", kind="openai", model="m", base_url=upstream.url + "/v1")
+        aifuncs.endpoints.update_permissions("llm", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
+        port_a, port_b = free_port(), free_port()
+        with _host(home, pg_url, tmp_path, port_a), _host(other_home, pg_url, tmp_path, port_b):  # type: ignore[attr-defined]
+            a, b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+
+            def ask(base: str, token: str) -> int:
+                return httpx.post(
+                    base + "/serving-endpoints/llm/invocations",
+                    json=MESSAGE, headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                ).status_code  # fmt: skip
+
+            assert ask(a, alice) == 200 and ask(b, alice) == 200  # made on B, good on A; the endpoint on both
+            # the admin revokes alice's grant through host A; host B refuses her within a second
+            revoked = httpx.put(
+                f"{a}/api/2.0/permissions/serving-endpoints/llm",
+                json={"access_control_list": []},
+                headers={"Authorization": f"Bearer {admin}"},
+                timeout=60,
+            )
+            assert revoked.status_code == 200, revoked.text
+            done = time.monotonic()
+            statuses = []
+            while time.monotonic() - done < 5:
+                statuses.append(ask(b, alice))
+                if statuses[-1] in REFUSED:
+                    break
+            took = time.monotonic() - done
+            assert statuses[-1] in REFUSED, statuses
+            assert took < 1.0, f"host B still answered alice {took:.2f} s after the revoke: {statuses}"
+            assert ask(a, alice) in REFUSED
+    # the token list is one list: both homes see alice's token
+    listed = subprocess.run(
+        [sys.executable, "-m", "aifuncs.cli", "tokens", "list", "--for", "alice"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "AIFUNCS_HOME": str(home)},
+    )  # fmt: skip
+    assert "alice" in listed.stdout, listed.stdout + listed.stderr
