@@ -11,7 +11,9 @@ them are spent; otherwise the `user` default applies, per principal. With calls 
 hold (the stricter wins).
 
 Each limit is a GCRA bucket (a "theoretical arrival time" per key) in one SQLite file, taken under
-`BEGIN IMMEDIATE` with the clock read after the lock: exact across processes, no server to run. A call
+`BEGIN IMMEDIATE` with the clock read after the lock: exact across processes, no server to run. With
+AIFUNCS_DATABASE_URL set the buckets live in the shared PostgreSQL database instead (one function call a
+admission, the database's clock, rows locked in key order): exact across hosts. A call
 costs 1; a token limit reserves an estimate when the request leaves (prompt + max_tokens) and settles to
 what the model reports: more at once, less (the usual case) with the process's next admission. In any t seconds a bucket admits at most burst + rate x t; the burst defaults to
 one second's worth (at least one request).
@@ -33,8 +35,19 @@ from aifuncs._home import private_file
 from aifuncs._wal import use_wal
 from aifuncs.errors import ConfigError, LimiterUnavailable
 from aifuncs.governance.principals import Principal, PrincipalStore
+from aifuncs.storage import Postgres, shared
+from aifuncs.storage._buckets import BucketsUnavailable, PgBuckets
 
-__all__ = ["Check", "Limiter", "RateLimit", "Reservation", "applicable", "pace", "parse_limits"]
+__all__ = [
+    "Check",
+    "Limiter",
+    "RateLimit",
+    "Reservation",
+    "applicable",
+    "open_limiter",
+    "pace",
+    "parse_limits",
+]
 
 KEYS = ("endpoint", "user", "user_group", "service_principal")
 _PRINCIPAL_KIND = {"user": "user", "user_group": "group", "service_principal": "service_principal"}
@@ -252,19 +265,33 @@ class _Lease:
     interval_s: float = 0.0  # the bucket's seconds per call, to give back what is left
 
 
+def _lease_offer(bucket: Bucket) -> int:
+    """Calls `bucket` may lend ahead (0: a limit too slow to lend from)."""
+    size = min(LEASE_MAX, math.floor(bucket.per_minute / 60 * LEASE_S))
+    return size if size >= 2 else 0
+
+
 def _lease_size(bucket: Bucket, cost: int, room_s: float) -> int:
     """Calls to lease beside a request that `bucket` admits with `room_s` seconds of room to spare."""
-    size = min(LEASE_MAX, math.floor(bucket.per_minute / 60 * LEASE_S))
-    if size < 2 or room_s / bucket.interval_s < (LEASE_HEADROOM + 1) * size:
+    size = _lease_offer(bucket)
+    if not size or room_s / bucket.interval_s < (LEASE_HEADROOM + 1) * size:
         return 0
     return size
 
 
-class Limiter:
-    """GCRA buckets in one SQLite file (`limits.db` beside the catalog), shared by every process."""
+def open_limiter(path: Path) -> Limiter:
+    """The limiter of the home whose `limits.db` is `path`: that file, or the shared database when
+    AIFUNCS_DATABASE_URL names one."""
+    return Limiter(path, shared(path))
 
-    def __init__(self, path: Path) -> None:
+
+class Limiter:
+    """GCRA buckets in one SQLite file (`limits.db` beside the catalog), shared by every process; or, given
+    `database`, in the shared PostgreSQL database, shared by every host."""
+
+    def __init__(self, path: Path, database: Postgres | None = None) -> None:
         self.path = path
+        self._buckets = None if database is None else PgBuckets(database, LOCK_WAIT_S)
         self._db: sqlite3.Connection | None = None
         self._pid = 0
         self._lock = threading.Lock()  # one connection, used by whichever thread asks
@@ -276,7 +303,7 @@ class Limiter:
         self._unavailable_until = 0.0  # time.monotonic() until which the store is taken as locked
 
     def __repr__(self) -> str:
-        return f"Limiter({str(self.path)!r})"
+        return f"Limiter({str(self.path) if self._buckets is None else self._buckets.where!r})"
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():  # a forked child opens its own
@@ -300,10 +327,12 @@ class Limiter:
                 return found
             self.check_available()
             try:
+                if self._buckets is not None:
+                    return self._try_acquire_shared(self._buckets, checks, tokens)
                 return self._try_acquire(checks, tokens)
-            except sqlite3.OperationalError as error:
+            except (sqlite3.OperationalError, BucketsUnavailable) as error:
                 self._unavailable_until = time.monotonic() + UNAVAILABLE_S
-                raise self._unavailable() from error
+                raise self._unavailable(error) from None
 
     def peek(self, checks: Sequence[Check]) -> Refusal | None:
         """How long until one call would be admitted under every check, taking nothing (None: now). For work
@@ -314,14 +343,17 @@ class Limiter:
             keys = sorted({b.key for check in checks for b in check.any_of})
             marks = ",".join("?" * len(keys))
             try:
-                rows = self._connection().execute(
-                    f"SELECT key, tat FROM buckets WHERE key IN ({marks})", keys
-                )
-                tats = dict(rows.fetchall())
-            except sqlite3.OperationalError as error:
+                if self._buckets is not None:
+                    now, tats = self._buckets.look(keys)
+                else:
+                    rows = self._connection().execute(
+                        f"SELECT key, tat FROM buckets WHERE key IN ({marks})", keys
+                    )
+                    tats, now = dict(rows.fetchall()), time.time()
+            except (sqlite3.OperationalError, BucketsUnavailable) as error:
                 self._unavailable_until = time.monotonic() + UNAVAILABLE_S
-                raise self._unavailable() from error
-            now, clock = time.time(), time.monotonic()
+                raise self._unavailable(error) from None
+            clock = time.monotonic()
         worst: Refusal | None = None
         for check in checks:
             waits = []
@@ -354,12 +386,16 @@ class Limiter:
     def check_available(self) -> None:
         """Raise `LimiterUnavailable` while the store was just found locked."""
         if time.monotonic() < self._unavailable_until:
-            raise self._unavailable()
+            raise self._unavailable(None)
 
-    def _unavailable(self) -> LimiterUnavailable:
+    def _unavailable(self, error: BaseException | None) -> LimiterUnavailable:
+        if self._buckets is None:
+            why = f"{self.path.name} is locked by another process"
+        else:
+            reason = f" ({error})" if isinstance(error, BucketsUnavailable) else ""
+            why = f"the database {self._buckets.where} did not answer within {LOCK_WAIT_S:g} s{reason}"
         return LimiterUnavailable(
-            f"The rate limits cannot be checked: {self.path.name} is locked by another process. The request"
-            " was not sent; retry shortly.",
+            f"The rate limits cannot be checked: {why}. The request was not sent; retry shortly.",
             UNAVAILABLE_S,
         )
 
@@ -446,6 +482,47 @@ class Limiter:
         charged = tuple(b for check in checks for b in check.any_of if b.unit == "tokens" and b.key in taken)
         return Reservation(charged, tokens)
 
+    def _try_acquire_shared(
+        self, buckets: PgBuckets, checks: Sequence[Check], tokens: int
+    ) -> Reservation | Refusal:
+        """`_try_acquire` in the shared database: the same GCRA, leases and credits, in one round trip."""
+        self._return_leases()
+        with self._credit_lock:
+            credits, self._credits = self._credits, {}
+        flat = [(number, b) for number, check in enumerate(checks) for b in check.any_of]
+        try:
+            wait_s, refused, leased = buckets.acquire(
+                [number for number, _ in flat],
+                [b.key for _, b in flat],
+                [b.interval_s for _, b in flat],
+                [float(b.burst) for _, b in flat],
+                [1.0 if b.unit == "calls" else float(max(tokens, 0)) for _, b in flat],
+                [b.unit == "calls" for _, b in flat],
+                [_lease_offer(b) if tokens == 0 else 0 for _, b in flat],
+                LEASE_HEADROOM,
+                credits,
+            )
+        except BucketsUnavailable as error:
+            if error.rolled_back:  # not applied: returned with the next admission (else dropped: they may
+                with self._credit_lock:  # have been, and a credit lost only ever refuses)
+                    for key, seconds in credits.items():
+                        self._credits[key] = self._credits.get(key, 0.0) + seconds
+            raise
+        self._unavailable_until = 0.0
+        if wait_s is not None:
+            return Refusal(float(wait_s), checks[int(refused or 0)].label)
+        lease_until = time.monotonic() + LEASE_S
+        taken: set[str] = set()
+        for (_, bucket), ahead in zip(flat, leased or (), strict=False):
+            if ahead < 0:
+                continue
+            taken.add(bucket.key)
+            if ahead:  # a token bucket's lease only lets requests of no tokens through
+                units = ahead if bucket.unit == "calls" else 0
+                self._leases[bucket.key] = _Lease(units, lease_until, bucket.interval_s if units else 0.0)
+        charged = tuple(b for _, b in flat if b.unit == "tokens" and b.key in taken)
+        return Reservation(charged, tokens)
+
     def _return_leases(self) -> None:
         """Calls leased and not used by the time they lapsed go back to their buckets (as credits, in the
         transaction under way)."""
@@ -466,8 +543,12 @@ class Limiter:
             return
         with self._lock:
             try:  # a debit: at once, so no process over-admits meanwhile
-                self._settle(reservation, used_tokens)
-            except sqlite3.OperationalError:  # locked: the debit is kept, applied with the next admission
+                if self._buckets is not None:
+                    extra = used_tokens - reservation.tokens
+                    self._buckets.add({b.key: extra * b.interval_s for b in reservation.buckets})
+                else:
+                    self._settle(reservation, used_tokens)
+            except (sqlite3.OperationalError, BucketsUnavailable):  # kept, applied with the next admission
                 self._credit(reservation, used_tokens)
 
     def _credit(self, reservation: Reservation, used_tokens: int) -> None:

@@ -5,8 +5,9 @@ A batch query waits its turn (the limiter says how long), so a million rows unde
 an estimate when the request leaves, the prompt's (characters + 1) / 4 plus `max_tokens` per row, and
 settle to the tokens the model reports (or the same estimate of its reply when it reports none).
 
-The limiter's file may be locked by another process: its transactions run on a thread of their own, never on
-the event loop, and wait a bounded time (`limits.LOCK_WAIT_S`). A request whose limits cannot be checked is
+The limiter's file may be locked by another process, or its shared database (AIFUNCS_DATABASE_URL) slow or
+away: its transactions run on a thread of their own, never on the event loop, and wait a bounded time
+(`limits.LOCK_WAIT_S`). A request whose limits cannot be checked is
 refused (`LimiterUnavailable`: 503 with Retry-After on a server), never let through; a batch query waits and
 tries again, up to `UNAVAILABLE_WAIT_S`.
 """
@@ -24,10 +25,11 @@ import pyarrow.compute as pc
 
 from aifuncs._home import home_file
 from aifuncs.errors import LimiterUnavailable, RateLimited
-from aifuncs.governance.limits import Limiter, Refusal, Reservation
+from aifuncs.governance.limits import Limiter, Refusal, Reservation, open_limiter
 from aifuncs.providers.base import Prediction
 from aifuncs.runtime._call import CallSpec
 from aifuncs.runtime._payloads import log_request
+from aifuncs.storage import database_url
 
 UNAVAILABLE_WAIT_S = 60.0  # a batch query waits this long at most for a locked limiter store
 DEFAULT_MAX_TOKENS = 256  # a chat request's reply budget when the call sets no max_tokens
@@ -71,16 +73,16 @@ class RateGate:
     """The runtime's door to the shared limiter of each AIFUNCS_HOME."""
 
     def __init__(self) -> None:
-        self._limiters: dict[Path, Limiter] = {}
+        self._limiters: dict[tuple[Path, str | None], Limiter] = {}  # per home and shared database
         # One thread for the limiters' transactions (they take turns on one connection anyway): a locked
         # store holds that thread up, not the threads other endpoints' work runs on.
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aifuncs-limits")
 
     def _limiter(self) -> Limiter:
         path = home_file("limits.db")
-        found = self._limiters.get(path)
+        found = self._limiters.get((path, database_url()))
         if found is None:
-            found = self._limiters[path] = Limiter(path)
+            found = self._limiters[(path, database_url())] = open_limiter(path)
         return found
 
     async def admit(self, call: CallSpec, chunk: pa.Array, returns_text: bool) -> Reservation | None:

@@ -30,9 +30,10 @@ __all__ = [
     "shared",
 ]
 
-# The stores' SQLite files whose tables move to the shared database when one is set. The rest stay per host
-# for now (limits.db, usage.db, payloads.db, answers, the run ledger, keys.db, ui.db).
-SHARED_FILES = frozenset({"catalog.db"})
+# The stores' SQLite files whose tables move to the shared database when one is set (limits.db: the rate
+# limiter's buckets). The rest stay per host for now (usage.db, payloads.db, answers, the run ledger, keys.db,
+# ui.db).
+SHARED_FILES = frozenset({"catalog.db", "limits.db"})
 
 
 def shared(path: Path) -> Postgres | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -22,13 +23,14 @@ from hypothesis import strategies as st
 import aifuncs
 import aifuncs.governance as gov
 from aifuncs.engines.duckdb import sql_each, typed_error
-from aifuncs.errors import ConfigError, RateLimited
+from aifuncs.errors import ConfigError, LimiterUnavailable, RateLimited
 from aifuncs.governance import limits as limits_module
-from aifuncs.governance.limits import Limiter, RateLimit, Reservation, applicable, parse_limits
+from aifuncs.governance.limits import Limiter, RateLimit, Reservation, applicable, open_limiter, parse_limits
 from aifuncs.governance.principals import Principal, PrincipalStore
 from aifuncs.planner import bind_call
 from aifuncs.runtime import default_runtime
 from aifuncs.runtime._progress import Progress
+from aifuncs.storage import Postgres, postgres
 
 
 @pytest.fixture
@@ -202,10 +204,10 @@ def test_token_limits_reserve_the_estimate_and_settle_to_the_use(
 _HAMMER = """
 import json, sys, time
 from pathlib import Path
-from aifuncs.governance.limits import Limiter, RateLimit, Reservation, applicable
+from aifuncs.governance.limits import RateLimit, Reservation, applicable, open_limiter
 from aifuncs.governance.principals import Principal
 path, per_minute, burst = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-limiter = Limiter(path)
+limiter = open_limiter(path)  # the file, or the database AIFUNCS_DATABASE_URL names
 checks = applicable("ep", [RateLimit("endpoint", calls=per_minute, burst=burst)], Principal("p", "user"), ())
 limiter.try_acquire(applicable("warm", [RateLimit("endpoint", calls=1)], Principal("p", "user"), ()), 0)
 print("ready", flush=True)
@@ -223,16 +225,30 @@ print(json.dumps({"admitted": admitted, "asked": asked, "first": first, "last": 
 """
 
 
-def hammer_limiter(path: Path, seconds: float, per_minute: int, burst: int) -> list[dict[str, float]]:
-    """Four processes asking one limit as fast as they can for `seconds`, from the same instant."""
+def hammer_limiter(
+    path: Path, seconds: float, per_minute: int, burst: int, database: str | None = None
+) -> list[dict[str, float]]:
+    """Four processes asking one limit as fast as they can for `seconds`, from the same instant: on the file
+    at `path`, or on the shared `database`, each then with a home of its own (four hosts)."""
+    env = {k: v for k, v in os.environ.items() if k != "AIFUNCS_DATABASE_URL"}
+    if database is not None:
+        env["AIFUNCS_DATABASE_URL"] = database
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", _HAMMER, str(path), str(per_minute), str(burst)],
+            [
+                sys.executable,
+                "-c",
+                _HAMMER,
+                str(path if database is None else path.parent / f"host-{number}" / path.name),
+                str(per_minute),
+                str(burst),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
-        for _ in range(4)
+        for number in range(4)
     ]
     try:
         for worker in workers:
@@ -264,7 +280,7 @@ def test_four_processes_share_one_exact_limit(tmp_path: Path) -> None:
     assert stop - first > 1.0
 
 
-def test_a_query_waits_its_turn_or_fails_fast(con: object) -> None:
+def test_a_query_waits_its_turn_or_fails_fast(backend: str, con: object) -> None:
     aifuncs.endpoints.create(
         "doubler", kind="python", function="sample_models:doubled", returns="DOUBLE", max_batch_rows=1
     )
@@ -295,7 +311,9 @@ def test_a_query_waits_its_turn_or_fails_fast(con: object) -> None:
     assert len(sample_models.CALLS) == calls
 
 
-def test_explain_and_progress_tell_when_a_limit_paces_the_query(con: duckdb.DuckDBPyConnection) -> None:
+def test_explain_and_progress_tell_when_a_limit_paces_the_query(
+    backend: str, con: duckdb.DuckDBPyConnection
+) -> None:
     aifuncs.endpoints.create(
         "doubler", kind="python", function="sample_models:doubled", returns="DOUBLE", max_batch_rows=10
     )
@@ -320,7 +338,9 @@ def _tat(path: Path) -> float:
         return float(db.execute("SELECT tat FROM buckets").fetchone()[0])
 
 
-def test_far_from_its_limit_a_bucket_lends_room_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_far_from_its_limit_a_bucket_lends_room_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock, ticks = [1_000_000.0], [50.0]
     monkeypatch.setattr(limits_module.time, "time", lambda: clock[0])
     monkeypatch.setattr(limits_module.time, "monotonic", lambda: ticks[0])
@@ -342,7 +362,9 @@ def test_far_from_its_limit_a_bucket_lends_room_ahead(tmp_path: Path, monkeypatc
     assert _tat(tmp_path / "limits.db") == pytest.approx(before - lease * interval + (1 + lease) * interval)
 
 
-def test_near_its_limit_a_bucket_counts_every_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_near_its_limit_a_bucket_counts_every_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = [1_000_000.0]
     monkeypatch.setattr(limits_module.time, "time", lambda: clock[0])
     limiter = Limiter(tmp_path / "limits.db")
@@ -351,7 +373,162 @@ def test_near_its_limit_a_bucket_counts_every_request(tmp_path: Path, monkeypatc
     admitted = sum(isinstance(limiter.try_acquire(checks, 0), Reservation) for _ in range(1200))
     assert admitted == 1000  # exactly the burst (the clock stands still): a lease never lends past it
     # token requests never come from a lease: each is reserved in the file, to be settled
-    tokens = applicable("ep", [RateLimit("endpoint", calls=6_000_000, tokens=6_000_000)], Principal("a", "user"), ())
+    tokens = applicable(
+        "ep", [RateLimit("endpoint", calls=6_000_000, tokens=6_000_000)], Principal("a", "user"), ()
+    )
     first = limiter.try_acquire(tokens, 0)
     second = limiter.try_acquire(tokens, 100)
     assert isinstance(first, Reservation) and isinstance(second, Reservation) and second.buckets
+
+
+# --- the same limiter on PostgreSQL: buckets in the shared database, the database's clock -------------------
+
+
+@pytest.fixture
+def shared_db(pg_url: str) -> Postgres:
+    return postgres(pg_url)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limits=st.lists(limit_strategy, max_size=6).map(
+        lambda xs: list({(x.key, x.principal): x for x in xs}.values())
+    ),
+    name=st.sampled_from(PRINCIPALS),
+    groups=st.sets(st.sampled_from(GROUPS)),
+)
+def test_precedence_on_postgres_matches_the_reference(
+    tmp_path: Path, shared_db: Postgres, limits: list[RateLimit], name: str, groups: set[str]
+) -> None:
+    # the database's clock runs: 1 call a minute (not 60) makes a refill within an example impossible
+    slow = [
+        RateLimit(x.key, 1 if x.calls else None, x.tokens, x.principal, x.renewal_period, x.burst)
+        for x in limits
+    ]
+    limiter = Limiter(tmp_path / "limits.db", shared_db)
+    checks = applicable(f"ep{next(counter)}", slow, Principal(name, "user"), groups)  # fresh buckets
+    admitted = 0
+    while admitted < 50 and isinstance(limiter.try_acquire(checks, 0), Reservation):
+        admitted += 1
+    expected = reference_capacity(slow, name, groups)
+    assert admitted == (50 if expected == float("inf") else expected)
+
+
+def test_on_postgres_a_refusal_takes_nothing_and_tokens_settle(
+    tmp_path: Path, shared_db: Postgres, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = Limiter(tmp_path / "limits.db", shared_db)
+    checks = applicable(
+        "ep",
+        [RateLimit("endpoint", calls=60, burst=1), RateLimit("user", calls=6, burst=1)],
+        Principal("alice", "user"),
+        (),
+    )
+    began = time.monotonic()
+    assert isinstance(limiter.try_acquire(checks, 0), Reservation)
+    refusal = limiter.try_acquire(checks, 0)
+    assert not isinstance(refusal, Reservation) and refusal.label == "the per-user 6 calls/min"
+    assert 10.0 - (time.monotonic() - began) - 1e-3 <= refusal.wait_s <= 10.0  # the database's clock ran on
+    # the refused request took nothing from the endpoint's bucket: bob gets its next call once it refills
+    other = applicable("ep", [RateLimit("endpoint", calls=60, burst=1)], Principal("bob", "user"), ())
+    waited = limiter.try_acquire(other, 0)
+    assert not isinstance(waited, Reservation) and waited.wait_s <= 1.0
+    tokens = applicable("tk", [RateLimit("endpoint", tokens=1000)], Principal("alice", "user"), ())
+    first = limiter.try_acquire(tokens, 100)
+    assert isinstance(first, Reservation) and first.buckets
+    began = time.monotonic()
+    before = limiter.try_acquire(tokens, 80)
+    assert not isinstance(before, Reservation)
+    limiter.settle(first, 10)  # 10 used of 100: the 90 come back with this process's next admission
+    after = limiter.try_acquire(tokens, 80)
+    assert not isinstance(after, Reservation)
+    assert before.wait_s - 90 * 0.06 - 1e-3 <= after.wait_s <= before.wait_s - 90 * 0.06 + 1e-3
+    assert after.wait_s >= 0.6 - (time.monotonic() - began) - 1e-3
+    # another host's limiter (its own home, the same database) is refused the same wait, less the time gone
+    monkeypatch.setenv("AIFUNCS_DATABASE_URL", pg_url)
+    seen = open_limiter(tmp_path / "other-home" / "limits.db").try_acquire(tokens, 80)
+    assert not isinstance(seen, Reservation)
+    assert after.wait_s - (time.monotonic() - began) - 1e-3 <= seen.wait_s <= after.wait_s + 1e-3
+
+
+def test_on_postgres_a_bucket_lends_room_ahead_and_counts_it(
+    tmp_path: Path, shared_db: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticks = [50.0]
+    monkeypatch.setattr(limits_module.time, "monotonic", lambda: ticks[0])  # the lease never lapses by itself
+    limiter = Limiter(tmp_path / "limits.db", shared_db)
+    checks = applicable("ep", [RateLimit("endpoint", calls=6_000_000)], Principal("alice", "user"), ())
+    interval, lease = 60 / 6_000_000, limits_module.LEASE_MAX
+
+    def tat() -> float:
+        with shared_db.transaction(None) as db:
+            return float(db.execute("SELECT tat FROM limit_buckets WHERE key LIKE 'ep|%'").fetchone()[0])
+
+    with shared_db.transaction(None) as db:
+        clock = float(db.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
+    assert isinstance(limiter.try_acquire(checks, 0), Reservation)
+    written = tat()
+    assert written - clock == pytest.approx(
+        (1 + lease) * interval, abs=0.5
+    )  # the database's clock, counted ahead
+    for _ in range(lease):  # the lease: no round trip, the row as it was
+        assert isinstance(limiter.try_acquire(checks, 0), Reservation)
+    assert tat() == written
+    assert isinstance(limiter.try_acquire(checks, 0), Reservation)  # spent: the next asks the database
+    assert tat() > written
+
+
+def test_on_postgres_a_locked_bucket_fails_closed_within_the_bounded_wait(
+    tmp_path: Path, shared_db: Postgres, pg_url: str
+) -> None:
+    limiter = Limiter(tmp_path / "limits.db", shared_db)
+    checks = applicable("ep", [RateLimit("endpoint", calls=600, burst=10)], Principal("alice", "user"), ())
+    assert isinstance(limiter.try_acquire(checks, 0), Reservation)
+    import psycopg
+
+    with psycopg.connect(pg_url) as holder:  # another host's transaction holding the bucket's row
+        holder.execute("SELECT tat FROM limit_buckets WHERE key LIKE 'ep|%' FOR UPDATE")
+        began = time.monotonic()
+        with pytest.raises(LimiterUnavailable) as refused:
+            limiter.try_acquire(checks, 0)
+        took = time.monotonic() - began
+        assert limits_module.LOCK_WAIT_S * 0.9 <= took < limits_module.LOCK_WAIT_S + 3, took
+        message = str(refused.value)
+        assert "did not answer within 2 s" in message and "The request was not sent" in message
+        assert shared_db.url.split(":")[2].split("@")[0] not in message  # the password never shown
+        with pytest.raises(LimiterUnavailable):  # the next ones are refused at once, not each after a wait
+            limiter.try_acquire(checks, 0)
+        assert time.monotonic() - began < took + 1.0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # released: admitted again once the refusal's second is over
+        try:
+            assert isinstance(limiter.try_acquire(checks, 0), Reservation)
+            break
+        except LimiterUnavailable as unavailable:
+            time.sleep(unavailable.wait_s / 10)
+    else:
+        raise AssertionError("the limiter never came back after the lock was released")
+
+
+def test_the_database_unreachable_fails_closed_naming_it_without_its_password(tmp_path: Path) -> None:
+    from servers import free_port
+
+    url = f"postgresql://someone:hunter2secret@127.0.0.1:{free_port()}/nothing"
+    limiter = Limiter(tmp_path / "limits.db", Postgres(url))
+    checks = applicable("ep", [RateLimit("endpoint", calls=600)], Principal("alice", "user"), ())
+    with pytest.raises(LimiterUnavailable) as refused:
+        limiter.try_acquire(checks, 0)
+    assert "hunter2secret" not in str(refused.value) and "someone:***@127.0.0.1" in str(refused.value)
+
+
+def test_four_processes_share_one_exact_limit_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    results = hammer_limiter(tmp_path / "limits.db", 4.0, 120, 4, database=pg_url)
+    stop = max(r["stop"] for r in results)
+    admitted = sum(r["admitted"] for r in results)
+    first = min(r["first"] for r in results if r["first"])
+    last = max(r["last"] for r in results if r["last"])
+    assert sum(r["asked"] for r in results) > 400  # hammered, not trickled
+    # GCRA's bound over the span the admissions fall in (by the hosts' clocks: the database's runs alike)
+    assert admitted <= 4 + (last - first) * 2 + 1e-6, (admitted, last - first)
+    assert admitted >= 4 + (stop - first) * 2 - 2.5, (admitted, stop - first)  # and nothing withheld
+    assert stop - first > 1.0
