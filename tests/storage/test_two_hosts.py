@@ -1,12 +1,13 @@
 """Two `aifuncs serve` hosts, each with its own AIFUNCS_HOME, on one PostgreSQL database: identities and grants
 are one truth. A token made through one host's home works on the other; a grant revoked through one holds on the
-other within a second."""
+other within a second; one rate limit is counted once for both."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,3 +86,52 @@ def test_tokens_and_grants_hold_across_hosts(
         env={**os.environ, "AIFUNCS_HOME": str(home)},
     )  # fmt: skip
     assert "alice" in listed.stdout, listed.stdout + listed.stderr
+
+
+def test_two_hosts_share_one_rate_limit(
+    pg_url: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 clients on two hosts (4 each) against 120 calls/min with a burst of 4: admitted within GCRA's bound
+    for one limit, not two (each host counting its own would admit about twice as many)."""
+    monkeypatch.setenv("AIFUNCS_DATABASE_URL", pg_url)
+    monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
+    gov.create_user("alice")
+    alice = gov.create_token("alice")
+    with FakeServer() as upstream:
+        aifuncs.endpoints.create("llm", kind="openai", model="m", base_url=upstream.url + "/v1")
+        aifuncs.endpoints.update_permissions("llm", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
+        aifuncs.endpoints.set_rate_limits("llm", [{"calls": 120, "key": "endpoint", "burst": 4}])
+        port_a, port_b = free_port(), free_port()
+        with _host(home, pg_url, tmp_path, port_a), _host(tmp_path / "host-b", pg_url, tmp_path, port_b):  # type: ignore[attr-defined]
+            bases = [f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"]
+            ready = threading.Barrier(8)
+            seconds = 4.0
+            admitted: list[tuple[float, float, str]] = []  # (sent, answered, host) of each 200
+            statuses: list[int] = []
+            lock = threading.Lock()
+
+            def client(base: str) -> None:
+                with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {alice}"}) as http:
+                    http.get(base + "/health")  # connected before the window opens
+                    ready.wait()
+                    stop = time.monotonic() + seconds
+                    while (sent := time.monotonic()) < stop:
+                        status = http.post(
+                            base + "/serving-endpoints/llm/invocations", json=MESSAGE
+                        ).status_code
+                        with lock:
+                            statuses.append(status)
+                            if status == 200:
+                                admitted.append((sent, time.monotonic(), base))
+
+            threads = [threading.Thread(target=client, args=(bases[n % 2],)) for n in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+    assert set(statuses) <= {200, 429}, sorted(set(statuses))
+    assert statuses.count(429) > 20, "hammered, not trickled"
+    assert {host for _, _, host in admitted} == set(bases)  # both hosts admitted some
+    span = max(answered for _, answered, _ in admitted) - min(sent for sent, _, _ in admitted)
+    assert len(admitted) <= 4 + 2 * span + 1e-6, (len(admitted), span)
+    assert len(admitted) >= 4 + 2 * (seconds - 1.0)  # and the limit's room was used, not withheld
