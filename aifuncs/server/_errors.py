@@ -91,6 +91,8 @@ def _transient(error: BaseException) -> ApiError | None:
     for cause in _causes(error):
         if isinstance(cause, RemoteError):
             return _upstream(cause, str(error))
+        if isinstance(cause, LimiterUnavailable):  # inside a model error: still fails closed, says when
+            return ApiError(503, "TEMPORARILY_UNAVAILABLE", str(error), _retry_after(cause.wait_s))
         if isinstance(cause, sqlite3.Error):
             # A store of ours (usage, limits, inference table, answers) locked or failing: nothing the
             # request did; the same request shortly after succeeds.

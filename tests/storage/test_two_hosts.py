@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from servers import FakeServer, free_port, running
 
@@ -129,6 +130,18 @@ def test_two_hosts_share_one_rate_limit(
                 thread.start()
             for thread in threads:
                 thread.join(timeout=120)
+            # the database cannot answer (another transaction holds the bucket's row): refused, not let through
+            with psycopg.connect(pg_url) as holder:
+                holder.execute("SELECT tat FROM limit_buckets WHERE key LIKE 'llm|%' FOR UPDATE")
+                began = time.monotonic()
+                held = httpx.post(
+                    bases[1] + "/serving-endpoints/llm/invocations",
+                    json=MESSAGE, headers={"Authorization": f"Bearer {alice}"}, timeout=60,
+                )  # fmt: skip
+                waited = time.monotonic() - began
+    assert held.status_code == 503 and held.headers["Retry-After"] == "1", held.text
+    assert "did not answer within 2 s" in held.text and pg_url.split(":")[2].split("@")[0] not in held.text
+    assert waited < 10, waited  # a bounded wait, not a hang
     assert set(statuses) <= {200, 429}, sorted(set(statuses))
     assert statuses.count(429) > 20, "hammered, not trickled"
     assert {host for _, _, host in admitted} == set(bases)  # both hosts admitted some
