@@ -18,8 +18,6 @@ that creates the endpoint; a deleted endpoint's grants go in the transaction tha
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +26,25 @@ from pydantic import ValidationError
 from aifuncs._endpoint import Endpoint, check_name, check_no_secrets
 from aifuncs._home import home_file
 from aifuncs.catalog._authoring import authored, settle_unrecorded
+from aifuncs.catalog._defaults import BUILTIN_DEFAULTS, ROLES, DefaultsMethods, reserved_role
+from aifuncs.catalog._gateway import GATEWAY_FIELDS, GatewayMethods, GatewaySettings
+from aifuncs.catalog._permissions import PermissionMethods
 from aifuncs.catalog._store import SqliteStore
 from aifuncs.errors import ConfigError, EndpointExists, PermissionDenied, UnknownEndpoint
 from aifuncs.governance import Principal, current, policy
 from aifuncs.governance.audit import AuditLog
-from aifuncs.governance.guardrails import Guardrails, parse_guardrails
-from aifuncs.governance.limits import Check, applicable, parse_limits
-from aifuncs.governance.payloads import InferenceTable, parse_inference_table, record_refusal
+from aifuncs.governance.payloads import record_refusal
 from aifuncs.governance.permissions import PermissionStore
 from aifuncs.governance.principals import CREATE_ENDPOINTS
 from aifuncs.providers import provider_class
 
 __all__ = [
+    "BUILTIN_DEFAULTS",
+    "GATEWAY_FIELDS",
+    "ROLES",
     "Catalog",
     "Endpoint",
+    "GatewaySettings",
     "create",
     "default",
     "default_catalog",
@@ -51,6 +54,7 @@ __all__ = [
     "get_permissions",
     "list",
     "put_ai_gateway",
+    "reserved_role",
     "set_default",
     "set_permissions",
     "set_rate_limits",
@@ -76,8 +80,9 @@ def _validate(name: str, kind: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-class Catalog:
-    """Endpoints stored in one SQLite file, seen as one principal."""
+class Catalog(PermissionMethods, GatewayMethods, DefaultsMethods):
+    """Endpoints stored in one SQLite file, seen as one principal; its permission, AI gateway and defaults
+    methods live in `_permissions.py`, `_gateway.py` and `_defaults.py`."""
 
     def __init__(self, path: Path | str, principal: Principal | None = None) -> None:
         self.path = Path(path)
@@ -146,13 +151,6 @@ class Catalog:
         self._note("endpoints.create", name, kind=kind, options=endpoint.options)
         return self.get(name)
 
-    def _refuse_reserved(self, name: str, doing: str) -> None:
-        raise PermissionDenied(
-            f"{self.principal.name!r} may not {doing} {name!r}: the name belongs to the built-in default"
-            f" {reserved_role(name)} model, which serves everyone's text, so only an admin creates or changes it."
-            " Choose another name."
-        )
-
     def _may_create(self, principal: Principal, name: str) -> None:
         if not self._permissions.principals.entitled(principal, CREATE_ENDPOINTS):
             raise PermissionDenied(
@@ -194,29 +192,6 @@ class Catalog:
         principal = self.principal
         return names if principal.admin else policy.viewable(self._permissions, principal, names)
 
-    def permission_level(self, name: str) -> str | None:
-        """The level the principal holds on the endpoint `name` (its canonical name), None for none."""
-        principal = self.principal
-        return "CAN_MANAGE" if principal.admin else self._permissions.effective(name, principal)
-
-    def managed(self) -> dict[str, datetime | None]:
-        """The endpoints the principal may manage, each with when it was made (rows logged before belong to
-        an earlier endpoint of that name)."""
-        principal = self.principal
-        return {
-            e.name: e.created_at
-            for e in self._store.list()
-            if principal.admin or self._permissions.effective(e.name, principal) == "CAN_MANAGE"
-        }
-
-    def managed_names(self) -> builtins.list[str]:
-        """The endpoints the principal may manage."""
-        names = self._store.names()
-        principal = self.principal
-        if principal.admin:
-            return names
-        return [n for n in names if self._permissions.effective(n, principal) == "CAN_MANAGE"]
-
     def update(
         self, name: str, *, description: str | None = None, replace: bool = False, **options: Any
     ) -> Endpoint:
@@ -250,56 +225,6 @@ class Catalog:
         endpoint = self.authorize(name, "view")
         return self._store.versions(endpoint.name)
 
-    def get_permissions(self, name: str) -> dict[str, Any]:
-        """Databricks' permissions object of an endpoint (`access_control_list` with where each level
-        comes from); needs CAN_MANAGE."""
-        endpoint = self.authorize(name, "manage")
-        return {
-            "object_id": f"/serving-endpoints/{endpoint.name}",
-            "object_type": "serving-endpoint",
-            "access_control_list": self._permissions.acl(endpoint.name),
-        }
-
-    def permission_rows(self) -> builtins.list[dict[str, Any]]:
-        """Every grant as a row (endpoint, principal, principal_type, permission_level, inherited,
-        inherited_from): all of those on endpoints the principal manages, its own on those it may view."""
-        principal = self.principal
-        rows = []
-        for endpoint in self._store.list():
-            held = "CAN_MANAGE" if principal.admin else self._permissions.effective(endpoint.name, principal)
-            if held is None:
-                continue
-            for entry in self._permissions.acl(endpoint.name):
-                name = entry["display_name"]
-                if held != "CAN_MANAGE" and name != principal.name:
-                    continue
-                kind = next(k for k in ("user", "group", "service_principal") if f"{k}_name" in entry)
-                for level in entry["all_permissions"]:
-                    rows.append({"endpoint": endpoint.name, "principal": name, "principal_type": kind,
-                                 "permission_level": level["permission_level"], "inherited": level["inherited"],
-                                 "inherited_from": ", ".join(level.get("inherited_from_object", []))})  # fmt: skip
-        return rows
-
-    def set_permissions(
-        self, name: str, access_control_list: builtins.list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Replace the endpoint's grants (Databricks' PUT): all entries are checked before any is written."""
-        endpoint = self.authorize(name, "manage")
-        self._permissions.set_acl(endpoint.name, access_control_list)
-        self._store.bump_revision()
-        self._note("permissions.set", endpoint.name, access_control_list=access_control_list)
-        return self.get_permissions(endpoint.name)
-
-    def update_permissions(
-        self, name: str, access_control_list: builtins.list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Add or change grants, keeping the others (Databricks' PATCH)."""
-        endpoint = self.authorize(name, "manage")
-        self._permissions.update_acl(endpoint.name, access_control_list)
-        self._store.bump_revision()
-        self._note("permissions.update", endpoint.name, access_control_list=access_control_list)
-        return self.get_permissions(endpoint.name)
-
     def tags(self, name: str) -> builtins.list[dict[str, Any]]:
         """The endpoint's tags, [{"key", "value"}] (needs CAN_VIEW)."""
         return self._store.tags(self.authorize(name, "view").name)
@@ -324,190 +249,6 @@ class Catalog:
             raise UnknownEndpoint(name, self.names())
         self._note("tags.patch", endpoint.name, add=add, delete=builtins.list(delete_tags or []))
         return self._store.tags(endpoint.name)
-
-    def get_ai_gateway(self, name: str) -> dict[str, Any]:
-        """The endpoint's AI gateway configuration in Databricks' shape (`rate_limits` so far)."""
-        endpoint = self.authorize(name, "view")
-        return {"rate_limits": [], **self._store.gateway(endpoint.name)}
-
-    def put_ai_gateway(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
-        """Replace the endpoint's AI gateway configuration (needs CAN_MANAGE); checked whole before it is stored."""
-        endpoint = self.authorize(name, "manage")
-        if not isinstance(config, dict):
-            raise ConfigError('The AI gateway configuration is an object, e.g. {"rate_limits": [...]}.')
-        unsupported = sorted(set(config) - set(GATEWAY_FIELDS))
-        if unsupported:
-            raise ConfigError(
-                f"Unsupported AI gateway settings {unsupported}: this version takes {', '.join(GATEWAY_FIELDS)}."
-            )
-        limits = parse_limits(config.get("rate_limits", []), self._permissions.principals)
-        stored: dict[str, Any] = {"rate_limits": [limit.to_dict() for limit in limits]}
-        if config.get("guardrails"):
-            rails = parse_guardrails(config["guardrails"])
-            self._may_use_topic_endpoint(rails.input.topic_endpoint)
-            stored["guardrails"] = rails.to_dict()
-        if "inference_table_config" in config:
-            stored["inference_table_config"] = parse_inference_table(
-                config["inference_table_config"]
-            ).to_dict()
-        if not self._store.set_gateway(endpoint.name, stored):
-            raise UnknownEndpoint(name, self.names())
-        self._note("ai-gateway.put", endpoint.name, **stored)
-        return self.get_ai_gateway(endpoint.name)
-
-    def _may_use_topic_endpoint(self, name: str | None) -> None:
-        """A guardrail's embedding endpoint runs on the endpoint's behalf for every caller: its author needs
-        CAN_QUERY on it, and one it may not view reads as missing."""
-        if name is None or self.principal.admin:
-            return
-        try:
-            self.authorize(name, "query")
-        except UnknownEndpoint:
-            raise ConfigError(
-                f"The guardrail's topic_endpoint {name!r} does not exist: make it, or change the guardrail."
-            ) from None
-        except PermissionDenied:
-            raise PermissionDenied(
-                f"{self.principal.name!r} may not use {name!r} as the guardrail's topic_endpoint: that needs"
-                " CAN_QUERY on it. Someone with CAN_MANAGE on it can grant it."
-            ) from None
-
-    def set_rate_limits(
-        self, name: str, rate_limits: builtins.list[dict[str, Any]]
-    ) -> builtins.list[dict[str, Any]]:
-        """Replace the endpoint's rate limits (Databricks' PUT .../rate-limits); [] removes them."""
-        config = {**self.get_ai_gateway(name), "rate_limits": rate_limits}
-        return builtins.list(self.put_ai_gateway(name, config)["rate_limits"])
-
-    def inference_table(self, endpoint: Endpoint) -> InferenceTable | None:
-        """The endpoint's inference table, when one is switched on."""
-        return _inference_table(self._store.gateway(endpoint.name))
-
-    def gateway_settings(self, endpoint: Endpoint) -> GatewaySettings:
-        """What the endpoint's AI gateway asks of each request of the principal, read once: the rate-limit
-        checks that hold for it, the inference table, the guardrails."""
-        config = self._store.gateway(endpoint.name)
-        rails = parse_guardrails(config["guardrails"]) if config.get("guardrails") else None
-        return GatewaySettings(
-            self._rate_checks(endpoint, config),
-            _inference_table(config),
-            rails if rails is not None and rails.active else None,
-        )
-
-    def for_guardrail(self, name: str | None) -> Endpoint:
-        """The embedding endpoint a guardrail uses (`name`, else the default one), with no policy check: the
-        endpoint's manager chose it, and it runs on the endpoint's behalf, not the caller's."""
-        name = name or self._store.default("embedding") or BUILTIN_DEFAULTS["embedding"][0]
-        endpoint = self._store.get(name)
-        role = reserved_role(name)
-        if endpoint is None or role is not None:  # a built-in name is followed only while admins hold it
-            builtin = (role, BUILTIN_DEFAULTS[role]) if role is not None else None
-            if builtin is None:
-                raise ConfigError(
-                    f"The guardrail's topic_endpoint {name!r} does not exist: make it, or change the guardrail."
-                )
-            endpoint = self._builtin(*builtin)
-        return endpoint
-
-    def _rate_checks(self, endpoint: Endpoint, config: dict[str, Any]) -> tuple[Check, ...]:
-        limits = parse_limits(config.get("rate_limits", []))
-        if not limits:
-            return ()
-        principal = self.principal
-        groups = self._permissions.principals.groups_of(principal.name) if not principal.implicit else set()
-        return applicable(endpoint.name, limits, principal, groups)
-
-    def set_default(self, role: str, name: str | None) -> None:
-        """Make `name` the endpoint task functions use for `role` ("chat" or "embedding"); None unsets it.
-        The defaults serve everyone: only an admin sets them."""
-        if role not in ROLES:
-            raise ConfigError(f"Unknown default role {role!r}: use one of {', '.join(ROLES)}.")
-        if not self.principal.admin:
-            raise PermissionDenied(
-                f"{self.principal.name!r} may not set the default {role} endpoint: the defaults serve everyone,"
-                " so only an admin sets them."
-            )
-        if name is not None:
-            name = self.get(name).name
-        self._store.set_default(role, name)
-        self._note("defaults.set", role, endpoint=name)
-
-    def configured_default(self, role: str) -> str | None:
-        """The endpoint set for a role, None while the built-in one stands in."""
-        return self._store.default(role)
-
-    def default(self, role: str) -> Endpoint:
-        """The endpoint for a role: the one set, else the built-in offline model (created on first use)."""
-        name = self._store.default(role)
-        if name is not None:
-            return self.get(name)
-        builtin = BUILTIN_DEFAULTS.get(role)
-        if builtin is None:
-            raise ConfigError(
-                f"No default {role} endpoint. Set one: aifuncs.endpoints.set_default({role!r}, NAME)"
-                f" (or aifuncs endpoints default {role} NAME), or pass endpoint => 'NAME' to the function."
-            )
-        return self.get(self._builtin(role, builtin).name)
-
-    def _builtin(self, role: str, builtin: tuple[str, str, dict[str, Any]]) -> Endpoint:
-        """A built-in default model's endpoint, created on first use with no grants: admins hold it, others
-        need one."""
-        name, kind, options = builtin
-        if self._store.get(name) is None:
-            # False when another process created it meanwhile: either way it is there now
-            self._store.insert(Endpoint(name, kind, options, f"built-in default {role} model (offline)"))
-        endpoint = self._store.get(name)
-        assert endpoint is not None
-        outsiders = self._non_admin_managers(endpoint.name)
-        if outsiders:  # made or handed over before the name was reserved: it would receive everyone's text
-            raise ConfigError(
-                f"The built-in default {role} endpoint {name!r} is managed by {', '.join(sorted(outsiders))}, not"
-                f" only by admins, so it is not used as a default. An admin deletes it (aifuncs endpoints delete"
-                f" {name}) to have the built-in one made again, or sets another default."
-            )
-        return endpoint
-
-    def _non_admin_managers(self, name: str) -> set[str]:
-        """Who besides admins holds CAN_MANAGE on `name` (a group counts whoever its members are)."""
-        found = set()
-        for holder in self._permissions.managers(name):
-            try:
-                principal = self._permissions.principals.get(holder)
-            except ConfigError:
-                continue  # its grants went with it
-            if not (principal.admin and principal.kind != "group"):
-                found.add(holder)
-        return found
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    rate_checks: tuple[Check, ...]
-    payloads: InferenceTable | None
-    guardrails: Guardrails | None
-
-
-def _inference_table(config: dict[str, Any]) -> InferenceTable | None:
-    table = config.get("inference_table_config")
-    parsed = None if table is None else parse_inference_table(table)
-    return parsed if parsed is not None and parsed.enabled else None
-
-
-GATEWAY_FIELDS = ("rate_limits", "inference_table_config", "guardrails")
-ROLES = ("chat", "embedding", "forecast", "document")
-# The offline models task functions use until a default is set: (endpoint name, kind, options).
-BUILTIN_DEFAULTS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "chat": ("smollm2", "llama_cpp", {}),
-    "embedding": ("minilm", "sentence_transformers", {}),
-    "forecast": ("forecaster", "forecast", {}),
-    "document": ("parser", "document", {}),
-}
-
-
-
-def reserved_role(name: str) -> str | None:
-    """The role whose built-in default model holds `name` (names compare without case), None for others."""
-    return next((role for role, b in BUILTIN_DEFAULTS.items() if b[0].lower() == name.lower()), None)
 
 
 _catalogs: dict[Path, Catalog] = {}

@@ -1,0 +1,145 @@
+"""The catalog's AI gateway methods: rate limits, guardrails and inference tables of an endpoint."""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aifuncs._endpoint import Endpoint
+from aifuncs.catalog._defaults import BUILTIN_DEFAULTS, reserved_role
+from aifuncs.catalog._store import SqliteStore
+from aifuncs.errors import ConfigError, PermissionDenied, UnknownEndpoint
+from aifuncs.governance import Principal
+from aifuncs.governance.guardrails import Guardrails, parse_guardrails
+from aifuncs.governance.limits import Check, applicable, parse_limits
+from aifuncs.governance.payloads import InferenceTable, parse_inference_table
+from aifuncs.governance.permissions import PermissionStore
+
+
+class GatewayMethods:
+    """An endpoint's AI gateway: stored whole, checked before it is stored, read once per binding."""
+
+    if TYPE_CHECKING:  # what Catalog gives its method groups
+        path: Path
+        _store: SqliteStore
+        _permissions: PermissionStore
+
+        @property
+        def principal(self) -> Principal: ...
+
+        def authorize(self, name: str, action: str = "view") -> Endpoint: ...
+        def get(self, name: str) -> Endpoint: ...
+        def names(self) -> builtins.list[str]: ...
+        def _note(self, action: str, target: str, **details: Any) -> None: ...
+
+        def _builtin(self, role: str, builtin: tuple[str, str, dict[str, Any]]) -> Endpoint: ...
+
+    def get_ai_gateway(self, name: str) -> dict[str, Any]:
+        """The endpoint's AI gateway configuration in Databricks' shape (`rate_limits` so far)."""
+        endpoint = self.authorize(name, "view")
+        return {"rate_limits": [], **self._store.gateway(endpoint.name)}
+
+    def put_ai_gateway(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Replace the endpoint's AI gateway configuration (needs CAN_MANAGE); checked whole before it is stored."""
+        endpoint = self.authorize(name, "manage")
+        if not isinstance(config, dict):
+            raise ConfigError('The AI gateway configuration is an object, e.g. {"rate_limits": [...]}.')
+        unsupported = sorted(set(config) - set(GATEWAY_FIELDS))
+        if unsupported:
+            raise ConfigError(
+                f"Unsupported AI gateway settings {unsupported}: this version takes {', '.join(GATEWAY_FIELDS)}."
+            )
+        limits = parse_limits(config.get("rate_limits", []), self._permissions.principals)
+        stored: dict[str, Any] = {"rate_limits": [limit.to_dict() for limit in limits]}
+        if config.get("guardrails"):
+            rails = parse_guardrails(config["guardrails"])
+            self._may_use_topic_endpoint(rails.input.topic_endpoint)
+            stored["guardrails"] = rails.to_dict()
+        if "inference_table_config" in config:
+            stored["inference_table_config"] = parse_inference_table(
+                config["inference_table_config"]
+            ).to_dict()
+        if not self._store.set_gateway(endpoint.name, stored):
+            raise UnknownEndpoint(name, self.names())
+        self._note("ai-gateway.put", endpoint.name, **stored)
+        return self.get_ai_gateway(endpoint.name)
+
+    def _may_use_topic_endpoint(self, name: str | None) -> None:
+        """A guardrail's embedding endpoint runs on the endpoint's behalf for every caller: its author needs
+        CAN_QUERY on it, and one it may not view reads as missing."""
+        if name is None or self.principal.admin:
+            return
+        try:
+            self.authorize(name, "query")
+        except UnknownEndpoint:
+            raise ConfigError(
+                f"The guardrail's topic_endpoint {name!r} does not exist: make it, or change the guardrail."
+            ) from None
+        except PermissionDenied:
+            raise PermissionDenied(
+                f"{self.principal.name!r} may not use {name!r} as the guardrail's topic_endpoint: that needs"
+                " CAN_QUERY on it. Someone with CAN_MANAGE on it can grant it."
+            ) from None
+
+    def set_rate_limits(
+        self, name: str, rate_limits: builtins.list[dict[str, Any]]
+    ) -> builtins.list[dict[str, Any]]:
+        """Replace the endpoint's rate limits (Databricks' PUT .../rate-limits); [] removes them."""
+        config = {**self.get_ai_gateway(name), "rate_limits": rate_limits}
+        return builtins.list(self.put_ai_gateway(name, config)["rate_limits"])
+
+    def inference_table(self, endpoint: Endpoint) -> InferenceTable | None:
+        """The endpoint's inference table, when one is switched on."""
+        return _inference_table(self._store.gateway(endpoint.name))
+
+    def gateway_settings(self, endpoint: Endpoint) -> GatewaySettings:
+        """What the endpoint's AI gateway asks of each request of the principal, read once: the rate-limit
+        checks that hold for it, the inference table, the guardrails."""
+        config = self._store.gateway(endpoint.name)
+        rails = parse_guardrails(config["guardrails"]) if config.get("guardrails") else None
+        return GatewaySettings(
+            self._rate_checks(endpoint, config),
+            _inference_table(config),
+            rails if rails is not None and rails.active else None,
+        )
+
+    def for_guardrail(self, name: str | None) -> Endpoint:
+        """The embedding endpoint a guardrail uses (`name`, else the default one), with no policy check: the
+        endpoint's manager chose it, and it runs on the endpoint's behalf, not the caller's."""
+        name = name or self._store.default("embedding") or BUILTIN_DEFAULTS["embedding"][0]
+        endpoint = self._store.get(name)
+        role = reserved_role(name)
+        if endpoint is None or role is not None:  # a built-in name is followed only while admins hold it
+            builtin = (role, BUILTIN_DEFAULTS[role]) if role is not None else None
+            if builtin is None:
+                raise ConfigError(
+                    f"The guardrail's topic_endpoint {name!r} does not exist: make it, or change the guardrail."
+                )
+            endpoint = self._builtin(*builtin)
+        return endpoint
+
+    def _rate_checks(self, endpoint: Endpoint, config: dict[str, Any]) -> tuple[Check, ...]:
+        limits = parse_limits(config.get("rate_limits", []))
+        if not limits:
+            return ()
+        principal = self.principal
+        groups = self._permissions.principals.groups_of(principal.name) if not principal.implicit else set()
+        return applicable(endpoint.name, limits, principal, groups)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    rate_checks: tuple[Check, ...]
+    payloads: InferenceTable | None
+    guardrails: Guardrails | None
+
+
+def _inference_table(config: dict[str, Any]) -> InferenceTable | None:
+    table = config.get("inference_table_config")
+    parsed = None if table is None else parse_inference_table(table)
+    return parsed if parsed is not None and parsed.enabled else None
+
+
+GATEWAY_FIELDS = ("rate_limits", "inference_table_config", "guardrails")
