@@ -1,0 +1,88 @@
+"""The query routes: Databricks' invocations and OpenAI's chat, completions and embeddings, bound (on the
+event loop when the binding is kept and the body small) and answered on the server's loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from aifuncs.governance import Identity
+from aifuncs.runtime import default_runtime
+from aifuncs.server._errors import ApiError
+from aifuncs.server._invoke import Prepared, prepare, prepare_on_loop
+from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse, streamed
+from aifuncs.server._routing import SMALL_BODY_BYTES, WORKER, AsyncWork
+from aifuncs.server._routing import catalog_of as _catalog
+
+
+async def invocations(request: Request, identity: Identity, body: Any) -> Response:
+    name = request.path_params["name"]
+    entity = request.path_params.get("served_model_name")
+    if entity is not None and entity.lower() != name.lower():  # one served entity, named as its endpoint
+        await run_in_threadpool(_catalog(identity).authorize, name, "view")
+        raise ApiError(
+            404,
+            "RESOURCE_DOES_NOT_EXIST",
+            f"Endpoint {name!r} serves no entity {entity!r}; it serves {name!r}.",
+        )
+    kind = kind_of(body) if isinstance(body, dict) else None
+    prepare_body = {"chat": chat, "completions": completions, "embeddings": embeddings}.get(
+        kind or "", prepare
+    )
+    stream = kind in ("chat", "completions") and bool(body.get("stream"))
+    answer = await _answered(prepare_body, name, body, identity, _small(request), stream, databricks=True)
+    return answer if isinstance(answer, Response) else _reply(answer, name, streamed=stream)
+
+
+async def _answered(
+    prepare_body: Callable[..., Prepared],
+    name: str,
+    body: Any,
+    identity: Identity,
+    small: bool,
+    stream: bool = False,
+    databricks: bool = False,
+) -> dict[str, Any] | Response:
+    """Bind (on this loop when the binding is kept and the body small, else in a worker thread: the catalog
+    is SQLite), then await the runtime's answer on this loop: no thread waits while the model works."""
+    prepared = prepare_on_loop(prepare_body, name, body, identity.principal) if small else None
+    if prepared is None:
+        prepared = await run_in_threadpool(prepare_body, name, body, identity.principal)
+    if stream:  # token by token where the endpoint's kind can (`_openai.streamed`), else whole below
+        headers = {"served-model-name": name, "x-aifuncs-worker": WORKER}
+        if (events := await streamed(prepared, name, body, headers, databricks=databricks)) is not None:
+            return events
+    call, rows, word = prepared
+    answers = await default_runtime().answer_call(call, rows)
+    return word(answers)
+
+
+def _small(request: Request) -> bool:
+    """A body small enough to turn into rows on the event loop (a bigger one is parsed in a worker thread)."""
+    length = request.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= SMALL_BODY_BYTES
+
+
+def _reply(answer: dict[str, Any], name: str, *, streamed: bool) -> Response:
+    headers = {"served-model-name": name, "x-aifuncs-worker": WORKER}
+    if streamed:
+        return StreamingResponse(iter(sse(answer)), media_type="text/event-stream", headers=headers)
+    return JSONResponse(answer, headers=headers)
+
+
+def openai_route(kind: str) -> AsyncWork:
+    """`/serving-endpoints/chat/completions` and the like: OpenAI's routes, `model` naming the endpoint."""
+    prepare_body = {"chat": chat, "completions": completions, "embeddings": embeddings}[kind]
+
+    async def route(request: Request, identity: Identity, body: Any) -> Response:
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", "Name the endpoint as model.")
+        stream = kind != "embeddings" and bool(body.get("stream"))
+        answer = await _answered(prepare_body, body["model"], body, identity, _small(request), stream)
+        return answer if isinstance(answer, Response) else _reply(answer, body["model"], streamed=stream)
+
+    return route
