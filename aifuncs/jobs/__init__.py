@@ -13,38 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 import sqlglot
-from sqlglot import exp
 
 from aifuncs import _runs as ledger
-from aifuncs import errors
 from aifuncs._home import home
 from aifuncs.engines.duckdb import connect, returns_rows, sql_each
-from aifuncs.errors import (
-    AifuncsError,
-    ArgumentError,
-    BudgetExceeded,
-    EndpointUnreachable,
-    Interrupted,
-    RequestMismatch,
-    SqlError,
-    UnknownEndpoint,
-)
+from aifuncs.errors import AifuncsError, Interrupted, SqlError
 from aifuncs.governance import current
 from aifuncs.jobs._lock import JobLock
+from aifuncs.jobs._outcome import STATUS, Exit, Stop, exit_code, in_words
+from aifuncs.jobs._output import Output
 from aifuncs.jobs._params import substitute
 from aifuncs.jobs._preflight import check_script
 from aifuncs.planner import split_statements
@@ -55,20 +41,6 @@ from aifuncs.runtime._progress import Progress
 from aifuncs.session import Session, SpendingLimits, merge, open_session, request_context
 
 __all__ = ["Exit", "RunResult", "check_output", "get_run", "list_runs", "run"]
-
-
-class Exit(IntEnum):
-    """How a run ended, as the process exit code of `aifuncs run`."""
-
-    OK = 0
-    ERROR = 1  # the job failed for another reason (a model error with failOnError, a DuckDB error...)
-    USAGE = 2  # bad command-line arguments
-    BUDGET = 3  # a budget refused or stopped the job: rerun with a larger one to finish (nothing paid twice)
-    FAILED_ROWS = 4  # the job finished, but more rows failed than --max-failed-rows allows
-    UNREACHABLE = 5  # an endpoint did not answer at all (refused, dropped, timed out): retry later
-    BAD_SQL = 6  # the job's SQL does not parse or bind (unknown table, endpoint, function argument...)
-    LOCKED = 7  # another run of the same job is still running: this one did nothing
-    INTERRUPTED = 8  # stopped by SIGTERM: a rerun resumes from the checkpoint
 
 
 @dataclass
@@ -132,7 +104,7 @@ def run(
             f"Cannot read the job {str(path)!r}: {unreadable.strerror or unreadable}."
         ) from None
     params = dict(params or {})
-    target = _Output.parse(output)
+    target = Output.parse(output)
     database = str(db if str(db) == ":memory:" else Path(db).resolve())
     # The output is not part of the job's identity: a rerun that only corrects where the rows go resumes
     # from the answers the failed run paid for.
@@ -159,7 +131,7 @@ def run(
         output_rows = None
         runtime = session.runtime
         labels = json.dumps({"job": path.stem, "run_id": str(run_id)})  # its usage rows' usage_context
-        stopped = _Stop()
+        stopped = Stop()
         try:
             budget = limits.budget(name="job")
             context = request_context("job", {"job": path.stem, "run_id": str(run_id)})
@@ -186,8 +158,8 @@ def run(
             stopped.restore()
             counts.finish()
             checkpoint.close()
-        code = Exit.OK if error is None else Exit.INTERRUPTED if stopped.told else _exit_code(error)
-        message = None if error is None else _message(error)
+        code = Exit.OK if error is None else Exit.INTERRUPTED if stopped.told else exit_code(error)
+        message = None if error is None else in_words(error)
         if error is None and max_failed_rows is not None and counts.failed_rows > max_failed_rows:
             code = Exit.FAILED_ROWS
             message = f"{counts.failed_rows:,} rows failed; --max-failed-rows allows {max_failed_rows:,}."
@@ -203,7 +175,7 @@ def run(
         result = RunResult(
             run_id=run_id,
             job=path.stem,
-            status=_STATUS.get(code, "failed"),
+            status=STATUS.get(code, "failed"),
             exit_code=int(code),
             rows=counts.rows,  # answers given (NULL requests included), every AI call of every statement
             failed_rows=snapshot["failed_rows"],
@@ -236,7 +208,7 @@ def run(
 def check_output(output: str | None) -> None:
     """Raise `AifuncsError` when `output` is not a target `run` can write: table:NAME, or FILE.parquet or
     FILE.csv in a folder that exists and this user may write to."""
-    _Output.parse(output)
+    Output.parse(output)
 
 
 def list_runs(job: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -258,7 +230,7 @@ def _execute(
     database: str,
     params: dict[str, str],
     dialect: str,
-    target: _Output | None,
+    target: Output | None,
     job: Session,
     counts: Progress,
     emit: Callable[[dict[str, Any]], None],
@@ -317,7 +289,7 @@ def _execute_on_spark(
     text: str,
     params: dict[str, str],
     dialect: str,
-    target: _Output | None,
+    target: Output | None,
     emit: Callable[[dict[str, Any]], None],
     on_result: Callable[[pa.Table], None] | None,
     context: RequestContext,
@@ -399,164 +371,6 @@ def _consume(relation: duckdb.DuckDBPyRelation) -> int:
     return sum(batch.num_rows for batch in relation.to_arrow_reader(1 << 16))
 
 
-@dataclass(frozen=True)
-class _Output:
-    text: str
-    kind: str  # table, parquet, csv
-    target: str
-
-    @classmethod
-    def parse(cls, text: str | None) -> _Output | None:
-        if text is None:
-            return None
-        if text.startswith("table:"):
-            name = text.removeprefix("table:")
-            try:
-                table = exp.to_table(name, dialect="duckdb")
-            except sqlglot.errors.ParseError:
-                name = ""
-            else:  # [catalog.][schema.]table, each part a name: checked now, not after the run has paid
-                if len(table.parts) > 3 or not all(isinstance(p, exp.Identifier) for p in table.parts):
-                    raise AifuncsError(
-                        f"--output {text!r}: {name!r} is not a table name; give table:NAME or table:SCHEMA.NAME"
-                        ' (quote a name with other characters: table:"my table").'
-                    )
-            if not name:
-                raise AifuncsError(f"--output {text!r}: give a table name, e.g. table:ticket_topics.")
-            return cls(text, "table", name)
-        suffix = Path(text).suffix.lower()
-        if suffix in (".parquet", ".csv"):
-            path = Path(text).resolve()
-            _check_writable(text, path)
-            return cls(text, suffix[1:], str(path))
-        raise AifuncsError(f"--output {text!r}: use table:NAME, FILE.parquet or FILE.csv.")
-
-    def write_spark(self, frame: Any) -> int:
-        """`write` for a Spark DataFrame: a table of the session's catalog, or one local file."""
-        if self.kind == "table":
-            frame.write.mode("overwrite").saveAsTable(self.target)
-            return int(frame.sparkSession.table(self.target).count())
-        import pyarrow.csv as pa_csv
-        import pyarrow.parquet as pq
-
-        rows = frame.toArrow()
-        partial = f"{self.target}.{os.getpid()}.partial"
-        if self.kind == "parquet":
-            pq.write_table(rows, partial)
-        else:
-            pa_csv.write_csv(rows, partial)
-        os.replace(partial, self.target)
-        return int(rows.num_rows)
-
-    def write(self, con: duckdb.DuckDBPyConnection, relation: duckdb.DuckDBPyRelation) -> int:
-        """Write the rows whole or not at all: a failed job leaves the previous output in place."""
-        if self.kind == "table":
-            table = exp.to_table(self.target, dialect="duckdb")
-            staging = f"__aifuncs_output_{os.getpid()}"
-            relation.create(staging)
-            try:
-                con.execute(f"CREATE OR REPLACE TABLE {table.sql('duckdb')} AS FROM {staging}")
-            finally:
-                con.execute(f"DROP TABLE IF EXISTS {staging}")
-            (count,) = con.execute(f"SELECT count(*) FROM {table.sql('duckdb')}").fetchall()[0]
-            return int(count)
-        partial = f"{self.target}.{os.getpid()}.partial"
-        if self.kind == "parquet":
-            relation.to_parquet(partial)
-            (count,) = con.execute("SELECT count(*) FROM read_parquet(?)", [partial]).fetchall()[0]
-        else:
-            relation.to_csv(partial, header=True)
-            (count,) = con.execute("SELECT count(*) FROM read_csv(?, header = true)", [partial]).fetchall()[0]
-        os.replace(partial, self.target)
-        return int(count)
-
-
-def _check_writable(text: str, path: Path) -> None:
-    """Refuse an output file the run could not write, before it pays for a single answer: the file is
-    written beside itself (FILE.PID.partial) and moved into place, so its folder must take new files."""
-    folder = path.parent
-    if not folder.is_dir():
-        missing = next((p for p in [folder, *folder.parents] if p.exists()), None)
-        what = "is not a folder" if folder.exists() else "does not exist"
-        hint = f" (create it: mkdir -p {folder})" if missing is not None and missing.is_dir() else ""
-        raise AifuncsError(f"--output {text!r}: the folder {str(folder)!r} {what}{hint}.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise AifuncsError(
-            f"--output {text!r}: the folder {str(folder)!r} is not writable by this user; pick another folder."
-        )
-    if path.is_dir():
-        raise AifuncsError(f"--output {text!r} is a folder; name a file in it, e.g. {str(path / 'out')!r}.")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise AifuncsError(f"--output {text!r}: the file exists and is not writable by this user.")
-
-
 def _first_line(statement: str, length: int = 80) -> str:
     line = " ".join(statement.split())
     return line if len(line) <= length else line[: length - 3] + "..."
-
-
-_BUDGET_TEXT = re.compile(r"The (query|session|job) budget")
-_UNREACHABLE_TEXT = re.compile(r"Endpoint '[^']+': (connection to \S+ failed|no reply from)")
-_BAD_SQL = (SqlError, ArgumentError, UnknownEndpoint, RequestMismatch, sqlglot.errors.SqlglotError)
-_BAD_SQL_DUCKDB = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
-
-
-_STATUS = {Exit.OK: "succeeded", Exit.INTERRUPTED: "interrupted"}
-
-
-class _Stop:
-    """While a run goes on, SIGTERM ends it as a failure would (`Interrupted`, which DuckDB may wrap): its
-    counts, ledger row and summary are written, its answers kept for a rerun. Only the main thread can."""
-
-    def __init__(self) -> None:
-        self.told = False
-        self._previous: Any = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._stop)
-
-    def _stop(self, signum: int, frame: Any) -> None:
-        self.told = True
-        raise Interrupted("The run was stopped (SIGTERM) before it finished; run it again to resume.")
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
-def _exit_code(error: BaseException) -> Exit:
-    chain = _chain(error)
-    message = _message(error)
-    if any(isinstance(e, BudgetExceeded) for e in chain) or _BUDGET_TEXT.search(message):
-        return Exit.BUDGET
-    if any(isinstance(e, EndpointUnreachable) for e in chain) or _UNREACHABLE_TEXT.search(message):
-        return Exit.UNREACHABLE
-    if any(isinstance(e, _BAD_SQL) for e in chain) or isinstance(error, _BAD_SQL_DUCKDB):
-        return Exit.BAD_SQL
-    return Exit.ERROR
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    found: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in found:
-        found.append(current)
-        current = current.__cause__ or current.__context__
-    return found
-
-
-_UDF_WRAPPING = re.compile(
-    r"^Invalid Input Error: (Python exception occurred while executing the UDF: )?(?P<kind>\w+): "
-)
-
-
-def _message(error: BaseException) -> str:
-    """The failure in words: aifuncs' own message where there is one, without DuckDB's wrapping."""
-    ours = next((e for e in _chain(error) if isinstance(e, AifuncsError)), None)
-    if ours is not None:
-        return str(ours)
-    text = str(error)
-    wrapped = _UDF_WRAPPING.match(text)  # a UDF's error, raised inside DuckDB: its type is lost
-    if wrapped and isinstance(getattr(errors, wrapped["kind"], None), type):
-        return text[wrapped.end() :]
-    return text.replace("Python exception occurred while executing the UDF: ", "")
