@@ -29,7 +29,7 @@ USAGE_TYPE = (
     " rows INTEGER, input_tokens BIGINT, output_tokens BIGINT, latency_ms DOUBLE, status VARCHAR,"
     " attempts INTEGER, error VARCHAR, request_id VARCHAR, requester VARCHAR, origin VARCHAR,"
     " client_request_id VARCHAR, usage_context VARCHAR, status_code INTEGER, input_chars BIGINT,"
-    " output_chars BIGINT, served_entity VARCHAR)[]"
+    " output_chars BIGINT, served_entity VARCHAR, ttft_ms DOUBLE)[]"
 )
 
 
