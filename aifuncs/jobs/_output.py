@@ -87,25 +87,6 @@ class Output:
         return int(count)
 
 
-def _check_writable(text: str, path: Path) -> None:
-    """Refuse an output file the run could not write, before it pays for a single answer: the file is
-    written beside itself (FILE.PID.partial) and moved into place, so its folder must take new files."""
-    folder = path.parent
-    if not folder.is_dir():
-        missing = next((p for p in [folder, *folder.parents] if p.exists()), None)
-        what = "is not a folder" if folder.exists() else "does not exist"
-        hint = f" (create it: mkdir -p {folder})" if missing is not None and missing.is_dir() else ""
-        raise AifuncsError(f"--output {text!r}: the folder {str(folder)!r} {what}{hint}.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise AifuncsError(
-            f"--output {text!r}: the folder {str(folder)!r} is not writable by this user; pick another folder."
-        )
-    if path.is_dir():
-        raise AifuncsError(f"--output {text!r} is a folder; name a file in it, e.g. {str(path / 'out')!r}.")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise AifuncsError(f"--output {text!r}: the file exists and is not writable by this user.")
-
-
 def check_writable(text: str, path: Path) -> None:
     """Refuse an output file the run could not write, before it pays for a single answer: the file is
     written beside itself (FILE.PID.partial) and moved into place, so its folder must take new files."""
