@@ -19,7 +19,6 @@ what was paid: the pieces received so far, status "error", status code 499.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections import Counter
@@ -31,14 +30,13 @@ import pyarrow as pa
 from aifuncs.errors import AifuncsError, RemoteError
 from aifuncs.providers._chat import Streams, can_stream
 from aifuncs.providers.base import CallOptions, Prediction, Provider
+from aifuncs.runtime._accounting import usage_row
 from aifuncs.runtime._call import CallSpec, Scored
 from aifuncs.runtime._guard import guarded
 from aifuncs.runtime._limit import backoff_s
 from aifuncs.runtime._meter import begin_request, end_request
 from aifuncs.runtime._payloads import log_request
 from aifuncs.runtime._rate import text_chars
-from aifuncs.runtime._usage import UsageRow
-from aifuncs.runtime._usage import now as usage_now
 
 if TYPE_CHECKING:
     from aifuncs.runtime import Runtime
@@ -79,9 +77,9 @@ async def stream_answer(
 
     def record(decisions: Counter[str]) -> None:
         runtime.usage.record(
-            _row(call, rows=sum(decisions.values()), input_tokens=None, output_tokens=None, latency_ms=0.0,
-                 status="guardrail", attempts=0,
-                 error="; ".join(f"{reason}: {count}" for reason, count in sorted(decisions.items())))
+            usage_row(call, rows=sum(decisions.values()), input_tokens=None, output_tokens=None, latency_ms=0.0,
+                      status="guardrail", attempts=0,
+                      error="; ".join(f"{reason}: {count}" for reason, count in sorted(decisions.items())))
         )  # fmt: skip
 
     embed = None if call.topic_call is None else runtime._embedder(call.topic_call)
@@ -122,9 +120,9 @@ async def _streamed(
                 async with limit:
                     begin_request(call.meters)
                     attempts += 1
-                    runtime.usage.sending(_row(call, rows=1, input_tokens=None, output_tokens=None, latency_ms=0.0,
-                                               status="interrupted", attempts=attempts, error=None,
-                                               request_id=request_id))  # fmt: skip
+                    runtime.usage.sending(usage_row(call, rows=1, input_tokens=None, output_tokens=None, latency_ms=0.0,
+                                                    status="interrupted", attempts=attempts, error=None,
+                                                    request_id=request_id))  # fmt: skip
                     try:
                         async for piece in provider.stream(chunk, options):
                             if isinstance(piece, Prediction):
@@ -191,7 +189,7 @@ def _account(
     seconds = time.perf_counter() - started
     log_request(call, chunk, output, error, seconds, status_code)
     runtime.usage.record(
-        _row(
+        usage_row(
             call,
             rows=1,
             input_tokens=output.input_tokens,
@@ -212,21 +210,3 @@ def _account(
 def _describe(error: BaseException) -> str:
     text = str(error) if isinstance(error, AifuncsError | ClientGone) else f"{type(error).__name__}: {error}"
     return text[:1000]
-
-
-def _row(call: CallSpec, **fields: Any) -> UsageRow:
-    """A usage row with what every row of a call carries (as the runtime's own rows do)."""
-    context = call.context
-    return UsageRow(
-        ts=usage_now(),
-        endpoint=call.endpoint.name,
-        endpoint_version=call.endpoint.version,
-        kind=call.endpoint.kind,
-        function=call.function,
-        requester=None if call.principal is None else call.principal.name,
-        origin=context.origin,
-        client_request_id=context.client_request_id,
-        usage_context=json.dumps(dict(context.usage_context)) if context.usage_context else None,
-        served_entity=call.endpoint.name,
-        **fields,
-    )
