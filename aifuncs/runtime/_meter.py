@@ -34,9 +34,14 @@ def begin_request(meters: tuple[Meter, ...]) -> None:
             meter.begin_request()
             begun.append(meter)
     except BudgetExceeded:
-        for meter in begun:
-            meter.cancel_request()
+        cancel_request(tuple(begun))
         raise
+
+
+def cancel_request(meters: tuple[Meter, ...]) -> None:
+    """Tell every meter a begun request failed or was cancelled."""
+    for meter in meters:
+        meter.cancel_request()
 
 
 def end_request(meters: tuple[Meter, ...], provider: Provider, rows: int, output: Any) -> None:

@@ -18,7 +18,7 @@ from aifuncs.runtime._accounting import Sends, record_request
 from aifuncs.runtime._call import CallSpec
 from aifuncs.runtime._coalesce import Coalescer
 from aifuncs.runtime._limit import AdaptiveLimit, GatePlace, backoff_s
-from aifuncs.runtime._meter import begin_request, end_request
+from aifuncs.runtime._meter import begin_request, cancel_request, end_request
 from aifuncs.runtime._policy import shares_answers
 from aifuncs.runtime._rate import RateGate
 from aifuncs.runtime._usage import UsageLog
@@ -131,8 +131,7 @@ class Sender:
                     provider, options, chunk, send, provider.concurrency, provider.batch_rows, journal
                 )
             except BaseException:
-                for meter in call.meters:
-                    meter.cancel_request()
+                cancel_request(call.meters)
                 raise
             end_request(call.meters, provider, len(chunk), output)
         else:
@@ -144,8 +143,7 @@ class Sender:
                 try:
                     output = await provider.predict(chunk, options)
                 except BaseException:
-                    for meter in call.meters:
-                        meter.cancel_request()
+                    cancel_request(call.meters)
                     raise
                 end_request(call.meters, provider, len(chunk), output)
             stalled = place.stalled

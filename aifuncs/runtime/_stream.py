@@ -34,7 +34,7 @@ from aifuncs.runtime._accounting import usage_row
 from aifuncs.runtime._call import CallSpec, Scored
 from aifuncs.runtime._guard import guarded
 from aifuncs.runtime._limit import backoff_s
-from aifuncs.runtime._meter import begin_request, end_request
+from aifuncs.runtime._meter import begin_request, cancel_request, end_request
 from aifuncs.runtime._payloads import log_request
 from aifuncs.runtime._rate import text_chars
 
@@ -134,8 +134,7 @@ async def _streamed(
                             if hand_on is not None:
                                 hand_on(piece)
                     except BaseException:
-                        for meter in call.meters:
-                            meter.cancel_request()
+                        cancel_request(call.meters)
                         raise
                 break
             except RemoteError as error:
