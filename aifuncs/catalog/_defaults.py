@@ -3,15 +3,11 @@ stand in until one is set, and the names those models hold."""
 
 from __future__ import annotations
 
-import builtins
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aifuncs._endpoint import Endpoint
-from aifuncs.catalog._store import SqliteStore
+from aifuncs.catalog._parts import CatalogPart
 from aifuncs.errors import ConfigError, PermissionDenied
-from aifuncs.governance import Principal
-from aifuncs.governance.permissions import PermissionStore
 
 ROLES = ("chat", "embedding", "forecast", "document")
 # The offline models task functions use until a default is set: (endpoint name, kind, options).
@@ -28,21 +24,10 @@ def reserved_role(name: str) -> str | None:
     return next((role for role, b in BUILTIN_DEFAULTS.items() if b[0].lower() == name.lower()), None)
 
 
-class DefaultsMethods:
+class DefaultsMethods(CatalogPart):
     """The defaults per role (admins set them) and the built-in models behind them."""
 
-    if TYPE_CHECKING:  # what Catalog gives its method groups
-        path: Path
-        _store: SqliteStore
-        _permissions: PermissionStore
-
-        @property
-        def principal(self) -> Principal: ...
-
-        def authorize(self, name: str, action: str = "view") -> Endpoint: ...
-        def get(self, name: str) -> Endpoint: ...
-        def names(self) -> builtins.list[str]: ...
-        def _note(self, action: str, target: str, **details: Any) -> None: ...
+    if TYPE_CHECKING:  # what Catalog gives this group besides CatalogPart
 
         def _non_admin_managers(self, name: str) -> set[str]: ...
 

@@ -4,35 +4,21 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aifuncs._endpoint import Endpoint
 from aifuncs.catalog._defaults import BUILTIN_DEFAULTS, reserved_role
-from aifuncs.catalog._store import SqliteStore
+from aifuncs.catalog._parts import CatalogPart
 from aifuncs.errors import ConfigError, PermissionDenied, UnknownEndpoint
-from aifuncs.governance import Principal
 from aifuncs.governance.guardrails import Guardrails, parse_guardrails
 from aifuncs.governance.limits import Check, applicable, parse_limits
 from aifuncs.governance.payloads import InferenceTable, parse_inference_table
-from aifuncs.governance.permissions import PermissionStore
 
 
-class GatewayMethods:
+class GatewayMethods(CatalogPart):
     """An endpoint's AI gateway: stored whole, checked before it is stored, read once per binding."""
 
-    if TYPE_CHECKING:  # what Catalog gives its method groups
-        path: Path
-        _store: SqliteStore
-        _permissions: PermissionStore
-
-        @property
-        def principal(self) -> Principal: ...
-
-        def authorize(self, name: str, action: str = "view") -> Endpoint: ...
-        def get(self, name: str) -> Endpoint: ...
-        def names(self) -> builtins.list[str]: ...
-        def _note(self, action: str, target: str, **details: Any) -> None: ...
+    if TYPE_CHECKING:  # what Catalog gives this group besides CatalogPart
 
         def _builtin(self, role: str, builtin: tuple[str, str, dict[str, Any]]) -> Endpoint: ...
 

@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from aifuncs._endpoint import Endpoint
-from aifuncs.catalog._store import SqliteStore
+from aifuncs.catalog._parts import CatalogPart
 from aifuncs.errors import ConfigError
-from aifuncs.governance import Principal
-from aifuncs.governance.permissions import PermissionStore
 
 
-class PermissionMethods:
+class PermissionMethods(CatalogPart):
     """Who holds what on an endpoint, as the catalog's principal may see and change it."""
-
-    if TYPE_CHECKING:  # what Catalog gives its method groups
-        path: Path
-        _store: SqliteStore
-        _permissions: PermissionStore
-
-        @property
-        def principal(self) -> Principal: ...
-
-        def authorize(self, name: str, action: str = "view") -> Endpoint: ...
-        def get(self, name: str) -> Endpoint: ...
-        def names(self) -> builtins.list[str]: ...
-        def _note(self, action: str, target: str, **details: Any) -> None: ...
 
     def permission_level(self, name: str) -> str | None:
         """The level the principal holds on the endpoint `name` (its canonical name), None for none."""
