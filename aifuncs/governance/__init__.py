@@ -7,7 +7,8 @@
 
 Principals (`principals.py`), their tokens (`tokens.py`), who a process acts as (`identity.py`), endpoint
 permissions (`permissions.py`), the one policy check (`policy.py`), rate limits (`limits.py`) and the audit log
-of every change (`audit.py`), all in the catalog's SQLite file (the limiter's buckets in `limits.db`).
+of every change (`audit.py`), all in the catalog's SQLite file (the limiter's buckets in `limits.db`), or all in
+the one PostgreSQL database AIFUNCS_DATABASE_URL names, buckets included (aifuncs/storage).
 The functions here act as the process's identity (`AIFUNCS_TOKEN`, else the OS account owning AIFUNCS_HOME,
 an admin of it); `Directory` changes principals and tokens as any identity (a server's request).
 """
