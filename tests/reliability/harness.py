@@ -66,6 +66,25 @@ def wait_until(condition: Callable[[], Any], timeout_s: float, every_s: float = 
         time.sleep(every_s)
 
 
+def stop_running_job(upstream: FakeServer, job: Path, timeout_s: float) -> str:
+    """Run `aifuncs run JOB`, send it SIGTERM once the upstream has received 30 requests, and return its
+    output once it has ended as a stopped run does (exit code 8, Exit.INTERRUPTED)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "aifuncs.cli", "run", str(job)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert wait_until(lambda: upstream.stats.requests >= 30 or child.poll() is not None, 60)
+    assert child.poll() is None, child.communicate()[0]
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=timeout_s)
+    assert child.returncode == 8, output  # Exit.INTERRUPTED
+    return output
+
+
 def _select(path: Path, query: str) -> list[dict[str, Any]]:
     """Rows of a store as another process reads it (no flush, no replay)."""
     if not path.exists():

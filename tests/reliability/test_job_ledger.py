@@ -3,17 +3,13 @@ had handed over and that were still to go when it was told to stop too (they are
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from servers import FakeServer
 
 import aifuncs
 from aifuncs import _runs
-from reliability.harness import wait_until
+from reliability.harness import stop_running_job
 
 
 def test_the_ledger_of_a_stopped_run_counts_what_the_upstream_received(home: Path, tmp_path: Path) -> None:
@@ -21,19 +17,7 @@ def test_the_ledger_of_a_stopped_run_counts_what_the_upstream_received(home: Pat
         aifuncs.endpoints.create("slow", kind="openai", model="m", base_url=upstream.url + "/v1")
         job = tmp_path / "nightly.sql"  # one DuckDB vector of 2,048 rows: all handed over at once
         job.write_text("SELECT ai_query('slow', 'q ' || i::VARCHAR) AS a FROM range(2000) t(i)")
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-        child = subprocess.Popen(
-            [sys.executable, "-m", "aifuncs.cli", "run", str(job)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert wait_until(lambda: upstream.stats.requests >= 30 or child.poll() is not None, 60)
-        assert child.poll() is None, child.communicate()[0]
-        child.send_signal(signal.SIGTERM)
-        output, _ = child.communicate(timeout=60)
-        assert child.returncode == 8, output  # Exit.INTERRUPTED
+        stop_running_job(upstream, job, timeout_s=60)
         received = upstream.settled().requests
         (row,) = _runs.runs("nightly")
     assert row["status"] == "interrupted", row

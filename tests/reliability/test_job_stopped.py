@@ -4,10 +4,6 @@ the upstream received (failed and retried ones too), read back from the usage lo
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from servers import FakeServer
@@ -15,7 +11,7 @@ from servers import FakeServer
 import aifuncs
 from aifuncs import _runs
 from aifuncs.runtime._usage import UsageLog
-from reliability.harness import wait_until
+from reliability.harness import stop_running_job
 
 
 def test_a_job_stopped_by_sigterm_records_what_it_spent(home: Path, tmp_path: Path) -> None:
@@ -23,19 +19,7 @@ def test_a_job_stopped_by_sigterm_records_what_it_spent(home: Path, tmp_path: Pa
         aifuncs.endpoints.create("slow", kind="openai", model="m", base_url=upstream.url + "/v1")
         job = tmp_path / "nightly.sql"
         job.write_text("SELECT ai_query('slow', 'q ' || i::VARCHAR) AS a FROM range(3000) t(i)")
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-        child = subprocess.Popen(
-            [sys.executable, "-m", "aifuncs.cli", "run", str(job)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert wait_until(lambda: upstream.stats.requests >= 30 or child.poll() is not None, 60)
-        assert child.poll() is None, child.communicate()[0]
-        child.send_signal(signal.SIGTERM)
-        output, _ = child.communicate(timeout=30)
-        assert child.returncode == 8, output  # Exit.INTERRUPTED
+        stop_running_job(upstream, job, timeout_s=30)
         sent = upstream.settled().requests
         assert 30 <= sent < 3000
         (row,) = _runs.runs("nightly")
