@@ -507,17 +507,19 @@ if __name__ == "__main__":
     ).serve()
 
 
-# A process that asks the shared rate limiter as fast as it can between two instants, for tests and benchmarks
-# of exactness across processes. Arguments: limits file, start, stop, calls per minute, burst.
+# A process that says "ready" once its limiter is open and warm, then hammers one limit in the window it is
+# sent on stdin: the window opens after every process is ready, however late a loaded machine started them.
 HAMMER = """
 import json, sys, time
 from pathlib import Path
-from aifuncs.governance.limits import Limiter, RateLimit, Reservation, applicable
+from aifuncs.governance.limits import RateLimit, Reservation, applicable, open_limiter
 from aifuncs.governance.principals import Principal
-path, start, stop, per_minute, burst = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-limiter = Limiter(path)
+path, per_minute, burst = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+limiter = open_limiter(path)  # the file, or the database AIFUNCS_DATABASE_URL names
 checks = applicable("ep", [RateLimit("endpoint", calls=per_minute, burst=burst)], Principal("p", "user"), ())
 limiter.try_acquire(applicable("warm", [RateLimit("endpoint", calls=1)], Principal("p", "user"), ()), 0)
+print("ready", flush=True)
+start, stop = map(float, sys.stdin.readline().split())
 while time.time() < start:
     time.sleep(0.001)
 admitted, asked, first, last = 0, 0, None, None
@@ -532,17 +534,41 @@ print(json.dumps({"admitted": admitted, "asked": asked, "first": first, "last": 
 
 
 def hammer_limiter(
-    path: Any, seconds: float, per_minute: int, burst: int, processes: int = 4
+    path: Path, seconds: float, per_minute: int, burst: int, database: str | None = None
 ) -> list[dict[str, float]]:
-    """`processes` processes asking one limit as fast as they can for `seconds`, from the same instant."""
-    start = time.time() + 1.5  # all of them are running before the window opens
-    stop = start + seconds
+    """Four processes asking one limit as fast as they can for `seconds`, from the same instant: on the file
+    at `path`, or on the shared `database`, each then with a home of its own (four hosts)."""
+    env = {k: v for k, v in os.environ.items() if k != "AIFUNCS_DATABASE_URL"}
+    if database is not None:
+        env["AIFUNCS_DATABASE_URL"] = database
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", HAMMER, str(path), str(start), str(stop), str(per_minute), str(burst)],
+            [
+                sys.executable,
+                "-c",
+                HAMMER,
+                str(path if database is None else path.parent / f"host-{number}" / path.name),
+                str(per_minute),
+                str(burst),
+            ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
-        for _ in range(processes)
+        for number in range(4)
     ]
-    return [json.loads(w.communicate(timeout=120)[0]) for w in workers]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        start = time.time() + 0.2  # every process is waiting for this line already
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(f"{start} {start + seconds}\n")
+            worker.stdin.flush()
+        return [json.loads(w.communicate(timeout=120)[0]) for w in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()

@@ -153,60 +153,10 @@ def main() -> None:
     postgres_rows()
 
 
-# 4.: as servers.HAMMER, on the limiter a home opens (the shared database when AIFUNCS_DATABASE_URL is set)
-HAMMER = """
-import json, sys, time
-from pathlib import Path
-from aifuncs.governance.limits import RateLimit, Reservation, applicable, open_limiter
-from aifuncs.governance.principals import Principal
-path, start, stop, per_minute, burst = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-limiter = open_limiter(path)
-checks = applicable("ep", [RateLimit("endpoint", calls=per_minute, burst=burst)], Principal("p", "user"), ())
-limiter.try_acquire(applicable("warm", [RateLimit("endpoint", calls=1)], Principal("p", "user"), ()), 0)
-while time.time() < start:
-    time.sleep(0.001)
-admitted, asked, first, last = 0, 0, None, None
-while (asked_at := time.time()) < stop:
-    asked += 1
-    if isinstance(limiter.try_acquire(checks, 0), Reservation):
-        admitted += 1
-        first = first or asked_at
-        last = time.time()
-print(json.dumps({"admitted": admitted, "asked": asked, "first": first, "last": last, "stop": stop}))
-"""
-
-
-def hammer_hosts(root: Path, url: str, seconds: float, per_minute: int, burst: int) -> list[dict[str, float]]:
-    """4 processes, each with a home of its own, on one database, asking one limit for `seconds`."""
-    import json
-    import subprocess
-
-    start = time.time() + 3.0  # all of them are running (and connected) before the window opens
-    env = {**os.environ, "AIFUNCS_DATABASE_URL": url}
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                HAMMER,
-                str(root / f"host-{n}" / "limits.db"),
-                str(start),
-                str(start + seconds),
-                str(per_minute),
-                str(burst),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )  # fmt: skip
-        for n in range(4)
-    ]
-    return [json.loads(w.communicate(timeout=120)[0]) for w in workers]
-
-
 def postgres_rows() -> None:
     print("4. the limiter on PostgreSQL")
     from pg import BIN, cluster
+    from servers import hammer_limiter
 
     if not (BIN / "initdb").exists():
         print(f"   skipped: no PostgreSQL 15 at {BIN} (make test-servers installs it)")
@@ -231,11 +181,11 @@ def postgres_rows() -> None:
         )
         admit_us = per_op_us(lambda: limiter.try_acquire(checks, 100), 2000)
         print(f"   one admission (calls + tokens, a round trip, 1 process): {admit_us:8.1f} us")
-        results = hammer_hosts(root / "fast", url, 2.0, 1_000_000_000, 1_000_000)
+        results = hammer_limiter(root / "fast" / "limits.db", 2.0, 1_000_000_000, 1_000_000, database=url)
         rate = sum(r["admitted"] for r in results) / 2.0
         print(f"   admissions a second, 4 processes (4 homes), a limit never hit (leases): {rate:,.0f}"
               " (target >= 10,000)")  # fmt: skip
-        results = hammer_hosts(root / "exact", url, 4.0, 120, 4)
+        results = hammer_limiter(root / "exact" / "limits.db", 4.0, 120, 4, database=url)
         admitted = sum(r["admitted"] for r in results)
         first = min(r["first"] for r in results if r["first"])
         last = max(r["last"] for r in results if r["last"])

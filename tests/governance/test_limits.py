@@ -4,12 +4,8 @@ exact across real processes, token reservations settled, and a query paced by a 
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +15,7 @@ import pytest
 import sample_models
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from servers import hammer_limiter
 
 import aifuncs
 import aifuncs.governance as gov
@@ -197,73 +194,6 @@ def test_token_limits_reserve_the_estimate_and_settle_to_the_use(
     assert limiter.try_acquire(checks, 80).wait_s == pytest.approx(6.0)  # type: ignore[union-attr]
     limiter.settle(first, 10)  # the model used 10 tokens, not 100: the other 90 come back at once
     assert limiter.try_acquire(checks, 80).wait_s == pytest.approx(0.6)  # type: ignore[union-attr]
-
-
-# A process that says "ready" once its limiter is open and warm, then hammers one limit in the window it is
-# sent on stdin: the window opens after every process is ready, however late a loaded machine started them.
-_HAMMER = """
-import json, sys, time
-from pathlib import Path
-from aifuncs.governance.limits import RateLimit, Reservation, applicable, open_limiter
-from aifuncs.governance.principals import Principal
-path, per_minute, burst = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-limiter = open_limiter(path)  # the file, or the database AIFUNCS_DATABASE_URL names
-checks = applicable("ep", [RateLimit("endpoint", calls=per_minute, burst=burst)], Principal("p", "user"), ())
-limiter.try_acquire(applicable("warm", [RateLimit("endpoint", calls=1)], Principal("p", "user"), ()), 0)
-print("ready", flush=True)
-start, stop = map(float, sys.stdin.readline().split())
-while time.time() < start:
-    time.sleep(0.001)
-admitted, asked, first, last = 0, 0, None, None
-while (asked_at := time.time()) < stop:
-    asked += 1
-    if isinstance(limiter.try_acquire(checks, 0), Reservation):
-        admitted += 1
-        first = first or asked_at
-        last = time.time()
-print(json.dumps({"admitted": admitted, "asked": asked, "first": first, "last": last, "stop": stop}))
-"""
-
-
-def hammer_limiter(
-    path: Path, seconds: float, per_minute: int, burst: int, database: str | None = None
-) -> list[dict[str, float]]:
-    """Four processes asking one limit as fast as they can for `seconds`, from the same instant: on the file
-    at `path`, or on the shared `database`, each then with a home of its own (four hosts)."""
-    env = {k: v for k, v in os.environ.items() if k != "AIFUNCS_DATABASE_URL"}
-    if database is not None:
-        env["AIFUNCS_DATABASE_URL"] = database
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _HAMMER,
-                str(path if database is None else path.parent / f"host-{number}" / path.name),
-                str(per_minute),
-                str(burst),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for number in range(4)
-    ]
-    try:
-        for worker in workers:
-            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
-        start = time.time() + 0.2  # every process is waiting for this line already
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write(f"{start} {start + seconds}\n")
-            worker.stdin.flush()
-        return [json.loads(w.communicate(timeout=120)[0]) for w in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
 
 
 def test_four_processes_share_one_exact_limit(tmp_path: Path) -> None:
