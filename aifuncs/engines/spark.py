@@ -12,7 +12,9 @@ Spark and Spark Connect are served alike.
 
 What a job shares: the endpoint's in-flight limit is divided among the job's Python workers; rate limits,
 usage and the inference table are the ones in AIFUNCS_HOME, which a local session's workers share with
-the driver (the driver's home travels with the call); on a cluster, executors keep their own.
+the driver (the driver's home travels with the call); on a cluster, executors keep their own. With a shared
+database (AIFUNCS_DATABASE_URL, or `database_url=`) its URL travels with the call too, so every worker, local
+or on a cluster, takes its rate limits from the database's buckets, as the driver does.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ from aifuncs.governance.payloads import payload_log
 from aifuncs.planner import EngineHooks, rewrite
 from aifuncs.runtime import CallSpec, default_runtime
 from aifuncs.session import RequestOptions, Session, merge, open_session, request_context
+from aifuncs.storage import ENV as DATABASE_ENV
+from aifuncs.storage import database_url as configured_database
+from aifuncs.storage import redact
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -61,6 +66,7 @@ def sql(
     client_request_id: str | None = None,
     workers: int | None = None,
     origin: str = "sql",
+    database_url: str | None = None,
 ) -> DataFrame | None:
     """Run a query with AI functions on Spark; returns the DataFrame of the last statement.
 
@@ -69,8 +75,27 @@ def sql(
     the job's Python workers at once (default: read from the session, e.g. 2 for `local[2]`), among which
     each endpoint's in-flight limit is divided. `options` (`aifuncs.RequestOptions`, or its fields as
     keywords): `usage_context`, `client_request_id` and `origin` go into the usage log as with `aifuncs.sql`
-    (a progress line is the DuckDB engine's)."""
+    (a progress line is the DuckDB engine's). `database_url`: the shared database (`postgresql://...`) the
+    query is planned against and its workers take their limits from (default: AIFUNCS_DATABASE_URL); it
+    travels with the job's calls and is never shown with its password."""
     _check_session(spark)
+    with _environment(DATABASE_ENV, database_url):
+        return _run(spark, query, dialect, token, options, wait_for_limits, usage_context, client_request_id,
+                    workers, origin)  # fmt: skip
+
+
+def _run(
+    spark: SparkSession,
+    query: str,
+    dialect: str,
+    token: str | None,
+    options: RequestOptions | None,
+    wait_for_limits: bool | None,
+    usage_context: Mapping[str, str] | None,
+    client_request_id: str | None,
+    workers: int | None,
+    origin: str,
+) -> DataFrame | None:
     options = merge(
         RequestOptions, options, usage_context=usage_context, client_request_id=client_request_id,
         wait_for_limits=wait_for_limits,
@@ -215,6 +240,8 @@ def _hooks(spark: SparkSession, session: Session, processes: int) -> EngineHooks
     # A local session's workers run on this machine: they keep their accounts in the driver's home (the
     # environment they inherited may name another, set before this query).
     worker_home = str(home()) if local else None
+    # The shared database travels to every worker, local or not: its buckets are the job's one rate limit.
+    worker_database = configured_database()
 
     def describe(probe: str) -> str:
         from pyspark.sql.pandas.types import to_arrow_type
@@ -225,11 +252,11 @@ def _hooks(spark: SparkSession, session: Session, processes: int) -> EngineHooks
     def register(call: CallSpec, request_ddl: str | None) -> str:
         # Budgets and progress bars are the driver's objects; the workers answer, they do not meter.
         shipped = dataclasses.replace(call, meters=(), processes=processes)
-        key = json.dumps([shipped.key(), request_ddl, worker_home])
+        shown = redact(worker_database) if worker_database else None  # no password in a function's name
+        key = json.dumps([shipped.key(), request_ddl, worker_home, shown])
         name = f"__aifuncs_{call.function}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-        _register(
-            spark, name, _answers(shipped, request_ddl is None, worker_home), _spark_type(call.output_type)
-        )
+        answers = _answers(shipped, request_ddl is None, worker_home, worker_database)
+        _register(spark, name, answers, _spark_type(call.output_type))
         return name
 
     return EngineHooks(
@@ -276,7 +303,7 @@ def _register(spark: SparkSession, name: str, fn: Callable[..., Any], return_typ
 
 
 def _answers(
-    call: CallSpec, json_request: bool, worker_home: str | None
+    call: CallSpec, json_request: bool, worker_home: str | None, worker_database: str | None = None
 ) -> Callable[[Iterator[pa.Array]], Iterator[pa.Array]]:
     """The UDF of one call site, as Spark's workers run it: batches of requests in, answers out, in order.
 
@@ -284,7 +311,7 @@ def _answers(
     usage and inference rows are written when the task ends (a worker may be reaped when idle)."""
 
     def answers(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        with _home_of_driver(worker_home):
+        with _environment("AIFUNCS_HOME", worker_home), _environment(DATABASE_ENV, worker_database):
             runtime = default_runtime()
             ahead = 0 if runtime.provider(call.endpoint).in_process else 1
             pending: deque[Any] = deque()
@@ -313,16 +340,17 @@ def _answers(
 
 
 @contextmanager
-def _home_of_driver(path: str | None) -> Iterator[None]:
-    if path is None or os.environ.get("AIFUNCS_HOME") == path:
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """`name` set to `value` while the block runs (the driver's home or database, in a worker); None: as is."""
+    if value is None or os.environ.get(name) == value:
         yield
         return
-    previous = os.environ.get("AIFUNCS_HOME")
-    os.environ["AIFUNCS_HOME"] = path
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if previous is None:
-            os.environ.pop("AIFUNCS_HOME", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["AIFUNCS_HOME"] = previous
+            os.environ[name] = previous

@@ -25,6 +25,7 @@ import aifuncs
 import aifuncs.governance as gov
 import aifuncs.spark
 from aifuncs._types import duckdb_ddl
+from aifuncs.engines.spark import failure_of
 from aifuncs.errors import ArgumentError, PermissionDenied
 
 pytestmark = pytest.mark.timeout(600)
@@ -378,3 +379,33 @@ def test_ai_forecast_gives_the_same_rows_on_spark(spark: Any, con: duckdb.DuckDB
     spark_values, duckdb_values = (t.column("revenue_forecast").to_pylist() for t in (on_spark, on_duckdb))
     assert spark_values[-1] is None and duckdb_values[-1] is None
     assert spark_values[:-1] == pytest.approx(duckdb_values[:-1], rel=1e-6)
+
+
+def test_the_workers_take_their_limits_from_the_shared_database(
+    spark: Any, home: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The workers started before this test set the database: they see it only if it travels with the call.
+    monkeypatch.setenv("AIFUNCS_DATABASE_URL", pg_url)
+    aifuncs.endpoints.create(
+        "doubler", kind="python", function="sample_models:doubled", returns="DOUBLE", max_batch_rows=1
+    )
+    aifuncs.endpoints.set_rate_limits("doubler", [{"calls": 1, "key": "endpoint"}])
+    one = "SELECT ai_query('doubler', 1.0::DOUBLE, cache => false)"
+    assert aifuncs.sql(aifuncs.connect(), one, wait_for_limits=False).fetchall() == [(2.0,)]  # spent here
+    spark.range(1).createOrReplaceTempView("one_row")
+    query = "SELECT ai_query('doubler', CAST(id AS DOUBLE), cache => false) AS d FROM one_row"
+    password = pg_url.split(":")[2].split("@")[0]
+    # The driver's process spent the minute's one call: a worker (whose home's own bucket is fresh) is refused.
+    with pytest.raises(Exception) as refused:
+        aifuncs.spark.sql(spark, query, wait_for_limits=False).collect()
+    assert "rate limited (the endpoint's 1 calls/min)" in str(failure_of(refused.value))
+    # Named explicitly, with the environment's unset: the driver plans against it and the workers share it.
+    monkeypatch.delenv("AIFUNCS_DATABASE_URL")
+    with pytest.raises(Exception) as named:
+        aifuncs.spark.sql(spark, query, wait_for_limits=False, database_url=pg_url).collect()
+    assert "rate limited (the endpoint's 1 calls/min)" in str(failure_of(named.value))
+    assert password not in str(refused.value) + str(named.value)
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM limit_buckets").fetchone() == (1,)  # one bucket, the job's
