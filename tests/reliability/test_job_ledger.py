@@ -13,7 +13,9 @@ from reliability.harness import stop_running_job
 
 
 def test_the_ledger_of_a_stopped_run_counts_what_the_upstream_received(home: Path, tmp_path: Path) -> None:
-    with FakeServer(delay_s=0.05) as upstream:
+    # 0.2 s an answer: the 2,000 requests take 25 s or more at 16 in flight, so the stop comes well before the
+    # batch could drain even on a machine whose cores are busy (at 0.05 s a loaded run sent them all first)
+    with FakeServer(delay_s=0.2) as upstream:
         aifuncs.endpoints.create("slow", kind="openai", model="m", base_url=upstream.url + "/v1")
         job = tmp_path / "nightly.sql"  # one DuckDB vector of 2,048 rows: all handed over at once
         job.write_text("SELECT ai_query('slow', 'q ' || i::VARCHAR) AS a FROM range(2000) t(i)")

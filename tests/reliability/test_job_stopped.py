@@ -15,7 +15,7 @@ from reliability.harness import stop_running_job
 
 
 def test_a_job_stopped_by_sigterm_records_what_it_spent(home: Path, tmp_path: Path) -> None:
-    with FakeServer(delay_s=0.05) as upstream:
+    with FakeServer(delay_s=0.2) as upstream:  # slow enough that no loaded machine drains the batch first
         aifuncs.endpoints.create("slow", kind="openai", model="m", base_url=upstream.url + "/v1")
         job = tmp_path / "nightly.sql"
         job.write_text("SELECT ai_query('slow', 'q ' || i::VARCHAR) AS a FROM range(3000) t(i)")
