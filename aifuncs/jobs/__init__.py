@@ -135,6 +135,7 @@ def run(
         try:
             budget = limits.budget(name="job")
             context = request_context("job", {"job": path.stem, "run_id": str(run_id)})
+            stopped.on_stop = lambda: runtime.cancel_calls(context)  # at once, not when DuckDB lets go
             # Every statement parsed and every endpoint resolved before the first one runs (and pays).
             check_script(substitute(text, dialect, params), dialect, session.catalog)
             if engine == "spark":

@@ -3,9 +3,11 @@ rerun resumes from."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
@@ -50,13 +52,40 @@ STATUS = {Exit.OK: "succeeded", Exit.INTERRUPTED: "interrupted"}
 
 class Stop:
     """While a run goes on, SIGTERM ends it as a failure would (`Interrupted`, which DuckDB may wrap): its
-    counts, ledger row and summary are written, its answers kept for a rerun. Only the main thread can."""
+    counts, ledger row and summary are written, its answers kept for a rerun. Only the main thread can.
+
+    Python runs a signal's handler in the main thread only, and only once it is back in Python: while DuckDB
+    runs a statement it may not be for as long as the statement lasts, and the calls it handed over go on
+    sending. So the signal also wakes a thread of its own (through the wakeup fd, written by the C handler at
+    once), which calls `on_stop` (the run cancels its outstanding calls) right away."""
 
     def __init__(self) -> None:
         self.told = False
+        self.on_stop: Callable[[], None] | None = None
         self._previous: Any = None
+        self._previous_fd = -1
+        self._pipe: tuple[int, int] | None = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._stop)
+            self._pipe = os.pipe()
+            os.set_blocking(self._pipe[1], False)
+            self._previous_fd = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+            self._closing = False
+            self._watcher = threading.Thread(
+                target=self._watch, args=(self._pipe[0],), name="aifuncs-job-stop", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self, fd: int) -> None:
+        while not self._closing:
+            got = os.read(fd, 64)
+            if not got or self._closing:
+                return
+            if signal.SIGTERM in got:
+                self.told = True
+                if self.on_stop is not None:
+                    self.on_stop()
+                return
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.told = True
@@ -66,6 +95,14 @@ class Stop:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous_fd)
+            self._closing = True
+            os.write(self._pipe[1], b"\0")  # wakes the watcher, which sees it is done
+            self._watcher.join(timeout=5)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
 
 
 def exit_code(error: BaseException) -> Exit:
