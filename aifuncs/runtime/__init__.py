@@ -53,9 +53,15 @@ __all__ = [
 ]
 
 
+ProviderFactory = Callable[[Endpoint], Provider]
+
+
 class Runtime:
-    def __init__(self) -> None:
+    def __init__(self, provider_factory: ProviderFactory | None = None) -> None:
         self._providers: dict[str, Provider] = {}
+        # Builds the provider of an endpoint version: by default its kind's class, in this process; a server
+        # may hand in-process kinds to model worker processes instead (`set_provider_factory`).
+        self._provider_factory: ProviderFactory = provider_factory or _in_this_process
         self._lock = threading.Lock()
         self.usage = UsageLog()
         self._bridge = LoopBridge()
@@ -78,9 +84,16 @@ class Runtime:
         with self._lock:
             provider = self._providers.get(key)
             if provider is None:
-                provider = provider_class(endpoint.kind)(endpoint)
+                provider = self._provider_factory(endpoint)
                 self._providers[key] = provider
             return provider
+
+    def set_provider_factory(self, factory: ProviderFactory) -> None:
+        """Build providers with `factory` from now on (providers built already are dropped from the cache: the
+        next call of each endpoint builds its provider anew)."""
+        with self._lock:
+            self._provider_factory = factory
+            self._providers.clear()
 
     def run_call(self, call: CallSpec, requests: pa.Array, *, batch_rows: int | None = None) -> pa.Array:
         """Answer one batch for a call site: one value per request, NULL for NULL requests.
@@ -165,6 +178,10 @@ class Runtime:
 
     def _store(self) -> AnswerStore:
         return self._answers.store()
+
+
+def _in_this_process(endpoint: Endpoint) -> Provider:
+    return provider_class(endpoint.kind)(endpoint)
 
 
 _default: Runtime | None = None
