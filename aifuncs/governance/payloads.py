@@ -14,13 +14,14 @@ the journal before the request returns and in the table once the file frees. A
 request or response over `max_payload_bytes` (1 MiB unless set) is stored as NULL with a logging error code,
 as Databricks does. Refusals (403 at plan time, 429 by a rate limit) are recorded as rows without payload.
 Rows older than `retention_days` are deleted as new ones are written. The table lives in
-`AIFUNCS_HOME/payloads.db`.
+`AIFUNCS_HOME/payloads.db`, or with AIFUNCS_DATABASE_URL set in the shared database (table `payloads`, one
+for every host): payloads go there as sealed as they are here (the key stays with the hosts), each row once by
+its request id, and rows buffered while the database is away are written when it returns.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -38,6 +39,7 @@ from aifuncs._journal import Journal, dead_journals
 from aifuncs._wal import use_wal
 from aifuncs.errors import ConfigError
 from aifuncs.governance.keys import EncryptionError, keyring
+from aifuncs.storage import Connection, Postgres, database_failing, shared
 
 __all__ = [
     "InferenceTable",
@@ -127,6 +129,12 @@ CREATE INDEX IF NOT EXISTS payloads_by_time ON payloads(endpoint, timestamp_ms);
 CREATE INDEX IF NOT EXISTS payloads_by_request ON payloads(request_id);
 """
 _COLUMNS = ", ".join(PayloadRow._fields)
+_INSERT = f"INSERT INTO payloads ({_COLUMNS}) VALUES ({', '.join('?' * len(PayloadRow._fields))})"
+# The shared database keeps payloads as bytes, `sealed` saying which are sealed (1: request, 2: response).
+_INSERT_SHARED = (
+    f"INSERT INTO payloads ({_COLUMNS}, sealed) VALUES ({', '.join('?' * (len(PayloadRow._fields) + 1))})"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
 
 
 def capped(text: str | None, limit: int, code: str, codes: list[str]) -> str | None:
@@ -194,8 +202,10 @@ class PayloadLog:
         if table.sync and self._writing.acquire(blocking=False):  # else the writer is at it already
             try:
                 self._flush(_SYNC_WAIT_S)
-            except sqlite3.OperationalError:
-                self._wake.set()  # locked: journaled, and written as soon as the file frees
+            except Exception as error:
+                if not (isinstance(error, sqlite3.OperationalError) or database_failing(error)):
+                    raise
+                self._wake.set()  # locked or away: journaled, and written as soon as the store can be
             finally:
                 self._writing.release()
 
@@ -223,14 +233,18 @@ class PayloadLog:
         written: set[Path] = set()
         try:
             for path in dict.fromkeys(p for p, _, _ in rows):
+                batch = [r for p, r, _ in rows if p == path]
+                retention = {(r.endpoint, days) for p, r, days in rows if p == path}
+                database = shared(path)
+                if database is not None:
+                    self._write_shared(database, path, batch, retention, wait_s)
+                    written.add(path)
+                    continue
                 db = connect(path, wait_s)
                 try:
                     with db:
-                        db.executemany(
-                            f"INSERT INTO payloads ({_COLUMNS}) VALUES ({', '.join('?' * len(PayloadRow._fields))})",
-                            [r for p, r, _ in rows if p == path],
-                        )
-                        self._prune(db, path, {(r.endpoint, days) for p, r, days in rows if p == path})
+                        db.executemany(_INSERT, batch)
+                        self._prune(db, path, retention)
                 finally:
                     db.close()
                 written.add(path)
@@ -263,6 +277,9 @@ class PayloadLog:
             }
             if not rows:
                 return 0
+            database = shared(path)
+            if database is not None:
+                return self._write_shared(database, path, list(rows.values()), set(), wait_s)
             db = connect(path, wait_s)
             try:
                 with db:
@@ -287,7 +304,21 @@ class PayloadLog:
             for journal in self._journals.values():
                 journal.close(remove=True)
 
-    def _prune(self, db: sqlite3.Connection, path: Path, retention: set[tuple[str, int | None]]) -> None:
+    def _write_shared(
+        self,
+        database: Postgres,
+        path: Path,
+        rows: list[PayloadRow],
+        retention: set[tuple[str, int | None]],
+        wait_s: float,
+    ) -> int:
+        """Insert the rows the shared database lacks (by request id), in one transaction; how many were new."""
+        with database.transaction(None, wait_s=wait_s) as db:
+            added = sum(db.execute(_INSERT_SHARED, stored(row)).rowcount for row in rows)
+            self._prune(db, path, retention)
+        return added
+
+    def _prune(self, db: Connection, path: Path, retention: set[tuple[str, int | None]]) -> None:
         for endpoint, days in retention:
             if (
                 days is None
@@ -301,16 +332,12 @@ class PayloadLog:
     def read(self, path: Path) -> list[dict[str, Any]]:
         """Every row, its payloads opened (EncryptionError if sealed ones do not open with the key set)."""
         self.flush()
-        with contextlib.suppress(sqlite3.OperationalError):
-            self.replay(path)
-        if not path.exists():
-            return []
-        db = connect(path)
         try:
-            db.row_factory = sqlite3.Row
-            rows = [dict(r) for r in db.execute(f"SELECT {_COLUMNS} FROM payloads ORDER BY timestamp_ms")]
-        finally:
-            db.close()
+            self.replay(path)
+        except Exception as error:  # locked or away: the next reader or write replays it
+            if not (isinstance(error, sqlite3.OperationalError) or database_failing(error)):
+                raise
+        rows = read_rows(path)
         ring = keyring()
         for row in rows:
             for column in ("request", "response"):
@@ -355,6 +382,45 @@ def sealed(row: PayloadRow) -> PayloadRow:
     if isinstance(response, str):
         response = ring.seal(response.encode(), payload_aad(row, "response"))
     return row._replace(request=request, response=response)
+
+
+def stored(row: PayloadRow) -> tuple[Any, ...]:
+    """The row as the shared database keeps it: payloads as bytes, and which of them are sealed."""
+    flags, payloads = 0, []
+    for bit, value in ((1, row.request), (2, row.response)):
+        if isinstance(value, bytes):
+            flags |= bit
+        payloads.append(value.encode() if isinstance(value, str) else value)
+    return (*row._replace(request=payloads[0], response=payloads[1]), flags)
+
+
+def loaded(found: dict[str, Any]) -> dict[str, Any]:
+    """A row of the shared database as the SQLite file has it: a text payload as text, a sealed one as bytes."""
+    flags = found.pop("sealed")
+    for bit, column in ((1, "request"), (2, "response")):
+        value = found[column]
+        if value is not None:
+            found[column] = bytes(value) if flags & bit else bytes(value).decode()
+    return found
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Every row as stored (sealed payloads still sealed), oldest first: the file's, or every host's."""
+    database = shared(path)
+    if database is not None:
+        found = database.reader().execute(
+            f"SELECT {_COLUMNS}, sealed FROM payloads ORDER BY timestamp_ms, request_id"
+        )
+        names = [*PayloadRow._fields, "sealed"]
+        return [loaded(dict(zip(names, r, strict=True))) for r in found.fetchall()]
+    if not path.exists():
+        return []
+    db = connect(path)
+    try:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute(f"SELECT {_COLUMNS} FROM payloads ORDER BY timestamp_ms")]
+    finally:
+        db.close()
 
 
 def connect(path: Path, wait_s: float = 30.0) -> sqlite3.Connection:

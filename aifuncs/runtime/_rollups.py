@@ -1,6 +1,8 @@
 """Hourly and daily rollups of the usage log, kept in `usage.db` beside it and brought up to date
 incrementally: each refresh folds in only the rows written since the last one (by rowid), in one
-transaction, whichever process wrote them (the usage writer, a replayed journal, another worker).
+transaction, whichever process wrote them (the usage writer, a replayed journal, another worker). With
+AIFUNCS_DATABASE_URL set, the rollups live beside the shared log in the database (migration 0003) and fold by
+`seq`, the order rows were committed in: every host's usage in one set of figures.
 
     rollups = Rollups(home / "usage.db")
     rollups.refresh()                      # milliseconds once caught up; the first pass reads the log once
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from aifuncs.runtime._usage import _connect
+from aifuncs.storage import Postgres, shared
 
 __all__ = ["BUCKETS_PER_DOUBLING", "DailySum", "Rollups", "Scope", "percentile", "since_stamp"]
 
@@ -55,6 +58,10 @@ CREATE TABLE IF NOT EXISTS usage_daily (
 _CODE = "coalesce(status_code, CASE WHEN status = 'ok' THEN 200 ELSE 500 END)"
 _CLASS = f"CASE WHEN {_CODE} < 400 THEN '2xx' WHEN {_CODE} < 500 THEN '4xx' ELSE '5xx' END"
 _BUCKET = f"CAST(floor(log2(max(latency_ms, 0.125)) * {BUCKETS_PER_DOUBLING}) AS INTEGER)"
+# The same on PostgreSQL: its log of a numeric is exact where SQLite's log2 of a double is (powers of two).
+_BUCKET_PG = (
+    f"CAST(floor(log(2.0, greatest(latency_ms, 0.125)::numeric) * {BUCKETS_PER_DOUBLING}) AS INTEGER)"
+)
 _FOLD = {
     "usage_hourly": f"""
         INSERT INTO usage_hourly SELECT substr(ts, 1, 13), endpoint, {_CLASS}, count(*), coalesce(sum(rows), 0),
@@ -70,13 +77,26 @@ _FOLD = {
         ON CONFLICT (hour, endpoint, bucket) DO UPDATE SET requests = requests + excluded.requests""",
     "usage_daily": f"""
         INSERT INTO usage_daily SELECT substr(ts, 1, 10), endpoint, coalesce(requester, ''), count(*),
-            sum({_CODE} >= 400), coalesce(sum(rows), 0), coalesce(sum(input_tokens), 0),
+            sum(CASE WHEN {_CODE} >= 400 THEN 1 ELSE 0 END), coalesce(sum(rows), 0), coalesce(sum(input_tokens), 0),
             coalesce(sum(output_tokens), 0), coalesce(sum(latency_ms), 0), min(ts)
         FROM usage WHERE rowid > ? AND rowid <= ? GROUP BY 1, 2, 3
         ON CONFLICT (day, endpoint, requester) DO UPDATE SET requests = requests + excluded.requests,
             errors = errors + excluded.errors, rows = rows + excluded.rows,
             input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
             latency_ms = latency_ms + excluded.latency_ms, first_ts = min(first_ts, excluded.first_ts)""",
+}
+# PostgreSQL: rows by `seq` (commit order), its own names for two-argument min and log2, target columns named.
+_FOLD_PG = {
+    name: statement.replace("rowid", "seq")
+    .replace(_BUCKET, _BUCKET_PG)
+    .replace("min(first_ts, excluded.first_ts)", f"least({name}.first_ts, excluded.first_ts)")
+    .replace(" = requests + ", f" = {name}.requests + ")
+    .replace(" = errors + ", f" = {name}.errors + ")
+    .replace(" = rows + ", f" = {name}.rows + ")
+    .replace(" = input_tokens + ", f" = {name}.input_tokens + ")
+    .replace(" = output_tokens + ", f" = {name}.output_tokens + ")
+    .replace(" = latency_ms + ", f" = {name}.latency_ms + ")
+    for name, statement in _FOLD.items()
 }
 
 
@@ -163,6 +183,7 @@ def percentile(histogram: dict[int, int], fraction: float) -> float | None:
 class Rollups:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.database: Postgres | None = shared(path)
 
     def __repr__(self) -> str:
         return f"Rollups({str(self.path)!r})"
@@ -175,6 +196,8 @@ class Rollups:
     def refresh(self) -> int:
         """Fold the rows written since the last refresh into the rollups; how many. One transaction: another
         process refreshing at the same time waits, then finds nothing left to fold."""
+        if self.database is not None:
+            return self._refresh_shared(self.database)
         if not self.path.exists():
             return 0
         db = self._db()
@@ -205,7 +228,28 @@ class Rollups:
         finally:
             db.close()
 
+    def _refresh_shared(self, database: Postgres) -> int:
+        # The log's writers' turn: no row commits with a lower seq while the fold runs, so none is skipped.
+        with database.transaction("usage", immediate=True) as db:
+            found = db.execute(
+                "SELECT last_rowid FROM usage_rollup_state WHERE name = ?", (_STATE,)
+            ).fetchone()
+            last = int(found[0]) if found else 0
+            top = db.execute("SELECT max(seq) FROM usage").fetchone()[0]
+            if top is None or int(top) <= last:
+                return 0
+            for statement in _FOLD_PG.values():
+                db.execute(statement, (last, int(top)))
+            db.execute(
+                "INSERT INTO usage_rollup_state (name, last_rowid) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET last_rowid = excluded.last_rowid",
+                (_STATE, int(top)),
+            )
+            return int(top) - last
+
     def _read(self, query: str, parameters: Iterable[Any]) -> list[tuple[Any, ...]]:
+        if self.database is not None:
+            return [tuple(r) for r in self.database.reader().execute(query, tuple(parameters)).fetchall()]
         if not self.path.exists():
             return []
         db = self._db()
@@ -260,7 +304,7 @@ class Rollups:
         query += (
             f"SELECT d.{column}, d.endpoint, sum(d.requests), sum(d.errors), sum(d.rows), sum(d.input_tokens),"
             " sum(d.output_tokens), sum(d.latency_ms) FROM usage_daily d WHERE d.day >= ?"
-            " AND (? OR (d.requester = ? AND d.first_ts >= ?) OR EXISTS (SELECT 1 FROM managed m"
+            " AND (? = 1 OR (d.requester = ? AND d.first_ts >= ?) OR EXISTS (SELECT 1 FROM managed m"
             " WHERE m.endpoint = d.endpoint AND d.first_ts >= m.since))"
         )
         parameters += [

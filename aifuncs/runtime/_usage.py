@@ -1,14 +1,16 @@
 """Usage accounting: one row per model request (endpoint, rows, tokens, characters, latency, status,
 attempts; who asked, from where, with the caller's request id and labels).
 
-Rows are buffered in memory and written to SQLite under AIFUNCS_HOME by a thread of their own, every half
+Rows are buffered in memory and written to SQLite under AIFUNCS_HOME (or, with AIFUNCS_DATABASE_URL set, to
+the shared database: one log for every host) by a thread of their own, every half
 second while any wait (so another process sees them while this one idles), when a query ends, before anyone
 reads them, and at exit: accounting costs the hot path a list append and one line of journal. Nothing paid
 for is lost when a process dies or the file is locked: each request is journaled (aifuncs/_journal.py) as
 sent before it goes, and its row when it comes back; a journal whose process died is replayed by the next
 process to write or read the log, a request sent but never settled becoming a row of status `interrupted`
-(it was paid). A locked `usage.db` only delays rows: they stay pending, in order, and are written when it
-frees. A forked worker writes its rows before each query returns: it ends with `os._exit`, which runs no
+(it was paid). A locked `usage.db`, or the shared database away, only delays rows: they stay pending, in
+order, and are written when it frees or returns; on the database each row is inserted once by its request id,
+so a batch sent again after an answer lost with the connection adds nothing twice. A forked worker writes its rows before each query returns: it ends with `os._exit`, which runs no
 atexit handler (its journal covers what that write could not).
 """
 
@@ -31,6 +33,7 @@ from aifuncs._fork import after_fork_in_child, forked_child, held_across_fork
 from aifuncs._home import home_file, private_file
 from aifuncs._journal import Journal, dead_journals
 from aifuncs._wal import add_columns, use_wal
+from aifuncs.storage import Postgres, database_failing, shared
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -80,6 +83,8 @@ class UsageRow(NamedTuple):  # a tuple: written to SQLite as it is
 
 
 _COLUMNS = ", ".join(UsageRow._fields)
+_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * len(UsageRow._fields))})"
+_INSERT_ONCE = _INSERT + " ON CONFLICT (request_id) DO NOTHING"  # the shared database: unique by request id
 
 
 def now() -> str:
@@ -197,13 +202,16 @@ class UsageLog:
             written: set[Path] = set()
             try:
                 for path in dict.fromkeys(p for p, _ in rows):
+                    batch = [r for p, r in rows if p == path]
+                    database = shared(path)
+                    if database is not None:
+                        _insert_shared(database, batch, wait_s)
+                        written.add(path)
+                        continue
                     db = _waiting(_connect(path), wait_s)
                     try:
                         with db:
-                            db.executemany(
-                                f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * len(UsageRow._fields))})",
-                                [r for p, r in rows if p == path],
-                            )
+                            db.executemany(_INSERT, batch)
                     finally:
                         db.close()
                     written.add(path)
@@ -246,6 +254,9 @@ class UsageLog:
                             status="interrupted",
                             error="the process ended before the answer came (killed?); the request was sent",
                         )
+            database = shared(path)
+            if database is not None:
+                return _insert_shared(database, list(rows.values()), wait_s)
             db = _waiting(_connect(path), wait_s)
             try:
                 with db:
@@ -272,10 +283,15 @@ class UsageLog:
                 journal.close(remove=not any(p == path for p, _ in self._open.values()))
 
     def read(self) -> list[dict[str, Any]]:
+        """Every row, oldest first: this home's, or every host's on the shared database."""
         self.flush()
         path = home_file("usage.db")
-        with contextlib.suppress(sqlite3.OperationalError):
+        with _passing():
             self.replay(path)
+        database = shared(path)
+        if database is not None:
+            found = database.reader().execute(f"SELECT {_COLUMNS} FROM usage ORDER BY ts, seq").fetchall()
+            return [dict(zip(UsageRow._fields, r, strict=True)) for r in found]
         if not path.exists():
             return []
         db = _connect(path)
@@ -294,17 +310,21 @@ class UsageLog:
             in_flight = sum(
                 r.attempts for p, r in self._open.values() if p == path and r.usage_context == usage_context
             )
-        with contextlib.suppress(sqlite3.OperationalError):
+        with _passing():
             self.replay(path)
+        query = (
+            "SELECT coalesce(sum(attempts), 0), coalesce(sum(coalesce(input_tokens, 0)"
+            " + coalesce(output_tokens, 0)), 0) FROM usage WHERE usage_context = ?"
+        )
+        database = shared(path)
+        if database is not None:
+            requests, tokens = database.reader().execute(query, (usage_context,)).fetchone()
+            return int(requests) + in_flight, int(tokens)
         if not path.exists():
             return in_flight, 0
         db = _connect(path)
         try:
-            requests, tokens = db.execute(
-                "SELECT coalesce(sum(attempts), 0), coalesce(sum(coalesce(input_tokens, 0)"
-                " + coalesce(output_tokens, 0)), 0) FROM usage WHERE usage_context = ?",
-                (usage_context,),
-            ).fetchone()
+            requests, tokens = db.execute(query, (usage_context,)).fetchone()
             return int(requests) + in_flight, int(tokens)
         finally:
             db.close()
@@ -319,6 +339,23 @@ def _taken(lock: threading.Lock, wait_s: float) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def _passing() -> Iterator[None]:
+    """A replay that meets a locked file or the database away is left for the next reader or write."""
+    try:
+        yield
+    except Exception as error:
+        if not (isinstance(error, sqlite3.OperationalError) or database_failing(error)):
+            raise
+
+
+def _insert_shared(database: Postgres, rows: list[UsageRow], wait_s: float) -> int:
+    """Insert the rows the shared database lacks (by request id), as one transaction; how many were new.
+    Writers take the log's turn: rows commit in the order of their `seq`, which the rollups fold by."""
+    with database.transaction("usage", immediate=True, wait_s=wait_s) as db:
+        return sum(db.execute(_INSERT_ONCE, row).rowcount for row in rows)
 
 
 def _waiting(db: sqlite3.Connection, wait_s: float) -> sqlite3.Connection:

@@ -1,5 +1,5 @@
 """The storage seam: every store that must be one truth across processes (the catalog, principals, tokens,
-grants, secrets, egress, audit) reaches its database through here. Unset `AIFUNCS_DATABASE_URL`: SQLite files
+grants, secrets, egress, audit, limits, usage, inference tables) reaches its database through here. Unset `AIFUNCS_DATABASE_URL`: SQLite files
 under AIFUNCS_HOME, as ever. Set to `postgresql://...`: one PostgreSQL database shared by every server, job and
 Spark executor that names it, its schema made and migrated by numbered files (migrations/).
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aifuncs.errors import ConfigError
 from aifuncs.storage._connection import Connection
+from aifuncs.storage._faults import database_failing
 from aifuncs.storage._postgres import PgConnection, Postgres, Row, forget, postgres
 from aifuncs.storage._url import ENV, database_url, is_postgres, redact
 
@@ -23,6 +24,7 @@ __all__ = [
     "PgConnection",
     "Postgres",
     "Row",
+    "database_failing",
     "database_url",
     "forget",
     "postgres",
@@ -31,9 +33,9 @@ __all__ = [
 ]
 
 # The stores' SQLite files whose tables move to the shared database when one is set (limits.db: the rate
-# limiter's buckets). The rest stay per host for now (usage.db, payloads.db, answers, the run ledger, keys.db,
-# ui.db).
-SHARED_FILES = frozenset({"catalog.db", "limits.db"})
+# limiter's buckets; usage.db: usage and its rollups; payloads.db: the inference tables). The rest stay per host
+# for now (answers, the run ledger, keys.db, ui.db); so do the journals of rows not written yet.
+SHARED_FILES = frozenset({"catalog.db", "limits.db", "usage.db", "payloads.db"})
 
 
 def shared(path: Path) -> Postgres | None:

@@ -22,6 +22,7 @@ __all__ = ["PgConnection", "Postgres", "Row", "forget", "postgres"]
 CONNECT_TIMEOUT_S = 5
 POOL_SIZE = 8
 LOCK_TIMEOUT_S = 30  # as SQLite's busy timeout in the stores
+POOL_WAIT_S = 10  # a transaction waits this long for a connection (the database away: then an error, a 503)
 
 
 def _driver() -> Any:
@@ -95,6 +96,26 @@ class PgConnection:
         return cursor
 
 
+class _Reader(PgConnection):
+    """A thread's kept autocommit connection for reads. After the database restarted, its first read finds the
+    connection broken: a read changes nothing, so it is sent once more on a new connection rather than failed."""
+
+    def __init__(self, database: Postgres) -> None:
+        super().__init__(database.connect())
+        self._database = database
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
+        psycopg, _ = _driver()
+        try:
+            return super().execute(sql, params)
+        except psycopg.OperationalError:
+            if not (self.raw.closed or self.raw.broken):
+                raise  # the server answered (a timeout, a lock): not a lost connection
+            self.raw.close()
+            self.raw = self._database.connect()
+            return super().execute(sql, params)
+
+
 def lock_key(name: str) -> int:
     """An advisory lock's key for a store's name (stable across processes and versions)."""
     return 0x61696675_0000_0000 | zlib.crc32(name.encode())
@@ -158,17 +179,20 @@ class Postgres:
                         "cursor_factory": psycopg.ClientCursor,
                     },
                     open=True,
-                    timeout=30,
+                    timeout=POOL_WAIT_S,
                     name="aifuncs",
                 )
         return self._pool
 
     @contextlib.contextmanager
-    def transaction(self, store: str | None, *, immediate: bool = False) -> Iterator[PgConnection]:
+    def transaction(
+        self, store: str | None, *, immediate: bool = False, wait_s: float | None = None
+    ) -> Iterator[PgConnection]:
         """One transaction: committed when the block ends, rolled back if it raises. With `store`, its writers
         take turns from their first write on, or from the start when `immediate` (BEGIN IMMEDIATE). A turn
-        waited for longer than SQLite's busy timeout is an error, not a hang."""
-        with self.pool().connection() as conn, conn.transaction():
+        waited for longer than SQLite's busy timeout is an error, not a hang; so is a connection waited for
+        longer than `wait_s` (POOL_WAIT_S unless given: the database away)."""
+        with self.pool().connection(timeout=wait_s) as conn, conn.transaction():
             conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")  # a constant, never a user's value
             db = PgConnection(conn, store)
             if immediate:
@@ -186,10 +210,10 @@ class Postgres:
         """A kept connection for this thread's reads (autocommit: each read sees what others committed)."""
         values = self._readers.values
         kept: PgConnection | None = getattr(values, "conn", None)
-        if kept is not None and not kept.raw.closed and not kept.raw.broken:
-            return kept
+        if kept is not None and not kept.raw.closed:
+            return kept  # a broken one reconnects on its next read
         self.pool()  # the schema in place before the first read
-        values.conn = PgConnection(self.connect())
+        values.conn = _Reader(self)
         with self._lock:
             self._kept.append(values.conn)
         return values.conn
