@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aifuncs import cache, index
 from aifuncs import catalog as endpoints
-from aifuncs.catalog import Endpoint
+from aifuncs.catalog import Endpoint, ServedEntity
 from aifuncs.engines import pandas  # registers the `.ai` accessors of Series and DataFrames
 from aifuncs.engines.duckdb import connect, explain, install, sql
 from aifuncs.errors import AifuncsError
@@ -24,6 +24,7 @@ __all__ = [
     "AifuncsError",
     "Endpoint",
     "RequestOptions",
+    "ServedEntity",
     "SpendingLimits",
     "cache",
     "connect",

@@ -18,15 +18,18 @@ that creates the endpoint; a deleted endpoint's grants go in the transaction tha
 from __future__ import annotations
 
 import builtins
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from aifuncs._endpoint import Endpoint, check_name, check_no_secrets
+from aifuncs._endpoint import Endpoint, ServedEntity, check_name, check_no_secrets
 from aifuncs._home import home_file
 from aifuncs.catalog._authoring import authored, settle_unrecorded
 from aifuncs.catalog._defaults import BUILTIN_DEFAULTS, ROLES, DefaultsMethods, reserved_role
+from aifuncs.catalog._entities import checked_entities
 from aifuncs.catalog._gateway import GATEWAY_FIELDS, GatewayMethods, GatewaySettings
 from aifuncs.catalog._permissions import PermissionMethods
 from aifuncs.catalog._store import SqliteStore
@@ -45,6 +48,7 @@ __all__ = [
     "Catalog",
     "Endpoint",
     "GatewaySettings",
+    "ServedEntity",
     "create",
     "default",
     "default_catalog",
@@ -135,21 +139,61 @@ class Catalog(PermissionMethods, GatewayMethods, DefaultsMethods):
         assert endpoint is not None  # authorize refuses a name the catalog does not know
         return endpoint
 
-    def create(self, name: str, kind: str, *, description: str = "", **options: Any) -> Endpoint:
+    def create(
+        self,
+        name: str,
+        kind: str | None = None,
+        *,
+        description: str = "",
+        served_entities: Sequence[ServedEntity | dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> Endpoint:
+        """Add an endpoint of one model (`kind` and its options), or of several (`served_entities`, each with
+        its share of the traffic)."""
         check_name(name)
         if reserved_role(name) and not self.principal.admin:
             self._refuse_reserved(name, "create")
         principal = self.principal
         self._may_create(principal, name)
-        checked = authored(self.path, principal, kind, _validate(name, kind, options))
-        endpoint = Endpoint(name, kind, checked, description)
+        endpoint = self._configured(name, kind, options, served_entities, description)
         if not self._store.insert(endpoint, also=self._creator_grant(name, principal)):
             if not principal.admin and not policy.viewable(self._permissions, principal, [name]):
                 # taken by an endpoint this principal may not see: say so without saying what it is
                 raise EndpointExists(f"The name {name!r} is taken; choose another.")
             raise EndpointExists(f"Endpoint {name!r} already exists; use update() to change it.")
-        self._note("endpoints.create", name, kind=kind, options=endpoint.options)
+        self._note("endpoints.create", name, kind=endpoint.kind, options=endpoint.stored_options())
         return self.get(name)
+
+    def _configured(
+        self,
+        name: str,
+        kind: str | None,
+        options: dict[str, Any],
+        served_entities: Sequence[ServedEntity | dict[str, Any]] | None,
+        description: str,
+    ) -> Endpoint:
+        """The endpoint a config describes, checked and authored by this principal (nothing stored yet)."""
+        if served_entities is None:
+            if kind is None:
+                raise ConfigError(
+                    f"Give the endpoint {name!r} a kind (e.g. openai, mlflow) or served_entities."
+                )
+            checked = authored(self.path, self.principal, kind, _validate(name, kind, options))
+            return Endpoint(name, kind, checked, description)
+        if kind is not None or options:
+            raise ConfigError(
+                f"Give the endpoint {name!r} either a kind with options or served_entities, not both: each"
+                " served entity carries its own kind and options."
+            )
+
+        def check(label: str, entity_kind: str, entity_options: dict[str, Any]) -> dict[str, Any]:
+            return authored(
+                self.path, self.principal, entity_kind, _validate(label, entity_kind, entity_options)
+            )
+
+        entities = checked_entities(name, served_entities, check)
+        first = entities[0]
+        return Endpoint(name, first.kind, first.options, description, entities=entities)
 
     def _may_create(self, principal: Principal, name: str) -> None:
         if not self._permissions.principals.entitled(principal, CREATE_ENDPOINTS):
@@ -193,24 +237,40 @@ class Catalog(PermissionMethods, GatewayMethods, DefaultsMethods):
         return names if principal.admin else policy.viewable(self._permissions, principal, names)
 
     def update(
-        self, name: str, *, description: str | None = None, replace: bool = False, **options: Any
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        replace: bool = False,
+        served_entities: Sequence[ServedEntity | dict[str, Any]] | None = None,
+        **options: Any,
     ) -> Endpoint:
-        """Change options (merged into the current ones unless `replace`; None removes one). Bumps the version."""
+        """Change options (merged into the current ones unless `replace`; None removes one), or replace the
+        served entities (`served_entities`: the whole new list). Bumps the version; every version is kept."""
         current_endpoint = self.authorize(name, "manage")
-        merged = dict(options) if replace else {**current_endpoint.options, **options}
-        merged = authored(
-            self.path, self.principal, current_endpoint.kind, _validate(name, current_endpoint.kind, merged)
-        )
-        updated = Endpoint(
-            current_endpoint.name,
-            current_endpoint.kind,
-            merged,
-            current_endpoint.description if description is None else description,
-        )
+        described = current_endpoint.description if description is None else description
+        if served_entities is not None:
+            updated = self._configured(current_endpoint.name, None, options, served_entities, described)
+        elif current_endpoint.entities:
+            if options:
+                raise ConfigError(
+                    f"{name!r} serves {len(current_endpoint.entities)} entities: change their options by giving"
+                    " served_entities (the whole new list)."
+                )
+            updated = dataclasses.replace(current_endpoint, description=described)
+        else:
+            merged = dict(options) if replace else {**current_endpoint.options, **options}
+            merged = authored(
+                self.path,
+                self.principal,
+                current_endpoint.kind,
+                _validate(name, current_endpoint.kind, merged),
+            )
+            updated = Endpoint(current_endpoint.name, current_endpoint.kind, merged, described)
         result = self._store.replace(updated)
         if result is None:  # deleted by another process in between
             raise UnknownEndpoint(name, self.names())
-        self._note("endpoints.update", result.name, version=result.version, options=merged)
+        self._note("endpoints.update", result.name, version=result.version, options=updated.stored_options())
         return result
 
     def delete(self, name: str) -> None:
@@ -262,9 +322,20 @@ def default_catalog() -> Catalog:
     return _catalogs[path]
 
 
-def create(name: str, kind: str, *, description: str = "", **options: Any) -> Endpoint:
-    """Register a model under `name`. `kind` is a provider (`python`, `mlflow`, ...); options are its settings."""
-    return default_catalog().create(name, kind, description=description, **options)
+def create(
+    name: str,
+    kind: str | None = None,
+    *,
+    description: str = "",
+    served_entities: Sequence[ServedEntity | dict[str, Any]] | None = None,
+    **options: Any,
+) -> Endpoint:
+    """Register a model under `name`. `kind` is a provider (`python`, `mlflow`, ...); options are its settings.
+    Or several models: `served_entities=[ServedEntity("prod", "mlflow", {...}, 90), ...]`, traffic split by
+    the percentages."""
+    return default_catalog().create(
+        name, kind, description=description, served_entities=served_entities, **options
+    )
 
 
 def get(name: str) -> Endpoint:
@@ -275,8 +346,17 @@ def list() -> builtins.list[Endpoint]:  # noqa: A001 - mirrors the CLI verb
     return default_catalog().list()
 
 
-def update(name: str, *, description: str | None = None, replace: bool = False, **options: Any) -> Endpoint:
-    return default_catalog().update(name, description=description, replace=replace, **options)
+def update(
+    name: str,
+    *,
+    description: str | None = None,
+    replace: bool = False,
+    served_entities: Sequence[ServedEntity | dict[str, Any]] | None = None,
+    **options: Any,
+) -> Endpoint:
+    return default_catalog().update(
+        name, description=description, replace=replace, served_entities=served_entities, **options
+    )
 
 
 def delete(name: str) -> None:

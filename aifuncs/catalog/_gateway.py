@@ -6,7 +6,7 @@ import builtins
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aifuncs._endpoint import Endpoint
+from aifuncs._endpoint import NAME_RULE, Endpoint
 from aifuncs.catalog._defaults import BUILTIN_DEFAULTS, reserved_role
 from aifuncs.catalog._parts import CatalogPart
 from aifuncs.errors import ConfigError, PermissionDenied, UnknownEndpoint
@@ -47,10 +47,41 @@ class GatewayMethods(CatalogPart):
             stored["inference_table_config"] = parse_inference_table(
                 config["inference_table_config"]
             ).to_dict()
+        if config.get("fallback_config") is not None:
+            fallback = parse_fallback(config["fallback_config"])
+            if fallback.endpoint is not None:
+                self._may_fall_back_to(endpoint.name, fallback.endpoint)
+            stored["fallback_config"] = fallback.to_dict()
         if not self._store.set_gateway(endpoint.name, stored):
             raise UnknownEndpoint(name, self.names())
         self._note("ai-gateway.put", endpoint.name, **stored)
         return self.get_ai_gateway(endpoint.name)
+
+    def _may_fall_back_to(self, name: str, target: str) -> None:
+        """A fallback endpoint answers for every caller of `name` that may query it: its author needs CAN_QUERY
+        on it, and following fallbacks from it must not come back to `name` (a cycle)."""
+        try:
+            self.authorize(target, "query")
+        except UnknownEndpoint:
+            raise ConfigError(
+                f"The fallback endpoint {target!r} does not exist (or you may not see it): make it, or name"
+                " another."
+            ) from None
+        except PermissionDenied:
+            raise PermissionDenied(
+                f"{self.principal.name!r} may not name {target!r} as the fallback of {name!r}: that needs"
+                " CAN_QUERY on it."
+            ) from None
+        chain: list[str] = [name]
+        at: str | None = target
+        while at is not None:
+            if at.lower() in (c.lower() for c in chain):
+                raise ConfigError(
+                    f"Falling back from {name!r} to {target!r} makes a cycle ({' -> '.join([*chain, at])}):"
+                    " name an endpoint whose fallbacks do not lead back."
+                )
+            chain.append(at)
+            at = parse_fallback(self._store.gateway(at).get("fallback_config") or {}).endpoint
 
     def _may_use_topic_endpoint(self, name: str | None) -> None:
         """A guardrail's embedding endpoint runs on the endpoint's behalf for every caller: its author needs
@@ -89,6 +120,7 @@ class GatewayMethods(CatalogPart):
             self._rate_checks(endpoint, config),
             _inference_table(config),
             rails if rails is not None and rails.active else None,
+            parse_fallback(config.get("fallback_config") or {}),
         )
 
     def for_guardrail(self, name: str | None) -> Endpoint:
@@ -116,10 +148,39 @@ class GatewayMethods(CatalogPart):
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """Databricks' `fallback_config`: a request that fails on its served entity (after its retries: 429, 5xx,
+    a timeout, unreachable) goes to the endpoint's other entities in list order, then to `endpoint` if named."""
+
+    enabled: bool = False
+    endpoint: str | None = None  # another endpoint to ask last (this server's own extension)
+
+    def to_dict(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {"enabled": self.enabled}
+        if self.endpoint is not None:
+            shown["endpoint"] = self.endpoint
+        return shown
+
+
+def parse_fallback(config: Any) -> Fallback:
+    if not isinstance(config, dict) or set(config) - {"enabled", "endpoint"}:
+        raise ConfigError(
+            'fallback_config is {"enabled": true} (and optionally "endpoint": another endpoint to ask last).'
+        )
+    enabled, target = config.get("enabled", False), config.get("endpoint")
+    if not isinstance(enabled, bool):
+        raise ConfigError("fallback_config.enabled is true or false.")
+    if target is not None and (not isinstance(target, str) or not NAME_RULE.match(target)):
+        raise ConfigError(f"fallback_config.endpoint names an endpoint (got {target!r}).")
+    return Fallback(enabled, target if enabled else None)
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     rate_checks: tuple[Check, ...]
     payloads: InferenceTable | None
     guardrails: Guardrails | None
+    fallback: Fallback = Fallback()
 
 
 def _inference_table(config: dict[str, Any]) -> InferenceTable | None:
@@ -128,4 +189,4 @@ def _inference_table(config: dict[str, Any]) -> InferenceTable | None:
     return parsed if parsed is not None and parsed.enabled else None
 
 
-GATEWAY_FIELDS = ("rate_limits", "inference_table_config", "guardrails")
+GATEWAY_FIELDS = ("rate_limits", "inference_table_config", "guardrails", "fallback_config")

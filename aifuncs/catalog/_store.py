@@ -71,10 +71,10 @@ def _now() -> str:
 
 
 def _row_to_endpoint(row: Any) -> Endpoint:
-    return Endpoint(
-        name=row["name"],
-        kind=row["kind"],
-        options=json.loads(row["options"]),
+    return Endpoint.from_stored(
+        row["name"],
+        row["kind"],
+        json.loads(row["options"]),
         description=row["description"],
         version=row["version"],
         created_at=datetime.fromisoformat(row["created_at"]),
@@ -172,7 +172,7 @@ class SqliteStore:
         with self._write() as db:
             if db.execute("SELECT 1 FROM endpoints WHERE name = ?", (endpoint.name,)).fetchone():
                 return False
-            options = json.dumps(endpoint.options, sort_keys=True)
+            options = json.dumps(endpoint.stored_options(), sort_keys=True)
             db.execute(
                 "INSERT INTO endpoints VALUES (?, ?, ?, ?, 1, ?, ?)",
                 (endpoint.name, endpoint.kind, options, endpoint.description, now, now),
@@ -192,7 +192,7 @@ class SqliteStore:
             if row is None:
                 return None
             version = row[0] + 1
-            options = json.dumps(endpoint.options, sort_keys=True)
+            options = json.dumps(endpoint.stored_options(), sort_keys=True)
             db.execute(
                 "UPDATE endpoints SET kind = ?, options = ?, description = ?, version = ?, updated_at = ?"
                 " WHERE name = ?",

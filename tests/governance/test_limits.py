@@ -82,8 +82,10 @@ def test_limits_are_set_as_the_ai_gateway_and_checked_whole(home: Path) -> None:
     ]
     with pytest.raises(ConfigError, match="sets neither calls nor tokens"):
         aifuncs.endpoints.set_rate_limits("doubler", [{"calls": 5, "key": "user"}, {"key": "endpoint"}])
-    with pytest.raises(ConfigError, match="Unsupported AI gateway settings \\['fallback_config'\\]"):
-        aifuncs.endpoints.put_ai_gateway("doubler", {"fallback_config": {"enabled": True}})
+    with pytest.raises(ConfigError, match="Unsupported AI gateway settings \\['route_optimized'\\]"):
+        aifuncs.endpoints.put_ai_gateway("doubler", {"route_optimized": True})
+    with pytest.raises(ConfigError, match="fallback_config.enabled is true or false"):
+        aifuncs.endpoints.put_ai_gateway("doubler", {"fallback_config": {"enabled": "yes"}})
     assert len(aifuncs.endpoints.get_ai_gateway("doubler")["rate_limits"]) == 2  # unchanged by the refusals
     aifuncs.endpoints.delete("doubler")
     aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
