@@ -14,6 +14,7 @@ from aifuncs.cli._common import EXIT_BUDGET, EXIT_ERROR, EXIT_LOCKED, EXIT_UNACC
 from aifuncs.cli.endpoints import add_cache_commands
 from aifuncs.cli.endpoints import add_commands as add_endpoint_commands
 from aifuncs.cli.governance import add_commands as add_governance_commands
+from aifuncs.cli.home import add_commands as add_home_commands
 from aifuncs.cli.jobs import add_commands as add_job_commands
 from aifuncs.cli.queries import add_commands as add_query_commands
 from aifuncs.cli.serving import add_commands as add_serving_commands
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_commands(commands)
     add_governance_commands(commands)
     add_serving_commands(commands)  # serve, ui
+    add_home_commands(commands)  # home migrate
     return parser
 
 

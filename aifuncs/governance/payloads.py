@@ -314,7 +314,7 @@ class PayloadLog:
     ) -> int:
         """Insert the rows the shared database lacks (by request id), in one transaction; how many were new."""
         with database.transaction(None, wait_s=wait_s) as db:
-            added = sum(db.execute(_INSERT_SHARED, stored(row)).rowcount for row in rows)
+            added = int(db.executemany(_INSERT_SHARED, [stored(row) for row in rows]).rowcount) if rows else 0
             self._prune(db, path, retention)
         return added
 

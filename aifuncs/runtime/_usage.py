@@ -355,7 +355,7 @@ def _insert_shared(database: Postgres, rows: list[UsageRow], wait_s: float) -> i
     """Insert the rows the shared database lacks (by request id), as one transaction; how many were new.
     Writers take the log's turn: rows commit in the order of their `seq`, which the rollups fold by."""
     with database.transaction("usage", immediate=True, wait_s=wait_s) as db:
-        return sum(db.execute(_INSERT_ONCE, row).rowcount for row in rows)
+        return int(db.executemany(_INSERT_ONCE, rows).rowcount) if rows else 0
 
 
 def _waiting(db: sqlite3.Connection, wait_s: float) -> sqlite3.Connection:

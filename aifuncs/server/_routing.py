@@ -101,7 +101,13 @@ def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awai
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"}, headers={"x-aifuncs-worker": WORKER})
+    """Readiness: 503 while a model of the server's in-process endpoints is still loading for the first time,
+    then 200, with each such endpoint's state (`aifuncs.workers.ModelWorkers.health`)."""
+    workers = getattr(request.app.state, "model_workers", None)
+    if workers is None:
+        return JSONResponse({"status": "ok"}, headers={"x-aifuncs-worker": WORKER})
+    status, body = workers.health()
+    return JSONResponse(body, status_code=status, headers={"x-aifuncs-worker": WORKER})
 
 
 _OPEN = ("/health", "/.well-known/databricks-config", "/openapi.json")
