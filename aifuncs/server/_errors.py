@@ -27,6 +27,7 @@ from aifuncs.errors import (
     UnknownEndpoint,
 )
 from aifuncs.governance import InvalidToken
+from aifuncs.storage import database_failing
 
 __all__ = ["ApiError", "error_response", "from_aifuncs", "from_unexpected"]
 
@@ -93,7 +94,7 @@ def _transient(error: BaseException) -> ApiError | None:
             return _upstream(cause, str(error))
         if isinstance(cause, LimiterUnavailable):  # inside a model error: still fails closed, says when
             return ApiError(503, "TEMPORARILY_UNAVAILABLE", str(error), _retry_after(cause.wait_s))
-        if isinstance(cause, sqlite3.Error):
+        if isinstance(cause, sqlite3.Error) or database_failing(cause):
             # A store of ours (usage, limits, inference table, answers) locked or failing: nothing the
             # request did; the same request shortly after succeeds.
             return ApiError(
