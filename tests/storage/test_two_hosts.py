@@ -18,6 +18,7 @@ from servers import FakeServer, free_port, running
 
 import aifuncs
 import aifuncs.governance as gov
+from aifuncs.runtime._rollups import Rollups, Scope
 
 MESSAGE = {"messages": [{"role": "user", "content": "hi"}]}
 REFUSED = (403, 404)  # without a grant the endpoint is not even shown
@@ -55,11 +56,15 @@ def test_tokens_and_grants_hold_across_hosts(
         with _host(home, pg_url, tmp_path, port_a), _host(other_home, pg_url, tmp_path, port_b):  # type: ignore[attr-defined]
             a, b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
 
+            answered: dict[str, int] = {a: 0, b: 0}  # 200s per host
+
             def ask(base: str, token: str) -> int:
-                return httpx.post(
+                status = httpx.post(
                     base + "/serving-endpoints/llm/invocations",
                     json=MESSAGE, headers={"Authorization": f"Bearer {token}"}, timeout=60,
                 ).status_code  # fmt: skip
+                answered[base] += status == 200
+                return status
 
             assert ask(a, alice) == 200 and ask(b, alice) == 200  # made on B, good on A; the endpoint on both
             # the admin revokes alice's grant through host A; host B refuses her within a second
@@ -80,6 +85,18 @@ def test_tokens_and_grants_hold_across_hosts(
             assert statuses[-1] in REFUSED, statuses
             assert took < 1.0, f"host B still answered alice {took:.2f} s after the revoke: {statuses}"
             assert ask(a, alice) in REFUSED
+    # usage is one log: every answer of both hosts, read back here (a third home), in rows and in the rollups
+    assert min(answered.values()) >= 1, answered
+    con = aifuncs.connect()
+    found = con.sql(
+        "SELECT count(*) FROM aifuncs_usage WHERE requester = 'alice' AND status = 'ok'"
+    ).fetchall()
+    assert found == [(sum(answered.values()),)], answered
+    rollups = Rollups(home / "usage.db")
+    rollups.refresh()
+    sums = rollups.daily_sums("2000-01-01", "requester", Scope(everything=True))
+    assert [s.requests for s in sums if s.key == "alice"] == [sum(answered.values())]
+    assert not (home / "usage.db").exists() and not (other_home / "usage.db").exists()
     # the token list is one list: both homes see alice's token
     listed = subprocess.run(
         [sys.executable, "-m", "aifuncs.cli", "tokens", "list", "--for", "alice"],
