@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import json
 import math
 import threading
 import time
@@ -19,14 +18,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from aifuncs.catalog import default_catalog
-from aifuncs.governance import Principal
 from aifuncs.runtime import CallSpec, Meter, RequestContext
 from aifuncs.server._errors import ApiError
-from aifuncs.session import bind_call
+from aifuncs.session import Session, bind_call, bind_key
 from aifuncs.session import request_context as make_context
 
-__all__ = ["NotKept", "Prepared", "bound", "prepare", "prepare_on_loop", "request_context"]
+__all__ = ["Bindings", "NotKept", "Prepared", "prepare", "prepare_on_loop", "request_context"]
 
 _FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -92,13 +89,13 @@ def request_context(body: dict[str, Any]) -> RequestContext:
     return make_context("rest", body.get("usage_context"), body.get("client_request_id"))
 
 
-# A request's binding (the policy check, the endpoint's limits, guardrails and logs) is kept for a second per
-# caller, endpoint, request shape and catalog revision: a change to grants, gateway settings or the endpoint
-# takes a new binding as soon as this process reads the new revision (within a second); the second's expiry
-# bounds what the revision does not count (a group's members). Each request brings its own context and meters.
+# A request's binding (the policy check, the endpoint's limits, guardrails and logs) is kept for a second by
+# `bind_key`: the caller's session (the principal with every field), endpoint, request shape and the catalog's
+# revision. A change to grants, gateway settings or the endpoint takes a new binding as soon as this process
+# reads the new revision (within a second); the second's expiry bounds what the revision does not count (a
+# group's members). Each request brings its own context and meters.
 _BIND_TTL_S = 1.0
-_binds: dict[tuple[Any, ...], tuple[float, CallSpec]] = {}
-_binds_lock = threading.Lock()
+_KEPT_MOST = 10_000
 
 
 _kept_only: contextvars.ContextVar[bool] = contextvars.ContextVar("kept_only", default=False)
@@ -119,59 +116,62 @@ def prepare_on_loop(prepare_body: Callable[..., Prepared], *args: Any) -> Prepar
         _kept_only.reset(token)
 
 
-def bound(
-    name: str,
-    request_type: pa.DataType,
-    params: dict[str, Any] | None,
-    principal: Principal,
-    context: RequestContext,
-    meters: tuple[Meter, ...] = (),
-) -> CallSpec:
-    kept_only = _kept_only.get()
-    if kept_only and not _binds:
-        raise NotKept  # the first binding also opens the catalog
-    catalog = default_catalog()
-    revision = catalog.known_revision() if kept_only else catalog.revision()
-    if revision is None:  # reading it is SQLite: not on the event loop
-        raise NotKept
-    key = (
-        str(catalog.path),  # one process may serve several homes (tests, embedding apps)
-        principal.name,
-        principal.created_at,  # a principal made again under a deleted one's name is another
-        principal.admin,
-        name.lower(),
-        str(request_type),
-        json.dumps(params, sort_keys=True, default=str),
-        revision,
-    )
-    now = time.monotonic()
-    with _binds_lock:
-        found = _binds.get(key)
-    if (found is None or now - found[0] > _BIND_TTL_S) and kept_only:
-        raise NotKept
-    if found is None or now - found[0] > _BIND_TTL_S:
-        call = bind_call("ai_query", name, request_type, model_parameters=params, principal=principal,
-                         wait_for_limits=False)  # fmt: skip
-        with _binds_lock:
-            if len(_binds) > 10_000:
-                _binds.clear()
-            _binds[key] = (now, call)
-    else:
-        call = found[1]
-    return dataclasses.replace(call, context=context, meters=meters)
+class Bindings:
+    """The bound calls of one app's query routes, each kept for `_BIND_TTL_S` by its `bind_key`."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[float, CallSpec]] = {}
+        self._lock = threading.Lock()
+
+    def bound(
+        self,
+        session: Session,
+        name: str,
+        request_type: pa.DataType,
+        params: dict[str, Any] | None,
+        meters: tuple[Meter, ...] = (),
+    ) -> CallSpec:
+        """The call `session` makes of endpoint `name` for rows of `request_type`, with the session's context
+        and meters (then `meters`). Under `prepare_on_loop`, NotKept unless it is kept (no SQLite read)."""
+        kept_only = _kept_only.get()
+        if kept_only and not self._kept:
+            raise NotKept  # the first binding also opens the catalog
+        catalog = session.base_catalog
+        revision = catalog.known_revision() if kept_only else catalog.revision()
+        if revision is None:  # reading it is SQLite: not on the event loop
+            raise NotKept
+        key = bind_key(session, "ai_query", name, request_type, revision, model_parameters=params)
+        now = time.monotonic()
+        with self._lock:
+            found = self._kept.get(key)
+        if found is not None and now - found[0] <= _BIND_TTL_S:
+            call = found[1]
+        elif kept_only:
+            raise NotKept
+        else:
+            # bound without this request's labels and client id: the kept call (its topic check's included)
+            # carries no one request's
+            plain = session.derive(context=RequestContext(session.context.origin), budgets=(), progress=None)
+            call = bind_call("ai_query", name, request_type, model_parameters=params, session=plain)
+            with self._lock:
+                if len(self._kept) > _KEPT_MOST:
+                    self._kept.clear()
+                self._kept[key] = (now, call)
+        return dataclasses.replace(call, context=session.context, meters=(*session.meters, *meters))
 
 
 Prepared = tuple[CallSpec, pa.Array, Callable[[pa.Array], dict[str, Any]]]
 
 
-def prepare(name: str, body: Any, principal: Principal) -> Prepared:
-    """A scoring body as the call to make, its rows, and how to word the answers."""
+def prepare(bindings: Bindings, name: str, body: Any, session: Session) -> Prepared:
+    """A scoring body as the call to make (in `session`, labelled with the body's usage context and client
+    request id), its rows, and how to word the answers."""
     if not isinstance(body, dict):
         raise _bad("The request body is a JSON object.")
     params = body.get("params")
     if params is not None and not isinstance(params, dict):
         raise _bad("params is an object of the model's parameters.")
-    context = request_context(body)
+    labelled = session.derive(context=request_context(body))
     rows = _rows(body)
-    call = bound(name, rows.type, params, principal, context)
+    call = bindings.bound(labelled, name, rows.type, params)
     return call, rows, lambda answers: {"predictions": _json_safe(answers.to_pylist())}

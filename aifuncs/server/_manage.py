@@ -1,6 +1,6 @@
 """The management routes: endpoints (list, get, create, config, delete), their AI gateway, rate limits, tags,
 metrics and OpenAPI document, their permissions, and OpenAI's model list; each sees the catalog as the caller
-(`Catalog.acting_as`), so it asks the same policy check as SQL."""
+(the request's `Session.catalog`), so it asks the same policy check as SQL."""
 
 from __future__ import annotations
 
@@ -12,37 +12,35 @@ from starlette.responses import Response
 
 from aifuncs._types import json_schema, to_duckdb_type
 from aifuncs.catalog import Catalog
-from aifuncs.governance import Identity
 from aifuncs.governance.permissions import DESCRIPTIONS, LEVELS
-from aifuncs.runtime import default_runtime
 from aifuncs.server._entities import endpoint_options
 from aifuncs.server._errors import ApiError
-from aifuncs.server._routing import catalog_of as _catalog
 from aifuncs.server._shapes import endpoint_object
+from aifuncs.session import Session
 
 
 def _level(catalog: Catalog, name: str) -> str | None:
     return catalog.permission_level(name)
 
 
-def list_endpoints(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    catalog = _catalog(identity)
+def list_endpoints(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    catalog = session.catalog
     return {"endpoints": [endpoint_object(catalog, e, _level(catalog, e.name)) for e in catalog.list()]}
 
 
-def get_endpoint(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    catalog = _catalog(identity)
+def get_endpoint(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    catalog = session.catalog
     endpoint = catalog.get(request.path_params["name"])
     return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
 
 
-def create_endpoint(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+def create_endpoint(request: Request, session: Session, body: Any) -> dict[str, Any]:
     """POST: the endpoint, its creator's CAN_MANAGE, and its AI gateway settings, all or nothing."""
     if not isinstance(body, dict) or not isinstance(body.get("name"), str):
         raise ApiError(400, "INVALID_PARAMETER_VALUE", "Give the endpoint's name and config.")
     name = body["name"]
     kind, options = endpoint_options(body.get("config"))
-    catalog = _catalog(identity)
+    catalog = session.catalog
     gateway = dict(body.get("ai_gateway") or {})
     gateway.pop("usage_tracking_config", None)  # always tracked here
     if body.get("rate_limits"):
@@ -59,9 +57,9 @@ def create_endpoint(request: Request, identity: Identity, body: Any) -> dict[str
     return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
 
 
-def update_config(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+def update_config(request: Request, session: Session, body: Any) -> dict[str, Any]:
     """PUT .../config: the served entity's settings, as a new version of the endpoint."""
-    catalog = _catalog(identity)
+    catalog = session.catalog
     current = catalog.authorize(request.path_params["name"], "manage")
     kind, options = endpoint_options(body)
     if kind != current.kind:
@@ -80,12 +78,12 @@ def update_config(request: Request, identity: Identity, body: Any) -> dict[str, 
 _ENTITY_OPTIONS = ("model_uri", "model", "task", "base_url", "api_key_env", "api_key_secret", "url")
 
 
-def delete_endpoint(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    _catalog(identity).delete(request.path_params["name"])
+def delete_endpoint(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    session.catalog.delete(request.path_params["name"])
     return {}
 
 
-def put_ai_gateway(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+def put_ai_gateway(request: Request, session: Session, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "INVALID_PARAMETER_VALUE", "The AI gateway configuration is a JSON object.")
     config = {k: v for k, v in body.items() if k != "name"}
@@ -96,28 +94,28 @@ def put_ai_gateway(request: Request, identity: Identity, body: Any) -> dict[str,
             "INVALID_PARAMETER_VALUE",
             'Usage is always tracked here: send {"enabled": true} or leave it out.',
         )
-    return _catalog(identity).put_ai_gateway(request.path_params["name"], config)
+    return session.catalog.put_ai_gateway(request.path_params["name"], config)
 
 
-def put_rate_limits(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+def put_rate_limits(request: Request, session: Session, body: Any) -> dict[str, Any]:
     limits = body.get("rate_limits", []) if isinstance(body, dict) else None
-    return {"rate_limits": _catalog(identity).set_rate_limits(request.path_params["name"], limits)}  # type: ignore[arg-type]
+    return {"rate_limits": session.catalog.set_rate_limits(request.path_params["name"], limits)}  # type: ignore[arg-type]
 
 
-def patch_tags(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+def patch_tags(request: Request, session: Session, body: Any) -> dict[str, Any]:
     body = body if isinstance(body, dict) else {}
-    tags = _catalog(identity).patch_tags(
+    tags = session.catalog.patch_tags(
         request.path_params["name"], body.get("add_tags"), body.get("delete_tags")
     )
     return {"tags": tags}
 
 
-def metrics(request: Request, identity: Identity, body: Any) -> Response:
+def metrics(request: Request, session: Session, body: Any) -> Response:
     """OpenMetrics counters of the endpoint's requests, from the usage log (every process's)."""
-    endpoint = _catalog(identity).authorize(request.path_params["name"], "view")
+    endpoint = session.catalog.authorize(request.path_params["name"], "view")
     rows = [
         r
-        for r in default_runtime().usage.read()
+        for r in session.runtime.usage.read()
         if r["endpoint"] == endpoint.name
         and r["status"] != "guardrail"
         # rows of an earlier endpoint of this name are not this one's
@@ -141,10 +139,10 @@ def metrics(request: Request, identity: Identity, body: Any) -> Response:
     )
 
 
-def endpoint_openapi(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+def endpoint_openapi(request: Request, session: Session, body: Any) -> dict[str, Any]:
     """The OpenAPI document of one endpoint's query: its inputs (from the model's signature) and answers."""
-    endpoint = _catalog(identity).authorize(request.path_params["name"], "view")
-    provider = default_runtime().provider(endpoint)
+    endpoint = session.catalog.authorize(request.path_params["name"], "view")
+    provider = session.runtime.provider(endpoint)
     if provider.returns_text:
         message = {"type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
                    "required": ["role", "content"]}  # fmt: skip
@@ -190,8 +188,8 @@ def endpoint_openapi(request: Request, identity: Identity, body: Any) -> dict[st
     }
 
 
-def permissions(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    catalog = _catalog(identity)
+def permissions(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    catalog = session.catalog
     name = request.path_params["endpoint_id"]
     if request.method == "GET":
         return catalog.get_permissions(name)
@@ -202,8 +200,8 @@ def permissions(request: Request, identity: Identity, body: Any) -> dict[str, An
     return change(name, entries)
 
 
-def permission_levels(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    _catalog(identity).authorize(request.path_params["endpoint_id"], "view")
+def permission_levels(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    session.catalog.authorize(request.path_params["endpoint_id"], "view")
     return {
         "permission_levels": [
             {"permission_level": level, "description": DESCRIPTIONS[level]} for level in LEVELS
@@ -211,8 +209,8 @@ def permission_levels(request: Request, identity: Identity, body: Any) -> dict[s
     }
 
 
-def models(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    endpoints = _catalog(identity).list()
+def models(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    endpoints = session.catalog.list()
     return {"object": "list", "data": [
         {"id": e.name, "object": "model", "owned_by": "aifuncs",
          "created": int(e.created_at.timestamp()) if e.created_at else 0} for e in endpoints]}  # fmt: skip

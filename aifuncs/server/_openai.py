@@ -18,12 +18,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
 from aifuncs.errors import AifuncsError
-from aifuncs.governance import Principal
 from aifuncs.providers.base import Prediction
-from aifuncs.runtime import CallSpec, TokenTally, default_runtime
+from aifuncs.runtime import CallSpec, Runtime, TokenTally
 from aifuncs.runtime._stream import stream_answer, streams
 from aifuncs.server._errors import ApiError, from_aifuncs
-from aifuncs.server._invoke import Prepared, bound, request_context
+from aifuncs.server._invoke import Bindings, Prepared, request_context
+from aifuncs.session import Session
 
 __all__ = ["chat", "completions", "embeddings", "kind_of", "sse", "streamed"]
 
@@ -55,11 +55,12 @@ def _parameters(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _call(
-    name: str, rows: pa.Array, body: dict[str, Any], principal: Principal, text: bool
+    bindings: Bindings, name: str, rows: pa.Array, body: dict[str, Any], session: Session, text: bool
 ) -> tuple[CallSpec, TokenTally]:
     tally = TokenTally()
-    call = bound(name, rows.type, _parameters(body) or None, principal, request_context(body), (tally,))
-    provider = default_runtime().provider(call.endpoint)
+    labelled = session.derive(context=request_context(body))
+    call = bindings.bound(labelled, name, rows.type, _parameters(body) or None, (tally,))
+    provider = session.runtime.provider(call.endpoint)
     if text and not provider.returns_text:
         raise _bad(f"Endpoint {name!r} is a {call.endpoint.kind} model, not a chat or completions one.")
     if not text and not call.result_type.endswith("[]"):
@@ -72,7 +73,7 @@ def _usage(tally: TokenTally) -> dict[str, int]:
             "total_tokens": tally.input_tokens + tally.output_tokens}  # fmt: skip
 
 
-def chat(name: str, body: dict[str, Any], principal: Principal) -> Prepared:
+def chat(bindings: Bindings, name: str, body: dict[str, Any], session: Session) -> Prepared:
     messages = body.get("messages")
     if (
         not isinstance(messages, list)
@@ -84,7 +85,7 @@ def chat(name: str, body: dict[str, Any], principal: Principal) -> Prepared:
     ):
         raise _bad('messages is a list of {"role": "...", "content": "..."}.')
     rows = pa.array([{"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}])
-    call, tally = _call(name, rows, body, principal, text=True)
+    call, tally = _call(bindings, name, rows, body, session, text=True)
 
     def word(answers: pa.Array) -> dict[str, Any]:
         message = {"role": "assistant", "content": answers[0].as_py()}
@@ -100,13 +101,13 @@ def chat(name: str, body: dict[str, Any], principal: Principal) -> Prepared:
     return call, rows, word
 
 
-def completions(name: str, body: dict[str, Any], principal: Principal) -> Prepared:
+def completions(bindings: Bindings, name: str, body: dict[str, Any], session: Session) -> Prepared:
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise _bad("prompt is a text or a list of texts.")
     rows = pa.array(prompts, pa.string())
-    call, tally = _call(name, rows, body, principal, text=True)
+    call, tally = _call(bindings, name, rows, body, session, text=True)
 
     def word(answers: pa.Array) -> dict[str, Any]:
         return {
@@ -123,13 +124,13 @@ def completions(name: str, body: dict[str, Any], principal: Principal) -> Prepar
     return call, rows, word
 
 
-def embeddings(name: str, body: dict[str, Any], principal: Principal) -> Prepared:
+def embeddings(bindings: Bindings, name: str, body: dict[str, Any], session: Session) -> Prepared:
     given = body.get("input")
     texts = [given] if isinstance(given, str) else given
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise _bad("input is a text or a list of texts.")
     rows = pa.array(texts, pa.string())
-    call, tally = _call(name, rows, body, principal, text=False)
+    call, tally = _call(bindings, name, rows, body, session, text=False)
 
     def word(answers: pa.Array) -> dict[str, Any]:
         return {
@@ -177,7 +178,13 @@ class _Events(StreamingResponse):
 
 
 async def streamed(
-    prepared: Prepared, name: str, body: dict[str, Any], headers: dict[str, str], *, databricks: bool
+    runtime: Runtime,
+    prepared: Prepared,
+    name: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    databricks: bool,
 ) -> Response | None:
     """A chat or completions answer streamed as the model writes it, in OpenAI's chunk shape (Databricks' is
     the same; on `/invocations` the last chunk carries `usage`, on OpenAI's routes a chunk of its own does,
@@ -186,7 +193,6 @@ async def streamed(
     The first piece is awaited before the response starts: an error until then (a guardrail, a rate limit,
     the model failing) is an ordinary error response; after it, an `error` event ends the stream."""
     call, rows, _ = prepared
-    runtime = default_runtime()
     if len(rows) != 1 or not streams(runtime, call):
         return None
     pieces = stream_answer(runtime, call, rows)

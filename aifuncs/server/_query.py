@@ -1,5 +1,6 @@
-"""The query routes: Databricks' invocations and OpenAI's chat, completions and embeddings, bound (on the
-event loop when the binding is kept and the body small) and answered on the server's loop."""
+"""The query routes: Databricks' invocations and OpenAI's chat, completions and embeddings, bound in the
+request's session (on the event loop when the binding is kept and the body small) and answered on the server's
+loop by the session's runtime."""
 
 from __future__ import annotations
 
@@ -10,54 +11,65 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from aifuncs.governance import Identity
-from aifuncs.runtime import default_runtime
 from aifuncs.server._errors import ApiError
-from aifuncs.server._invoke import Prepared, prepare, prepare_on_loop
+from aifuncs.server._invoke import Bindings, Prepared, prepare, prepare_on_loop
 from aifuncs.server._openai import chat, completions, embeddings, kind_of, sse, streamed
 from aifuncs.server._routing import SMALL_BODY_BYTES, WORKER, AsyncWork
-from aifuncs.server._routing import catalog_of as _catalog
+from aifuncs.session import Session
+
+_BODIES: dict[str, Callable[..., Prepared]] = {
+    "chat": chat,
+    "completions": completions,
+    "embeddings": embeddings,
+}
 
 
-async def invocations(request: Request, identity: Identity, body: Any) -> Response:
-    name = request.path_params["name"]
-    entity = request.path_params.get("served_model_name")
-    if entity is not None and entity.lower() != name.lower():  # one served entity, named as its endpoint
-        await run_in_threadpool(_catalog(identity).authorize, name, "view")
-        raise ApiError(
-            404,
-            "RESOURCE_DOES_NOT_EXIST",
-            f"Endpoint {name!r} serves no entity {entity!r}; it serves {name!r}.",
+def invocations(bindings: Bindings) -> AsyncWork:
+    """`/serving-endpoints/{name}/invocations` (and its served entity's route), bound through `bindings`."""
+
+    async def route(request: Request, session: Session, body: Any) -> Response:
+        name = request.path_params["name"]
+        entity = request.path_params.get("served_model_name")
+        if entity is not None and entity.lower() != name.lower():  # one served entity, named as its endpoint
+            await run_in_threadpool(session.catalog.authorize, name, "view")
+            raise ApiError(
+                404,
+                "RESOURCE_DOES_NOT_EXIST",
+                f"Endpoint {name!r} serves no entity {entity!r}; it serves {name!r}.",
+            )
+        kind = kind_of(body) if isinstance(body, dict) else None
+        prepare_body = _BODIES.get(kind or "", prepare)
+        stream = kind in ("chat", "completions") and bool(body.get("stream"))
+        answer = await _answered(
+            bindings, prepare_body, name, body, session, _small(request), stream, databricks=True
         )
-    kind = kind_of(body) if isinstance(body, dict) else None
-    prepare_body = {"chat": chat, "completions": completions, "embeddings": embeddings}.get(
-        kind or "", prepare
-    )
-    stream = kind in ("chat", "completions") and bool(body.get("stream"))
-    answer = await _answered(prepare_body, name, body, identity, _small(request), stream, databricks=True)
-    return answer if isinstance(answer, Response) else _reply(answer, name, streamed=stream)
+        return answer if isinstance(answer, Response) else _reply(answer, name, streamed=stream)
+
+    return route
 
 
 async def _answered(
+    bindings: Bindings,
     prepare_body: Callable[..., Prepared],
     name: str,
     body: Any,
-    identity: Identity,
+    session: Session,
     small: bool,
     stream: bool = False,
     databricks: bool = False,
 ) -> dict[str, Any] | Response:
     """Bind (on this loop when the binding is kept and the body small, else in a worker thread: the catalog
     is SQLite), then await the runtime's answer on this loop: no thread waits while the model works."""
-    prepared = prepare_on_loop(prepare_body, name, body, identity.principal) if small else None
+    prepared = prepare_on_loop(prepare_body, bindings, name, body, session) if small else None
     if prepared is None:
-        prepared = await run_in_threadpool(prepare_body, name, body, identity.principal)
+        prepared = await run_in_threadpool(prepare_body, bindings, name, body, session)
     if stream:  # token by token where the endpoint's kind can (`_openai.streamed`), else whole below
         headers = {"served-model-name": name, "x-aifuncs-worker": WORKER}
-        if (events := await streamed(prepared, name, body, headers, databricks=databricks)) is not None:
+        events = await streamed(session.runtime, prepared, name, body, headers, databricks=databricks)
+        if events is not None:
             return events
     call, rows, word = prepared
-    answers = await default_runtime().answer_call(call, rows)
+    answers = await session.runtime.answer_call(call, rows)
     return word(answers)
 
 
@@ -74,15 +86,17 @@ def _reply(answer: dict[str, Any], name: str, *, streamed: bool) -> Response:
     return JSONResponse(answer, headers=headers)
 
 
-def openai_route(kind: str) -> AsyncWork:
+def openai_route(bindings: Bindings, kind: str) -> AsyncWork:
     """`/serving-endpoints/chat/completions` and the like: OpenAI's routes, `model` naming the endpoint."""
-    prepare_body = {"chat": chat, "completions": completions, "embeddings": embeddings}[kind]
+    prepare_body = _BODIES[kind]
 
-    async def route(request: Request, identity: Identity, body: Any) -> Response:
+    async def route(request: Request, session: Session, body: Any) -> Response:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "Name the endpoint as model.")
         stream = kind != "embeddings" and bool(body.get("stream"))
-        answer = await _answered(prepare_body, body["model"], body, identity, _small(request), stream)
+        answer = await _answered(
+            bindings, prepare_body, body["model"], body, session, _small(request), stream
+        )
         return answer if isinstance(answer, Response) else _reply(answer, body["model"], streamed=stream)
 
     return route

@@ -1,7 +1,8 @@
-"""How every route runs: the caller authenticated (from the header alone), then the body read (at most
-`MAX_BODY_BYTES`, its JSON bounded by `_input.py`), then the work, in a worker thread unless it is a coroutine,
-and any error turned into the JSON body and status clients expect (`_errors.py`); paths no route serves, and
-the OpenAPI document of the routes."""
+"""How every route runs: the caller authenticated (from the header alone), a session made for it (`Edge`: the
+app's runtime and catalog, resolved once by `app()`), then the body read (at most `MAX_BODY_BYTES`, its JSON
+bounded by `_input.py`), then the work, in a worker thread unless it is a coroutine, and any error turned into
+the JSON body and status clients expect (`_errors.py`); paths no route serves, and the OpenAPI document of the
+routes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -16,24 +18,40 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from aifuncs.catalog import Catalog, default_catalog
+from aifuncs.catalog import Catalog
 from aifuncs.errors import AifuncsError
 from aifuncs.governance import Identity
+from aifuncs.runtime import RequestContext, Runtime
 from aifuncs.server._auth import Authenticator
 from aifuncs.server._errors import ApiError, error_response, from_aifuncs, from_unexpected
 from aifuncs.server._input import parse_json
+from aifuncs.session import Session
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # Databricks' payload limit
 SMALL_BODY_BYTES = 64 * 1024  # parsed on the event loop; a bigger body in a worker thread
 _log = logging.getLogger("aifuncs.server")
 WORKER = str(os.getpid())  # which worker process answered: operators (and a test) tell them apart
 
-Work = Callable[[Request, Identity, Any], Any]
-AsyncWork = Callable[[Request, Identity, Any], Awaitable[Any]]
+Work = Callable[[Request, Session, Any], Any]
+AsyncWork = Callable[[Request, Session, Any], Awaitable[Any]]
+
+_REST = RequestContext("rest")
 
 
-def catalog_of(identity: Identity) -> Catalog:
-    return default_catalog().acting_as(identity.principal)
+@dataclass(frozen=True)
+class Edge:
+    """What every request to one app shares, resolved once by `app()`: the token check, and the runtime and
+    catalog each request's session runs on (two apps in one process keep apart)."""
+
+    auth: Authenticator
+    runtime: Runtime
+    catalog: Catalog
+
+    def session(self, identity: Identity) -> Session:
+        """A request's session: its caller, on the app's runtime and catalog; its usage rows say origin "rest"
+        (a query route adds the body's labels and client id); a request its endpoint's rate limits hold back is
+        answered 429 with the wait at once, never queued."""
+        return Session(self.runtime, identity, self.catalog, context=_REST, wait_for_limits=False)
 
 
 async def _body(request: Request) -> Any:
@@ -59,11 +77,12 @@ async def _body(request: Request) -> Any:
     return parse_json(raw) if len(raw) <= SMALL_BODY_BYTES else await run_in_threadpool(parse_json, raw)
 
 
-def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awaitable[Response]]:
-    """A route: authenticate (the header alone), then read the body, work (in a thread, unless it is a
-    coroutine that hands its blocking parts to one itself), answer JSON (or the error a client expects).
-    Nothing of the body is read for a caller without a valid token."""
+def api(edge: Edge, work: Work | AsyncWork) -> Callable[[Request], Awaitable[Response]]:
+    """A route: authenticate (the header alone) and make the caller's session, then read the body, work (in a
+    thread, unless it is a coroutine that hands its blocking parts to one itself), answer JSON (or the error a
+    client expects). Nothing of the body is read for a caller without a valid token."""
     is_async = inspect.iscoroutinefunction(work)
+    auth = edge.auth
 
     async def endpoint(request: Request) -> Response:
         response: Response
@@ -71,12 +90,13 @@ def api(auth: Authenticator, work: Work | AsyncWork) -> Callable[[Request], Awai
         try:
             known = auth.known(request)
             identity = known if known is not None else await run_in_threadpool(auth.identity, request)
+            session = edge.session(identity)
             body = await _body(request)
             read = True
             if is_async:
-                result = await work(request, identity, body)
+                result = await work(request, session, body)
             else:
-                result = await run_in_threadpool(work, request, identity, body)
+                result = await run_in_threadpool(work, request, session, body)
         except ApiError as error:
             response = error_response(error)
         except AifuncsError as error:

@@ -1,8 +1,8 @@
 """The sandbox one statement over HTTP runs in, and the bounds the operator sets on it.
 
-A session is a DuckDB database of its own, in memory, with the warehouse attached read-only, the AI functions
+A sandbox is a DuckDB database of its own, in memory, with the warehouse attached read-only, the AI functions
 bound to the caller, a memory limit, a few threads, and a temp folder of its own (private to this process's
-user, removed with the session): DuckDB's default (`.tmp` in the server's working directory) would be one
+user, removed with the sandbox): DuckDB's default (`.tmp` in the server's working directory) would be one
 folder that every caller's statement may read and write. Then the sandbox is locked: no file outside that
 temp folder, nothing attached, no extension installed, no setting changed back.
 """
@@ -25,9 +25,9 @@ from sqlglot.tokens import TokenType
 
 from aifuncs.engines.duckdb import install
 from aifuncs.errors import ConfigError, SqlError
-from aifuncs.governance import Identity
+from aifuncs.session import Session
 
-__all__ = ["DIALECTS", "Limits", "Session", "refuse_reserved"]
+__all__ = ["DIALECTS", "Limits", "Sandbox", "refuse_reserved"]
 
 DIALECTS = ("databricks", "duckdb")
 _SIZE = re.compile(r"\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", re.IGNORECASE)
@@ -84,15 +84,16 @@ class Limits:
         return cls(**given)  # type: ignore[arg-type]
 
 
-class Session:
-    """One statement's DuckDB session; `close()` ends it and removes its temp folder."""
+class Sandbox:
+    """One statement's DuckDB database, its AI functions bound to the caller's `session` (its runtime, catalog
+    and identity); `close()` ends it and removes its temp folder."""
 
-    def __init__(self, warehouse: Path | None, identity: Identity, limits: Limits) -> None:
+    def __init__(self, warehouse: Path | None, session: Session, limits: Limits) -> None:
         self.temp = Path(tempfile.mkdtemp(prefix="aifuncs-statement-"))  # mode 0700: this process's user only
         try:
             self.con = duckdb.connect(":memory:", config={"threads": limits.threads})
             try:
-                _lock(self.con, warehouse, identity, limits, self.temp)
+                _lock(self.con, warehouse, session, limits, self.temp)
             except BaseException:
                 self.con.close()
                 raise
@@ -115,13 +116,16 @@ def _quoted(text: str) -> str:
 
 
 def _lock(
-    con: duckdb.DuckDBPyConnection, warehouse: Path | None, identity: Identity, limits: Limits, temp: Path
+    con: duckdb.DuckDBPyConnection, warehouse: Path | None, session: Session, limits: Limits, temp: Path
 ) -> None:
     # Paths and sizes here come from the operator and mkdtemp, never from a request.
     if warehouse is not None:
         con.execute(f"ATTACH {_quoted(str(warehouse))} AS warehouse (READ_ONLY)")
         con.execute("USE warehouse")
-    install(con, identity=identity)  # the AI functions bound to the caller, before the sandbox is locked
+    # The AI functions bound to the caller, before the sandbox is locked: a session of its own on the request's
+    # runtime, catalog and identity, as SQL anywhere has (origin "sql"; rate limits waited out within the
+    # statement's time limit).
+    install(con, session=Session(session.runtime, session.identity, session.base_catalog))
     con.execute(f"SET memory_limit = {_quoted(limits.memory)}")
     con.execute(f"SET temp_directory = {_quoted(str(temp))}")
     con.execute(f"SET max_temp_directory_size = {_quoted(limits.temp_size)}")

@@ -16,21 +16,22 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from aifuncs._home import home
 from aifuncs.errors import ConfigError, PermissionDenied
-from aifuncs.governance import Identity, UnknownPrincipal
+from aifuncs.governance import UnknownPrincipal
 from aifuncs.governance.keys import keyring
 from aifuncs.governance.secrets import ScopeExists, Secrets, UnknownSecret
 from aifuncs.server._errors import ApiError
+from aifuncs.session import Session
 
 __all__ = ["secret_routes"]
 
-Work = Callable[[Request, Identity, Any], Any]
+Work = Callable[[Request, Session, Any], Any]
 Wrap = Callable[[Work], Callable[..., Any]]
 
 
-def _secrets(identity: Identity) -> Secrets:
-    return Secrets(home() / "catalog.db", identity.principal, keyring())
+def _secrets(session: Session) -> Secrets:
+    # the scopes live in the catalog's file, as their permissions do
+    return Secrets(session.base_catalog.path, session.principal, keyring())
 
 
 def _text(source: Any, field: str) -> str:
@@ -43,9 +44,9 @@ def _text(source: Any, field: str) -> str:
 def _translated(work: Work) -> Work:
     """The secrets' errors as Databricks names them (anything else goes on to the app's translation)."""
 
-    def run(request: Request, identity: Identity, body: Any) -> Any:
+    def run(request: Request, session: Session, body: Any) -> Any:
         try:
-            return work(request, identity, body)
+            return work(request, session, body)
         except (UnknownSecret, UnknownPrincipal) as error:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", str(error)) from None
         except ScopeExists as error:
@@ -58,9 +59,9 @@ def _translated(work: Work) -> Work:
     return run
 
 
-def create_scope(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+def create_scope(request: Request, session: Session, body: Any) -> dict[str, Any]:
     backend = body.get("scope_backend_type") if isinstance(body, dict) else None
-    _secrets(identity).create_scope(
+    _secrets(session).create_scope(
         _text(body, "scope"),
         backend_type=str(backend or "DATABRICKS"),
         initial_manage_principal=body.get("initial_manage_principal"),
@@ -68,16 +69,16 @@ def create_scope(request: Request, identity: Identity, body: Any) -> dict[str, A
     return {}
 
 
-def list_scopes(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    return {"scopes": _secrets(identity).list_scopes()}
+def list_scopes(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    return {"scopes": _secrets(session).list_scopes()}
 
 
-def delete_scope(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    _secrets(identity).delete_scope(_text(body, "scope"))
+def delete_scope(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    _secrets(session).delete_scope(_text(body, "scope"))
     return {}
 
 
-def put_secret(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+def put_secret(request: Request, session: Session, body: Any) -> dict[str, Any]:
     scope, key = _text(body, "scope"), _text(body, "key")
     raw = body.get("bytes_value")
     value: bytes | None = None
@@ -88,7 +89,7 @@ def put_secret(request: Request, identity: Identity, body: Any) -> dict[str, Any
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "bytes_value is base64.") from None
     string = body.get("string_value")
     env = body.get("environment_variable")
-    _secrets(identity).put(
+    _secrets(session).put(
         scope,
         key,
         string_value=None if string is None else str(string),
@@ -98,42 +99,42 @@ def put_secret(request: Request, identity: Identity, body: Any) -> dict[str, Any
     return {}
 
 
-def delete_secret(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    _secrets(identity).delete(_text(body, "scope"), _text(body, "key"))
+def delete_secret(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    _secrets(session).delete(_text(body, "scope"), _text(body, "key"))
     return {}
 
 
-def list_secrets(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    return {"secrets": _secrets(identity).list(_text(dict(request.query_params), "scope"))}
+def list_secrets(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    return {"secrets": _secrets(session).list(_text(dict(request.query_params), "scope"))}
 
 
-def get_secret(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+def get_secret(request: Request, session: Session, body: Any) -> dict[str, Any]:
     key = _text(dict(request.query_params), "key")
-    value = _secrets(identity).get(_text(dict(request.query_params), "scope"), key)
+    value = _secrets(session).get(_text(dict(request.query_params), "scope"), key)
     return {"key": key, "value": base64.b64encode(value).decode()}
 
 
-def put_acl(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    _secrets(identity).put_acl(_text(body, "scope"), _text(body, "principal"), _text(body, "permission"))
+def put_acl(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    _secrets(session).put_acl(_text(body, "scope"), _text(body, "principal"), _text(body, "permission"))
     return {}
 
 
-def delete_acl(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    _secrets(identity).delete_acl(_text(body, "scope"), _text(body, "principal"))
+def delete_acl(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    _secrets(session).delete_acl(_text(body, "scope"), _text(body, "principal"))
     return {}
 
 
-def list_acls(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
-    return {"items": _secrets(identity).list_acls(_text(dict(request.query_params), "scope"))}
+def list_acls(request: Request, session: Session, body: Any) -> dict[str, Any]:
+    return {"items": _secrets(session).list_acls(_text(dict(request.query_params), "scope"))}
 
 
-def get_acl(request: Request, identity: Identity, body: Any) -> dict[str, Any]:
+def get_acl(request: Request, session: Session, body: Any) -> dict[str, Any]:
     query = dict(request.query_params)
-    return _secrets(identity).get_acl(_text(query, "scope"), _text(query, "principal"))
+    return _secrets(session).get_acl(_text(query, "scope"), _text(query, "principal"))
 
 
 def secret_routes(wrap: Wrap) -> list[Route]:
-    """The routes, each handler wrapped by the app's `api(auth, ...)` (read, authenticate, answer JSON)."""
+    """The routes, each handler wrapped by the app's `api(edge, ...)` (read, authenticate, answer JSON)."""
     base = "/api/2.0/secrets"
     table: list[tuple[str, str, Work]] = [
         ("POST", "/scopes/create", create_scope),

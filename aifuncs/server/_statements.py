@@ -1,6 +1,6 @@
 """SQL over HTTP: Databricks' Statement Execution API running `aifuncs.sql` on the server's warehouse.
 
-Each statement runs in a sandboxed DuckDB session of its own (`_sandbox.py`): the warehouse read-only, a
+Each statement runs in a sandboxed DuckDB database of its own (`_sandbox.py`): the warehouse read-only, a
 memory limit, a private temp folder, no other file. Its AI functions are bound to the caller's principal, so
 the policy check, limits, guardrails and logs hold as in SQL anywhere.
 
@@ -37,7 +37,8 @@ from aifuncs.jobs._params import markers, substitute
 from aifuncs.server._errors import ApiError
 from aifuncs.server._fair import FairPool
 from aifuncs.server._results import Result, collect
-from aifuncs.server._sandbox import DIALECTS, Limits, Session, refuse_reserved
+from aifuncs.server._sandbox import DIALECTS, Limits, Sandbox, refuse_reserved
+from aifuncs.session import Session
 
 __all__ = ["Limits", "Statements"]
 
@@ -61,11 +62,11 @@ class Statement:
     error: str | None = None
     error_code: str = "BAD_REQUEST"
     result: Result | None = None
-    session: Session | None = None
+    sandbox: Sandbox | None = None
     future: Future[None] | None = None
     finished: float | None = None
     created: float = field(default_factory=time.monotonic)
-    lock: threading.Lock = field(default_factory=threading.Lock)  # state and session change together
+    lock: threading.Lock = field(default_factory=threading.Lock)  # state and sandbox change together
 
     def response(self) -> dict[str, Any]:
         answer: dict[str, Any] = {"statement_id": self.id, "status": {"state": self.state}}
@@ -89,8 +90,8 @@ class Statement:
             if self.state not in _ACTIVE:
                 return
             self.state, self.error_code, self.error = state, code, message
-            if self.session is not None:
-                self.session.interrupt()
+            if self.sandbox is not None:
+                self.sandbox.interrupt()
 
 
 class Statements:
@@ -103,7 +104,9 @@ class Statements:
         self._pool = FairPool(self.limits.slots, max(1, self.limits.slots // 2), "aifuncs-statement")
         self._loop: asyncio.AbstractEventLoop | None = None  # the server's, known from the first statement
 
-    async def execute(self, identity: Identity, body: Any) -> dict[str, Any]:
+    async def execute(self, session: Session, body: Any) -> dict[str, Any]:
+        """Run a statement as the caller of `session` (on its runtime and catalog), answering within the body's
+        wait_timeout: its result, or its state to poll."""
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("statement"), str)
@@ -121,12 +124,10 @@ class Statements:
         if dialect not in DIALECTS:
             raise _bad(f"dialect is one of {', '.join(DIALECTS)}, not {dialect!r}.")
         row_limit, byte_limit = _count(body, "row_limit", "rows"), _count(body, "byte_limit", "bytes")
-        statement = Statement(uuid.uuid4().hex, identity.principal.name, text, dialect, row_limit, byte_limit)
+        statement = Statement(uuid.uuid4().hex, session.principal.name, text, dialect, row_limit, byte_limit)
         loop = self._loop = asyncio.get_running_loop()
         self._admit(statement)
-        statement.future = self._pool.submit(
-            statement.principal, lambda: self._run(statement, identity, loop)
-        )
+        statement.future = self._pool.submit(statement.principal, lambda: self._run(statement, session, loop))
         # Counted from now: a statement waiting for a slot holds its place in the queue, and a principal's cap.
         loop.call_later(self.limits.timeout_s, self._deadline, statement)
         waiting = asyncio.wrap_future(statement.future)
@@ -155,27 +156,27 @@ class Statements:
                 del self._kept[old.id]  # the oldest finished ones make room
             self._kept[statement.id] = statement
 
-    def _run(self, statement: Statement, identity: Identity, loop: asyncio.AbstractEventLoop) -> None:
+    def _run(self, statement: Statement, session: Session, loop: asyncio.AbstractEventLoop) -> None:
         try:
             with statement.lock:
                 if statement.state != "PENDING":
                     return  # cancelled (or past its time) while it waited for a slot
                 statement.state = "RUNNING"
             refuse_reserved(statement.text, statement.dialect)
-            session = Session(self.warehouse, identity, self.limits)
+            sandbox = Sandbox(self.warehouse, session, self.limits)
             try:
                 with statement.lock:
-                    statement.session = session
+                    statement.sandbox = sandbox
                     if statement.state != "RUNNING":
                         return
-                relation = sql(session.con, statement.text, dialect=statement.dialect, progress=False)
+                relation = sql(sandbox.con, statement.text, dialect=statement.dialect, progress=False)
                 result = collect(
                     relation, statement.row_limit, statement.byte_limit, self.limits.result_bytes
                 )
             finally:
                 with statement.lock:
-                    statement.session = None
-                session.close()
+                    statement.sandbox = None
+                sandbox.close()
             self._finish(statement, "SUCCEEDED", result=result)
         except (AifuncsError, duckdb.Error) as error:
             self._finish(statement, "FAILED", message=_message(error, self.limits))
@@ -215,8 +216,8 @@ class Statements:
         if future is None or future.done() or loop is None:
             return
         with statement.lock:
-            if statement.session is not None:
-                statement.session.interrupt()
+            if statement.sandbox is not None:
+                statement.sandbox.interrupt()
         loop.call_later(0.5, self._interrupt_until_done, statement)
 
     def _kept_until_expiry(self, statement: Statement, loop: asyncio.AbstractEventLoop) -> None:

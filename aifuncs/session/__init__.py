@@ -3,7 +3,7 @@ checkpoint), and the binding of one AI call in it (`bind_call`: the endpoint res
 
 from __future__ import annotations
 
-from aifuncs.session._bind import bind_call, check_request
+from aifuncs.session._bind import bind_call, bind_key, check_request
 from aifuncs.session._context import request_context
 from aifuncs.session._options import RequestOptions, SpendingLimits, merge
 from aifuncs.session._session import Session, open_session
@@ -13,6 +13,7 @@ __all__ = [
     "Session",
     "SpendingLimits",
     "bind_call",
+    "bind_key",
     "check_request",
     "merge",
     "open_session",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import pyarrow as pa
@@ -96,6 +98,39 @@ def bind_call(
         topic_call=topic_call,
         checkpoint=checkpoint,
     )
+
+
+# A session's fields a binding does not depend on: each caller's own, put on a kept binding by its user.
+_PER_CALLER = frozenset({"budgets", "progress", "context"})
+
+
+def bind_key(
+    session: Session,
+    function: str,
+    endpoint_name: str,
+    request_type: pa.DataType | None,
+    revision: int,
+    **options: Any,
+) -> str:
+    """What `bind_call(function, endpoint_name, request_type, session=session, **options)` answers, as one
+    text, for a cache of bindings to be keyed by: every argument, every field of the session but its meters and
+    labels (the principal with all its fields, since one made again under a deleted one's name is another; the
+    runtime, catalog and checkpoint by object), and the catalog's `revision()`, which every governance change
+    bumps: the rule every cache of a binding keys on (as `CallSpec.key()` names a bound call). A field added to
+    the session or an argument added here is part of it without another list to keep."""
+    fields: list[Any] = []
+    for field in dataclasses.fields(session):
+        if field.name in _PER_CALLER:
+            continue
+        value = getattr(session, field.name)
+        if field.name == "identity":
+            value = [dataclasses.asdict(value.principal), str(value.home)]
+        elif not isinstance(value, bool | int | str | type(None)):
+            value = id(value)
+        fields.append((field.name, value))
+    request = None if request_type is None else str(request_type)
+    given = [function, endpoint_name, request, sorted(options.items())]
+    return json.dumps([fields, given, revision], sort_keys=True, default=str)
 
 
 def _describe_columns(columns: list[InputColumn]) -> str:

@@ -57,12 +57,8 @@ def ui(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ui]:
             [{"user_name": "alice", "permission_level": "CAN_QUERY"},
              {"user_name": "bob", "permission_level": "CAN_VIEW"}],
         )  # fmt: skip
-        from aifuncs.server import _invoke, app
+        from aifuncs.server import app
 
-        # The server keeps a bound call a second by principal, endpoint name and catalog revision: one process
-        # has one home, but these tests run many homes in one process, whose revisions repeat.
-        with _invoke._binds_lock:
-            _invoke._binds.clear()
-        server = app()
+        server = app()  # its bound calls are its own: another test's app (another home) keeps its own
         with TestClient(server):  # the lifespan: the runtime adopts the app's loop
             yield Ui(server, tokens, upstream, home)

@@ -5,7 +5,7 @@ governance as the REST API.
     aifuncs ui                      # a local server on 127.0.0.1 and a sign-in link for the home's owner
 
 `_sessions.py` signs browsers in (a token, or the owner's one-time link) and `_web.py` wraps every page: the
-session's principal, CSRF on each change, the catalog seen as that principal, errors as pages. Pages:
+signed-in principal's session (on the server's runtime and catalog), CSRF on each change, errors as pages. Pages:
 `_endpoints.py` (list, endpoint, gateway, permissions, request log `_logs.py`, charts from `_stats.py`),
 `_pages.py` (usage, SQL, jobs, tokens, principals), `_playground.py` (answers streamed side by side).
 """
@@ -21,6 +21,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from aifuncs.server._invoke import Bindings
+from aifuncs.server._routing import Edge
 from aifuncs.server.ui._endpoints import ROUTES as ENDPOINT_ROUTES
 from aifuncs.server.ui._pages import ROUTES as PAGE_ROUTES
 from aifuncs.server.ui._playground import ROUTES as PLAYGROUND_ROUTES
@@ -46,8 +48,9 @@ async def _not_found(request: Request, error: Exception) -> Response:
     return Response("Not found", status_code=getattr(error, "status_code", 404), headers=HEADERS)
 
 
-def ui_app(home: Path, statements: Any) -> Starlette:
-    ui = Ui(home, statements)
+def ui_app(edge: Edge, statements: Any, bindings: Bindings) -> Starlette:
+    """The UI of the server whose requests `edge` makes sessions for: its runtime, catalog and home."""
+    ui = Ui(edge, statements, bindings)
     routes: list[Any] = [
         Route("/", _home_page, methods=["GET"]),
         Route("/login", sign_in(ui), methods=["GET", "POST"]),

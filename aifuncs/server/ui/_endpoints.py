@@ -18,7 +18,6 @@ from aifuncs.errors import ConfigError
 from aifuncs.governance.permissions import LEVELS
 from aifuncs.governance.principals import CREATE_ENDPOINTS
 from aifuncs.providers import provider_class
-from aifuncs.runtime import default_runtime
 from aifuncs.runtime._rollups import Rollups
 from aifuncs.server._shapes import served_entity
 from aifuncs.server.ui._logs import LogFilter, log_csv, log_detail, log_page, searchable
@@ -47,7 +46,7 @@ TABS = ("overview", "gateway", "permissions", "logs", "usage")
 
 def rollups(me: Me) -> Rollups:
     """The usage rollups, brought up to date (this process's pending rows written first)."""
-    default_runtime().usage.flush()
+    me.session.runtime.usage.flush()
     found = Rollups(me.home / "usage.db")
     found.refresh()
     return found

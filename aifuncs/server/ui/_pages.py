@@ -74,13 +74,13 @@ def sql_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
 
 def _explain(ui: Ui, me: Me, text: str) -> dict[str, Any]:
     from aifuncs.engines.duckdb import explain
-    from aifuncs.server._sandbox import Session
+    from aifuncs.server._sandbox import Sandbox
 
-    session = Session(ui.statements.warehouse, me.identity, ui.statements.limits)
+    sandbox = Sandbox(ui.statements.warehouse, me.session, ui.statements.limits)
     try:
-        found = explain(session.con, text, dialect="databricks")
+        found = explain(sandbox.con, text, dialect="databricks")
     finally:
-        session.close()
+        sandbox.close()
     return {"text": str(found), "cost_usd": found.cost_usd, "calls": len(found.calls)}
 
 
@@ -105,7 +105,7 @@ async def sql_run(ui: Ui, request: Request, me: Me) -> Response:
         raise ApiError(400, "INVALID_PARAMETER_VALUE", "Send the statement.")
     return JSONResponse(
         await ui.statements.execute(
-            me.identity, {"statement": body.get("statement"), "wait_timeout": "5s", "row_limit": 10_000}
+            me.session, {"statement": body.get("statement"), "wait_timeout": "5s", "row_limit": 10_000}
         )
     )
 

@@ -26,7 +26,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from aifuncs.errors import AifuncsError
-from aifuncs.runtime import default_runtime
 from aifuncs.runtime._budget import price
 from aifuncs.server._errors import ApiError, from_aifuncs
 from aifuncs.server._input import parse_json
@@ -82,8 +81,8 @@ async def ask(ui: Ui, request: Request, me: Me) -> Response:
     """One endpoint's whole answer to the playground's prompt: text, latency, tokens and cost (JSON)."""
     name, request_body = _chat_body(parse_json(await request.body()))
     started = time.perf_counter()
-    call, rows, word = await run_in_threadpool(chat, name, request_body, me.principal)
-    answer = word(await default_runtime().answer_call(call, rows))
+    call, rows, word = await run_in_threadpool(chat, ui.bindings, name, request_body, me.session)
+    answer = word(await me.session.runtime.answer_call(call, rows))
     latency_ms = (time.perf_counter() - started) * 1000
     text = ((answer.get("choices") or [{}])[0].get("message") or {}).get("content")
     figures = _figures(call.endpoint.options, answer.get("usage") or {})
@@ -99,9 +98,9 @@ async def stream(ui: Ui, request: Request, me: Me) -> Response:
     try:
         name, request_body = _chat_body(parse_json(await request.body()))
         started = time.perf_counter()
-        prepared = await run_in_threadpool(chat, name, request_body, me.principal)
+        prepared = await run_in_threadpool(chat, ui.bindings, name, request_body, me.session)
         body = {**request_body, "stream": True, "stream_options": {"include_usage": True}}
-        events = await streamed(prepared, name, body, dict(_HEADERS), databricks=False)
+        events = await streamed(me.session.runtime, prepared, name, body, dict(_HEADERS), databricks=False)
     except ApiError as error:
         return _error(error)
     except AifuncsError as error:
@@ -112,7 +111,7 @@ async def stream(ui: Ui, request: Request, me: Me) -> Response:
         events.body_iterator = _summed(events.body_iterator, call.endpoint.options, started, first)
         return events
     try:  # a kind that cannot stream: its whole answer, one chunk
-        answer = word(await default_runtime().answer_call(call, rows))
+        answer = word(await me.session.runtime.answer_call(call, rows))
     except AifuncsError as error:
         return _error(from_aifuncs(error))
     whole = _summed(_one_by_one(sse(answer)), call.endpoint.options, started, time.perf_counter())

@@ -2,7 +2,8 @@
 policy check's errors as pages (never a traceback), templates, and headers that keep the pages to this origin.
 
 A handler is `work(ui: Ui, request, me) -> Response | (template, context)`, run in a worker thread (the
-catalog, the governance stores and the logs are SQLite). `me` is a `Me`: the principal and its catalog.
+catalog, the governance stores and the logs are SQLite). `me` is a `Me`: the signed-in principal's session (on
+the server's runtime and catalog) and its CSRF token.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from aifuncs.catalog import Catalog, default_catalog
+from aifuncs.catalog import Catalog
 from aifuncs.errors import AifuncsError
 from aifuncs.governance import Directory, Identity, Principal
 from aifuncs.server._errors import ApiError, from_aifuncs
+from aifuncs.server._invoke import Bindings
+from aifuncs.server._routing import Edge
 from aifuncs.server.ui._sessions import COOKIE, Sessions, csrf_token
+from aifuncs.session import Session
 
 __all__ = ["HEADERS", "Me", "Ui", "confirm_step", "form_of", "origin_of", "page", "same_origin"]
 
@@ -48,13 +52,23 @@ _CHANGES = ("POST", "PUT", "PATCH", "DELETE")
 
 @dataclass
 class Me:
-    """The signed-in principal, its catalog (every action through the same policy check as the REST API), and
-    its session's CSRF token."""
+    """The signed-in principal's session (its catalog: every action through the same policy check as the REST
+    API; the server's runtime) and its browser session's CSRF token."""
 
-    principal: Principal
-    catalog: Catalog
+    session: Session
     csrf: str
-    home: Path
+
+    @property
+    def principal(self) -> Principal:
+        return self.session.principal
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.session.catalog
+
+    @property
+    def home(self) -> Path:
+        return self.session.home
 
     @property
     def name(self) -> str:
@@ -62,19 +76,22 @@ class Me:
 
     @property
     def identity(self) -> Identity:
-        return Identity(self.principal, self.home)
+        return self.session.identity
 
     def directory(self) -> Directory:
         return Directory(self.home / "catalog.db", self.principal)
 
 
 class Ui:
-    """The UI's state, shared by its routes: sessions, templates, and the server's statements."""
+    """The UI's state, shared by its routes: the server's edge (sessions on its runtime and catalog), browser
+    sessions, templates, the server's statements and its query routes' bindings."""
 
-    def __init__(self, home: Path, statements: Any) -> None:
-        self.home = home
-        self.sessions = Sessions(home)
+    def __init__(self, edge: Edge, statements: Any, bindings: Bindings) -> None:
+        self.edge = edge
+        self.home = edge.auth.home
+        self.sessions = Sessions(self.home)
         self.statements = statements
+        self.bindings = bindings
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True)
         self.templates.filters["q"] = lambda text: quote(str(text), safe="")
 
@@ -87,7 +104,7 @@ class Ui:
         principal = self.sessions.principal(cookie)
         if principal is None or cookie is None:
             return None
-        return Me(principal, default_catalog().acting_as(principal), csrf_token(cookie), self.home)
+        return Me(self.edge.session(Identity(principal, self.home)), csrf_token(cookie))
 
 
 Work = Callable[[Ui, Request, Me], Any]
