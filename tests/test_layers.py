@@ -29,6 +29,7 @@ FLOORS = [
     "aifuncs.index",
     "aifuncs.jobs",
     "aifuncs.cache",
+    "aifuncs.workers",  # model worker processes a server runs in-process models in
     "aifuncs.server",
     "aifuncs.cli",
 ]

@@ -7,7 +7,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +50,37 @@ class ProviderOptions(BaseModel):
         default=False,
         description="Kept answers serve every principal that may query the endpoint. Default: each"
         " principal with a token gets only the answers it paid for (the home's owner keeps its own).",
+    )
+    # How `aifuncs serve` runs an in-process model (mlflow, python, sentence_transformers): in worker processes
+    # of its own (aifuncs/workers). Embedded SQL and remote kinds ignore them.
+    workload_size: Literal["Small", "Medium", "Large"] = Field(
+        default="Small",
+        description="aifuncs serve: the most model worker processes (Small 1, Medium 4, Large 16; never more than"
+        " the machine's cores). The pool grows toward it with queued requests and shrinks when idle.",
+    )
+    scale_to_zero_enabled: bool = Field(
+        default=False,
+        description="aifuncs serve: release every model worker after idle_s without requests; the next request"
+        " waits for a cold start (the model loads again).",
+    )
+    min_workers: int = Field(
+        default=1, ge=1, le=64, description="aifuncs serve: model workers kept while the endpoint is in use."
+    )
+    idle_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=86_400,
+        description="aifuncs serve: seconds a model worker above the minimum (every worker, with"
+        " scale_to_zero_enabled) may sit idle before it is released.",
+    )
+    worker_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="aifuncs serve: a model call that takes longer is taken for a hung worker: the worker is"
+        " killed and replaced, the request tried once more on another.",
+    )
+    load_timeout_s: float = Field(
+        default=600.0, gt=0, description="aifuncs serve: longest a model worker may take to load the model."
     )
 
 

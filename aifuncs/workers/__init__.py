@@ -1,0 +1,146 @@
+"""Model workers: `aifuncs serve` runs in-process models (mlflow, python, sentence_transformers) in worker
+processes of their own, one pool per endpoint version (served entity).
+
+A model that crashes, hangs or leaks takes down only its worker (replaced; the batch it held tried once more
+on another worker, then failed with a 503 naming the endpoint); the server's event loop awaits a socket and
+never the model's CPU. Each worker loads the model once, when it starts: a server loads every in-process
+endpoint as it starts (`ModelWorkers.start`), and `/health` answers 503 until each has loaded or failed
+(`ModelWorkers.health`). Pools grow with the batches waiting, shrink when idle, and with
+`scale_to_zero_enabled` release every worker (`_pool.py`). Batches cross as Arrow IPC (`_wire.py`).
+
+    workers = ModelWorkers()
+    runtime.set_provider_factory(workers.provider)   # a server's runtime; embedded SQL keeps its own threads
+    await workers.start(catalog.list())              # on the server's loop: the models load now
+
+Kinds that stream their answers token by token (llama_cpp) stay in the server's process for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aifuncs._endpoint import Endpoint
+from aifuncs.providers import Provider, provider_class
+from aifuncs.runtime import Runtime
+from aifuncs.workers._pool import Pool, most_workers
+from aifuncs.workers._provider import PooledProvider, pooled_class
+
+__all__ = ["ModelWorkers", "Pool", "PooledProvider", "most_workers", "pooled_class", "serve_models"]
+
+# The kinds whose models run in workers: a loaded model of the user's, CPU-bound. `forecast` and `document`
+# are the project's own light computations and stay in the server's process.
+MODEL_KINDS = frozenset({"mlflow", "python", "sentence_transformers", "llama_cpp"})
+
+
+def pooled(cls: type[Provider]) -> bool:
+    return cls.in_process and cls.kind in MODEL_KINDS and not getattr(cls, "streams", False)
+
+
+class ModelWorkers:
+    """A server's worker pools, keyed by endpoint version. `provider` is the runtime's provider factory (any
+    thread); `start`, `health` and `close` run on the server's loop."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, Pool] = {}
+        self._at_start: set[str] = set()
+        self._lock = threading.Lock()
+
+    def provider(self, endpoint: Endpoint) -> Provider:
+        cls = provider_class(endpoint.kind)
+        if not pooled(cls):
+            return cls(endpoint)
+        return pooled_class(cls)(endpoint, self.pool(endpoint))
+
+    def pool(self, endpoint: Endpoint) -> Pool:
+        """The pool of this endpoint version, made on first use; older versions of the endpoint retire."""
+        with self._lock:
+            pool = self._pools.get(endpoint.identity)
+            if pool is None:
+                options = provider_class(endpoint.kind).Options.model_validate(endpoint.options)
+                pool = self._pools[endpoint.identity] = Pool(endpoint, options)
+                for other in self._pools.values():
+                    if other.endpoint.name == endpoint.name and other.endpoint.version < endpoint.version:
+                        other.retired = True  # its workers go once idle; requests on its config still finish
+            return pool
+
+    async def start(self, endpoints: Iterable[Endpoint]) -> None:
+        """Start the pools of these endpoints' in-process entities (their models load in the background)."""
+        for endpoint in endpoints:
+            for view in _entities(endpoint):
+                try:
+                    cls = provider_class(view.kind)
+                    if not pooled(cls):
+                        continue
+                    pool = self.pool(view)
+                except Exception:  # noqa: S112 - a kind not installed, bad options: its requests will say so
+                    continue
+                self._at_start.add(view.identity)
+                pool.ensure_running()
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Each current pool's state (`Pool.state`), by endpoint name (and entity, where it has several)."""
+        with self._lock:
+            pools = [p for p in self._pools.values() if not p.retired]
+        shown: dict[str, dict[str, Any]] = {}
+        for pool in pools:
+            entity = getattr(pool.endpoint, "entity", None)
+            name = (
+                pool.endpoint.name
+                if entity in (None, pool.endpoint.name)
+                else f"{pool.endpoint.name}/{entity}"
+            )
+            shown[name] = pool.state()
+        return shown
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """What `/health` answers: 503 while a model of an endpoint served since the start is still loading
+        for the first time (a load balancer sends nothing yet), then 200, with each endpoint's state; an
+        endpoint whose model failed to load is named but does not hold the others back. Never a reason or a
+        path: the route is open to anyone."""
+        with self._lock:
+            pools = [p for p in self._pools.values() if not p.retired]
+        states = self.states()
+        loading = sorted(
+            {p.endpoint.name for p in pools if p.endpoint.identity in self._at_start and p.state()["state"] == "LOADING"}
+        )  # fmt: skip
+        body: dict[str, Any] = {
+            "status": "loading" if loading else "ok",
+            "endpoints": {name: state["state"] for name, state in sorted(states.items())},
+            "not_ready": sorted(
+                name for name, state in states.items() if state["state"] in ("LOADING", "LOAD_FAILED")
+            ),
+        }
+        return (503 if loading else 200), body
+
+    async def close(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        await asyncio.gather(*(p.close() for p in pools), return_exceptions=True)
+
+
+async def serve_models(runtime: Runtime, endpoints: Callable[[], Iterable[Endpoint]]) -> ModelWorkers | None:
+    """A server's model workers: its runtime's in-process endpoints answered by them, and those `endpoints()`
+    lists loading from now on. None where AIFUNCS_SERVE_MODEL_WORKERS=0 (models run in the server's process)."""
+    if os.environ.get("AIFUNCS_SERVE_MODEL_WORKERS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    workers = ModelWorkers()
+    runtime.set_provider_factory(workers.provider)
+    try:
+        listed = list(endpoints())
+    except Exception:  # a catalog that cannot be read just now: each model loads on its first request
+        listed = []
+    await workers.start(listed)
+    return workers
+
+
+def _entities(endpoint: Endpoint) -> list[Endpoint]:
+    """The views of an endpoint's served entities (itself where it serves one model)."""
+    entities = getattr(endpoint, "entities", ())
+    if not entities:
+        return [endpoint]
+    view = getattr(endpoint, "served_entity")  # noqa: B009 - served entities are newer than some catalogs
+    return [view(entity.name) for entity in entities]
