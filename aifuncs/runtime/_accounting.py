@@ -118,6 +118,6 @@ def usage_row(call: CallSpec, **fields: Any) -> UsageRow:
         origin=context.origin,
         client_request_id=context.client_request_id,
         usage_context=json.dumps(dict(context.usage_context)) if context.usage_context else None,
-        served_entity=call.endpoint.name,
+        served_entity=call.endpoint.entity_name,
         **fields,
     )

@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 Scored = tuple[pa.Array, list[str | None]]  # answers of a batch, and each row's error message (None: fine)
 
 
+class EntityFailure(str):
+    """A row's error message that says the served entity failed, not the request (429, 5xx, a timeout,
+    unreachable, after the retries): another entity may answer it (`fallback_config`). A `str`, so it goes
+    wherever an error message goes."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
 class RequestContext:
     """Where a call's requests come from, as the usage log records them."""
@@ -73,6 +81,11 @@ class CallSpec:
     # The session's job checkpoint, if any: answers a rerun of that job would pay for again are kept there
     # (each job its own; a query beside it keeps none there).
     checkpoint: Checkpoint | None = None
+    # The endpoint's fallback_config: a row that fails on its served entity (after retries: 429, 5xx, a
+    # timeout, unreachable) is asked of the other entities in list order, then of `fallback_call`'s endpoint
+    # (bound for the same principal, under that endpoint's own limits and guardrails).
+    fallback: bool = False
+    fallback_call: CallSpec | None = None
 
     @property
     def fail_on_error(self) -> bool:
@@ -105,7 +118,7 @@ class CallSpec:
                 value = [id(m) for m in value]
             elif field.name == "checkpoint":
                 value = None if value is None else id(value)
-            elif field.name == "topic_call":
+            elif field.name in ("topic_call", "fallback_call"):
                 value = None if value is None else value.key()
             elif isinstance(value, Enum):
                 value = value.value

@@ -92,7 +92,7 @@ def log_request(
             execution_time_ms=None if seconds is None else round(seconds * 1000, 3),
             request=request,
             response=response,
-            served_entity_id=call.endpoint.name,
+            served_entity_id=call.endpoint.entity_name,
             logging_error_codes=json.dumps(codes) if codes else None,
             requester=None if call.principal is None else call.principal.name,
             endpoint=call.endpoint.name,

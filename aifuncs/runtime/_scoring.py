@@ -25,7 +25,7 @@ from aifuncs.errors import (
 )
 from aifuncs.providers import Provider
 from aifuncs.runtime._accounting import describe
-from aifuncs.runtime._call import CallSpec, Scored
+from aifuncs.runtime._call import CallSpec, EntityFailure, Scored
 from aifuncs.runtime._limit import AdaptiveLimit, GatePlace
 from aifuncs.runtime._sending import Sender
 from aifuncs.runtime._tasks import answer_task
@@ -121,7 +121,7 @@ class Scorer:
                     raise ModelError(call.endpoint.name, len(chunk), describe(error)) from error
                 elif len(chunk) == 1 or (isinstance(error, RemoteError) and error.retryable):
                     # A request that failed after its retries: each row carries the message.
-                    return pa.nulls(len(chunk), target), [describe(error)] * len(chunk)
+                    return pa.nulls(len(chunk), target), [_row_error(error)] * len(chunk)
                 place.give()  # the halves take places of their own
                 # Bisect to find the rows that fail; the others keep their answers.
                 half = len(chunk) // 2
@@ -173,6 +173,16 @@ class Scorer:
         if key not in self._gates:
             self._gates[key] = asyncio.Semaphore(2 * provider.concurrency)
         return self._gates[key]
+
+
+def _row_error(error: Exception) -> str:
+    """The message a failed row carries; marked when the entity failed (another may answer the row)."""
+    text = describe(error)
+    if isinstance(error, RemoteError) and (
+        error.retryable or error.status is None or error.status == 429 or error.status >= 500
+    ):
+        return EntityFailure(text)
+    return text
 
 
 def concat(parts: list[Scored], target: pa.DataType) -> Scored:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any
 
 import pyarrow as pa
 
 from aifuncs._types import to_duckdb_type
 from aifuncs.catalog import default_catalog
-from aifuncs.errors import ConfigError, RequestMismatch
+from aifuncs.errors import AifuncsError, ConfigError, RequestMismatch
 from aifuncs.functions.tasks import Task
 from aifuncs.governance import Principal
 from aifuncs.providers import InputColumn
@@ -18,6 +19,8 @@ from aifuncs.runtime import CallSpec, Failure, Meter, RequestContext, default_ru
 from aifuncs.session._session import Session
 
 DEFAULT_RESULT_TYPE = "VARCHAR"
+MAX_FALLBACK_DEPTH = 4  # endpoints a request may fall back through (cycles are refused when configured)
+_log = logging.getLogger("aifuncs")
 
 
 def bind_call(
@@ -36,6 +39,7 @@ def bind_call(
     meters: tuple[Meter, ...] | None = None,
     wait_for_limits: bool | None = None,
     context: RequestContext | None = None,
+    _depth: int = 0,
 ) -> CallSpec:
     """Everything about a call site that does not change per row, checked before any model call: first of
     all that the session's principal may query the endpoint.
@@ -78,6 +82,16 @@ def bind_call(
                               context=context or RequestContext(), wait_for_limits=wait_for_limits,
                               rate_checks=catalog.gateway_settings(embedder).rate_checks,
                               precheck=gateway.rate_checks, checkpoint=checkpoint)  # fmt: skip
+    fallback_call = None
+    if gateway.fallback.endpoint is not None and _depth < MAX_FALLBACK_DEPTH:
+        try:  # the fallback endpoint, for this same caller: its own grants, limits and guardrails hold
+            fallback_call = bind_call(function, gateway.fallback.endpoint, request_type, return_type=result_type,
+                                      fail_on_error=False, model_parameters=model_parameters,
+                                      response_format=response_format, cache=cache, task=task, session=session,
+                                      principal=catalog.principal, meters=meters, wait_for_limits=wait_for_limits,
+                                      context=context, _depth=_depth + 1)  # fmt: skip
+        except AifuncsError as error:  # e.g. the caller may not query it: this caller has no fallback there
+            _log.info("%s: no fallback to %r for this caller: %s", endpoint.name, gateway.fallback.endpoint, error)
     return CallSpec(
         function=function,
         endpoint=endpoint,
@@ -97,6 +111,8 @@ def bind_call(
         guardrails=guardrails,
         topic_call=topic_call,
         checkpoint=checkpoint,
+        fallback=gateway.fallback.enabled,
+        fallback_call=fallback_call,
     )
 
 

@@ -1,0 +1,200 @@
+"""Routing a batch over an endpoint's served entities: each row to one entity by the route weights, and with
+`fallback_config` a row its entity failed (after the retries: 429, 5xx, a timeout, unreachable) to the other
+entities in list order, then to the fallback endpoint.
+
+Rows whose answers are reused pick their entity by a hash of the request (its answer key), so the same request
+always reaches the same entity and de-duplication, the answer store and a job's resumption agree; other rows
+pick at random by the weights. Each entity is asked only for its own rows, in the batches its provider takes.
+A request answered by a fallback carries the usage label `fallback_from` (the entity that failed it first), and
+every usage and inference row names the entity that answered (`served_entity`)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+
+import numpy as np
+import pyarrow as pa
+
+from aifuncs._types import arrow_type
+from aifuncs.catalog import Endpoint
+from aifuncs.errors import ModelError
+from aifuncs.runtime._call import CallSpec, EntityFailure, Failure, Scored
+from aifuncs.runtime._meter import Meter, TokenTally
+from aifuncs.runtime._scoring import Keep, Scorer, _all_or_nothing
+
+FALLBACK_LABEL = "fallback_from"
+AnswerAll = Callable[[CallSpec, pa.Array], Awaitable[pa.Array]]
+
+# The entities that answered the requests of the current task (a server's request names its entity in the
+# `served-model-name` header); None where nobody asks.
+_answered_by: ContextVar[list[str] | None] = ContextVar("aifuncs_answered_by", default=None)
+
+
+@contextlib.contextmanager
+def entities_answering() -> Iterator[list[str]]:
+    """Collect the served entities that answer the calls made inside the block (in the order they answered)."""
+    names: list[str] = []
+    token = _answered_by.set(names)
+    try:
+        yield names
+    finally:
+        _answered_by.reset(token)
+
+
+class Router:
+    """Sends a call's rows to its endpoint's served entities; its random source is its own."""
+
+    def __init__(self, scorer: Scorer, answer_all: AnswerAll) -> None:
+        self._scorer = scorer
+        self._answer_all = answer_all  # the whole answer path (guardrails, limits), for a fallback endpoint
+        self._random = random.Random()
+
+    async def score(
+        self,
+        call: CallSpec,
+        requests: pa.Array,
+        batch_rows: int | None,
+        keys: list[bytes] | None = None,
+        keep: Keep | None = None,
+    ) -> Scored:
+        endpoint = call.endpoint
+        if not endpoint.split and call.fallback_call is None:  # one model, nothing to fall back to
+            scored = await self._scorer.score(call, requests, batch_rows, keys, keep)
+            _tell(endpoint.entity_name, scored[1])
+            return scored
+        entities = [e.name for e in endpoint.served_entities()]
+        # Asked of each entity with failures kept per row: the policy of the call applies at the end.
+        asked = dataclasses.replace(call, failure=Failure.RECORD) if call.fallback else call
+        count = len(requests)
+        origin = self.pick(endpoint, count, keys)
+        step = np.zeros(count, dtype=np.int64)  # fallbacks taken so far, per row
+        parts: list[pa.Array] = []
+        where = np.zeros(count, dtype=np.int64)  # each row's answer in the concatenated parts
+        errors: list[str | None] = [None] * count
+        pending: dict[tuple[int, int | None], list[int]] = defaultdict(list)
+        for row, first in enumerate(origin.tolist()):
+            pending[(first, None)].append(row)
+        exhausted: list[int] = []
+        while pending:
+            groups = list(pending.items())
+            pending = defaultdict(list)
+            results = await _all_or_nothing(
+                [
+                    self._scorer.score(
+                        _entity_call(
+                            asked, endpoint, entities[entity], None if came is None else entities[came]
+                        ),
+                        requests.take(pa.array(rows, pa.int64())),
+                        batch_rows,
+                        None if keys is None else [keys[r] for r in rows],
+                        keep,
+                    )
+                    for (entity, came), rows in groups
+                ]
+            )
+            for ((entity, _), rows), (values, row_errors) in zip(groups, results, strict=True):
+                offset = sum(len(p) for p in parts)
+                parts.append(values)
+                where[rows] = offset + np.arange(len(rows))
+                _tell(entities[entity], row_errors)
+                for row, error in zip(rows, row_errors, strict=True):
+                    errors[row] = error
+                    if error is None or not call.fallback or not isinstance(error, EntityFailure):
+                        continue
+                    others = [i for i in range(len(entities)) if i != origin[row]]
+                    if step[row] < len(others):
+                        pending[(others[step[row]], entity)].append(row)
+                        step[row] += 1
+                    else:
+                        exhausted.append(row)
+        if exhausted and call.fallback_call is not None:
+            await self._fall_back(call, requests, exhausted, parts, where, errors)
+        target = arrow_type(call.result_type)
+        values = pa.concat_arrays(parts).take(pa.array(where)) if parts else pa.array([], target)
+        if call.fail_on_error and errors.count(None) < count:
+            failed = [e for e in errors if e is not None]
+            raise ModelError(endpoint.name, len(failed), failed[0])
+        return values, errors
+
+    def pick(self, endpoint: Endpoint, count: int, keys: list[bytes] | None) -> np.ndarray:
+        """Each row's served entity (its index in list order): by the route weights, from a hash of the
+        row's answer key where it has one, else at random."""
+        shares = np.array([e.traffic_percentage for e in endpoint.served_entities()], dtype=np.int64)
+        bounds = np.cumsum(shares)  # e.g. [90, 100]: a draw below 90 goes to the first
+        if keys is not None:
+            draws = np.fromiter((int.from_bytes(k[:8], "big") % 100 for k in keys), np.int64, count)
+        else:
+            draws = np.array([self._random.randrange(100) for _ in range(count)], dtype=np.int64)
+        return np.searchsorted(bounds, draws, side="right")
+
+    async def _fall_back(
+        self,
+        call: CallSpec,
+        requests: pa.Array,
+        rows: list[int],
+        parts: list[pa.Array],
+        where: np.ndarray,
+        errors: list[str | None],
+    ) -> None:
+        """The rows every entity failed, asked of the fallback endpoint through its own whole answer path."""
+        assert call.fallback_call is not None
+        fallback = dataclasses.replace(
+            call.fallback_call, failure=Failure.RECORD, meters=_requests_only(call.meters)
+        )
+        fallback = _labelled(fallback, call.endpoint.name)
+        answered = await self._answer_all(fallback, requests.take(pa.array(rows, pa.int64())))
+        offset = sum(len(p) for p in parts)
+        parts.append(answered.field(0))
+        where[rows] = offset + np.arange(len(rows))
+        for row, error in zip(rows, answered.field(1).to_pylist(), strict=True):
+            errors[row] = error
+
+
+def _entity_call(call: CallSpec, endpoint: Endpoint, entity: str, came_from: str | None) -> CallSpec:
+    narrowed = dataclasses.replace(call, endpoint=endpoint.served_entity(entity))
+    return narrowed if came_from is None else _labelled(narrowed, came_from)
+
+
+def _labelled(call: CallSpec, came_from: str) -> CallSpec:
+    """The call with the usage label that says which entity (or endpoint) failed its rows first."""
+    labels = tuple(item for item in call.context.usage_context if item[0] != FALLBACK_LABEL)
+    context = dataclasses.replace(call.context, usage_context=(*labels, (FALLBACK_LABEL, came_from)))
+    return dataclasses.replace(call, context=context)
+
+
+def _tell(entity: str, errors: list[str | None]) -> None:
+    names = _answered_by.get()
+    if names is not None and errors.count(None):
+        names.append(entity)
+
+
+class _RequestsOnly:
+    """A meter of the query seen from a fallback endpoint's answer path: told of its requests (a budget may
+    refuse them), not of its rows, which the query's own batch counts once."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+
+    def begin_request(self) -> None:
+        self._meter.begin_request()
+
+    def end_request(self, rows: int, tokens: int, cost_usd: float | None) -> None:
+        self._meter.end_request(rows, tokens, cost_usd)
+
+    def cancel_request(self) -> None:
+        self._meter.cancel_request()
+
+    def answered(self, rows: int, failed: int = 0) -> None:
+        pass
+
+    def paced(self, limit: str) -> None:
+        self._meter.paced(limit)
+
+
+def _requests_only(meters: tuple[Meter, ...]) -> tuple[Meter, ...]:
+    return tuple(m if isinstance(m, TokenTally) else _RequestsOnly(m) for m in meters)
