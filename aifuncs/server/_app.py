@@ -174,7 +174,7 @@ def app(
         exception_handlers=NO_ROUTE,
     )
     server.state.statements = statements  # cancelled when the server stops
-    server.state.runtime = runtime  # its loop is the server's (the lifespan)
+    server.state.runtime, server.state.catalog = runtime, catalog  # the lifespan's: loop, model workers
     return server
 
 
@@ -185,10 +185,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     runtime.adopt_loop(asyncio.get_running_loop())
     runtime.serving_in_flight = SERVING_IN_FLIGHT
     # In-process models answer from worker processes of their own, whose models load now (`aifuncs.workers`).
-    from aifuncs.catalog import default_catalog
     from aifuncs.workers import serve_models
 
-    app.state.model_workers = await serve_models(runtime, default_catalog().list)
+    app.state.model_workers = await serve_models(runtime, app.state.catalog.list)
     # What was loaded to start (MLflow, pandas, pyarrow: millions of objects) is never garbage: kept out of
     # the collector's full passes, which otherwise stall every request in flight now and then.
     gc.freeze()
