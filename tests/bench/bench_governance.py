@@ -16,6 +16,11 @@
    one admission's round trip (calls + tokens, 1 process), admissions a second across 4 processes with homes
    of their own (4 hosts) with a limit never hit, so with leases (target >= 10,000), and 120 calls/min with a
    burst of 4 hammered for 4 s against GCRA's bound (target: exact). `--only postgres` runs this part alone.
+5. Serving on PostgreSQL against SQLite (same cluster): the policy check of a token user (grant through 2
+   groups) in process, and single-row serving through a real `aifuncs serve` (a token user, a grant, a rate
+   limit never hit and an inference table, an OpenAI-compatible upstream on 127.0.0.1 answering at once): one
+   client, requests one after another, median and requests a second, each backend's server in turn. Target:
+   PostgreSQL >= 0.9x SQLite's requests a second. Run with part 4.
 """
 
 from __future__ import annotations
@@ -193,6 +198,82 @@ def postgres_rows() -> None:
         asked = sum(r["asked"] for r in results)
         print(f"   120 calls/min, burst 4, 4 s, 4 homes: {admitted} admitted of {asked:,} asked; GCRA's bound over"
               f" the span admitted {bound:.2f}: {'exact' if admitted <= bound + 1e-6 else 'OVER'}")  # fmt: skip
+        serving_rows(root, running.url)
+
+
+SETUP = """
+import sys, time
+import aifuncs, aifuncs.governance as gov
+from aifuncs.catalog import default_catalog
+gov.create_user("alice")
+gov.create_group("analysts", members=["alice"])
+gov.create_group("everyone", members=["analysts"])
+token = gov.create_token("alice")
+aifuncs.endpoints.create("llm", kind="openai", model="m", base_url=sys.argv[1] + "/v1")
+aifuncs.endpoints.update_permissions("llm", [{"group_name": "everyone", "permission_level": "CAN_QUERY"}])
+aifuncs.endpoints.put_ai_gateway("llm", {"rate_limits": [{"calls": 10_000_000, "key": "user"}],
+                                         "inference_table_config": {"enabled": True}})
+seen = default_catalog().acting_as(gov.identify(token).principal)
+for _ in range(50):
+    seen.authorize("llm", "query")
+began = time.perf_counter()
+for _ in range(1000):
+    seen.authorize("llm", "query")
+print(token, (time.perf_counter() - began) / 1000 * 1e6)
+"""
+
+
+def serving_rows(root: Path, url_of: object) -> None:
+    """Part 5: the policy check and single-row serving, SQLite then PostgreSQL."""
+    import statistics
+    import subprocess
+
+    import httpx
+    import psycopg
+    from servers import FakeServer, free_port, running
+
+    print("5. serving on PostgreSQL against SQLite")
+    assert callable(url_of)
+    with psycopg.connect(url_of(), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE serving")
+    figures: dict[str, tuple[float, float, float]] = {}
+    with FakeServer() as upstream:
+        for backend in ("sqlite", "postgresql"):
+            env = {**os.environ, "AIFUNCS_HOME": str(root / f"serving-{backend}"),
+                   "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+            env.pop("AIFUNCS_TOKEN", None)
+            env.pop("AIFUNCS_DATABASE_URL", None)
+            if backend == "postgresql":
+                env["AIFUNCS_DATABASE_URL"] = url_of("serving")
+            made = subprocess.run([sys.executable, "-c", SETUP, upstream.url], env=env, capture_output=True,
+                                  text=True, check=True)  # fmt: skip
+            token, check_us = made.stdout.split()
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            command = [sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port)]
+            with (
+                running(command, base + "/health", root / f"serve-{backend}.log", env),
+                httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            ):
+                body = {"messages": [{"role": "user", "content": "hi"}]}
+                for _ in range(50):  # warm: connections, caches, the pool
+                    assert (
+                        http.post(base + "/serving-endpoints/llm/invocations", json=body).status_code == 200
+                    )
+                took = []
+                began = time.perf_counter()
+                for _ in range(500):
+                    sent = time.perf_counter()
+                    assert (
+                        http.post(base + "/serving-endpoints/llm/invocations", json=body).status_code == 200
+                    )
+                    took.append(time.perf_counter() - sent)
+                per_s = 500 / (time.perf_counter() - began)
+            figures[backend] = (float(check_us), statistics.median(took) * 1000, per_s)
+            print(f"   {backend:10}: policy check {float(check_us):6.1f} us; single-row serving median"
+                  f" {figures[backend][1]:.2f} ms, {per_s:,.0f} requests/s (1 client)")  # fmt: skip
+    ratio = figures["postgresql"][2] / figures["sqlite"][2]
+    print(f"   PostgreSQL / SQLite requests a second: {ratio:.2f}x (target >= 0.9)")
 
 
 if __name__ == "__main__":
