@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from typing import Any
@@ -120,6 +121,12 @@ def bind_call(
 _PER_CALLER = frozenset({"budgets", "progress", "context"})
 
 
+@functools.cache
+def _names(kind: type) -> tuple[str, ...]:
+    """A dataclass's field names (read once per class: `bind_key` runs per request)."""
+    return tuple(f.name for f in dataclasses.fields(kind) if f.name not in _PER_CALLER)
+
+
 def bind_key(
     session: Session,
     function: str,
@@ -133,20 +140,19 @@ def bind_key(
     labels (the principal with all its fields, since one made again under a deleted one's name is another; the
     runtime, catalog and checkpoint by object), and the catalog's `revision()`, which every governance change
     bumps: the rule every cache of a binding keys on (as `CallSpec.key()` names a bound call). A field added to
-    the session or an argument added here is part of it without another list to keep."""
+    the session or to the principal is part of it without another list to keep."""
     fields: list[Any] = []
-    for field in dataclasses.fields(session):
-        if field.name in _PER_CALLER:
-            continue
-        value = getattr(session, field.name)
-        if field.name == "identity":
-            value = [dataclasses.asdict(value.principal), str(value.home)]
+    for name in _names(type(session)):
+        value = getattr(session, name)
+        if name == "identity":
+            principal = value.principal
+            value = [*(getattr(principal, n) for n in _names(type(principal))), str(value.home)]
         elif not isinstance(value, bool | int | str | type(None)):
             value = id(value)
-        fields.append((field.name, value))
+        fields.append(value)
     request = None if request_type is None else str(request_type)
-    given = [function, endpoint_name, request, sorted(options.items())]
-    return json.dumps([fields, given, revision], sort_keys=True, default=str)
+    given = [fields, function, endpoint_name, request, options, revision]
+    return json.dumps(given, sort_keys=True, default=str)
 
 
 def _describe_columns(columns: list[InputColumn]) -> str:
