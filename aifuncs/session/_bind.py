@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 from typing import Any
@@ -121,10 +120,16 @@ def bind_call(
 _PER_CALLER = frozenset({"budgets", "progress", "context"})
 
 
-@functools.cache
-def _names(kind: type) -> tuple[str, ...]:
-    """A dataclass's field names (read once per class: `bind_key` runs per request)."""
-    return tuple(f.name for f in dataclasses.fields(kind) if f.name not in _PER_CALLER)
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A dataclass's field names but the per-caller ones (read once per class: `bind_key` runs per request)."""
+    kind = type(value)
+    found = _NAMES.get(kind)
+    if found is None:
+        found = _NAMES[kind] = tuple(f.name for f in dataclasses.fields(kind) if f.name not in _PER_CALLER)
+    return found
 
 
 def bind_key(
@@ -142,11 +147,11 @@ def bind_key(
     bumps: the rule every cache of a binding keys on (as `CallSpec.key()` names a bound call). A field added to
     the session or to the principal is part of it without another list to keep."""
     fields: list[Any] = []
-    for name in _names(type(session)):
+    for name in _names(session):
         value = getattr(session, name)
         if name == "identity":
             principal = value.principal
-            value = [*(getattr(principal, n) for n in _names(type(principal))), str(value.home)]
+            value = [*(getattr(principal, n) for n in _names(principal)), str(value.home)]
         elif not isinstance(value, bool | int | str | type(None)):
             value = id(value)
         fields.append(value)
