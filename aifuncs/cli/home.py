@@ -15,7 +15,7 @@ __all__ = ["add_commands"]
 def _migrate(args: argparse.Namespace) -> int:
     from aifuncs._home import home
     from aifuncs.storage import ENV, Postgres, is_postgres, redact
-    from aifuncs.storage._copy import copy_home
+    from aifuncs.cli._home_copy import copy_home
 
     url = args.to or os.environ.get(ENV)
     if not url or not is_postgres(url):
