@@ -33,6 +33,7 @@ from aifuncs.runtime._call import CallSpec, Failure, RequestContext, Scored
 from aifuncs.runtime._limit import AdaptiveLimit
 from aifuncs.runtime._meter import Meter, TokenTally
 from aifuncs.runtime._rate import RateGate
+from aifuncs.runtime._routing import Router, answering_now, entities_answering
 from aifuncs.runtime._scoring import Scorer
 from aifuncs.runtime._sending import Sender
 from aifuncs.runtime._store import AnswerStore
@@ -46,8 +47,10 @@ __all__ = [
     "RequestContext",
     "Runtime",
     "TokenTally",
+    "answering_now",
     "default_runtime",
     "describe",
+    "entities_answering",
     "session_budget",
     "set_session_budget",
 ]
@@ -172,6 +175,9 @@ class Runtime:
 
     def _most_in_flight(self, provider: Provider) -> int:
         return self._sender.most_in_flight(provider)
+
+    def _router(self) -> Router:
+        return self._answers.router
 
     def _embedder(self, topic_call: CallSpec) -> Callable[[pa.Array], Awaitable[Scored]]:
         return self._answers.embedder(topic_call)

@@ -39,7 +39,7 @@ class Answers:
 
     def __init__(self, provider: Callable[[Endpoint], Provider], scorer: Scorer, usage: UsageLog) -> None:
         self._provider = provider
-        self._router = Router(scorer, lambda call, rows: self.answer(call, rows, None))
+        self.router = Router(scorer, lambda call, rows: self.answer(call, rows, None))
         self._usage = usage
         self._lock = threading.Lock()
         self._stores: dict[Path, AnswerStore] = {}
@@ -101,7 +101,7 @@ class Answers:
         provider = self._provider(call.endpoint)
         reused = reuse(call, provider)
         if reused is None:
-            return await self._router.score(call, requests, batch_rows)
+            return await self.router.score(call, requests, batch_rows)
         checkpoint = call.checkpoint
         store = self.store() if reused == "store" else checkpoint.store if checkpoint else None
         # A sampling model's answers are kept for a job's rerun, but two equal requests still get two.
@@ -131,7 +131,7 @@ class Answers:
             if todo:
                 values = unique.values if len(todo) == len(keys) else unique.values.take(pa.array(todo))
                 keep = None if store is None else functools.partial(keep_answers, store, call.endpoint.name)
-                scored = await self._router.score(call, values, batch_rows, [keys[i] for i in todo], keep)
+                scored = await self.router.score(call, values, batch_rows, [keys[i] for i in todo], keep)
         finally:
             self._tell_waiters(keys, mine, known, todo, scored)
         texts = {i: known[keys[i]] for i in mine if keys[i] in known}

@@ -121,6 +121,27 @@ class Router:
             raise ModelError(endpoint.name, len(failed), failed[0])
         return values, errors
 
+    def candidates(self, call: CallSpec) -> list[CallSpec]:
+        """For one request answered on its own (a stream): the entity it goes to by the weights, then, with
+        fallback_config, the endpoint's other entities in list order."""
+        endpoint = call.endpoint
+        if not endpoint.split:
+            return [call]
+        entities = [e.name for e in endpoint.served_entities()]
+        first = int(self.pick(endpoint, 1, None)[0])
+        others = [i for i in range(len(entities)) if i != first] if call.fallback else []
+        return [_entity_call(call, endpoint, entities[first], None)] + [
+            _entity_call(call, endpoint, entities[i], entities[first]) for i in others
+        ]
+
+    async def answer_fallback(self, call: CallSpec, requests: pa.Array) -> Scored:
+        """Requests every entity failed, asked of the fallback endpoint (whole, through its answer path)."""
+        parts: list[pa.Array] = []
+        where = np.zeros(len(requests), dtype=np.int64)
+        errors: list[str | None] = [None] * len(requests)
+        await self._fall_back(call, requests, list(range(len(requests))), parts, where, errors)
+        return parts[0], errors
+
     def pick(self, endpoint: Endpoint, count: int, keys: list[bytes] | None) -> np.ndarray:
         """Each row's served entity (its index in list order): by the route weights, from a hash of the
         row's answer key where it has one, else at random."""
@@ -165,6 +186,17 @@ def _labelled(call: CallSpec, came_from: str) -> CallSpec:
     labels = tuple(item for item in call.context.usage_context if item[0] != FALLBACK_LABEL)
     context = dataclasses.replace(call.context, usage_context=(*labels, (FALLBACK_LABEL, came_from)))
     return dataclasses.replace(call, context=context)
+
+
+def answering_now() -> str | None:
+    """The served entity that answered last in the current task (None: none yet, or nobody asks)."""
+    names = _answered_by.get()
+    return names[-1] if names else None
+
+
+def tell_answered(entity: str) -> None:
+    """Say that `entity` answered a request of the current task (a stream's, once its first piece came)."""
+    _tell(entity, [None])
 
 
 def _tell(entity: str, errors: list[str | None]) -> None:

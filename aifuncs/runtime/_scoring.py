@@ -121,7 +121,7 @@ class Scorer:
                     raise ModelError(call.endpoint.name, len(chunk), describe(error)) from error
                 elif len(chunk) == 1 or (isinstance(error, RemoteError) and error.retryable):
                     # A request that failed after its retries: each row carries the message.
-                    return pa.nulls(len(chunk), target), [_row_error(error)] * len(chunk)
+                    return pa.nulls(len(chunk), target), [row_error(error)] * len(chunk)
                 place.give()  # the halves take places of their own
                 # Bisect to find the rows that fail; the others keep their answers.
                 half = len(chunk) // 2
@@ -175,7 +175,7 @@ class Scorer:
         return self._gates[key]
 
 
-def _row_error(error: Exception) -> str:
+def row_error(error: Exception) -> str:
     """The message a failed row carries; marked when the entity failed (another may answer the row)."""
     text = describe(error)
     if isinstance(error, RemoteError) and (

@@ -31,12 +31,14 @@ from aifuncs.errors import AifuncsError, RemoteError
 from aifuncs.providers._chat import Streams, can_stream
 from aifuncs.providers.base import CallOptions, Prediction, Provider
 from aifuncs.runtime._accounting import usage_row
-from aifuncs.runtime._call import CallSpec, Scored
+from aifuncs.runtime._call import CallSpec, EntityFailure, Scored
 from aifuncs.runtime._guard import guarded
 from aifuncs.runtime._limit import backoff_s
 from aifuncs.runtime._meter import begin_request, cancel_request, end_request
 from aifuncs.runtime._payloads import log_request
 from aifuncs.runtime._rate import text_chars
+from aifuncs.runtime._routing import tell_answered
+from aifuncs.runtime._scoring import row_error
 
 if TYPE_CHECKING:
     from aifuncs.runtime import Runtime
@@ -51,8 +53,10 @@ class ClientGone(Exception):
 
 
 def streams(runtime: Runtime, call: CallSpec) -> bool:
-    """Whether this call's endpoint can answer piece by piece (else the whole answer comes as one piece)."""
-    return can_stream(runtime.provider(call.endpoint))
+    """Whether this call's endpoint can answer piece by piece, whichever of its served entities answers (else
+    the whole answer comes as one piece)."""
+    endpoint = call.endpoint
+    return all(can_stream(runtime.provider(endpoint.served_entity(e.name))) for e in endpoint.served_entities())
 
 
 async def stream_answer(
@@ -62,18 +66,51 @@ async def stream_answer(
 
     Run it on the runtime's loop (a server's, `Runtime.adopt_loop`). Errors raised before the first piece are
     the request's error; the caller may close the iterator at any time."""
-    provider = runtime.provider(call.endpoint)
-    if not isinstance(provider, Streams) or len(requests) != 1:
+    router = runtime._router()
+    candidates = router.candidates(call)  # its served entity by the weights, then the fallbacks
+    if len(requests) != 1 or not streams(runtime, call):
         raise AifuncsError(f"Endpoint {call.endpoint.name!r} does not stream its answers.")
     rails = call.guardrails
     held = rails is not None and rails.output.active  # the whole answer is screened before any of it goes
     pieces: asyncio.Queue[Any] = asyncio.Queue()
     tokens: list[Prediction] = []
+    handed: list[str] = []
+    answering: list[str] = []  # the entity being asked
+
+    def hand_on(piece: str) -> None:
+        if not handed:  # the caller's first piece: say which entity answers (the served-model-name header)
+            tell_answered(answering[-1])
+        handed.append(piece)
+        pieces.put_nowait(piece)
 
     async def resolve(sendable: pa.Array) -> Scored:
-        text, used = await _streamed(runtime, provider, call, sendable, None if held else pieces.put_nowait)
-        tokens.append(used)
-        return pa.array([text], pa.string()), [None]
+        # A fallback happens only before the first piece reached the caller (then the answer is that entity's).
+        for tried, candidate in enumerate(candidates, start=1):
+            provider = runtime.provider(candidate.endpoint)
+            answering.append(candidate.endpoint.entity_name)
+            try:
+                text, used = await _streamed(
+                    runtime, provider, candidate, sendable, None if held else hand_on
+                )
+            except RemoteError as error:
+                if handed or not call.fallback or not isinstance(row_error(error), EntityFailure):
+                    raise
+                if tried < len(candidates):
+                    continue
+                if call.fallback_call is None:
+                    raise
+                values, errors = await router.answer_fallback(call, sendable)  # answered whole
+                if errors[0] is not None:
+                    raise AifuncsError(errors[0]) from error
+                answer = values[0].as_py()
+                if not held and answer:
+                    hand_on(str(answer))
+                return pa.array([answer], pa.string()), [None]
+            if not handed:  # held for the output guardrails: told now
+                tell_answered(candidate.endpoint.entity_name)
+            tokens.append(used)
+            return pa.array([text], pa.string()), [None]
+        raise AssertionError("a call has at least one served entity")
 
     def record(decisions: Counter[str]) -> None:
         runtime.usage.record(

@@ -16,7 +16,7 @@ from typing import Any
 
 from aifuncs.server._errors import ApiError
 
-__all__ = ["endpoint_options", "key_references"]
+__all__ = ["endpoint_config", "key_references"]
 
 _TASKS = {"llm/v1/chat": "chat", "llm/v1/completions": "completions", "llm/v1/embeddings": "embeddings"}
 _REFERENCE = re.compile(r"^\{\{\s*(env|secrets)/([A-Za-z0-9_.-]+)(?:/([A-Za-z0-9_.-]+))?\s*\}\}$")
@@ -109,16 +109,10 @@ def _external(model: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     )
 
 
-def endpoint_options(config: Any) -> tuple[str, dict[str, Any]]:
-    """The catalog kind and options of an endpoint config's one served entity."""
-    if not isinstance(config, dict):
-        raise _bad("config is an object with served_entities.")
-    entities = config.get("served_entities") or config.get("served_models")
-    if not isinstance(entities, list) or len(entities) != 1 or not isinstance(entities[0], dict):
-        raise _bad(
-            "Give config.served_entities as a list of one served entity: this server serves one per endpoint."
-        )
-    entity = entities[0]
+def _entity(entity: Any) -> tuple[str, dict[str, Any]]:
+    """One served entity's catalog kind and options."""
+    if not isinstance(entity, dict):
+        raise _bad("Each served entity is an object: entity_name and entity_version, or an external_model.")
     if entity.get("external_model") is not None:
         if not isinstance(entity["external_model"], dict):
             raise _bad("external_model is an object: name, provider, task and the provider's config.")
@@ -131,4 +125,73 @@ def endpoint_options(config: Any) -> tuple[str, dict[str, Any]]:
                 "A served entity names a registered model (entity_name and entity_version) or an external_model."
             )
         kind, options = "mlflow", {"model_uri": f"models:/{name}/{version}"}
+        # How `aifuncs serve` runs the model's workers (an external model has none)
+        for field in ("workload_size", "scale_to_zero_enabled"):
+            if entity.get(field) is not None:
+                options[field] = entity[field]
     return kind, {k: v for k, v in options.items() if v is not None}
+
+
+def _entity_name(entity: dict[str, Any]) -> str:
+    """The entity's name as Databricks makes it when none is given: the model's name (and version)."""
+    if isinstance(entity.get("name"), str) and entity["name"]:
+        return str(entity["name"])
+    external = entity.get("external_model")
+    if isinstance(external, dict) and external.get("name"):
+        return str(external["name"])
+    name = entity.get("entity_name") or entity.get("model_name") or ""
+    version = entity.get("entity_version") or entity.get("model_version") or ""
+    return f"{name}-{version}".replace("/", "_").replace(".", "_")
+
+
+def endpoint_config(config: Any) -> dict[str, Any]:
+    """A config's served entities as catalog arguments: `kind` and options for one entity (an endpoint of
+    one model, as before), `served_entities` with their traffic percentages (`traffic_config.routes`) for
+    several."""
+    if not isinstance(config, dict):
+        raise _bad("config is an object with served_entities.")
+    entities = config.get("served_entities") or config.get("served_models")
+    if not isinstance(entities, list) or not entities:
+        raise _bad("Give config.served_entities: a list of 1 to 10 served entities.")
+    routes = (
+        (config.get("traffic_config") or {}).get("routes")
+        if isinstance(config.get("traffic_config"), dict)
+        else None
+    )
+    if len(entities) == 1 and not routes:
+        kind, options = _entity(entities[0])
+        return {"kind": kind, **options}
+    names = [_entity_name(e) if isinstance(e, dict) else "" for e in entities]
+    shares = _shares(names, routes)
+    served = []
+    for entity, name in zip(entities, names, strict=True):
+        kind, options = _entity(entity)
+        served.append({"name": name, "kind": kind, "options": options, "traffic_percentage": shares[name]})
+    return {"served_entities": served}
+
+
+def _shares(names: list[str], routes: Any) -> dict[str, Any]:
+    """Each entity's traffic percentage from `traffic_config.routes` (the catalog checks the sum)."""
+    if routes is None:
+        if len(names) == 1:
+            return {names[0]: 100}
+        raise _bad(
+            "An endpoint of several served entities needs traffic_config.routes: each entity's"
+            " served_entity_name and traffic_percentage, summing to 100 (0 for a fallback only)."
+        )
+    if not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
+        raise _bad("traffic_config.routes is a list of {served_entity_name, traffic_percentage}.")
+    shares: dict[str, Any] = {}
+    for route in routes:
+        name = route.get("served_entity_name") or route.get("served_model_name")
+        if name not in names:
+            raise _bad(
+                f"traffic_config.routes names {name!r}, which is not a served entity of this config"
+                f" ({', '.join(names)})."
+            )
+        if name in shares:
+            raise _bad(f"traffic_config.routes names {name!r} twice.")
+        shares[name] = route.get("traffic_percentage")
+    for name in names:
+        shares.setdefault(name, 0)  # not routed: serves as a fallback only
+    return shares

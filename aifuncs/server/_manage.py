@@ -13,7 +13,7 @@ from starlette.responses import Response
 from aifuncs._types import json_schema, to_duckdb_type
 from aifuncs.catalog import Catalog
 from aifuncs.governance.permissions import DESCRIPTIONS, LEVELS
-from aifuncs.server._entities import endpoint_options
+from aifuncs.server._entities import endpoint_config
 from aifuncs.server._errors import ApiError
 from aifuncs.server._shapes import endpoint_object
 from aifuncs.session import Session
@@ -39,13 +39,13 @@ def create_endpoint(request: Request, session: Session, body: Any) -> dict[str, 
     if not isinstance(body, dict) or not isinstance(body.get("name"), str):
         raise ApiError(400, "INVALID_PARAMETER_VALUE", "Give the endpoint's name and config.")
     name = body["name"]
-    kind, options = endpoint_options(body.get("config"))
+    config = endpoint_config(body.get("config"))
     catalog = session.catalog
     gateway = dict(body.get("ai_gateway") or {})
     gateway.pop("usage_tracking_config", None)  # always tracked here
     if body.get("rate_limits"):
         gateway.setdefault("rate_limits", body["rate_limits"])
-    endpoint = catalog.create(name, kind, description=str(body.get("description") or ""), **options)
+    endpoint = catalog.create(name, description=str(body.get("description") or ""), **config)
     try:
         if gateway:
             catalog.put_ai_gateway(endpoint.name, gateway)
@@ -58,10 +58,18 @@ def create_endpoint(request: Request, session: Session, body: Any) -> dict[str, 
 
 
 def update_config(request: Request, session: Session, body: Any) -> dict[str, Any]:
-    """PUT .../config: the served entity's settings, as a new version of the endpoint."""
+    """PUT .../config: the served entities' settings, as a new version of the endpoint (every version kept)."""
     catalog = session.catalog
     current = catalog.authorize(request.path_params["name"], "manage")
-    kind, options = endpoint_options(body)
+    config = endpoint_config(body)
+    if "served_entities" in config or current.entities:  # several models, before or after: replaced whole
+        if "served_entities" not in config:
+            kind = config.pop("kind")
+            config = {"served_entities": [{"name": current.name, "kind": kind, "options": config}]}
+        endpoint = catalog.update(current.name, **config)
+        return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
+    kind = config.pop("kind")
+    options = config
     if kind != current.kind:
         raise ApiError(
             400,

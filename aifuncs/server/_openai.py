@@ -19,7 +19,7 @@ from starlette.types import Send
 
 from aifuncs.errors import AifuncsError
 from aifuncs.providers.base import Prediction
-from aifuncs.runtime import CallSpec, Runtime, TokenTally
+from aifuncs.runtime import CallSpec, Runtime, TokenTally, answering_now
 from aifuncs.runtime._stream import stream_answer, streams
 from aifuncs.server._errors import ApiError, from_aifuncs
 from aifuncs.server._invoke import Bindings, Prepared, request_context
@@ -239,6 +239,7 @@ async def streamed(
         finally:
             await pieces.aclose()
 
+    headers["served-model-name"] = answering_now() or headers.get("served-model-name", name)
     return _Events(events(), media_type="text/event-stream", headers=headers)
 
 

@@ -18,9 +18,10 @@ def _ms(endpoint: Endpoint, which: str) -> int | None:
 
 
 def served_entity(endpoint: Endpoint) -> dict[str, Any]:
-    """The one served entity an endpoint is: a registered model, an external model, or a local one."""
+    """A served entity (an endpoint of one model, or one entity's view): a registered model, an external
+    model, or a local one."""
     entity: dict[str, Any] = {
-        "name": endpoint.name,
+        "name": endpoint.entity_name,
         "state": {"deployment": "DEPLOYMENT_READY", "deployment_state_message": ""},
     }
     uri = str(endpoint.options.get("model_uri", ""))
@@ -31,7 +32,7 @@ def served_entity(endpoint: Endpoint) -> dict[str, Any]:
         entity["external_model"] = {
             "name": endpoint.options.get("model") or endpoint.options.get("endpoint") or endpoint.name,
             "provider": _REMOTE_PROVIDERS[endpoint.kind],
-            "task": "llm/v1/chat",
+            "task": f"llm/v1/{endpoint.options.get('task', 'chat')}",
             **key_references(endpoint.kind, endpoint.options),  # the reference, never the key
         }
     else:
@@ -40,6 +41,7 @@ def served_entity(endpoint: Endpoint) -> dict[str, Any]:
 
 
 def endpoint_object(catalog: Catalog, endpoint: Endpoint, permission_level: str | None) -> dict[str, Any]:
+    entities = endpoint.served_entities()
     return {
         "id": endpoint.name,  # names are unique: the permissions API keys on this id
         "name": endpoint.name,
@@ -49,8 +51,13 @@ def endpoint_object(catalog: Catalog, endpoint: Endpoint, permission_level: str 
         "state": {"ready": "READY", "config_update": "NOT_UPDATING"},
         "config": {
             "config_version": endpoint.version,
-            "served_entities": [served_entity(endpoint)],
-            "traffic_config": {"routes": [{"served_entity_name": endpoint.name, "traffic_percentage": 100}]},
+            "served_entities": [served_entity(endpoint.served_entity(e.name)) for e in entities],
+            "traffic_config": {
+                "routes": [
+                    {"served_entity_name": e.name, "traffic_percentage": e.traffic_percentage}
+                    for e in entities
+                ]
+            },
         },
         "ai_gateway": catalog.get_ai_gateway(endpoint.name),
         "tags": catalog.tags(endpoint.name),
