@@ -218,6 +218,8 @@ def _gateway(args: argparse.Namespace) -> int:
             amounts = ", ".join(f"{limit[u]:,} {u}/min" for u in ("calls", "tokens") if u in limit)
             print(f"{limit['key']:18} {limit.get('principal', ''):24} {amounts}")
         return 0
+    if args.action == "fallback":
+        return _fallback(args)
     if args.action == "put":
         try:
             config = json.loads(args.config)
@@ -229,6 +231,33 @@ def _gateway(args: argparse.Namespace) -> int:
     else:
         result = catalog.get_ai_gateway(args.endpoint)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _fallback(args: argparse.Namespace) -> int:
+    """`aifuncs gateway fallback NAME`: show, or change, fallback_config and keep the other settings."""
+    from aifuncs import catalog
+    from aifuncs.cli._entities import fallback_text
+
+    if args.endpoint_to and args.disable:
+        raise AifuncsError("--to names where a request falls back to: give it with --enable, not --disable.")
+    config = catalog.get_ai_gateway(args.endpoint)
+    if args.enable or args.disable:
+        fallback = {
+            "enabled": bool(args.enable),
+            **({"endpoint": args.endpoint_to} if args.endpoint_to else {}),
+        }
+        config = catalog.put_ai_gateway(args.endpoint, {**config, "fallback_config": fallback})
+    elif args.endpoint_to:
+        raise AifuncsError(
+            f"--to {args.endpoint_to!r} goes with --enable: a fallback endpoint is asked when on."
+        )
+    shown = config.get("fallback_config") or {"enabled": False}
+    if args.json:
+        print(json.dumps(shown, indent=2))
+        return 0
+    entities = [e.name for e in catalog.get(args.endpoint).served_entities()]
+    print(f"Fallback of {args.endpoint!r}: {fallback_text(shown, entities)}")
     return 0
 
 
@@ -322,13 +351,27 @@ def add_commands(commands: Any) -> None:
     audit.set_defaults(handler=_audit)
 
     gateway = commands.add_parser(
-        "gateway", help="an endpoint's AI gateway: rate limits, guardrails, inference table"
+        "gateway", help="an endpoint's AI gateway: rate limits, guardrails, inference table, fallbacks"
     )
     gateway_actions = gateway.add_subparsers(dest="action", required=True)
     gateway_actions.add_parser("get", help="the configuration, as JSON").add_argument("endpoint")
     put = gateway_actions.add_parser("put", help="replace the configuration (needs CAN_MANAGE)")
     put.add_argument("endpoint")
     put.add_argument("config", help='JSON, e.g. \'{"rate_limits": [{"calls": 600, "key": "endpoint"}]}\'')
+    fallback = gateway_actions.add_parser(
+        "fallback", help="show or set fallback_config: where a request its served entity failed goes next"
+    )
+    fallback.add_argument("endpoint")
+    switch = fallback.add_mutually_exclusive_group()
+    switch.add_argument("--enable", action="store_true", help="ask the other entities, then --to, on failure")
+    switch.add_argument("--disable", action="store_true", help="a request its entity failed fails")
+    fallback.add_argument(
+        "--to",
+        dest="endpoint_to",
+        metavar="ENDPOINT",
+        help="another endpoint to ask last (needs CAN_QUERY on it)",
+    )
+    fallback.add_argument("--json", action="store_true")
     gateway.set_defaults(handler=_gateway)
 
     rate_limits = commands.add_parser("rate-limits", help="an endpoint's rate limits")
