@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from aifuncs._types import arrow_type
 from aifuncs.errors import GuardrailBlocked
 from aifuncs.governance.guardrails import (
     Guard,
@@ -112,7 +113,10 @@ async def guarded(
     try:
         if raises and any(blocked):
             raise _refuse(call, "input", next(r for r in reasons if r))
-        values, errors = await resolve(send) if len(send) else (pa.array([], send.type), [])
+        # every row blocked: no answers, of the answers' type (not the requests')
+        values, errors = (
+            await resolve(send) if len(send) else (pa.array([], arrow_type(call.result_type)), [])
+        )
         if rails.output.active and _has_text(values.type):
             values, answers = await asyncio.to_thread(_screen, rails.output, values)
             decisions.update({f"output: {k}": v for k, v in answers.decisions.items()})

@@ -63,7 +63,7 @@ class Router:
         keep: Keep | None = None,
     ) -> Scored:
         endpoint = call.endpoint
-        if not endpoint.split and call.fallback_call is None:  # one model, nothing to fall back to
+        if not endpoint.split and not chained(call):  # one model, nothing to fall back to
             scored = await self._scorer.score(call, requests, batch_rows, keys, keep)
             _tell(endpoint.entity_name, scored[1])
             return scored
@@ -112,7 +112,7 @@ class Router:
                         step[row] += 1
                     else:
                         exhausted.append(row)
-        if exhausted and call.fallback_call is not None:
+        if exhausted and chained(call):
             await self._fall_back(call, requests, exhausted, parts, where, errors)
         target = arrow_type(call.result_type)
         values = pa.concat_arrays(parts).take(pa.array(where)) if parts else pa.array([], target)
@@ -174,6 +174,12 @@ class Router:
         where[rows] = offset + np.arange(len(rows))
         for row, error in zip(rows, answered.field(1).to_pylist(), strict=True):
             errors[row] = error
+
+
+def chained(call: CallSpec) -> bool:
+    """Whether rows every entity failed go on to a fallback endpoint: not when the caller chose one entity
+    (`/served-models/{entity}/invocations` asks that entity alone, as its name says)."""
+    return call.fallback_call is not None and call.endpoint.entity is None
 
 
 def _entity_call(call: CallSpec, endpoint: Endpoint, entity: str, came_from: str | None) -> CallSpec:

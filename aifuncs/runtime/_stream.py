@@ -37,7 +37,7 @@ from aifuncs.runtime._limit import backoff_s
 from aifuncs.runtime._meter import begin_request, cancel_request, end_request
 from aifuncs.runtime._payloads import log_request
 from aifuncs.runtime._rate import text_chars
-from aifuncs.runtime._routing import tell_answered
+from aifuncs.runtime._routing import chained, tell_answered
 from aifuncs.runtime._scoring import row_error
 
 if TYPE_CHECKING:
@@ -56,7 +56,9 @@ def streams(runtime: Runtime, call: CallSpec) -> bool:
     """Whether this call's endpoint can answer piece by piece, whichever of its served entities answers (else
     the whole answer comes as one piece)."""
     endpoint = call.endpoint
-    return all(can_stream(runtime.provider(endpoint.served_entity(e.name))) for e in endpoint.served_entities())
+    return all(
+        can_stream(runtime.provider(endpoint.served_entity(e.name))) for e in endpoint.served_entities()
+    )
 
 
 async def stream_answer(
@@ -97,7 +99,7 @@ async def stream_answer(
                     raise
                 if tried < len(candidates):
                     continue
-                if call.fallback_call is None:
+                if not chained(call):
                     raise
                 values, errors = await router.answer_fallback(call, sendable)  # answered whole
                 if errors[0] is not None:

@@ -1,0 +1,312 @@
+"""Served entities and fallbacks attacked by token holders, against a real `aifuncs serve`: a config of several
+entities reaches only what its author may (checked for every entity, over REST and Python), a fallback reaches
+only endpoints the caller may query and keeps their guardrails, limits and inference tables, one entity's own
+route keeps the endpoint's, hostile names and shares are a 400, and a server killed mid-fallback leaves every
+sent request in the usage log."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from servers import FakeServer, Faults, free_port
+
+import aifuncs
+import aifuncs.governance as gov
+from aifuncs import ServedEntity
+from aifuncs.errors import AifuncsError
+from aifuncs.governance.egress import EgressPolicy
+from aifuncs.governance.keys import keyring
+from aifuncs.governance.secrets import Secrets
+
+from .conftest import Secured
+
+INVOKE = "/serving-endpoints/{}/invocations"
+CONFIG = "/api/2.0/serving-endpoints/{}/config"
+GATEWAY = "/api/2.0/serving-endpoints/{}/ai-gateway"
+DEAD = Faults(server_error=1.0)  # every request answers HTTP 500
+QUICK = {"max_retries": 0, "timeout_s": 20}  # a failure is final at once: the fallback follows
+
+
+def chat(text: str = "hi", **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}], **extra}
+
+
+def entity(name: str, url: str, share: int, **options: Any) -> ServedEntity:
+    return ServedEntity(name, "openai", {"model": "m", "base_url": url + "/v1", **options}, share)
+
+
+def external(name: str, base: str, key: str | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {"openai_api_base": base}
+    if key is not None:
+        config["openai_api_key"] = key
+    return {
+        "name": name,
+        "external_model": {"name": "m", "provider": "openai", "task": "llm/v1/chat", "openai_config": config},
+    }
+
+
+def rest_config(entities: list[dict[str, Any]], shares: list[Any] | None = None) -> dict[str, Any]:
+    shares = shares if shares is not None else [100] + [0] * (len(entities) - 1)
+    routes = [
+        {"served_entity_name": e["name"], "traffic_percentage": s}
+        for e, s in zip(entities, shares, strict=True)
+    ]
+    return {"served_entities": entities, "traffic_config": {"routes": routes}}
+
+
+def until(condition: Callable[[], Any], what: str, timeout_s: float = 30) -> Any:
+    """Wait for `condition` to be truthy (the server binds a changed endpoint anew within a second)."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return found
+
+
+def usage(sql: str) -> list[tuple[Any, ...]]:
+    return aifuncs.connect().sql(sql).fetchall()
+
+
+def version(name: str) -> int:
+    return aifuncs.endpoints.get(name).version
+
+
+# -- what a config of several entities may reach: its author's rights, for every entity ------------------------
+
+
+def test_every_entity_of_a_config_is_held_to_its_authors_rights(
+    secured: Secured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CAN_MANAGE non-admin (and an entitled one creating) cannot hide, in any entity from the 1st to the 10th,
+    a secret it may not read, a server variable, a host off the allow-list or an in-process model: over REST
+    (create and update config) and Python (create and update); nothing is stored and nothing is sent."""
+    port = secured.upstream.url.rsplit(":", 1)[1]
+    owner = gov.whoami()
+    EgressPolicy(secured.home / "catalog.db").allow(f"127.0.0.1:{port}", owner)  # the upstream: allowed
+    vault = Secrets(secured.home / "catalog.db", owner, keyring())
+    vault.create_scope("locked", backend_type="ENVIRONMENT")
+    vault.put("locked", "k", environment_variable="HOME")  # exists; alice holds no READ on it
+    aifuncs.endpoints.update_permissions("llm", [{"user_name": "alice", "permission_level": "CAN_MANAGE"}])
+    gov.grant_entitlement("alice")
+    base = secured.upstream.url + "/v1"
+    over_rest = {
+        "an unreadable secret": external("bad", base, "{{secrets/locked/k}}"),
+        "a server variable": external("bad", base, "{{env/HOME}}"),
+        "an aifuncs variable": external("bad", base, "{{env/AIFUNCS_ENCRYPTION_KEY}}"),
+        "an internal host": external("bad", "http://10.0.0.7/v1"),
+        "loopback on another port": external("bad", f"http://127.0.0.1:{free_port()}/v1"),
+        "a metadata address": external("bad", "http://169.254.169.254/v1"),
+    }
+    for what, hostile in over_rest.items():
+        for position in (1, 4, 9):  # the 2nd, 5th and 10th entity
+            entities = [external(f"ok{i}", base) for i in range(9)]
+            entities.insert(position, hostile)
+            for method, path, body in (
+                ("PUT", CONFIG.format("llm"), rest_config(entities)),
+                ("POST", "/api/2.0/serving-endpoints", {"name": "made", "config": rest_config(entities)}),
+            ):
+                refused = secured.call("alice", method, path, json=body)
+                assert refused.status_code in (400, 403), (what, position, method, refused.text)
+    assert version("llm") == 1 and [e.name for e in aifuncs.endpoints.list()] == ["llm"]
+
+    monkeypatch.setenv("AIFUNCS_TOKEN", secured.tokens["alice"])
+    url = secured.upstream.url
+    in_python = {
+        "an unreadable secret": entity("bad", url, 0, api_key_secret="locked/k"),
+        "a server variable": entity("bad", url, 0, api_key_env="HOME"),
+        "an internal host": ServedEntity(
+            "bad", "openai", {"model": "m", "base_url": "http://10.0.0.7/v1"}, 0
+        ),
+        "a llama_cpp model_path": ServedEntity("bad", "llama_cpp", {"model_path": "/etc/passwd"}, 0),
+        "a python function": ServedEntity("bad", "python", {"function": "os:system"}, 0),
+        "an mlflow path": ServedEntity("bad", "mlflow", {"model_uri": "/etc"}, 0),
+        "an egress flag of its own": entity("bad", "http://10.0.0.7", 0, egress_checked=False),
+    }
+    for hostile in in_python.values():
+        entities = [entity(f"ok{i}", url, 100 if i == 0 else 0) for i in range(9)]
+        entities.insert(5, hostile)
+        with pytest.raises(AifuncsError):
+            aifuncs.endpoints.update("llm", served_entities=entities)
+        with pytest.raises(AifuncsError):
+            aifuncs.endpoints.create("made", served_entities=entities)
+    # an mlflow endpoint: a registered model first, a file path later
+    tabular = [ServedEntity("reg", "mlflow", {"model_uri": "models:/m/1"}, 100)]
+    with pytest.raises(AifuncsError, match="only an admin"):
+        aifuncs.endpoints.create(
+            "tab", served_entities=[*tabular, ServedEntity("p", "mlflow", {"model_uri": "/tmp"}, 0)]
+        )
+    monkeypatch.delenv("AIFUNCS_TOKEN")
+    assert version("llm") == 1 and [e.name for e in aifuncs.endpoints.list()] == ["llm"]
+    assert secured.upstream.stats.requests == 0
+
+
+def test_each_entity_is_checked_against_the_allow_list_at_request_time(
+    secured: Secured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entitled user's endpoint of two entities on allowed hosts: once the address is taken off the list,
+    neither entity (nor a fallback between them) sends anything."""
+    port = secured.upstream.url.rsplit(":", 1)[1]
+    policy = EgressPolicy(secured.home / "catalog.db")
+    policy.allow(f"localhost:{port}", gov.whoami())
+    policy.allow("127.0.0.1", gov.whoami())
+    gov.grant_entitlement("alice")
+    near = f"http://localhost:{port}"
+    monkeypatch.setenv("AIFUNCS_TOKEN", secured.tokens["alice"])
+    aifuncs.endpoints.create(
+        "pair", served_entities=[entity("a", near, 50, **QUICK), entity("b", near, 50, **QUICK)]
+    )
+    aifuncs.endpoints.put_ai_gateway("pair", {"fallback_config": {"enabled": True}})
+    monkeypatch.delenv("AIFUNCS_TOKEN")
+    assert all(e.options["egress_checked"] is True for e in aifuncs.endpoints.get("pair").entities)
+    assert secured.call("alice", "POST", INVOKE.format("pair"), json=chat()).status_code == 200
+    sent = secured.upstream.stats.requests
+    policy.disallow("127.0.0.1", gov.whoami())
+    for _ in range(6):
+        refused = secured.call("alice", "POST", INVOKE.format("pair"), json=chat())
+        assert refused.status_code in (400, 403) and "egress allow-list" in refused.json()["message"], (
+            refused.text
+        )
+    assert secured.upstream.stats.requests == sent
+
+
+# -- fallbacks: only what the author and the caller may query, under the fallback's own governance -------------
+
+
+def test_a_fallback_reaches_only_endpoints_its_author_and_its_caller_may_query(
+    secured: Secured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeServer(faults=DEAD) as dead, FakeServer(keep_bodies=True) as backup:
+        aifuncs.endpoints.update("llm", base_url=dead.url + "/v1", max_retries=0)
+        aifuncs.endpoints.create("backup", kind="openai", model="b", base_url=backup.url + "/v1")
+        aifuncs.endpoints.update_permissions("llm", [{"user_name": "bob", "permission_level": "CAN_MANAGE"}])
+        # bob manages llm but may not query backup: he may not name it (nor may he see that it exists)
+        hidden = secured.call("bob", "PUT", GATEWAY.format("llm"),
+                              json={"fallback_config": {"enabled": True, "endpoint": "backup"}})  # fmt: skip
+        assert hidden.status_code == 400 and "does not exist" in hidden.json()["message"], hidden.text
+        aifuncs.endpoints.update_permissions("backup", [{"user_name": "bob", "permission_level": "CAN_VIEW"}])
+        viewed = secured.call("bob", "PUT", GATEWAY.format("llm"),
+                              json={"fallback_config": {"enabled": True, "endpoint": "backup"}})  # fmt: skip
+        assert viewed.status_code == 403 and "CAN_QUERY" in viewed.json()["message"], viewed.text
+        # an admin names it: alice (CAN_QUERY on llm only) still gets no answer from backup
+        aifuncs.endpoints.put_ai_gateway("llm", {"fallback_config": {"enabled": True, "endpoint": "backup"}})
+        for _ in range(3):
+            failed = secured.call("alice", "POST", INVOKE.format("llm"), json=chat("for llm only"))
+            assert failed.status_code != 200, failed.text
+        assert backup.stats.requests == 0
+        aifuncs.endpoints.update_permissions(
+            "backup", [{"user_name": "alice", "permission_level": "CAN_QUERY"}]
+        )
+        answered = until(
+            lambda: (
+                (r := secured.call("alice", "POST", INVOKE.format("llm"), json=chat("now"))).status_code
+                == 200
+                and r
+            ),
+            "the fallback answers once alice may query it",
+        )
+        assert answered.headers["served-model-name"] == "backup" or answered.json()
+
+
+def test_fallback_cycles_made_in_turn_by_two_authors_are_refused(secured: Secured) -> None:
+    url = secured.upstream.url
+    for name in ("a", "b", "c"):
+        aifuncs.endpoints.create(name, kind="openai", model=name, base_url=url + "/v1")
+    grants = [{"user_name": who, "permission_level": "CAN_MANAGE"} for who in ("alice", "bob")]
+    for name in ("a", "b", "c"):
+        aifuncs.endpoints.update_permissions(name, grants)
+    to = lambda target: {"fallback_config": {"enabled": True, "endpoint": target}}  # noqa: E731
+    assert secured.call("alice", "PUT", GATEWAY.format("a"), json=to("b")).status_code == 200
+    assert secured.call("bob", "PUT", GATEWAY.format("b"), json=to("c")).status_code == 200
+    for who, name, target in (("alice", "c", "a"), ("bob", "c", "b"), ("bob", "b", "b"), ("alice", "b", "a")):
+        refused = secured.call(who, "PUT", GATEWAY.format(name), json=to(target))
+        assert refused.status_code == 400 and "cycle" in refused.json()["message"], (
+            name,
+            target,
+            refused.text,
+        )
+    assert aifuncs.endpoints.get_ai_gateway("c").get("fallback_config") is None
+
+
+def test_a_fallback_endpoint_keeps_its_guardrails_limits_and_inference_table_for_the_caller(
+    secured: Secured,
+) -> None:
+    with FakeServer(faults=DEAD) as dead, FakeServer(keep_bodies=True) as backup:
+        aifuncs.endpoints.update("llm", base_url=dead.url + "/v1", max_retries=0)
+        aifuncs.endpoints.create("backup", kind="openai", model="b", base_url=backup.url + "/v1")
+        aifuncs.endpoints.update_permissions(
+            "backup", [{"user_name": "alice", "permission_level": "CAN_QUERY"}]
+        )
+        aifuncs.endpoints.put_ai_gateway("backup", {
+            "guardrails": {"input": {"invalid_keywords": ["Project Falcon"]}, "output": {"pii": {"behavior": "MASK"}}},
+            "rate_limits": [{"calls": 3, "key": "user", "renewal_period": "minute"}],
+            "inference_table_config": {"enabled": True},
+        })  # fmt: skip
+        aifuncs.endpoints.put_ai_gateway("llm", {"fallback_config": {"enabled": True, "endpoint": "backup"}})
+        first = until(
+            lambda: (
+                (
+                    r := secured.call(
+                        "alice", "POST", INVOKE.format("llm"), json=chat("card 4111 1111 1111 1111")
+                    )
+                ).status_code
+                == 200
+                and r
+            ),
+            "the fallback answers",
+        )
+        assert "4111" not in first.text, first.text  # backup's output guardrail masked the answer
+        blocked = secured.call("alice", "POST", INVOKE.format("llm"), json=chat("about project falcon"))
+        assert blocked.status_code == 400, blocked.text  # backup's input guardrail
+        assert not any("falcon" in json.dumps(b).lower() for b in backup.stats.bodies)
+        statuses = [
+            secured.call("alice", "POST", INVOKE.format("llm"), json=chat(f"q{i}")).status_code
+            for i in range(4)
+        ]
+        assert statuses.count(429) >= 2 and backup.stats.requests <= 3, statuses  # backup's limit: 3 a minute
+    rows = until(
+        lambda: usage("SELECT endpoint, requester, status, served_entity, usage_context FROM aifuncs_usage"
+                      " WHERE endpoint = 'backup' AND status = 'ok'"),
+        "backup's usage rows",
+    )  # fmt: skip
+    assert {r[1] for r in rows} == {"alice"} and all("fallback_from" in (r[4] or "") for r in rows), rows
+    payloads = until(
+        lambda: usage("SELECT requester, served_entity_id FROM aifuncs_payloads"), "inference rows"
+    )
+    assert {p[0] for p in payloads} == {"alice"}, payloads
+
+
+def test_one_entitys_own_route_keeps_the_endpoints_guardrails_limits_and_inference_table(
+    secured: Secured,
+) -> None:
+    url = secured.upstream.url
+    with FakeServer() as backup:
+        aifuncs.endpoints.update("llm", served_entities=[entity("main", url, 100), entity("spare", url, 0)])
+        aifuncs.endpoints.create("backup", kind="openai", model="b", base_url=backup.url + "/v1")
+        aifuncs.endpoints.update_permissions(
+            "backup", [{"user_name": "alice", "permission_level": "CAN_QUERY"}]
+        )
+        aifuncs.endpoints.put_ai_gateway("llm", {
+            "guardrails": {"input": {"invalid_keywords": ["Project Falcon"]}},
+            "rate_limits": [{"calls": 4, "key": "user", "renewal_period": "minute"}],
+            "inference_table_config": {"enabled": True},
+            "fallback_config": {"enabled": True, "endpoint": "backup"},
+        })  # fmt: skip
+        spare = INVOKE.format("llm").replace("/invocations", "/served-models/spare/invocations")
+        answered = until(
+            lambda: (r := secured.call("alice", "POST", spare, json=chat("hello"))).status_code != 404 and r,
+            "the entity route",
+        )
+        assert answered.status_code == 200 and answered.headers["served-model-name"] == "spare", answered.text
+        blocked = secured.call("alice", "POST", spare, json=chat("about project falcon"))
+        assert blocked.status_code == 400, blocked.text
+        assert not secured.upstream_saw("falcon")
+        statuses = [secured.call("alice", "POST", spare, json=chat(f"q{i}")).status_code for i in range(5)]
+        assert statuses.count(429) >= 2, statuses
+        for who in ("bob", "mallory"):
+            assert secured.call(who, "POST", spare, json=chat()).status_code in (403, 404)
+    rows = until(lambda: usage("SELECT requester, served_entity_id FROM aifuncs_payloads"), "inference rows")
+    assert ("alice", "spare") in rows, rows
