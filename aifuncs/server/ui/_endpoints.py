@@ -13,15 +13,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from aifuncs.catalog import Endpoint, ServedEntity
 from aifuncs.catalog._authoring import EGRESS_FLAG
+from aifuncs.catalog._entities import checked_entities
 from aifuncs.errors import ConfigError
 from aifuncs.governance.permissions import LEVELS
 from aifuncs.governance.principals import CREATE_ENDPOINTS
 from aifuncs.providers import provider_class
 from aifuncs.runtime._rollups import Rollups
+from aifuncs.server._errors import ApiError
 from aifuncs.server._shapes import served_entity
+from aifuncs.server.ui._entity_usage import EntityRollup
 from aifuncs.server.ui._logs import LogFilter, log_csv, log_detail, log_page, searchable
-from aifuncs.server.ui._stats import breakdown, endpoint_totals, series
+from aifuncs.server.ui._stats import breakdown, endpoint_totals, entity_breakdown, entity_series, series
 from aifuncs.server.ui._web import Me, Ui, confirm_step, form_of
 
 __all__ = ["ROUTES"]
@@ -50,6 +54,47 @@ def rollups(me: Me) -> Rollups:
     found = Rollups(me.home / "usage.db")
     found.refresh()
     return found
+
+
+def entity_rollup(me: Me) -> EntityRollup:
+    """Usage by served entity, brought up to date (this process's pending rows written first)."""
+    me.session.runtime.usage.flush()
+    found = EntityRollup(me.home / "usage.db")
+    found.refresh()
+    return found
+
+
+_STATES = {"DEPLOYMENT_READY": "Ready", "DEPLOYMENT_CREATING": "Loading", "DEPLOYMENT_FAILED": "Failed"}
+
+
+def entities_of(endpoint: Endpoint) -> list[dict[str, Any]]:
+    """Each served entity as the pages show it: name, kind, model, traffic percentage and state (the state the
+    REST endpoint object reports), in list order."""
+    shown = []
+    for entity in endpoint.served_entities():
+        shape = served_entity(endpoint.served_entity(entity.name))
+        external = shape.get("external_model")
+        if external:
+            model = f"{external['provider']} · {external['name']}"
+        else:
+            version = shape.get("entity_version")
+            model = f"{shape.get('entity_name', entity.name)}{f' v{version}' if version else ''}"
+        state = str(shape.get("state", {}).get("deployment", ""))
+        shown.append(
+            {
+                "name": entity.name,
+                "kind": entity.kind,
+                "model": model,
+                "traffic_percentage": entity.traffic_percentage,
+                "state": _STATES.get(state, state.removeprefix("DEPLOYMENT_").title()),
+            }
+        )
+    return shown
+
+
+def fallback_of(gateway: dict[str, Any]) -> dict[str, Any]:
+    found = gateway.get("fallback_config") or {}
+    return {"enabled": bool(found.get("enabled")), "endpoint": found.get("endpoint")}
 
 
 def _json(text: str, what: str, default: Any) -> Any:
@@ -98,7 +143,8 @@ def list_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
         {
             "name": e.name,
             "kind": e.kind,
-            "entity": served_entity(e),
+            "entities": entities_of(e),
+            "fallback": fallback_of(me.catalog.get_ai_gateway(e.name)),
             "task": _task(e.kind, e.options),
             "version": e.version,
             "level": me.catalog.permission_level(e.name),
@@ -141,7 +187,8 @@ def endpoint_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]
         "tab": tab,
         "level": level,
         "manages": manages,
-        "entity": served_entity(endpoint),
+        "entities": entities_of(endpoint),
+        "fallback": fallback_of(me.catalog.get_ai_gateway(endpoint.name)),
         "task": _task(endpoint.kind, endpoint.options),
         "created": _stamp(endpoint.created_at),
         "updated": _stamp(endpoint.updated_at),
@@ -156,8 +203,16 @@ def endpoint_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]
             {**v, "options": shown(v.get("options") or {}), "when": _when(v)}
             for v in me.catalog.versions(endpoint.name)[::-1]
         ]
-        context["options"] = json.dumps(shown(endpoint.options), indent=2, sort_keys=True)
+        context["options"] = json.dumps(_editable(endpoint), indent=2, sort_keys=True)
         context["tags"] = me.catalog.tags(endpoint.name)
+        context["by_entity"] = {
+            entity: t
+            for (_, entity), t in entity_breakdown(
+                me, entity_rollup(me), 30, mine=False, endpoint=endpoint.name
+            )
+        }
+        context["by_entity_total"] = sum(t.requests for t in context["by_entity"].values())
+        context["by_entity_on"] = EntityRollup(me.home / "usage.db").available
     elif tab == "gateway":
         gateway = context["gateway"]
         context["rate_limits"] = json.dumps(gateway.get("rate_limits", []), indent=2)
@@ -184,10 +239,20 @@ def endpoint_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]
     return "endpoint.html", context
 
 
+def _editable(endpoint: Endpoint) -> dict[str, Any]:
+    """What the options editor holds: the options, or every served entity where there are several (without
+    the catalog's own flags either way)."""
+    if not endpoint.entities:
+        return shown(endpoint.options)
+    return {"served_entities": [{**e.to_dict(), "options": shown(e.options)} for e in endpoint.entities]}
+
+
 def chart_data(ui: Ui, request: Request, me: Me) -> Response:
     endpoint = me.catalog.authorize(request.path_params["name"], "manage")  # the charts show every caller's
     hours = RANGES.get(request.query_params.get("range", "24h"), 24)
-    return JSONResponse(series(me, rollups(me), endpoint.name, hours))
+    found = series(me, rollups(me), endpoint.name, hours)
+    found.update(entity_series(me, entity_rollup(me), endpoint.name, hours))
+    return JSONResponse(found)
 
 
 async def update_config(ui: Ui, request: Request, me: Me) -> Response:
@@ -199,6 +264,15 @@ async def update_config(ui: Ui, request: Request, me: Me) -> Response:
         if not isinstance(options, dict):
             raise ConfigError('Options are a JSON object, e.g. {"model": "gpt-4o-mini"}.')
         current = me.catalog.authorize(name, "manage")
+        if current.entities:  # several served entities: the editor holds them all
+            given = options.get("served_entities")
+            if set(options) != {"served_entities"} or not isinstance(given, list):
+                raise ConfigError(
+                    f"{current.name!r} serves several entities: its options are"
+                    ' {"served_entities": [{"name": ..., "kind": ..., "options": {...}, "traffic_percentage": ...}]}.'
+                )
+            me.catalog.update(name, description=form.get("description"), served_entities=given)
+            return
         options = shown(options)  # the catalog's flags are its own to set
         removed: dict[str, Any] = {k: None for k in shown(current.options) if k not in options}
         me.catalog.update(name, description=form.get("description"), **{**removed, **options})
@@ -241,10 +315,70 @@ async def update_gateway(ui: Ui, request: Request, me: Me) -> Response:
                 raise ConfigError(f"Retention is a whole number of days, not {days!r}.")
             table["retention_days"] = int(days)
         config["inference_table_config"] = table
+        fallback = me.catalog.get_ai_gateway(name).get("fallback_config")
+        if fallback is not None:  # set on the traffic form: kept as it is
+            config["fallback_config"] = fallback
         me.catalog.put_ai_gateway(name, config)
 
     await run_in_threadpool(work)
     return RedirectResponse(f"/ui/endpoints/{name}?tab=gateway&saved=1", 303)
+
+
+def _share(form: dict[str, str], entity: str) -> int:
+    text = form.get(f"share:{entity}", "").strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 3):
+        raise ConfigError(
+            f"The traffic percentage of {entity!r} is a whole number from 0 to 100, not {text!r}."
+        )
+    return int(text)
+
+
+async def update_traffic(ui: Ui, request: Request, me: Me) -> Response:
+    """The traffic form: one percentage per served entity and the fallback setting, through the catalog's
+    own calls (update(served_entities=...), put_ai_gateway), so every check is the catalog's. A bad split
+    changes nothing: it is checked as the catalog checks it before the gateway is written."""
+    form = await form_of(request)
+    name = request.path_params["name"]
+
+    def work() -> str:
+        current = me.catalog.authorize(name, "manage")
+        if form.get("version", "") != str(current.version):
+            raise ApiError(
+                409,
+                "RESOURCE_CONFLICT",
+                f"{current.name!r} changed since this page was loaded (now version {current.version}):"
+                " reload it and make the change again.",
+            )
+        entities = [
+            ServedEntity(e.name, e.kind, e.options, _share(form, e.name) if current.entities else 100)
+            for e in current.served_entities()
+        ]
+        split_changed = [e.traffic_percentage for e in entities] != [
+            e.traffic_percentage for e in current.served_entities()
+        ]
+        if split_changed:  # the catalog's own rules, before anything is written
+            checked_entities(current.name, entities, lambda label, kind, options: options)
+        gateway = me.catalog.get_ai_gateway(current.name)
+        before = gateway.get("fallback_config")
+        target = form.get("fallback_endpoint", "").strip() or None
+        wanted = {"enabled": form.get("fallback") == "on", **({"endpoint": target} if target else {})}
+        fallback_changed = wanted != (before or {"enabled": False})
+        if fallback_changed:
+            me.catalog.put_ai_gateway(current.name, {**gateway, "fallback_config": wanted})
+        if split_changed:
+            try:
+                me.catalog.update(current.name, served_entities=entities)
+            except Exception:
+                if fallback_changed:  # as it was: the change is one or nothing
+                    restored = {k: v for k, v in gateway.items() if k != "fallback_config"}
+                    if before is not None:
+                        restored["fallback_config"] = before
+                    me.catalog.put_ai_gateway(current.name, restored)
+                raise
+        return current.name
+
+    found = await run_in_threadpool(work)
+    return RedirectResponse(f"/ui/endpoints/{quote(found, safe='')}?tab=overview&saved=traffic", 303)
 
 
 async def update_permissions(ui: Ui, request: Request, me: Me) -> Response:
@@ -306,6 +440,7 @@ ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/endpoints/{name}/config", update_config, ["POST"]),
     ("/endpoints/{name}/delete", delete, ["POST"]),
     ("/endpoints/{name}/gateway", update_gateway, ["POST"]),
+    ("/endpoints/{name}/traffic", update_traffic, ["POST"]),
     ("/endpoints/{name}/permissions", update_permissions, ["POST"]),
     ("/endpoints/{name}/logs.csv", logs_csv, ["GET"]),
     ("/endpoints/{name}/logs/{request_id}", log_row, ["GET"]),

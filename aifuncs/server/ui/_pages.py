@@ -18,13 +18,13 @@ from aifuncs.errors import ConfigError
 from aifuncs.governance.tokens import DEFAULT_DAYS
 from aifuncs.server._errors import ApiError
 from aifuncs.server._input import parse_json
-from aifuncs.server.ui._endpoints import rollups
-from aifuncs.server.ui._stats import breakdown
+from aifuncs.server.ui._endpoints import entity_rollup, rollups
+from aifuncs.server.ui._stats import breakdown, entity_breakdown
 from aifuncs.server.ui._web import Me, Ui, confirm_step, form_of
 
 __all__ = ["ROUTES"]
 
-BYS = ("endpoint", "user", "group", "day")
+BYS = ("endpoint", "entity", "user", "group", "day")
 DAYS = (1, 7, 30, 90)
 
 
@@ -33,6 +33,9 @@ def _usage_view(request: Request, me: Me) -> tuple[str, int, bool, list[tuple[st
     by = params.get("by", "endpoint") if params.get("by") in BYS else "endpoint"
     days = int(params["days"]) if params.get("days", "").isdigit() and int(params["days"]) in DAYS else 30
     mine = params.get("mine") == "1"
+    if by == "entity":  # per served entity that answered: "endpoint/entity"
+        found = entity_breakdown(me, entity_rollup(me), days, mine=mine)
+        return by, days, mine, [(f"{endpoint}/{entity}", t) for (endpoint, entity), t in found]
     return by, days, mine, breakdown(me, rollups(me), days, by, mine=mine)
 
 
@@ -43,6 +46,7 @@ def usage(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
         tokens=sum(t.tokens for _, t in found) if by != "group" else None,
         errors=sum(t.errors for _, t in found) if by != "group" else None,
         cost=sum(t.cost_usd or 0 for _, t in found) if by != "group" else None,
+        fallbacks=sum(t.fallbacks for _, t in found) if by == "entity" else None,
     )
     query = {"by": by, "days": days, **({"mine": "1"} if mine else {})}
     return "usage.html", {
@@ -56,11 +60,13 @@ def usage_csv(ui: Ui, request: Request, me: Me) -> Response:
     by, days, mine, found = _usage_view(request, me)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([by, "requests", "errors", "rows", "input_tokens", "output_tokens", "cost_usd"])
+    extra = ["fallbacks"] if by == "entity" else []
+    writer.writerow([by, "requests", "errors", "rows", "input_tokens", "output_tokens", "cost_usd", *extra])
     for key, t in found:
         safe = "'" + key if key[:1] in ("=", "+", "-", "@") else key
         cost = "" if t.cost_usd is None else f"{t.cost_usd:.6f}"
-        writer.writerow([safe, t.requests, t.errors, t.rows, t.input_tokens, t.output_tokens, cost])
+        more = [t.fallbacks] if extra else []
+        writer.writerow([safe, t.requests, t.errors, t.rows, t.input_tokens, t.output_tokens, cost, *more])
     return Response(
         out.getvalue(),
         media_type="text/csv; charset=utf-8",

@@ -13,9 +13,19 @@ from typing import Any
 
 from aifuncs.runtime._budget import price
 from aifuncs.runtime._rollups import Rollups, Scope, percentile
+from aifuncs.server.ui._entity_usage import EntityRollup
 from aifuncs.server.ui._web import Me
 
-__all__ = ["Totals", "breakdown", "endpoint_totals", "hour_floor", "scope_of", "series"]
+__all__ = [
+    "Totals",
+    "breakdown",
+    "endpoint_totals",
+    "entity_breakdown",
+    "entity_series",
+    "hour_floor",
+    "scope_of",
+    "series",
+]
 
 
 @dataclass
@@ -27,6 +37,7 @@ class Totals:
     output_tokens: int = 0
     latency_ms: float = 0.0
     cost_usd: float | None = None
+    fallbacks: int = 0  # requests a fallback answered (usage label `fallback_from`)
     histogram: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -174,3 +185,54 @@ def breakdown(
     if by == "day":
         return sorted(found.items())
     return sorted(found.items(), key=lambda kv: (-(kv[1].cost_usd or 0), -kv[1].requests, kv[0]))
+
+
+def _entity_prices(me: Me) -> dict[tuple[str, str], SimpleNamespace]:
+    return {
+        (e.name, entity.name): SimpleNamespace(**entity.options)
+        for e in me.catalog.list()
+        for entity in e.served_entities()
+    }
+
+
+def entity_breakdown(
+    me: Me, rollup: EntityRollup, days: int, *, mine: bool, endpoint: str | None = None
+) -> list[tuple[tuple[str, str], Totals]]:
+    """The last `days` (UTC, from the start of the first day) the principal may read, of `endpoint` (None:
+    all), per (endpoint, served entity that answered); each priced at that entity's prices as they are now.
+    Largest first."""
+    since = (datetime.now(UTC) - timedelta(days=days - 1)).strftime("%Y-%m-%dT00")
+    prices = _entity_prices(me)
+    found: list[tuple[tuple[str, str], Totals]] = []
+    for s in rollup.sums(since, scope_of(me, mine=mine), endpoint):
+        options = prices.get((s.endpoint, s.served_entity))
+        t = Totals(
+            requests=s.requests,
+            errors=s.errors,
+            rows=s.rows,
+            input_tokens=s.input_tokens,
+            output_tokens=s.output_tokens,
+            latency_ms=s.latency_ms,
+            fallbacks=s.fallbacks,
+            cost_usd=None if options is None else price(options, s.rows, s.input_tokens, s.output_tokens),
+        )
+        found.append(((s.endpoint, s.served_entity), t))
+    return sorted(found, key=lambda kv: (-kv[1].requests, kv[0]))
+
+
+def entity_series(me: Me, rollup: EntityRollup, endpoint: str, hours: int) -> dict[str, Any]:
+    """Per hour (UTC) of one endpoint the principal manages: requests per served entity, and those a fallback
+    answered; columns for uPlot beside `series`' x."""
+    made = None if me.principal.admin else me.catalog.managed().get(endpoint)
+    since = hour_floor(hours - 1)
+    start = datetime.strptime(since, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+    index = {(start + timedelta(hours=i)).strftime("%Y-%m-%dT%H"): i for i in range(hours)}
+    by_entity: dict[str, list[int]] = {}
+    fallbacks = [0] * hours
+    for h in rollup.hourly(since, endpoint, made):
+        i = index.get(h.hour)
+        if i is None:
+            continue
+        by_entity.setdefault(h.served_entity, [0] * hours)[i] += h.requests
+        fallbacks[i] += h.fallbacks
+    return {"entities": dict(sorted(by_entity.items())), "fallbacks": fallbacks}

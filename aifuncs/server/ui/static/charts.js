@@ -1,4 +1,5 @@
 // The endpoint page's charts: one request for the series (hourly rollups), four uPlot charts, UTC axes.
+const ENTITY_COLORS = ["#2457d6", "#137a3a", "#7a42c8", "#a35a00", "#0e7490", "#be185d"];
 const COLORS = { requests: "#2457d6", tokens: "#7a42c8", p50: "#137a3a", p99: "#a35a00", e4: "#a35a00", e5: "#b42318" };
 
 function utcHours(u, splits) {
@@ -35,4 +36,12 @@ document.addEventListener("DOMContentLoaded", async () => {
   chart(box("errors"), [s.x, s.errors_4xx, s.errors_5xx], [
     { label: "4xx", stroke: COLORS.e4 }, { label: "5xx", stroke: COLORS.e5 },
   ], width);
+  // one line per served entity that answered, and the requests a fallback answered
+  const names = Object.keys(s.entities || {});
+  if (box("entities")) {
+    chart(box("entities"), [s.x, ...names.map((n) => s.entities[n]), s.fallbacks], [
+      ...names.map((n, i) => ({ label: n, stroke: ENTITY_COLORS[i % ENTITY_COLORS.length] })),
+      { label: "by a fallback", stroke: COLORS.e5, dash: [4, 4] },
+    ], width);
+  }
 });
