@@ -55,6 +55,10 @@ class CallEstimate:
     cost_usd: float | None
     notes: list[str] = field(default_factory=list)
     paced_minutes: float | None = None  # the least time the endpoint's rate limits allow these requests
+    # An endpoint of several served entities: each one's name, kind, model, traffic_percentage, rows and
+    # cost_usd (its share); the cost above is their weighted mix
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    fallback: list[str] = field(default_factory=list)  # where a failed request is asked next, in order
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,7 +160,17 @@ def render(estimates: list[CallEstimate]) -> str:
     priced = False
     for number, e in enumerate(estimates, start=1):
         lines.append(f"AI call {number} (statement {e.statement}): {e.call}")
-        lines.append(f"  endpoint     {e.endpoint} ({e.kind}, v{e.version}), {e.path} path")
+        if e.entities:
+            lines.append(
+                f"  endpoint     {e.endpoint} (v{e.version}, {len(e.entities)} served entities), {e.path} path"
+            )
+        else:
+            lines.append(f"  endpoint     {e.endpoint} ({e.kind}, v{e.version}), {e.path} path")
+        lines.extend(f"  entity       {_entity(entity)}" for entity in e.entities)
+        if e.fallback:
+            lines.append(
+                f"  fallback     {' -> '.join(e.fallback)} (for failed requests only: not in the cost)"
+            )
         lines.append(
             f"  rows         {_n(e.rows)} rows, {_n(e.requests)} non-NULL requests"
             + (f", {_n(e.distinct)} distinct, {_n(e.cached)} cached" if e.reuse != "none" else ", each sent")
@@ -172,6 +186,14 @@ def render(estimates: list[CallEstimate]) -> str:
     if priced:
         lines.append(f"Estimated total: ~${total_cost:,.4f}")
     return "\n".join(lines)
+
+
+def _entity(entity: dict[str, Any]) -> str:
+    share = entity["traffic_percentage"]
+    model = f" {entity['model']}" if entity.get("model") else ""
+    cost = f", ~${entity['cost_usd']:,.4f}" if entity.get("cost_usd") is not None else ""
+    routed = f"{_n(entity.get('rows'))} rows{cost}" if share else "fallback only"
+    return f"{entity['name']} {share}% ({entity['kind']}{model}): {routed}"
 
 
 def _duration(minutes: float) -> str:
