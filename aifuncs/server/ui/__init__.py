@@ -28,7 +28,7 @@ from aifuncs.server.ui._pages import ROUTES as PAGE_ROUTES
 from aifuncs.server.ui._playground import ROUTES as PLAYGROUND_ROUTES
 from aifuncs.server.ui._sessions import Sessions
 from aifuncs.server.ui._signin import sign_in, sign_out
-from aifuncs.server.ui._web import HEADERS, Ui, page
+from aifuncs.server.ui._web import HEADERS, SERVER_APP, Ui, page
 
 __all__ = ["Sessions", "sign_in_link", "ui_app"]
 
@@ -48,6 +48,15 @@ async def _not_found(request: Request, error: Exception) -> Response:
     return Response("Not found", status_code=getattr(error, "status_code", 404), headers=HEADERS)
 
 
+class _UiApp(Starlette):
+    """The UI's app, mounted in the server's: keeps a reference to the server's app in the scope before its own
+    replaces `scope["app"]`, so pages read what the server's lifespan set (its model workers)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope.setdefault(SERVER_APP, scope.get("app"))
+        await super().__call__(scope, receive, send)
+
+
 def ui_app(edge: Edge, statements: Any, bindings: Bindings) -> Starlette:
     """The UI of the server whose requests `edge` makes sessions for: its runtime, catalog and home."""
     ui = Ui(edge, statements, bindings)
@@ -61,4 +70,4 @@ def ui_app(edge: Edge, statements: Any, bindings: Bindings) -> Starlette:
         Route(path, page(ui, work), methods=methods)
         for path, work, methods in [*ENDPOINT_ROUTES, *PAGE_ROUTES, *PLAYGROUND_ROUTES]
     ]
-    return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_found})
+    return _UiApp(routes=routes, exception_handlers={404: _not_found, 405: _not_found})

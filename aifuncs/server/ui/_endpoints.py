@@ -26,7 +26,7 @@ from aifuncs.server._shapes import served_entity
 from aifuncs.server.ui._entity_usage import EntityRollup
 from aifuncs.server.ui._logs import LogFilter, log_csv, log_detail, log_page, searchable
 from aifuncs.server.ui._stats import breakdown, endpoint_totals, entity_breakdown, entity_series, series
-from aifuncs.server.ui._web import Me, Ui, confirm_step, form_of
+from aifuncs.server.ui._web import Me, Ui, confirm_step, form_of, model_workers
 
 __all__ = ["ROUTES"]
 
@@ -67,19 +67,22 @@ def entity_rollup(me: Me) -> EntityRollup:
 _STATES = {"DEPLOYMENT_READY": "Ready", "DEPLOYMENT_CREATING": "Loading", "DEPLOYMENT_FAILED": "Failed"}
 
 
-def entities_of(endpoint: Endpoint) -> list[dict[str, Any]]:
-    """Each served entity as the pages show it: name, kind, model, traffic percentage and state (the state the
-    REST endpoint object reports), in list order."""
+def entities_of(endpoint: Endpoint, workers: Any = None) -> list[dict[str, Any]]:
+    """Each served entity as the pages show it: name, kind, model, traffic percentage and state, in list
+    order. The state is the server's model workers' for a model they run (loading, failed), else ready."""
     shown = []
+    deployment = getattr(workers, "deployment", None)
     for entity in endpoint.served_entities():
-        shape = served_entity(endpoint.served_entity(entity.name))
+        view = endpoint.served_entity(entity.name)
+        shape = served_entity(view)
         external = shape.get("external_model")
         if external:
             model = f"{external['provider']} · {external['name']}"
         else:
             version = shape.get("entity_version")
             model = f"{shape.get('entity_name', entity.name)}{f' v{version}' if version else ''}"
-        state = str(shape.get("state", {}).get("deployment", ""))
+        found = deployment(view) if deployment is not None else None
+        state, message = found or (str(shape.get("state", {}).get("deployment", "")), "")
         shown.append(
             {
                 "name": entity.name,
@@ -87,6 +90,7 @@ def entities_of(endpoint: Endpoint) -> list[dict[str, Any]]:
                 "model": model,
                 "traffic_percentage": entity.traffic_percentage,
                 "state": _STATES.get(state, state.removeprefix("DEPLOYMENT_").title()),
+                "state_message": message,
             }
         )
     return shown
@@ -143,7 +147,7 @@ def list_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
         {
             "name": e.name,
             "kind": e.kind,
-            "entities": entities_of(e),
+            "entities": entities_of(e, model_workers(request)),
             "fallback": fallback_of(me.catalog.get_ai_gateway(e.name)),
             "task": _task(e.kind, e.options),
             "version": e.version,
@@ -187,7 +191,7 @@ def endpoint_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]
         "tab": tab,
         "level": level,
         "manages": manages,
-        "entities": entities_of(endpoint),
+        "entities": entities_of(endpoint, model_workers(request)),
         "fallback": fallback_of(me.catalog.get_ai_gateway(endpoint.name)),
         "task": _task(endpoint.kind, endpoint.options),
         "created": _stamp(endpoint.created_at),

@@ -31,7 +31,18 @@ from aifuncs.server._routing import Edge
 from aifuncs.server.ui._sessions import COOKIE, Sessions, csrf_token
 from aifuncs.session import Session
 
-__all__ = ["HEADERS", "Me", "Ui", "confirm_step", "form_of", "origin_of", "page", "same_origin"]
+__all__ = [
+    "HEADERS",
+    "SERVER_APP",
+    "Me",
+    "Ui",
+    "confirm_step",
+    "form_of",
+    "model_workers",
+    "origin_of",
+    "page",
+    "same_origin",
+]
 
 _log = logging.getLogger("aifuncs.server")
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -48,6 +59,13 @@ HEADERS = {
     "cache-control": "no-store",
 }
 _CHANGES = ("POST", "PUT", "PATCH", "DELETE")
+SERVER_APP = "aifuncs.server_app"  # the scope key of the server's app that mounts the UI
+
+
+def model_workers(request: Request) -> Any:
+    """The server's model workers (None where models run in its process, or no server mounts the UI)."""
+    server = request.scope.get(SERVER_APP)
+    return getattr(getattr(server, "state", None), "model_workers", None)
 
 
 @dataclass
