@@ -21,7 +21,7 @@ from aifuncs.session import Session
 
 ENDPOINTS_TYPE = (
     "STRUCT(name VARCHAR, kind VARCHAR, version INTEGER, description VARCHAR, options VARCHAR,"
-    " created_at TIMESTAMP, updated_at TIMESTAMP)[]"
+    " created_at TIMESTAMP, updated_at TIMESTAMP, served_entities VARCHAR)[]"
 )
 
 USAGE_TYPE = (
@@ -156,6 +156,9 @@ def _endpoint_rows(endpoints: list[Endpoint]) -> pa.Array:
             "options": json.dumps(e.options, sort_keys=True),
             "created_at": e.created_at.replace(tzinfo=None) if e.created_at else None,
             "updated_at": e.updated_at.replace(tzinfo=None) if e.updated_at else None,
+            # JSON: each entity's name, kind, options and traffic_percentage (an endpoint of one model is its
+            # own sole entity, at 100); text, as `options` is, so the view's recursive unnest keeps one row each
+            "served_entities": json.dumps([s.to_dict() for s in e.served_entities()], sort_keys=True),
         }
         for e in endpoints
     ]
