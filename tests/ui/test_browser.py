@@ -19,6 +19,7 @@ from servers import FakeServer, free_port, running
 
 import aifuncs
 import aifuncs.governance as gov
+from aifuncs import ServedEntity
 
 CHROMIUM = "/usr/bin/chromium"
 PIECES, PIECE_DELAY_S = 12, 0.3  # the playground's fake model writes its answer in about 3.3 s
@@ -119,6 +120,14 @@ def test_owner_signs_in_compares_endpoints_runs_sql_and_searches_the_log(
                                      usd_per_1m_input_tokens=price, usd_per_1m_output_tokens=price * 4,
                                      description=f"{name} behind the team's gateway")  # fmt: skip
             aifuncs.endpoints.put_ai_gateway(name, {"inference_table_config": {"enabled": True}})
+        aifuncs.endpoints.create(
+            "gpt-split",
+            served_entities=[
+                ServedEntity(name, "openai", {"model": name, "base_url": upstream.url + "/v1"}, share)
+                for name, share in (("current", 90), ("candidate", 10))
+            ],
+            description="a candidate model on a tenth of the traffic",
+        )
         gov.create_user("alice")
         base, server = serve(tmp_path)
         with server:
@@ -217,6 +226,27 @@ def test_owner_signs_in_compares_endpoints_runs_sql_and_searches_the_log(
             page.goto(base + "/ui/endpoints/gpt-small")
             page.wait_for_selector("#charts .uplot")
             page.screenshot(path=str(shots / "ui-endpoint.png"), full_page=True)
+
+            # the traffic split, edited on the endpoint page: one percentage per served entity, fallback on
+            page.goto(base + "/ui/endpoints/gpt-split")
+            shares = page.locator("#entities tbody tr [data-share]")
+            assert shares.all_inner_texts() == ["90%", "10%"]
+            assert unlabelled(page) == []
+            page.fill("#share-1", "60")
+            page.fill("#share-2", "40")
+            page.check("#fb-on")
+            page.click("text=Save traffic split")
+            page.wait_for_url(re.compile(r".*saved=traffic$"))
+            assert shares.all_inner_texts() == ["60%", "40%"]
+            assert page.inner_text("#fallback").startswith("on")
+            assert [e.traffic_percentage for e in aifuncs.endpoints.get("gpt-split").entities] == [60, 40]
+            top, form = page.locator("#entities").bounding_box(), page.locator("#traffic").bounding_box()
+            height = form["y"] + form["height"] - top["y"] + 60
+            clip = {"x": 0, "y": top["y"] - 50, "width": 1360, "height": height}
+            page.screenshot(path=str(shots / "ui-traffic.png"), clip=clip, full_page=True)
+            page.goto(base + "/ui/endpoints")
+            listed = page.locator("tbody tr", has_text="gpt-split").locator("[data-share]")
+            assert listed.all_inner_texts() == ["60%", "40%"]
             context.close()
             assert problems == []
 
