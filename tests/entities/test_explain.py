@@ -120,3 +120,27 @@ def test_an_unpriced_entity_leaves_the_cost_out_and_says_which(tickets: duckdb.D
         (call,) = aifuncs.explain(tickets, "SELECT ai_query('mix', body) FROM tickets").calls
     assert call.cost_usd is None
     assert "no prices on served entities free: the cost is left out" in call.notes
+
+
+def test_a_caller_sees_only_the_fallbacks_it_may_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EXPLAIN names a fallback endpoint only to a caller the request would really fall back for."""
+    import aifuncs.governance as gov
+
+    monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
+    with FakeServer() as server:
+        aifuncs.endpoints.create(
+            "mix", served_entities=[chat("small", server.url, 90, 1, 1), chat("big", server.url, 10, 1, 1)]
+        )
+        aifuncs.endpoints.create("ops-backup", kind="openai", model="m-ops", base_url=server.url + "/v1")
+        aifuncs.endpoints.put_ai_gateway(
+            "mix", {"fallback_config": {"enabled": True, "endpoint": "ops-backup"}}
+        )
+        gov.create_user("alice")
+        aifuncs.endpoints.update_permissions("mix", [{"user_name": "alice", "permission_level": "CAN_QUERY"}])
+        con = aifuncs.connect(token=gov.create_token("alice"))
+        con.execute("CREATE TABLE t AS SELECT 'x' || i AS body FROM range(10) t(i)")
+        plan = aifuncs.explain(con, "SELECT ai_query('mix', body) FROM t")
+        con.close()
+        assert server.stats.requests == 0
+    assert plan.calls[0].fallback == ["the other entities of mix in list order"]
+    assert "ops-backup" not in str(plan) and "m-ops" not in str(plan)
