@@ -19,6 +19,7 @@ from aifuncs.governance.tokens import DEFAULT_DAYS
 from aifuncs.server._errors import ApiError
 from aifuncs.server._input import parse_json
 from aifuncs.server.ui._endpoints import entity_rollup, rollups
+from aifuncs.server.ui._entity_usage import EntityRollup
 from aifuncs.server.ui._stats import breakdown, entity_breakdown
 from aifuncs.server.ui._web import Me, Ui, confirm_step, form_of
 
@@ -53,6 +54,7 @@ def usage(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
         "by": by, "days": days, "mine": mine, "rows": found, "total": total, "bys": BYS, "all_days": DAYS,
         "top": max([t.requests for _, t in found] or [1]), "csv_query": urlencode(query),
         "link": lambda **change: urlencode({**query, **change}),
+        "entity_on": by != "entity" or EntityRollup(me.home / "usage.db").available,
     }  # fmt: skip
 
 
