@@ -70,7 +70,7 @@ def bulk(rows: int, repeats: int) -> float:
     import aifuncs
     from aifuncs import ServedEntity
 
-    function = {"function": "sample_models:doubled", "returns": "DOUBLE"}
+    function: dict[str, Any] = {"function": "sample_models:doubled", "returns": "DOUBLE"}
     aifuncs.endpoints.create("one", kind="python", **function)
     aifuncs.endpoints.create(
         "split",
@@ -127,7 +127,9 @@ def remote(rows: int) -> float:
                         f" FROM range({size}) r(i)")  # fmt: skip
             before = (first.stats.requests, second.stats.requests)
             began = time.perf_counter()
-            answers = aifuncs.sql(con, query.format(endpoint)).fetchall()
+            result = aifuncs.sql(con, query.format(endpoint))
+            assert result is not None
+            answers = result.fetchall()
             elapsed = time.perf_counter() - began
             assert len(answers) == size and all(a[0].startswith("echo: round") for a in answers)
             if number >= 2:
