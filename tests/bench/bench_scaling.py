@@ -73,7 +73,7 @@ class Run:
     cpu: dict[str, float]  # CPU seconds a second, by group
 
 
-def count(db: Any, query: str) -> int:
+def scalar(db: Any, query: str) -> int:
     return int(db.execute(query).fetchone()[0])
 
 
@@ -180,7 +180,7 @@ def load(
     began = time.perf_counter()
     loads = [wrk(base + path, token, seconds, connections) for base, _ in hosts]
     time.sleep(seconds * 0.8)
-    connected = count(db, CONNECTED)
+    connected = scalar(db, CONNECTED)
     wrk_cpu = cpu_seconds([p.pid for p in loads])  # read before they exit
     outputs = [p.communicate()[0] for p in loads]
     elapsed = time.perf_counter() - began
@@ -241,7 +241,7 @@ def main() -> None:
                     answers = list(pool.map(lambda _, b=base: httpx.post(b + path, json={"inputs": [1.5]},
                                    headers={"Authorization": f"Bearer {token}"}, timeout=60), range(16)))  # fmt: skip
                     assert all(a.status_code == 200 for a in answers), answers[0].text
-            idle = count(db, CONNECTED)
+            idle = scalar(db, CONNECTED)
             print(f"{len(hosts)} hosts started and warm: {idle} connections to the database while idle"
                   f" ({idle / len(hosts):.1f} a host)")  # fmt: skip
             print(
@@ -255,8 +255,8 @@ def main() -> None:
                 print(f"{run.hosts:>5} {run.requests_s:>8,.0f} {run.p50_ms:>7.2f} {run.p99_ms:>7.2f} {run.failed:>6}"
                       f" {run.transactions:>8,.0f} {run.inserted:>7,.0f} {run.updated:>6,.0f} {run.connections:>5}"
                       f" {run.cpu['postgres']:>8.2f} {run.cpu['servers']:>8.2f} {run.cpu['wrk']:>5.2f} {run.cpu['others']:>6.2f}")  # fmt: skip
-            usage = count(db, "SELECT count(*) FROM usage")
-            payloads = count(db, "SELECT count(*) FROM payloads")
+            usage = scalar(db, "SELECT count(*) FROM usage")
+            payloads = scalar(db, "SELECT count(*) FROM payloads")
     print(f"\nrows on the database after the runs: usage {usage:,}, inference {payloads:,}")
     print("\nper request, and what 25,000 requests/s would take (linear in requests, from each run):")
     for run in runs:
