@@ -91,7 +91,7 @@ def _entity(item: Any, index: int) -> ServedEntity:
         share = item.get("traffic_percentage")
     else:
         raise ConfigError(f"Served entity {index + 1} is not an object with name, kind and options.")
-    if not isinstance(name, str) or not NAME_RULE.match(name):
+    if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
         raise ConfigError(
             f"Served entity {index + 1} needs a name of 1-128 letters, digits, '_', '-' or '.', starting with a"
             f" letter (got {name!r})."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,10 @@ class GatewayMethods(CatalogPart):
     def get_ai_gateway(self, name: str) -> dict[str, Any]:
         """The endpoint's AI gateway configuration in Databricks' shape (`rate_limits` so far)."""
         endpoint = self.authorize(name, "view")
-        return {"rate_limits": [], **self._store.gateway(endpoint.name)}
+        shown = {"rate_limits": [], **self._store.gateway(endpoint.name)}
+        if isinstance(shown.get("fallback_config"), dict):  # which endpoint version it follows: internal
+            shown["fallback_config"] = parse_fallback(shown["fallback_config"]).to_dict()
+        return shown
 
     def put_ai_gateway(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
         """Replace the endpoint's AI gateway configuration (needs CAN_MANAGE); checked whole before it is stored."""
@@ -50,18 +54,20 @@ class GatewayMethods(CatalogPart):
         if config.get("fallback_config") is not None:
             fallback = parse_fallback(config["fallback_config"])
             if fallback.endpoint is not None:
-                self._may_fall_back_to(endpoint.name, fallback.endpoint)
-            stored["fallback_config"] = fallback.to_dict()
+                target = self._may_fall_back_to(endpoint.name, fallback.endpoint)
+                # the endpoint named, not whatever is made later under its name (see `Fallback.follows`)
+                fallback = dataclasses.replace(fallback, created=_created(target))
+            stored["fallback_config"] = fallback.stored()
         if not self._store.set_gateway(endpoint.name, stored):
             raise UnknownEndpoint(name, self.names())
         self._note("ai-gateway.put", endpoint.name, **stored)
         return self.get_ai_gateway(endpoint.name)
 
-    def _may_fall_back_to(self, name: str, target: str) -> None:
+    def _may_fall_back_to(self, name: str, target: str) -> Endpoint:
         """A fallback endpoint answers for every caller of `name` that may query it: its author needs CAN_QUERY
-        on it, and following fallbacks from it must not come back to `name` (a cycle)."""
+        on it, and following fallbacks from it must not come back to `name` (a cycle). The endpoint named."""
         try:
-            self.authorize(target, "query")
+            named = self.authorize(target, "query")
         except UnknownEndpoint:
             raise ConfigError(
                 f"The fallback endpoint {target!r} does not exist (or you may not see it): make it, or name"
@@ -82,6 +88,7 @@ class GatewayMethods(CatalogPart):
                 )
             chain.append(at)
             at = parse_fallback(self._store.gateway(at).get("fallback_config") or {}).endpoint
+        return named
 
     def _may_use_topic_endpoint(self, name: str | None) -> None:
         """A guardrail's embedding endpoint runs on the endpoint's behalf for every caller: its author needs
@@ -154,6 +161,9 @@ class Fallback:
 
     enabled: bool = False
     endpoint: str | None = None  # another endpoint to ask last (this server's own extension)
+    # When `endpoint` was created, as its author saw it: an endpoint deleted and made again under the name (by
+    # anyone entitled to create endpoints) is another one, which the author never chose to send requests to.
+    created: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         shown: dict[str, Any] = {"enabled": self.enabled}
@@ -161,18 +171,33 @@ class Fallback:
             shown["endpoint"] = self.endpoint
         return shown
 
+    def stored(self) -> dict[str, Any]:
+        return {**self.to_dict(), _CREATED: self.created} if self.endpoint is not None else self.to_dict()
+
+    def follows(self, target: Endpoint) -> bool:
+        """Whether `target` (found under `endpoint` now) is the endpoint the author named."""
+        return target.name.lower() == (self.endpoint or "").lower() and _created(target) == self.created
+
+
+_CREATED = "endpoint_created_at"  # stored beside `endpoint`, never shown or taken from a caller
+
+
+def _created(endpoint: Endpoint) -> str | None:
+    return None if endpoint.created_at is None else endpoint.created_at.isoformat()
+
 
 def parse_fallback(config: Any) -> Fallback:
-    if not isinstance(config, dict) or set(config) - {"enabled", "endpoint"}:
+    if not isinstance(config, dict) or set(config) - {"enabled", "endpoint", _CREATED}:
         raise ConfigError(
             'fallback_config is {"enabled": true} (and optionally "endpoint": another endpoint to ask last).'
         )
     enabled, target = config.get("enabled", False), config.get("endpoint")
     if not isinstance(enabled, bool):
         raise ConfigError("fallback_config.enabled is true or false.")
-    if target is not None and (not isinstance(target, str) or not NAME_RULE.match(target)):
+    if target is not None and (not isinstance(target, str) or not NAME_RULE.fullmatch(target)):
         raise ConfigError(f"fallback_config.endpoint names an endpoint (got {target!r}).")
-    return Fallback(enabled, target if enabled else None)
+    created = config.get(_CREATED)
+    return Fallback(enabled, target if enabled else None, created if isinstance(created, str) else None)
 
 
 @dataclass(frozen=True)

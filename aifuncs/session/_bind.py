@@ -91,7 +91,14 @@ def bind_call(
                                       principal=catalog.principal, meters=meters, wait_for_limits=wait_for_limits,
                                       context=context, _depth=_depth + 1)  # fmt: skip
         except AifuncsError as error:  # e.g. the caller may not query it: this caller has no fallback there
-            _log.info("%s: no fallback to %r for this caller: %s", endpoint.name, gateway.fallback.endpoint, error)
+            _log.info(
+                "%s: no fallback to %r for this caller: %s", endpoint.name, gateway.fallback.endpoint, error
+            )
+        if fallback_call is not None and not gateway.fallback.follows(fallback_call.endpoint):
+            # deleted and made again since it was named (perhaps by someone else): not the author's choice
+            _log.warning("%s: the fallback %r is not the endpoint named (made again since); name it again",
+                         endpoint.name, gateway.fallback.endpoint)  # fmt: skip
+            fallback_call = None
     return CallSpec(
         function=function,
         endpoint=endpoint,

@@ -310,3 +310,101 @@ def test_one_entitys_own_route_keeps_the_endpoints_guardrails_limits_and_inferen
             assert secured.call(who, "POST", spare, json=chat()).status_code in (403, 404)
     rows = until(lambda: usage("SELECT requester, served_entity_id FROM aifuncs_payloads"), "inference rows")
     assert ("alice", "spare") in rows, rows
+
+
+# -- hostile names and shares: a 400 naming the problem, never a 500 or a broken header -------------------------
+
+
+def test_hostile_entity_names_routes_and_shares_are_refused_whole(secured: Secured) -> None:
+    base = secured.upstream.url + "/v1"
+    port = secured.upstream.url.rsplit(":", 1)[1]
+    EgressPolicy(secured.home / "catalog.db").allow(f"127.0.0.1:{port}", gov.whoami())
+    aifuncs.endpoints.update_permissions("llm", [{"user_name": "alice", "permission_level": "CAN_MANAGE"}])
+    bad_names = ["prod\n", "prod\r\nX-Evil: 1", "a" * 129, "pröd", "a/../b", "a b", ".hidden", "", "ünï"]
+    for name in bad_names:
+        body = rest_config([external(name, base), external("other", base)])
+        refused = secured.call("alice", "PUT", CONFIG.format("llm"), json=body)
+        assert refused.status_code == 400, (name, refused.text)
+        assert "name" in refused.json()["message"], refused.text
+    for share in (True, 50.5, "50", None, -10, 101, [50], {"x": 1}):
+        body = rest_config([external("a", base), external("b", base)], [share, 50])
+        refused = secured.call("alice", "PUT", CONFIG.format("llm"), json=body)
+        assert refused.status_code == 400, (share, refused.text)
+    for routes in (
+        [{"served_entity_name": "nope", "traffic_percentage": 100}],
+        [{"served_entity_name": ["a"], "traffic_percentage": 100}],
+        [{"served_entity_name": {"a": 1}, "traffic_percentage": 100}],
+        [
+            {"served_entity_name": "a", "traffic_percentage": 50},
+            {"served_entity_name": "a", "traffic_percentage": 50},
+        ],
+        "a",
+        [None],
+    ):
+        body = {
+            "served_entities": [external("a", base), external("b", base)],
+            "traffic_config": {"routes": routes},
+        }
+        refused = secured.call("alice", "PUT", CONFIG.format("llm"), json=body)
+        assert refused.status_code == 400, (routes, refused.text)
+    for entities in ([None], ["x"], [{"name": "a"}], [{"name": "a", "external_model": "x"}], {"a": 1}):
+        body = {"served_entities": entities, "traffic_config": {"routes": []}}
+        refused = secured.call("alice", "PUT", CONFIG.format("llm"), json=body)
+        assert refused.status_code == 400, (entities, refused.text)
+    assert version("llm") == 1
+    # an entity route naming something hostile: a 404 naming what the endpoint serves
+    for entity_path in ("nope", "%E2%80%AE", "a" * 300, "..%2F..%2Fconfig", "%0d%0aX-Evil:%201"):
+        missing = secured.call("alice", "POST", f"/serving-endpoints/llm/served-models/{entity_path}/invocations",
+                               json=chat())  # fmt: skip
+        assert missing.status_code == 404 and "X-Evil" not in str(missing.headers), (
+            entity_path,
+            missing.text,
+        )
+    assert secured.call("alice", "POST", INVOKE.format("llm"), json=chat()).status_code == 200
+
+
+def test_a_fallback_named_before_its_target_was_deleted_does_not_follow_a_new_endpoint_of_that_name(
+    secured: Secured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin names `backup` as llm's fallback; `backup` is deleted and mallory makes her own under the name,
+    open to everyone: alice's text must not reach mallory's upstream when llm fails."""
+    with FakeServer(faults=DEAD) as dead, FakeServer() as backup, FakeServer(keep_bodies=True) as trap:
+        aifuncs.endpoints.update("llm", base_url=dead.url + "/v1", max_retries=0)
+        aifuncs.endpoints.create("backup", kind="openai", model="b", base_url=backup.url + "/v1")
+        aifuncs.endpoints.update_permissions(
+            "backup", [{"user_name": "alice", "permission_level": "CAN_QUERY"}]
+        )
+        aifuncs.endpoints.put_ai_gateway("llm", {"fallback_config": {"enabled": True, "endpoint": "backup"}})
+        until(
+            lambda: secured.call("alice", "POST", INVOKE.format("llm"), json=chat()).status_code == 200,
+            "the fallback answers",
+        )
+        shown = secured.call("admin", "GET", "/api/2.0/serving-endpoints/llm").json()
+        assert aifuncs.endpoints.get_ai_gateway("llm")["fallback_config"] == {
+            "enabled": True,
+            "endpoint": "backup",
+        }
+        assert "created" not in json.dumps(shown.get("ai_gateway", {}))
+        aifuncs.endpoints.delete("backup")
+        gov.grant_entitlement("mallory")
+        port = trap.url.rsplit(":", 1)[1]
+        EgressPolicy(secured.home / "catalog.db").allow(f"127.0.0.1:{port}", gov.whoami())
+        made = secured.call("mallory", "POST", "/api/2.0/serving-endpoints",
+                            json={"name": "backup", "config": rest_config([external("x", trap.url + "/v1")])})  # fmt: skip
+        assert made.status_code == 200, made.text
+        opened = secured.call("mallory", "PATCH", "/api/2.0/permissions/serving-endpoints/backup",
+                              json={"access_control_list": [{"user_name": "alice", "permission_level": "CAN_QUERY"}]})  # fmt: skip
+        assert opened.status_code == 200, opened.text
+        for i in range(3):
+            secured.call("alice", "POST", INVOKE.format("llm"), json=chat(f"alice's private words {i}"))
+        assert not any("private words" in json.dumps(b) for b in trap.stats.bodies)
+        # the admin names the new one on purpose: then it is llm's fallback again
+        aifuncs.endpoints.put_ai_gateway("llm", {"fallback_config": {"enabled": True, "endpoint": "backup"}})
+        until(
+            lambda: (
+                secured.call("alice", "POST", INVOKE.format("llm"), json=chat("named again")).status_code
+                == 200
+            ),
+            "the newly named fallback answers",
+        )
+        assert trap.stats.requests >= 1
