@@ -14,8 +14,8 @@ __all__ = ["add_commands"]
 
 def _migrate(args: argparse.Namespace) -> int:
     from aifuncs._home import home
-    from aifuncs.storage import ENV, Postgres, is_postgres, redact
     from aifuncs.cli._home_copy import copy_home
+    from aifuncs.storage import ENV, Postgres, is_postgres, redact
 
     url = args.to or os.environ.get(ENV)
     if not url or not is_postgres(url):
