@@ -216,6 +216,12 @@ def test_only_a_manager_sees_and_uses_the_traffic_form(site: Site) -> None:
         and "served_entities" in editor.group(1)
         and "egress_checked" not in editor.group(1)
     )
+    edited = carol.post(
+        "/ui/endpoints/ads/config",
+        data={"csrf": site.csrf(carol), "description": "two models", "options": unescape(editor.group(1))},
+    )
+    assert edited.status_code == 303 and aifuncs.endpoints.get("ads").description == "two models"
+    assert shares() == {"prod": 20, "candidate": 80}
 
 
 def usage_by_entity(home: Path) -> dict[str, tuple[int, int]]:
