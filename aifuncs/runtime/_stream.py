@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from aifuncs.errors import AifuncsError, RemoteError
+from aifuncs.errors import AifuncsError, ModelError, RemoteError
 from aifuncs.providers._chat import Streams, can_stream
 from aifuncs.providers.base import CallOptions, Prediction, Provider
 from aifuncs.runtime._accounting import usage_row
@@ -37,7 +37,7 @@ from aifuncs.runtime._limit import backoff_s
 from aifuncs.runtime._meter import begin_request, cancel_request, end_request
 from aifuncs.runtime._payloads import log_request
 from aifuncs.runtime._rate import text_chars
-from aifuncs.runtime._routing import chained, tell_answered
+from aifuncs.runtime._routing import answering_now, chained, tell_answered
 from aifuncs.runtime._scoring import row_error
 
 if TYPE_CHECKING:
@@ -101,10 +101,13 @@ async def stream_answer(
                     continue
                 if not chained(call):
                     raise
+                assert call.fallback_call is not None
                 values, errors = await router.answer_fallback(call, sendable)  # answered whole
-                if errors[0] is not None:
-                    raise AifuncsError(errors[0]) from error
+                if errors[0] is not None:  # the fallback's own answer (e.g. its guardrail), as unstreamed
+                    raise ModelError(call.endpoint.name, 1, errors[0]) from None
                 answer = values[0].as_py()
+                # whoever answered for the fallback endpoint (its own entity, or its own fallback) told already
+                answering.append(answering_now() or call.fallback_call.endpoint.entity_name)
                 if not held and answer:
                     hand_on(str(answer))
                 return pa.array([answer], pa.string()), [None]

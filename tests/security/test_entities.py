@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from servers import FakeServer, Faults, free_port
 
@@ -408,3 +409,62 @@ def test_a_fallback_named_before_its_target_was_deleted_does_not_follow_a_new_en
             "the newly named fallback answers",
         )
         assert trap.stats.requests >= 1
+
+
+# -- streams that fall back -----------------------------------------------------------------------------------
+
+
+def streamed(secured: Secured, who: str, name: str, text: str) -> tuple[int, str, str]:
+    """A streamed chat: its status, the served-model-name header and the whole text the client received."""
+    with httpx.stream("POST", secured.url + INVOKE.format(name), json=chat(text, stream=True),
+                      headers=secured.headers(who), timeout=60) as stream:  # fmt: skip
+        if stream.status_code != 200:
+            return stream.status_code, "", stream.read().decode()
+        lines = [line for line in stream.iter_lines() if line.startswith("data: {")]
+        pieces = [json.loads(line[6:])["choices"][0].get("delta", {}).get("content") or "" for line in lines]
+        return 200, stream.headers["served-model-name"], "".join(pieces)
+
+
+def test_a_stream_that_falls_back_keeps_every_guardrail_and_accounts_for_every_attempt(
+    secured: Secured,
+) -> None:
+    card = "card 4111 1111 1111 1111"
+    with FakeServer(faults=DEAD) as dead, FakeServer(keep_bodies=True, stream_pieces=6) as spare:
+        aifuncs.endpoints.update("llm", served_entities=[
+            entity("prod", dead.url, 100, **QUICK), entity("spare", spare.url, 0),
+        ])  # fmt: skip
+        aifuncs.endpoints.put_ai_gateway("llm", {
+            "guardrails": {"output": {"pii": {"behavior": "MASK"}}}, "fallback_config": {"enabled": True},
+        })  # fmt: skip
+        status, header, text = until(
+            lambda: (got := streamed(secured, "alice", "llm", card))[1] == "spare" and got,
+            "the entity fallback",
+        )
+        assert status == 200 and "4111" not in text and "echo" in text, text  # masked whole, then streamed
+        # then a fallback endpoint whose own guardrails hold for the stream
+        aifuncs.endpoints.update("llm", served_entities=[entity("prod", dead.url, 100, **QUICK)])
+        aifuncs.endpoints.create("backup", kind="openai", model="b", base_url=spare.url + "/v1")
+        aifuncs.endpoints.update_permissions(
+            "backup", [{"user_name": "alice", "permission_level": "CAN_QUERY"}]
+        )
+        aifuncs.endpoints.put_ai_gateway("backup", {
+            "guardrails": {"input": {"invalid_keywords": ["Project Falcon"]}, "output": {"pii": {"behavior": "MASK"}}},
+        })  # fmt: skip
+        aifuncs.endpoints.put_ai_gateway("llm", {"fallback_config": {"enabled": True, "endpoint": "backup"}})
+        status, header, text = until(
+            lambda: (got := streamed(secured, "alice", "llm", card))[1] not in ("", "spare") and got,
+            "the endpoint fallback",
+        )
+        assert status == 200 and header == "backup" and "4111" not in text and "echo" in text, (header, text)
+        blocked = streamed(secured, "alice", "llm", "about project falcon")
+        assert blocked[0] == 400, blocked
+        assert not any("falcon" in json.dumps(b).lower() for b in spare.stats.bodies)
+    rows = until(
+        lambda: (found := usage("SELECT endpoint, served_entity, status, usage_context FROM aifuncs_usage"
+                                " WHERE requester = 'alice' AND status IN ('ok', 'error')"))
+        and {("llm", "prod", "error"), ("llm", "spare", "ok"), ("backup", "backup", "ok")}
+        <= {r[:3] for r in found} and found,
+        "a row for each failed attempt and each answer",
+    )  # fmt: skip
+    assert all("fallback_from" in (r[3] or "") for r in rows if r[2] == "ok"), rows
+    assert not usage("SELECT * FROM aifuncs_usage WHERE status = 'interrupted'")
