@@ -89,3 +89,13 @@ def sleepy(values: pd.Series) -> np.ndarray:
 
     time.sleep(1.0)
     return (values * 2).to_numpy()
+
+
+class FailsToLoad(mlflow.pyfunc.PythonModel):
+    """A model whose weights cannot be loaded: loading it raises."""
+
+    def load_context(self, context) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError("the model's weights are missing")
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+        return model_input

@@ -32,6 +32,7 @@ from aifuncs.catalog._defaults import BUILTIN_DEFAULTS, ROLES, DefaultsMethods, 
 from aifuncs.catalog._entities import checked_entities
 from aifuncs.catalog._gateway import GATEWAY_FIELDS, GatewayMethods, GatewaySettings
 from aifuncs.catalog._permissions import PermissionMethods
+from aifuncs.catalog._staging import IN_PROGRESS, UPDATE_FAILED, Staged, StagingMethods
 from aifuncs.catalog._store import SqliteStore
 from aifuncs.errors import ConfigError, EndpointExists, PermissionDenied, UnknownEndpoint
 from aifuncs.governance import Principal, current, policy
@@ -48,7 +49,10 @@ __all__ = [
     "Catalog",
     "Endpoint",
     "GatewaySettings",
+    "IN_PROGRESS",
+    "UPDATE_FAILED",
     "ServedEntity",
+    "Staged",
     "create",
     "default",
     "default_catalog",
@@ -84,7 +88,7 @@ def _validate(name: str, kind: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-class Catalog(PermissionMethods, GatewayMethods, DefaultsMethods):
+class Catalog(PermissionMethods, GatewayMethods, DefaultsMethods, StagingMethods):
     """Endpoints stored in one SQLite file, seen as one principal; its permission, AI gateway and defaults
     methods live in `_permissions.py`, `_gateway.py` and `_defaults.py`."""
 
@@ -248,30 +252,37 @@ class Catalog(PermissionMethods, GatewayMethods, DefaultsMethods):
         """Change options (merged into the current ones unless `replace`; None removes one), or replace the
         served entities (`served_entities`: the whole new list). Bumps the version; every version is kept."""
         current_endpoint = self.authorize(name, "manage")
-        described = current_endpoint.description if description is None else description
-        if served_entities is not None:
-            updated = self._configured(current_endpoint.name, None, options, served_entities, described)
-        elif current_endpoint.entities:
-            if options:
-                raise ConfigError(
-                    f"{name!r} serves {len(current_endpoint.entities)} entities: change their options by giving"
-                    " served_entities (the whole new list)."
-                )
-            updated = dataclasses.replace(current_endpoint, description=described)
-        else:
-            merged = dict(options) if replace else {**current_endpoint.options, **options}
-            merged = authored(
-                self.path,
-                self.principal,
-                current_endpoint.kind,
-                _validate(name, current_endpoint.kind, merged),
-            )
-            updated = Endpoint(current_endpoint.name, current_endpoint.kind, merged, described)
+        updated = self._updated(current_endpoint, description, replace, served_entities, options)
         result = self._store.replace(updated)
         if result is None:  # deleted by another process in between
             raise UnknownEndpoint(name, self.names())
         self._note("endpoints.update", result.name, version=result.version, options=updated.stored_options())
         return result
+
+    def _updated(
+        self,
+        current: Endpoint,
+        description: str | None,
+        replace: bool,
+        served_entities: Sequence[ServedEntity | dict[str, Any]] | None,
+        options: dict[str, Any],
+    ) -> Endpoint:
+        """What an update makes of `current` (checked and authored; nothing stored)."""
+        described = current.description if description is None else description
+        if served_entities is not None:
+            return self._configured(current.name, None, options, served_entities, described)
+        if current.entities:
+            if options:
+                raise ConfigError(
+                    f"{current.name!r} serves {len(current.entities)} entities: change their options by giving"
+                    " served_entities (the whole new list)."
+                )
+            return dataclasses.replace(current, description=described)
+        merged = dict(options) if replace else {**current.options, **options}
+        merged = authored(
+            self.path, self.principal, current.kind, _validate(current.name, current.kind, merged)
+        )
+        return Endpoint(current.name, current.kind, merged, described)
 
     def delete(self, name: str) -> None:
         endpoint = self.authorize(name, "manage")

@@ -54,6 +54,16 @@ CREATE TABLE IF NOT EXISTS tags (
     value TEXT,
     PRIMARY KEY (name, key)
 );
+CREATE TABLE IF NOT EXISTS pending_configs (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    kind TEXT NOT NULL,
+    options TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    requested_at TEXT NOT NULL,
+    requested_by TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS defaults (
     role TEXT PRIMARY KEY,
     name TEXT NOT NULL
@@ -184,13 +194,18 @@ class SqliteStore:
         self._revision = None
         return True
 
-    def replace(self, endpoint: Endpoint) -> Endpoint | None:
-        """Store new options/description for an existing endpoint, bumping its version."""
+    def replace(
+        self, endpoint: Endpoint, also: Callable[[Connection], bool] | None = None
+    ) -> Endpoint | None:
+        """Store new options/description for an existing endpoint, bumping its version. `also` runs first in
+        the same transaction; when it answers False nothing is stored (None)."""
         now = _now()
         with self._write() as db:
             row = db.execute("SELECT version FROM endpoints WHERE name = ?", (endpoint.name,)).fetchone()
-            if row is None:
+            if row is None or (also is not None and not also(db)):
                 return None
+            if also is None:  # a config stored directly supersedes one waiting for its models
+                db.execute("DELETE FROM pending_configs WHERE name = ?", (endpoint.name,))
             version = row[0] + 1
             options = json.dumps(endpoint.stored_options(), sort_keys=True)
             db.execute(
@@ -211,6 +226,7 @@ class SqliteStore:
             db.execute("DELETE FROM endpoint_versions WHERE name = ?", (name,))
             db.execute("DELETE FROM gateways WHERE name = ?", (name,))
             db.execute("DELETE FROM tags WHERE name = ?", (name,))
+            db.execute("DELETE FROM pending_configs WHERE name = ?", (name,))
             if deleted and also is not None:
                 also(db)
             if deleted:
@@ -237,6 +253,62 @@ class SqliteStore:
             bump_revision(db)
         self._revision = None
         return True
+
+    def pending(self, name: str) -> dict[str, Any] | None:
+        """The endpoint's config update waiting for its models, if any (as stored, options decoded)."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM pending_configs WHERE name = ?", (name,)).fetchone()
+        return None if row is None else {**dict(row), "options": json.loads(row["options"])}
+
+    def set_pending(self, endpoint: Endpoint, state: str, message: str, by: str) -> str | None:
+        """Store `endpoint` as the endpoint's pending config (replacing one there); its time, or None when the
+        endpoint is gone."""
+        now = _now()
+        options = json.dumps(endpoint.stored_options(), sort_keys=True)
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM endpoints WHERE name = ?", (endpoint.name,)).fetchone() is None:
+                return None
+            db.execute(
+                "INSERT INTO pending_configs VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " kind = excluded.kind, options = excluded.options, description = excluded.description,"
+                " state = excluded.state, message = excluded.message, requested_at = excluded.requested_at,"
+                " requested_by = excluded.requested_by",
+                (endpoint.name, endpoint.kind, options, endpoint.description, state, message, now, by),
+            )
+            bump_revision(db)
+        self._revision = None
+        return now
+
+    def apply_pending(self, endpoint: Endpoint, requested_at: str) -> Endpoint | None:
+        """Store the pending config made at `requested_at` as the endpoint's next version and remove it, in one
+        transaction; None when another took its place (or the endpoint is gone)."""
+
+        def taken(db: Connection) -> bool:
+            return bool(
+                db.execute(
+                    "DELETE FROM pending_configs WHERE name = ? AND requested_at = ?",
+                    (endpoint.name, requested_at),
+                ).rowcount
+            )
+
+        return self.replace(endpoint, also=taken)
+
+    def settle_pending(self, name: str, requested_at: str, state: str, message: str) -> bool:
+        """Mark the pending config made at `requested_at` failed (or gone, `state` ""); False when another
+        took its place."""
+        with self._write() as db:
+            if state:
+                changed = db.execute(
+                    "UPDATE pending_configs SET state = ?, message = ? WHERE name = ? AND requested_at = ?",
+                    (state, message, name, requested_at),
+                ).rowcount
+            else:
+                changed = db.execute(
+                    "DELETE FROM pending_configs WHERE name = ? AND requested_at = ?", (name, requested_at)
+                ).rowcount
+            bump_revision(db)
+        self._revision = None
+        return bool(changed)
 
     def tags(self, name: str) -> builtins.list[dict[str, str | None]]:
         with self._connect() as db:

@@ -31,6 +31,7 @@ from aifuncs.server._auth import Authenticator
 from aifuncs.server._errors import ApiError
 from aifuncs.server._invoke import Bindings
 from aifuncs.server._query import invocations, openai_route
+from aifuncs.server._rollout import update_config
 from aifuncs.server._routing import MAX_BODY_BYTES, NO_ROUTE, Edge, api, health, openapi_route
 from aifuncs.server._secrets import secret_routes
 from aifuncs.server._statements import Limits, Statements
@@ -135,7 +136,7 @@ def app(
         Route(prefix + "/", api(edge, manage.list_endpoints), methods=["GET"]),
         Route(prefix, api(edge, manage.create_endpoint), methods=["POST"]),
         Route(prefix + "/", api(edge, manage.create_endpoint), methods=["POST"]),
-        Route(prefix + "/{name}/config", api(edge, manage.update_config), methods=["PUT"]),
+        Route(prefix + "/{name}/config", api(edge, update_config), methods=["PUT"]),
         Route(prefix + "/{name}", api(edge, manage.get_endpoint), methods=["GET"]),
         Route(prefix + "/{name}", api(edge, manage.delete_endpoint), methods=["DELETE"]),
         Route(prefix + "/{name}/ai-gateway", api(edge, manage.put_ai_gateway), methods=["PUT"]),

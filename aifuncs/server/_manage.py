@@ -25,13 +25,17 @@ def _level(catalog: Catalog, name: str) -> str | None:
 
 def list_endpoints(request: Request, session: Session, body: Any) -> dict[str, Any]:
     catalog = session.catalog
-    return {"endpoints": [endpoint_object(catalog, e, _level(catalog, e.name)) for e in catalog.list()]}
+    workers = getattr(request.app.state, "model_workers", None)
+    return {
+        "endpoints": [endpoint_object(catalog, e, _level(catalog, e.name), workers) for e in catalog.list()]
+    }
 
 
 def get_endpoint(request: Request, session: Session, body: Any) -> dict[str, Any]:
     catalog = session.catalog
     endpoint = catalog.get(request.path_params["name"])
-    return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
+    workers = getattr(request.app.state, "model_workers", None)
+    return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name), workers)
 
 
 def create_endpoint(request: Request, session: Session, body: Any) -> dict[str, Any]:
@@ -55,35 +59,6 @@ def create_endpoint(request: Request, session: Session, body: Any) -> dict[str, 
         catalog.delete(endpoint.name)  # a create that cannot be whole leaves nothing behind
         raise
     return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
-
-
-def update_config(request: Request, session: Session, body: Any) -> dict[str, Any]:
-    """PUT .../config: the served entities' settings, as a new version of the endpoint (every version kept)."""
-    catalog = session.catalog
-    current = catalog.authorize(request.path_params["name"], "manage")
-    config = endpoint_config(body)
-    if "served_entities" in config or current.entities:  # several models, before or after: replaced whole
-        if "served_entities" not in config:
-            kind = config.pop("kind")
-            config = {"served_entities": [{"name": current.name, "kind": kind, "options": config}]}
-        endpoint = catalog.update(current.name, **config)
-        return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
-    kind = config.pop("kind")
-    options = config
-    if kind != current.kind:
-        raise ApiError(
-            400,
-            "INVALID_PARAMETER_VALUE",
-            f"{current.name!r} serves a {current.kind} model; a {kind} one is another endpoint: create it, or delete"
-            " this one first.",
-        )
-    keep = {k: v for k, v in current.options.items() if k not in options and k not in _ENTITY_OPTIONS}
-    endpoint = catalog.update(current.name, replace=True, **keep, **options)
-    return endpoint_object(catalog, endpoint, _level(catalog, endpoint.name))
-
-
-# Options a served entity sets: replaced whole by a new config (others, like prices, stay).
-_ENTITY_OPTIONS = ("model_uri", "model", "task", "base_url", "api_key_env", "api_key_secret", "url")
 
 
 def delete_endpoint(request: Request, session: Session, body: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from aifuncs.catalog import Catalog, Endpoint
 from aifuncs.server._entities import key_references
+from aifuncs.workers import ModelWorkers
 
 __all__ = ["endpoint_object"]
 
@@ -17,12 +18,14 @@ def _ms(endpoint: Endpoint, which: str) -> int | None:
     return None if stamp is None else int(stamp.timestamp() * 1000)
 
 
-def served_entity(endpoint: Endpoint) -> dict[str, Any]:
+def served_entity(endpoint: Endpoint, workers: ModelWorkers | None = None) -> dict[str, Any]:
     """A served entity (an endpoint of one model, or one entity's view): a registered model, an external
-    model, or a local one."""
+    model, or a local one, with its deployment state where model workers run it."""
+    deployment = workers.deployment(endpoint) if workers is not None else None
+    state, message = deployment or ("DEPLOYMENT_READY", "")
     entity: dict[str, Any] = {
         "name": endpoint.entity_name,
-        "state": {"deployment": "DEPLOYMENT_READY", "deployment_state_message": ""},
+        "state": {"deployment": state, "deployment_state_message": message},
     }
     uri = str(endpoint.options.get("model_uri", ""))
     if endpoint.kind == "mlflow" and uri.startswith("models:/"):
@@ -40,27 +43,44 @@ def served_entity(endpoint: Endpoint) -> dict[str, Any]:
     return entity
 
 
-def endpoint_object(catalog: Catalog, endpoint: Endpoint, permission_level: str | None) -> dict[str, Any]:
-    entities = endpoint.served_entities()
-    return {
+def endpoint_object(
+    catalog: Catalog, endpoint: Endpoint, permission_level: str | None, workers: ModelWorkers | None = None
+) -> dict[str, Any]:
+    config = _config(endpoint, workers)
+    ready = all(e["state"]["deployment"] == "DEPLOYMENT_READY" for e in config["served_entities"])
+    state = {"ready": "READY" if ready else "NOT_READY", "config_update": "NOT_UPDATING"}
+    shown: dict[str, Any] = {
         "id": endpoint.name,  # names are unique: the permissions API keys on this id
         "name": endpoint.name,
         "creator": None,
         "creation_timestamp": _ms(endpoint, "created_at"),
         "last_updated_timestamp": _ms(endpoint, "updated_at"),
-        "state": {"ready": "READY", "config_update": "NOT_UPDATING"},
-        "config": {
-            "config_version": endpoint.version,
-            "served_entities": [served_entity(endpoint.served_entity(e.name)) for e in entities],
-            "traffic_config": {
-                "routes": [
-                    {"served_entity_name": e.name, "traffic_percentage": e.traffic_percentage}
-                    for e in entities
-                ]
-            },
-        },
+        "state": state,
+        "config": config,
         "ai_gateway": catalog.get_ai_gateway(endpoint.name),
         "tags": catalog.tags(endpoint.name),
         "description": endpoint.description,
         "permission_level": permission_level,
+    }
+    pending = catalog.pending(endpoint.name)
+    if pending is not None:
+        state["config_update"] = pending.state
+        shown["pending_config"] = {
+            **_config(pending.endpoint, workers),
+            "start_time": pending.requested_at,
+            **({"state_message": pending.message} if pending.message else {}),
+        }
+    return shown
+
+
+def _config(endpoint: Endpoint, workers: ModelWorkers | None) -> dict[str, Any]:
+    entities = endpoint.served_entities()
+    return {
+        "config_version": endpoint.version,
+        "served_entities": [served_entity(endpoint.served_entity(e.name), workers) for e in entities],
+        "traffic_config": {
+            "routes": [
+                {"served_entity_name": e.name, "traffic_percentage": e.traffic_percentage} for e in entities
+            ]
+        },
     }

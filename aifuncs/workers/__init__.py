@@ -55,17 +55,69 @@ class ModelWorkers:
             return cls(endpoint)
         return pooled_class(cls)(endpoint, self.pool(endpoint))
 
-    def pool(self, endpoint: Endpoint) -> Pool:
-        """The pool of this endpoint version, made on first use; older versions of the endpoint retire."""
+    def pool(self, endpoint: Endpoint, *, retire_older: bool = True) -> Pool:
+        """The pool of this endpoint version, made on first use; older versions of the endpoint retire (not
+        while a pending config loads ahead of its switch: the old one still serves)."""
         with self._lock:
             pool = self._pools.get(endpoint.identity)
             if pool is None:
                 options = provider_class(endpoint.kind).Options.model_validate(endpoint.options)
                 pool = self._pools[endpoint.identity] = Pool(endpoint, options)
-                for other in self._pools.values():
-                    if other.endpoint.name == endpoint.name and other.endpoint.version < endpoint.version:
-                        other.retired = True  # its workers go once idle; requests on its config still finish
+                if retire_older:
+                    self._retire_before(endpoint)
             return pool
+
+    def _retire_before(self, endpoint: Endpoint) -> None:
+        for other in self._pools.values():
+            if other.endpoint.name == endpoint.name and other.endpoint.version < endpoint.version:
+                other.retired = True  # its workers go once idle; requests on its config still finish
+
+    def retire_older(self, endpoint: Endpoint) -> None:
+        """The endpoint switched to `endpoint`'s version: pools of older versions release their workers once
+        idle (requests that started on them finish there)."""
+        with self._lock:
+            self._retire_before(endpoint)
+
+    def to_load(self, endpoint: Endpoint) -> list[Endpoint]:
+        """The served entities of `endpoint` whose models run in workers and are not loaded here yet."""
+        views = []
+        for view in _entities(endpoint):
+            if not pooled(provider_class(view.kind)):
+                continue
+            with self._lock:
+                pool = self._pools.get(view.identity)
+            if pool is None or pool.state()["state"] != "READY":
+                views.append(view)
+        return views
+
+    async def preload(self, endpoint: Endpoint, timeout_s: float) -> str | None:
+        """Load `endpoint`'s in-worker entities ahead of a switch to it (older versions keep serving); None once
+        each is READY, else why not (a load failed, or took longer than `timeout_s`)."""
+        views = self.to_load(endpoint)
+        with self._lock:
+            fresh = {view.identity for view in views if view.identity not in self._pools}
+        pools = [(view, self.pool(view, retire_older=False)) for view in views]
+        for _, pool in pools:
+            pool.ensure_running()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        failure = None
+        for view, pool in pools:
+            while failure is None and (state := pool.state())["state"] != "READY":
+                if state["state"] == "LOAD_FAILED":
+                    failure = f"served entity {view.entity_name!r} failed to load: {state['error']}"
+                elif asyncio.get_running_loop().time() > deadline:
+                    failure = f"served entity {view.entity_name!r} did not load within {timeout_s:g} s"
+                else:
+                    await asyncio.sleep(0.05)
+        if (
+            failure is not None
+        ):  # the config will not serve: its pools go (no retries of a load nobody waits for)
+            for view, pool in pools:
+                if view.identity in fresh:
+                    with self._lock:
+                        self._pools.pop(view.identity, None)
+                    await pool.close()
+        return failure
 
     async def start(self, endpoints: Iterable[Endpoint]) -> None:
         """Start the pools of these endpoints' in-process entities (their models load in the background)."""
@@ -95,6 +147,28 @@ class ModelWorkers:
             )
             shown[name] = pool.state()
         return shown
+
+    def deployment(self, view: Endpoint) -> tuple[str, str] | None:
+        """A served entity's deployment state as Databricks names it, with a message; None where its model
+        does not run in workers (remote models are always ready)."""
+        if not pooled(provider_class(view.kind)):
+            return None
+        with self._lock:
+            pool = self._pools.get(view.identity)
+        if pool is None:
+            return "DEPLOYMENT_CREATING", "The model loads on its first request."
+        state = pool.state()
+        name = state["state"]
+        if name == "LOAD_FAILED":
+            return "DEPLOYMENT_FAILED", f"The model failed to load: {state['error']}"
+        if name in ("LOADING", "NOT_STARTED"):
+            return "DEPLOYMENT_CREATING", "The model is loading."
+        if name == "STARTING":
+            return "DEPLOYMENT_RECOVERING", "A worker is starting (back from zero, or replacing one)."
+        zero = (
+            " (scaled to zero: the next request waits for a cold start)" if name == "SCALED_TO_ZERO" else ""
+        )
+        return "DEPLOYMENT_READY", f"{state['workers']} worker(s){zero}."
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """What `/health` answers: 503 while a model of an endpoint served since the start is still loading

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,9 @@ def server(
     gov.revoke_token(gov.list_tokens("carol")[-1].id)
     tokens["revoked"] = revoked
     gov.grant_entitlement("alice")  # alice creates endpoints of her own over REST
-    EgressPolicy(home / "catalog.db").allow("127.0.0.1", gov.whoami())  # the fake upstream, for her configs too
+    EgressPolicy(home / "catalog.db").allow(
+        "127.0.0.1", gov.whoami()
+    )  # the fake upstream, for her configs too
     aifuncs.endpoints.create("doubler", kind="python", function="sample_models:doubled", returns="DOUBLE")
     aifuncs.endpoints.create("wine", kind="mlflow", model_uri=mlflow_models.sklearn_uri)  # type: ignore[attr-defined]
     with FakeServer(keep_bodies=True) as llm:
@@ -222,7 +225,12 @@ def test_endpoints_made_over_rest_are_catalog_endpoints(
     updated = client.update_endpoint_config(
         "wine-v1", config={"served_entities": [{"entity_name": "wine", "entity_version": "1"}]}
     )
-    assert updated["config"]["config_version"] == 2
+    # Its model loads in the server's workers while version 1 serves, then version 2 takes over
+    assert updated.get("pending_config", updated["config"])["config_version"] == 2
+    deadline = time.monotonic() + 120
+    while client.get_endpoint("wine-v1")["config"]["config_version"] != 2:
+        assert time.monotonic() < deadline, client.get_endpoint("wine-v1")
+        time.sleep(0.2)
     with httpx.Client(base_url=server.url) as raw:
         listed = raw.get("/api/2.0/serving-endpoints", headers=auth(server.tokens["bob"])).json()
         assert "wine-v1" not in [e["name"] for e in listed["endpoints"]]

@@ -1,0 +1,162 @@
+"""Config updates without downtime through a real `aifuncs serve` (model workers): the new version loads while
+the old one serves (GET shows pending_config and IN_PROGRESS), then the switch; a model that cannot load leaves
+the old version serving and the update UPDATE_FAILED with the reason; requests under constant load all succeed."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from servers import free_port, running
+
+import aifuncs
+import aifuncs.governance as gov
+
+RECORDS = [
+    {"alcohol": 13.2, "malic_acid": 1.78, "flavanoids": 2.76, "color_intensity": 4.38, "proline": 1050.0}
+]
+
+
+def register(mlflow_models: Any) -> None:
+    """`rollout` versions 1 and 2 (the wine classifier, registered twice) and 3 (a model that cannot load)."""
+    import mlflow
+    from sample_models import FailsToLoad
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(mlflow_models.tracking_uri)
+    mlflow.set_registry_uri(mlflow_models.tracking_uri)
+    try:
+        source = mlflow.MlflowClient().get_model_version_download_uri("wine", "1")
+        mlflow.register_model(source, "rollout")
+        mlflow.register_model(source, "rollout")
+        with mlflow.start_run():
+            mlflow.pyfunc.log_model(
+                name="broken", python_model=FailsToLoad(), registered_model_name="rollout"
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture
+def served(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_models: Any
+) -> Iterator[tuple[str, dict[str, str]]]:
+    register(mlflow_models)
+    monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
+    gov.create_user("ops", admin=True)
+    headers = {"Authorization": f"Bearer {gov.create_token('ops')}"}
+    aifuncs.endpoints.create("wine", kind="mlflow", model_uri="models:/rollout/1")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+        "MLFLOW_TRACKING_URI": mlflow_models.tracking_uri,
+    }
+    env.pop("AIFUNCS_TOKEN", None)
+    command = [sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port)]
+    with running(command, f"http://127.0.0.1:{port}/health", tmp_path / "serve.log", env):
+        yield f"http://127.0.0.1:{port}", headers
+
+
+class Load:
+    """Requests sent one after another from two threads until stopped: every status counted."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.statuses: Counter[int] = Counter()
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(url, headers)) for _ in range(2)]
+
+    def _run(self, url: str, headers: dict[str, str]) -> None:
+        with httpx.Client(headers=headers, timeout=120) as client:
+            while not self._stop.is_set():
+                reply = client.post(
+                    url + "/serving-endpoints/wine/invocations", json={"dataframe_records": RECORDS}
+                )
+                self.statuses[reply.status_code] += 1
+                if reply.status_code != 200 or reply.json() != {"predictions": [0]}:
+                    self.failures.append(reply.text[:300])
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+
+def endpoint(url: str, headers: dict[str, str]) -> dict[str, Any]:
+    return httpx.get(url + "/api/2.0/serving-endpoints/wine", headers=headers, timeout=30).json()
+
+
+def settled(url: str, headers: dict[str, str], timeout_s: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while (got := endpoint(url, headers))["state"]["config_update"] == "IN_PROGRESS":
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
+    return got
+
+
+def test_a_config_update_under_load_fails_no_request(served: tuple[str, dict[str, str]], home: Path) -> None:
+    url, headers = served
+    first = httpx.post(
+        url + "/serving-endpoints/wine/invocations",
+        json={"dataframe_records": RECORDS},
+        headers=headers,
+        timeout=120,
+    )
+    assert first.json() == {"predictions": [0]}
+    with Load(url, headers) as load:
+        while sum(load.statuses.values()) < 10:
+            time.sleep(0.05)
+        put = httpx.put(
+            url + "/api/2.0/serving-endpoints/wine/config",
+            json={"served_entities": [{"entity_name": "rollout", "entity_version": "2"}]},
+            headers=headers,
+            timeout=60,
+        )
+        assert put.status_code == 200, put.text
+        # The new version loads while the old serves
+        assert put.json()["state"]["config_update"] == "IN_PROGRESS"
+        assert (
+            put.json()["config"]["config_version"] == 1
+            and put.json()["pending_config"]["config_version"] == 2
+        )
+        done = settled(url, headers)
+        assert done["state"]["config_update"] == "NOT_UPDATING" and done["config"]["config_version"] == 2
+        assert "pending_config" not in done
+        answered_before_failure = sum(load.statuses.values())
+        # A version whose model cannot load: the update fails, version 2 goes on serving
+        failing = httpx.put(
+            url + "/api/2.0/serving-endpoints/wine/config",
+            json={"served_entities": [{"entity_name": "rollout", "entity_version": "3"}]},
+            headers=headers,
+            timeout=60,
+        )
+        assert failing.status_code == 200 and failing.json()["state"]["config_update"] == "IN_PROGRESS"
+        failed = settled(url, headers)
+        assert failed["state"]["config_update"] == "UPDATE_FAILED", failed
+        assert "weights are missing" in failed["pending_config"]["state_message"]
+        assert failed["config"]["config_version"] == 2
+        time.sleep(1.0)  # requests go on after the failure
+    assert load.failures == [] and set(load.statuses) == {200}, (load.statuses, load.failures[:3])
+    assert sum(load.statuses.values()) > answered_before_failure > 10
+    assert aifuncs.endpoints.get("wine").version == 2
+    aifuncs.runtime.default_runtime().usage.flush()
+    with sqlite3.connect(home / "usage.db") as db:
+        versions = dict(
+            db.execute("SELECT endpoint_version, count(*) FROM usage WHERE status = 'ok' GROUP BY 1")
+        )
+    assert versions.get(1, 0) > 0 and versions.get(2, 0) > 0, versions  # both versions answered, none failed
