@@ -6,9 +6,16 @@ sent request in the usage log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -468,3 +475,61 @@ def test_a_stream_that_falls_back_keeps_every_guardrail_and_accounts_for_every_a
     )  # fmt: skip
     assert all("fallback_from" in (r[3] or "") for r in rows if r[2] == "ok"), rows
     assert not usage("SELECT * FROM aifuncs_usage WHERE status = 'interrupted'")
+
+
+# -- a server killed mid-fallback -----------------------------------------------------------------------------
+
+
+def test_a_server_killed_mid_fallback_leaves_every_sent_request_in_the_usage_log(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """The entity failed (paid) and the fallback endpoint's request is in flight when the server is SIGKILLed:
+    the usage log (replayed from the dead process's journal by the server still running) holds both."""
+    with FakeServer(faults=DEAD) as dead, FakeServer(delay_s=60) as slow:
+        aifuncs.endpoints.update("llm", base_url=dead.url + "/v1", max_retries=0)
+        aifuncs.endpoints.create("backup", kind="openai", model="b", base_url=slow.url + "/v1")
+        aifuncs.endpoints.update_permissions(
+            "backup", [{"user_name": "alice", "permission_level": "CAN_QUERY"}]
+        )
+        aifuncs.endpoints.put_ai_gateway("llm", {"fallback_config": {"enabled": True, "endpoint": "backup"}})
+        port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        env.pop("AIFUNCS_TOKEN", None)
+        log = (tmp_path / "doomed.log").open("w")
+        server = subprocess.Popen([sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port)], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            until(lambda: _answers(url + "/health"), "the server starts", timeout_s=120)
+            asking = threading.Thread(
+                target=lambda: _post(url + INVOKE.format("llm"), secured.headers("alice"), chat("paid twice"))
+            )
+            asking.start()
+            until(lambda: slow.stats.in_flight == 1, "the fallback's request is in flight")
+            assert dead.stats.requests == 1
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+            asking.join(timeout=30)
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)
+            log.close()
+    rows = until(
+        lambda: (found := usage("SELECT endpoint, status, requester FROM aifuncs_usage WHERE requester = 'alice'"))
+        and {("llm", "error", "alice"), ("backup", "interrupted", "alice")} <= set(found) and found,
+        "both sent requests in the usage log",
+    )  # fmt: skip
+    assert len(rows) == 2, rows
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _post(url: str, headers: dict[str, str], body: Any) -> None:
+    with contextlib.suppress(httpx.TransportError):
+        httpx.post(url, json=body, headers=headers, timeout=120)
