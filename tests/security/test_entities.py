@@ -533,3 +533,37 @@ def _answers(url: str) -> bool:
 def _post(url: str, headers: dict[str, str], body: Any) -> None:
     with contextlib.suppress(httpx.TransportError):
         httpx.post(url, json=body, headers=headers, timeout=120)
+
+
+def test_fallbacks_stop_at_the_depth_bound_and_each_attempt_is_counted_for_its_caller(
+    secured: Secured,
+) -> None:
+    """a -> b -> c -> d -> e -> f, every one dead but f (each step named by the admin, no cycle): a request is
+    asked of at most MAX_FALLBACK_DEPTH endpoints after its own, once each, every attempt a usage row of alice."""
+    from aifuncs.session._bind import MAX_FALLBACK_DEPTH
+
+    names = ["a", "b", "c", "d", "e", "f"]
+    with FakeServer(faults=DEAD) as dead, FakeServer() as alive:
+        for name in names:
+            url = (alive if name == "f" else dead).url
+            aifuncs.endpoints.create(name, kind="openai", model=name, base_url=url + "/v1", max_retries=0)
+            aifuncs.endpoints.update_permissions(
+                name, [{"user_name": "alice", "permission_level": "CAN_QUERY"}]
+            )
+        for name, target in zip(
+            names[-2::-1], names[:0:-1], strict=True
+        ):  # e -> f first: no cycle on the way
+            aifuncs.endpoints.put_ai_gateway(name, {"fallback_config": {"enabled": True, "endpoint": target}})
+        assert MAX_FALLBACK_DEPTH < len(names) - 1
+        answered = secured.call("alice", "POST", INVOKE.format("a"), json=chat("deep"))
+        # the last endpoint asked is e (the 4th fallback); f is never reached
+        assert answered.status_code != 200 and "Endpoint 'e'" in answered.json()["message"], answered.text
+        assert dead.stats.requests == MAX_FALLBACK_DEPTH + 1 and alive.stats.requests == 0
+        assert secured.call("alice", "POST", INVOKE.format("b"), json=chat("shallower")).status_code == 200
+        assert alive.stats.requests == 1
+    rows = until(
+        lambda: len(found := usage("SELECT endpoint, status FROM aifuncs_usage WHERE requester = 'alice'"))
+        >= 2 * MAX_FALLBACK_DEPTH + 1 and found,
+        "a row for every attempt",
+    )  # fmt: skip
+    assert sorted(r[0] for r in rows if r[1] == "error") == sorted([*names[:5], *names[1:5]]), rows
