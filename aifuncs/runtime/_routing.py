@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -52,7 +52,7 @@ class Router:
     def __init__(self, scorer: Scorer, answer_all: AnswerAll) -> None:
         self._scorer = scorer
         self._answer_all = answer_all  # the whole answer path (guardrails, limits), for a fallback endpoint
-        self._random = random.Random()
+        self._random = np.random.default_rng()
 
     async def score(
         self,
@@ -76,11 +76,15 @@ class Router:
         parts: list[pa.Array] = []
         where = np.zeros(count, dtype=np.int64)  # each row's answer in the concatenated parts
         errors: list[str | None] = [None] * count
-        pending: dict[tuple[int, int | None], list[int]] = defaultdict(list)
-        for row, first in enumerate(origin.tolist()):
-            pending[(first, None)].append(row)
+        # Rows grouped per entity with numpy: a bulk step may hold a million rows (no per-row Python here).
+        pending: dict[tuple[int, int | None], Any] = {
+            (int(entity), None): np.flatnonzero(origin == entity) for entity in np.unique(origin)
+        }
         exhausted: list[int] = []
+        first_round = True
         while pending:
+            if not first_round:
+                pending = {key: np.asarray(rows, dtype=np.int64) for key, rows in pending.items()}
             groups = list(pending.items())
             pending = defaultdict(list)
             results = await _all_or_nothing(
@@ -89,7 +93,7 @@ class Router:
                         _entity_call(
                             asked, endpoint, entities[entity], None if came is None else entities[came]
                         ),
-                        requests.take(pa.array(rows, pa.int64())),
+                        requests if len(rows) == count else requests.take(pa.array(rows, pa.int64())),
                         batch_rows,
                         None if keys is None else [keys[r] for r in rows],
                         keep,
@@ -102,7 +106,11 @@ class Router:
                 parts.append(values)
                 where[rows] = offset + np.arange(len(rows))
                 _tell(entities[entity], row_errors)
-                for row, error in zip(rows, row_errors, strict=True):
+                if row_errors.count(None) == len(row_errors):  # the usual case: no row to walk
+                    for row in () if first_round else np.asarray(rows).tolist():  # answered by a fallback
+                        errors[row] = None
+                    continue
+                for row, error in zip(np.asarray(rows).tolist(), row_errors, strict=True):
                     errors[row] = error
                     if error is None or not call.fallback or not isinstance(error, EntityFailure):
                         continue
@@ -112,10 +120,14 @@ class Router:
                         step[row] += 1
                     else:
                         exhausted.append(row)
+            first_round = False
         if exhausted and chained(call):
             await self._fall_back(call, requests, exhausted, parts, where, errors)
         target = arrow_type(call.result_type)
-        values = pa.concat_arrays(parts).take(pa.array(where)) if parts else pa.array([], target)
+        if len(parts) == 1:  # one entity answered every row, in order
+            values = parts[0]
+        else:
+            values = pa.concat_arrays(parts).take(pa.array(where)) if parts else pa.array([], target)
         if call.fail_on_error and errors.count(None) < count:
             failed = [e for e in errors if e is not None]
             raise ModelError(endpoint.name, len(failed), failed[0])
@@ -147,10 +159,10 @@ class Router:
         row's answer key where it has one, else at random."""
         shares = np.array([e.traffic_percentage for e in endpoint.served_entities()], dtype=np.int64)
         bounds = np.cumsum(shares)  # e.g. [90, 100]: a draw below 90 goes to the first
-        if keys is not None:
-            draws = np.fromiter((int.from_bytes(k[:8], "big") % 100 for k in keys), np.int64, count)
+        if keys is not None:  # the first 8 bytes of each answer key (a hash), as one array
+            draws = np.frombuffer(b"".join(k[:8].ljust(8, b"\0") for k in keys), dtype=">u8") % 100
         else:
-            draws = np.array([self._random.randrange(100) for _ in range(count)], dtype=np.int64)
+            draws = self._random.integers(0, 100, count)
         return np.searchsorted(bounds, draws, side="right")
 
     async def _fall_back(
