@@ -567,3 +567,17 @@ def test_fallbacks_stop_at_the_depth_bound_and_each_attempt_is_counted_for_its_c
         "a row for every attempt",
     )  # fmt: skip
     assert sorted(r[0] for r in rows if r[1] == "error") == sorted([*names[:5], *names[1:5]]), rows
+
+
+def test_a_batch_whose_every_row_a_guardrail_blocks_keeps_its_answers_type(home: Path) -> None:
+    """What a fallback endpoint's guardrail met over REST (a 500), from SQL: STRUCT requests, every row blocked,
+    failures kept per row."""
+    aifuncs.endpoints.create("p", kind="python", function="sample_models:shouted", input_format="arrow",
+                             returns="VARCHAR")  # fmt: skip
+    aifuncs.endpoints.put_ai_gateway("p", {"guardrails": {"input": {"invalid_keywords": ["falcon"]}}})
+    query = (
+        "SELECT ai_query('p', struct_pack(text := 'falcon ' || i), failOnError => false) FROM range(3) t(i)"
+    )
+    rows = aifuncs.sql(aifuncs.connect(), query).fetchall()
+    assert [r[0]["result"] for r in rows] == [None] * 3
+    assert all("blocked by the input guardrail" in r[0]["errorMessage"] for r in rows), rows
