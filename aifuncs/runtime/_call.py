@@ -86,6 +86,12 @@ class CallSpec:
     # (bound for the same principal, under that endpoint's own limits and guardrails).
     fallback: bool = False
     fallback_call: CallSpec | None = None
+    # At most this many retries of a failed request (the provider's own count when lower): 0 where a fallback
+    # waits to answer it, which Databricks asks at once rather than after the entity's retries.
+    max_retries: int | None = None
+
+    def retries(self, provider_retries: int) -> int:
+        return provider_retries if self.max_retries is None else min(provider_retries, self.max_retries)
 
     @property
     def fail_on_error(self) -> bool:

@@ -81,7 +81,14 @@ class Router:
             (int(entity), None): np.flatnonzero(origin == entity) for entity in np.unique(origin)
         }
         exhausted: list[int] = []
-        first_round = True
+        # A request that has a fallback left goes there at once, not after its entity's retries.
+        no_retries = dataclasses.replace(asked, max_retries=0) if call.fallback else asked
+        fallbacks_after = len(entities) - 1 if call.fallback else 0
+
+        def last_chance(round_: int) -> bool:
+            return round_ >= fallbacks_after and not chained(call)
+
+        first_round, round_ = True, 0
         while pending:
             if not first_round:
                 pending = {key: np.asarray(rows, dtype=np.int64) for key, rows in pending.items()}
@@ -91,7 +98,10 @@ class Router:
                 [
                     self._scorer.score(
                         _entity_call(
-                            asked, endpoint, entities[entity], None if came is None else entities[came]
+                            asked if last_chance(round_) else no_retries,
+                            endpoint,
+                            entities[entity],
+                            None if came is None else entities[came],
                         ),
                         requests if len(rows) == count else requests.take(pa.array(rows, pa.int64())),
                         batch_rows,
@@ -120,7 +130,7 @@ class Router:
                         step[row] += 1
                     else:
                         exhausted.append(row)
-            first_round = False
+            first_round, round_ = False, round_ + 1
         if exhausted and chained(call):
             await self._fall_back(call, requests, exhausted, parts, where, errors)
         target = arrow_type(call.result_type)
@@ -138,12 +148,18 @@ class Router:
         fallback_config, the endpoint's other entities in list order."""
         endpoint = call.endpoint
         if not endpoint.split:
-            return [call]
-        entities = [e.name for e in endpoint.served_entities()]
-        first = int(self.pick(endpoint, 1, None)[0])
-        others = [i for i in range(len(entities)) if i != first] if call.fallback else []
-        return [_entity_call(call, endpoint, entities[first], None)] + [
-            _entity_call(call, endpoint, entities[i], entities[first]) for i in others
+            calls = [call]
+        else:
+            entities = [e.name for e in endpoint.served_entities()]
+            first = int(self.pick(endpoint, 1, None)[0])
+            others = [i for i in range(len(entities)) if i != first] if call.fallback else []
+            calls = [_entity_call(call, endpoint, entities[first], None)] + [
+                _entity_call(call, endpoint, entities[i], entities[first]) for i in others
+            ]
+        # Each but the last chance goes on to its fallback at once, not after its retries.
+        return [
+            dataclasses.replace(c, max_retries=0) if i < len(calls) - 1 or chained(call) else c
+            for i, c in enumerate(calls)
         ]
 
     async def answer_fallback(self, call: CallSpec, requests: pa.Array) -> Scored:

@@ -88,7 +88,7 @@ class Sender:
                 except RemoteError as error:
                     if error.status == 429:
                         limit.throttled(error.retry_after)
-                    if not error.retryable or attempt > provider.max_retries:
+                    if not error.retryable or attempt > call.retries(provider.max_retries):
                         raise
                     wait_s = backoff_s(attempt, provider.retry_base_s, error.retry_after)
                     if place is None:

@@ -181,7 +181,7 @@ async def _streamed(
                 break
             except RemoteError as error:
                 # Nothing reached the caller yet: the request may be asked again (a fallback goes here too).
-                if received or not error.retryable or attempts > provider.max_retries:
+                if received or not error.retryable or attempts > call.retries(provider.max_retries):
                     raise
                 await runtime._rates.settle(reservation, Prediction(None, 0, 0), chunk)
                 reservation = None
