@@ -79,6 +79,10 @@ bench: venv test-servers bench-tools
 	$(BIN)/python tests/bench/bench_pandas.py
 	$(BIN)/python tests/bench/bench_governance.py
 	$(BIN)/python tests/bench/bench_server.py
+	$(BIN)/python tests/bench/bench_ui.py
+	$(BIN)/python tests/bench/bench_entities.py
+	$(BIN)/python tests/bench/bench_autoscale.py
+	$(BIN)/python tests/bench/bench_scaling.py
 
 clean:
 	rm -rf $(VENV) .venv-litellm .aifuncs-demo .pytest_cache .mypy_cache .ruff_cache site
