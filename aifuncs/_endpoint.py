@@ -135,7 +135,7 @@ class Endpoint:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RULE.match(name):
+    if not isinstance(name, str) or not NAME_RULE.fullmatch(name):  # `$` alone lets a final newline through
         raise InvalidEndpointName(
             f"Invalid endpoint name {name!r}: use 1-128 characters, letters, digits, '_', '-' or '.',"
             " starting with a letter."

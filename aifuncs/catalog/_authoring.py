@@ -17,6 +17,7 @@ once, when the catalog is opened.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ from aifuncs.providers._http import HttpProvider
 from aifuncs.storage import Connection, shared
 
 __all__ = ["authored", "settle_unrecorded"]
+
+# A model of this server's own registry: models:/NAME/VERSION or models:/NAME@ALIAS (not models://PROFILE@HOST/...,
+# another registry of the author's choosing).
+_REGISTERED = re.compile(r"models:/[^/@:]+(/[0-9]+|/[A-Za-z]+|@[^/@:]+)")
 
 EGRESS_FLAG = "egress_checked"
 _URL_OPTIONS = ("base_url", "url")
@@ -75,7 +80,7 @@ def _in_process(principal: Principal, kind: str, options: dict[str, Any]) -> Non
     reason = None
     if kind == "python":
         reason = "a python endpoint runs any function of the server's Python"
-    elif kind == "mlflow" and not str(options.get("model_uri", "")).startswith("models:/"):
+    elif kind == "mlflow" and not _REGISTERED.fullmatch(str(options.get("model_uri", ""))):
         reason = "an mlflow endpoint other than a registered model (models:/NAME/VERSION) loads files of the server"
     elif kind == "mlflow" and options.get("tracking_uri"):
         reason = "an mlflow endpoint with its own tracking_uri reads a store of the author's choosing"

@@ -29,9 +29,9 @@ Scored = tuple[pa.Array, list[str | None]]  # answers of a batch, and each row's
 class EntityFailure(str):
     """A row's error message that says the served entity failed, not the request (429, 5xx, a timeout,
     unreachable, after the retries): another entity may answer it (`fallback_config`). A `str`, so it goes
-    wherever an error message goes."""
+    wherever an error message goes; `status` is the upstream's HTTP status, where it sent one."""
 
-    __slots__ = ()
+    status: int | None = None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from aifuncs._types import arrow_type
 from aifuncs.catalog import Endpoint
-from aifuncs.errors import ModelError
+from aifuncs.errors import ModelError, RemoteError
 from aifuncs.runtime._call import CallSpec, EntityFailure, Failure, Scored
 from aifuncs.runtime._meter import Meter, TokenTally
 from aifuncs.runtime._scoring import Keep, Scorer, _all_or_nothing
@@ -140,7 +140,7 @@ class Router:
             values = pa.concat_arrays(parts).take(pa.array(where)) if parts else pa.array([], target)
         if call.fail_on_error and errors.count(None) < count:
             failed = [e for e in errors if e is not None]
-            raise ModelError(endpoint.name, len(failed), failed[0])
+            raise ModelError(endpoint.name, len(failed), failed[0]) from _unavailable(failed, exhausted)
         return values, errors
 
     def candidates(self, call: CallSpec) -> list[CallSpec]:
@@ -208,6 +208,16 @@ def chained(call: CallSpec) -> bool:
     """Whether rows every entity failed go on to a fallback endpoint: not when the caller chose one entity
     (`/served-models/{entity}/invocations` asks that entity alone, as its name says)."""
     return call.fallback_call is not None and call.endpoint.entity is None
+
+
+def _unavailable(failed: list[str], exhausted: list[int]) -> RemoteError | None:
+    """What a failed call is raised from when its entities (and fallbacks) were unavailable rather than the
+    request at fault: a REST caller then gets a 503 (or the 429) to retry, not a 400."""
+    first = next((e for e in failed if isinstance(e, EntityFailure)), None)
+    if first is None and not exhausted:
+        return None
+    status = first.status if first is not None else None
+    return RemoteError(str(first or failed[0]), status=status, retryable=True)
 
 
 def _entity_call(call: CallSpec, endpoint: Endpoint, entity: str, came_from: str | None) -> CallSpec:

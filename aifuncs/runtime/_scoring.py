@@ -181,7 +181,9 @@ def row_error(error: Exception) -> str:
     if isinstance(error, RemoteError) and (
         error.retryable or error.status is None or error.status == 429 or error.status >= 500
     ):
-        return EntityFailure(text)
+        failure = EntityFailure(text)
+        failure.status = error.status
+        return failure
     return text
 
 

@@ -102,3 +102,23 @@ def test_an_endpoint_falls_back_to_another_endpoint(con: duckdb.DuckDBPyConnecti
     assert con.execute(
         "SELECT endpoint, status, count(*) FROM aifuncs_usage GROUP BY ALL ORDER BY 1"
     ).fetchall() == [("backup", "ok", 50), ("primary", "error", 50)]
+
+
+def test_when_every_entity_fails_the_error_says_unavailable_not_bad_input() -> None:
+    import pyarrow as pa
+    import pytest
+
+    from aifuncs.errors import ModelError, RemoteError
+    from aifuncs.session import bind_call
+
+    with FakeServer(faults=DEAD) as a, FakeServer(faults=DEAD) as b:
+        aifuncs.endpoints.create(
+            "ads", served_entities=[chat("a", a.url, 50, max_retries=0), chat("b", b.url, 50, max_retries=0)]
+        )
+        aifuncs.endpoints.put_ai_gateway("ads", {"fallback_config": {"enabled": True}})
+        call = bind_call("ai_query", "ads", pa.string())
+        with pytest.raises(ModelError) as raised:
+            aifuncs.runtime.default_runtime().run_call(call, pa.array(["x", "y"]))
+    cause = raised.value.__cause__
+    assert isinstance(cause, RemoteError) and cause.retryable and cause.status == 500  # a REST caller's 503
+    assert a.stats.requests == 2 and b.stats.requests == 2  # each row asked of both, once each

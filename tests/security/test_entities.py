@@ -25,7 +25,8 @@ from servers import FakeServer, Faults, free_port
 import aifuncs
 import aifuncs.governance as gov
 from aifuncs import ServedEntity
-from aifuncs.errors import AifuncsError
+from aifuncs.catalog import default_catalog
+from aifuncs.errors import AifuncsError, InvalidEndpointName, PermissionDenied
 from aifuncs.governance.egress import EgressPolicy
 from aifuncs.governance.keys import keyring
 from aifuncs.governance.secrets import Secrets
@@ -581,3 +582,18 @@ def test_a_batch_whose_every_row_a_guardrail_blocks_keeps_its_answers_type(home:
     rows = aifuncs.sql(aifuncs.connect(), query).fetchall()
     assert [r[0]["result"] for r in rows] == [None] * 3
     assert all("blocked by the input guardrail" in r[0]["errorMessage"] for r in rows), rows
+
+
+def test_an_endpoint_name_with_a_final_newline_is_refused() -> None:
+    with pytest.raises(InvalidEndpointName):
+        aifuncs.endpoints.create("llm2\n", kind="openai", model="m", base_url="http://127.0.0.1:9/v1")
+
+
+def test_a_non_admin_may_not_name_another_registry(secured: Secured) -> None:
+    gov.grant_entitlement("alice")
+    alice = default_catalog().acting_as(gov.directory().get("alice"))
+    for uri in ("models://profile@host/wine/1", "models:/wine/1/../../x", "models:/wine"):
+        with pytest.raises(PermissionDenied, match="registered model"):
+            alice.create("other", "mlflow", model_uri=uri)
+    made = alice.create("other", "mlflow", model_uri="models:/wine@champion")  # this server's registry: fine
+    assert made.options["model_uri"] == "models:/wine@champion"
