@@ -83,6 +83,7 @@ bench: venv test-servers bench-tools
 	$(BIN)/python tests/bench/bench_entities.py
 	$(BIN)/python tests/bench/bench_autoscale.py
 	$(BIN)/python tests/bench/bench_scaling.py
+	$(BIN)/python tests/bench/bench_answer_store.py
 
 clean:
 	rm -rf $(VENV) .venv-litellm .aifuncs-demo .pytest_cache .mypy_cache .ruff_cache site
