@@ -9,12 +9,18 @@ AIFUNCS_DATABASE_URL set, the rollups live beside the shared log in the database
     rollups.hourly(since, endpoints)       # per hour, endpoint and status class: charts
     rollups.daily(since_day)               # per day, endpoint and requester
     rollups.daily_sums(since_day, "requester", scope)   # summed in SQL by a key and endpoint: breakdowns
+    rollups.entity_sums(since_hour, scope)                # per endpoint and the served entity that answered
+    rollups.entity_hourly(since_hour, endpoint, since)    # per hour and served entity: charts
 
 Pages and charts read these, never the raw rows: with a million usage rows a page still answers in
 milliseconds. Hours and days are UTC (the log's timestamps are). Latency percentiles come from a histogram
 of log-spaced buckets (`BUCKETS_PER_DOUBLING` per doubling: within ~9% of the exact value). Each bucket
 keeps the time of its first row, so a reader can tell a bucket that began before an endpoint or a principal
 of its name was made (an earlier incarnation's rows: `governance/visibility.py`).
+
+Each set of tables keeps its own place in the log (`_SETS`): a set added later (usage by served entity, with
+how many requests a fallback answered: the usage label `fallback_from`) folds the whole log on its first
+refresh, then only new rows, as the others.
 """
 
 from __future__ import annotations
@@ -30,10 +36,24 @@ from typing import Any
 from aifuncs.runtime._usage import _connect
 from aifuncs.storage import Postgres, shared
 
-__all__ = ["BUCKETS_PER_DOUBLING", "DailySum", "Rollups", "Scope", "percentile", "since_stamp"]
+__all__ = [
+    "BUCKETS_PER_DOUBLING",
+    "DailySum",
+    "EntityHour",
+    "EntitySum",
+    "Rollups",
+    "Scope",
+    "percentile",
+    "since_stamp",
+]
 
 BUCKETS_PER_DOUBLING = 4
-_STATE = "v1"
+# Each set of tables and its place in the log (its name in usage_rollup_state): a set starts from the log's
+# first row, whenever it was added.
+_SETS = {
+    "v1": ("usage_hourly", "usage_latency_hourly", "usage_daily"),
+    "entities_v1": ("usage_entity_hourly",),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage_rollup_state (name TEXT PRIMARY KEY, last_rowid INTEGER NOT NULL);
@@ -53,6 +73,13 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     output_tokens INTEGER NOT NULL, latency_ms REAL NOT NULL, first_ts TEXT NOT NULL,
     PRIMARY KEY (day, endpoint, requester)
 );
+CREATE TABLE IF NOT EXISTS usage_entity_hourly (
+    hour TEXT NOT NULL, endpoint TEXT NOT NULL, served_entity TEXT NOT NULL, requester TEXT NOT NULL,
+    requests INTEGER NOT NULL, errors INTEGER NOT NULL, fallbacks INTEGER NOT NULL, rows INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, latency_ms REAL NOT NULL,
+    first_ts TEXT NOT NULL,
+    PRIMARY KEY (hour, endpoint, served_entity, requester)
+);
 """
 # The HTTP status of a row, as the metrics route reads it: its code, else 200 when it answered, else 500.
 _CODE = "coalesce(status_code, CASE WHEN status = 'ok' THEN 200 ELSE 500 END)"
@@ -61,6 +88,18 @@ _BUCKET = f"CAST(floor(log2(max(latency_ms, 0.125)) * {BUCKETS_PER_DOUBLING}) AS
 # The same on PostgreSQL: its log of a numeric is exact where SQLite's log2 of a double is (powers of two).
 _BUCKET_PG = (
     f"CAST(floor(log(2.0, greatest(latency_ms, 0.125)::numeric) * {BUCKETS_PER_DOUBLING}) AS INTEGER)"
+)
+# Whether a fallback answered the row: its usage label `fallback_from`, read only from a JSON object (a label is
+# a caller's text: a malformed one must not stop the fold). The LIKE spares the JSON parse of every other row.
+_FALLBACK = (
+    "CASE WHEN usage_context LIKE '%\"fallback_from\"%' THEN (CASE WHEN json_valid(usage_context) THEN"
+    " (CASE WHEN json_type(usage_context) = 'object' AND json_extract(usage_context, '$.fallback_from')"
+    " IS NOT NULL THEN 1 ELSE 0 END) ELSE 0 END) ELSE 0 END"
+)
+# The same rule on PostgreSQL (migration 0005's function).
+_FALLBACK_PG = (
+    "CASE WHEN usage_context LIKE '%\"fallback_from\"%'"
+    " THEN aifuncs_labelled(usage_context, 'fallback_from') ELSE 0 END"
 )
 _FOLD = {
     "usage_hourly": f"""
@@ -84,14 +123,27 @@ _FOLD = {
             errors = errors + excluded.errors, rows = rows + excluded.rows,
             input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
             latency_ms = latency_ms + excluded.latency_ms, first_ts = min(first_ts, excluded.first_ts)""",
+    # A row without an entity is an endpoint of one model: its entity is the endpoint.
+    "usage_entity_hourly": f"""
+        INSERT INTO usage_entity_hourly SELECT substr(ts, 1, 13), endpoint, coalesce(served_entity, endpoint),
+            coalesce(requester, ''), count(*), sum(CASE WHEN {_CODE} >= 400 THEN 1 ELSE 0 END), sum({_FALLBACK}),
+            coalesce(sum(rows), 0), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
+            coalesce(sum(latency_ms), 0), min(ts)
+        FROM usage WHERE rowid > ? AND rowid <= ? GROUP BY 1, 2, 3, 4
+        ON CONFLICT (hour, endpoint, served_entity, requester) DO UPDATE SET requests = requests + excluded.requests,
+            errors = errors + excluded.errors, fallbacks = fallbacks + excluded.fallbacks, rows = rows + excluded.rows,
+            input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
+            latency_ms = latency_ms + excluded.latency_ms, first_ts = min(first_ts, excluded.first_ts)""",
 }
 # PostgreSQL: rows by `seq` (commit order), its own names for two-argument min and log2, target columns named.
 _FOLD_PG = {
     name: statement.replace("rowid", "seq")
     .replace(_BUCKET, _BUCKET_PG)
+    .replace(_FALLBACK, _FALLBACK_PG)
     .replace("min(first_ts, excluded.first_ts)", f"least({name}.first_ts, excluded.first_ts)")
     .replace(" = requests + ", f" = {name}.requests + ")
     .replace(" = errors + ", f" = {name}.errors + ")
+    .replace(" = fallbacks + ", f" = {name}.fallbacks + ")
     .replace(" = rows + ", f" = {name}.rows + ")
     .replace(" = input_tokens + ", f" = {name}.input_tokens + ")
     .replace(" = output_tokens + ", f" = {name}.output_tokens + ")
@@ -139,6 +191,29 @@ class DailySum:
     input_tokens: int
     output_tokens: int
     latency_ms: float
+
+
+@dataclass(frozen=True)
+class EntitySum:
+    """One served entity's sums over a span: what a breakdown shows and prices."""
+
+    endpoint: str
+    served_entity: str  # the entity that answered (an endpoint of one model: the endpoint's name)
+    requests: int
+    errors: int
+    fallbacks: int  # requests a fallback answered
+    rows: int
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class EntityHour:
+    hour: str  # YYYY-MM-DDTHH, UTC
+    served_entity: str
+    requests: int
+    fallbacks: int
 
 
 @dataclass(frozen=True)
@@ -194,10 +269,13 @@ class Rollups:
         return db
 
     def refresh(self) -> int:
-        """Fold the rows written since the last refresh into the rollups; how many. One transaction: another
-        process refreshing at the same time waits, then finds nothing left to fold."""
+        """Fold the rows written since the last refresh into the rollups; how many (the most any set of tables
+        folded). One transaction: another process refreshing at the same time waits, then finds nothing left."""
         if self.database is not None:
-            return self._refresh_shared(self.database)
+            # The log's writers' turn: no row commits with a lower seq while the fold runs, so none is skipped.
+            with self.database.transaction("usage", immediate=True) as shared_db:
+                top = shared_db.execute("SELECT max(seq) FROM usage").fetchone()[0]
+                return _fold(shared_db, _FOLD_PG, top)
         if not self.path.exists():
             return 0
         db = self._db()
@@ -205,47 +283,17 @@ class Rollups:
             db.isolation_level = None
             db.execute("BEGIN IMMEDIATE")
             try:
-                found = db.execute(
-                    "SELECT last_rowid FROM usage_rollup_state WHERE name = ?", (_STATE,)
-                ).fetchone()
-                last = int(found[0]) if found else 0
                 top = db.execute("SELECT max(rowid) FROM usage").fetchone()[0]
-                if top is None or int(top) <= last:
-                    db.execute("COMMIT")
-                    return 0
-                for statement in _FOLD.values():
-                    db.execute(statement, (last, int(top)))
-                db.execute(
-                    "INSERT INTO usage_rollup_state (name, last_rowid) VALUES (?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET last_rowid = excluded.last_rowid",
-                    (_STATE, int(top)),
-                )
+                folded = _fold(db, _FOLD, top)
+                # The web UI's own entity rollup of earlier versions: usage_entity_hourly is folded here now.
+                db.execute("DROP TABLE IF EXISTS usage_entity_rollup_state")
                 db.execute("COMMIT")
-                return int(top) - last
+                return folded
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         finally:
             db.close()
-
-    def _refresh_shared(self, database: Postgres) -> int:
-        # The log's writers' turn: no row commits with a lower seq while the fold runs, so none is skipped.
-        with database.transaction("usage", immediate=True) as db:
-            found = db.execute(
-                "SELECT last_rowid FROM usage_rollup_state WHERE name = ?", (_STATE,)
-            ).fetchone()
-            last = int(found[0]) if found else 0
-            top = db.execute("SELECT max(seq) FROM usage").fetchone()[0]
-            if top is None or int(top) <= last:
-                return 0
-            for statement in _FOLD_PG.values():
-                db.execute(statement, (last, int(top)))
-            db.execute(
-                "INSERT INTO usage_rollup_state (name, last_rowid) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET last_rowid = excluded.last_rowid",
-                (_STATE, int(top)),
-            )
-            return int(top) - last
 
     def _read(self, query: str, parameters: Iterable[Any]) -> list[tuple[Any, ...]]:
         if self.database is not None:
@@ -296,27 +344,100 @@ class Rollups:
         `key` ("endpoint", "requester" or "day") and endpoint, in SQL: a page prices a few thousand sums, not
         tens of thousands of daily rows."""
         column = _KEYS[key]
-        managed = [(name, since_stamp(at)) for name, at in sorted(scope.endpoints.items())]
-        parameters: list[Any] = [p for pair in managed for p in pair]
-        query = "WITH managed(endpoint, since) AS (VALUES " + ", ".join(["(?, ?)"] * len(managed)) + ") "
-        if not managed:  # VALUES needs a row: one no endpoint has
-            query, parameters = "WITH managed(endpoint, since) AS (SELECT NULL, NULL) ", []
-        query += (
-            f"SELECT d.{column}, d.endpoint, sum(d.requests), sum(d.errors), sum(d.rows), sum(d.input_tokens),"
-            " sum(d.output_tokens), sum(d.latency_ms) FROM usage_daily d WHERE d.day >= ?"
-            " AND (? = 1 OR (d.requester = ? AND d.first_ts >= ?) OR EXISTS (SELECT 1 FROM managed m"
-            " WHERE m.endpoint = d.endpoint AND d.first_ts >= m.since))"
+        managed, known, condition, allowed = _scoped(scope)
+        query = (
+            f"{managed}SELECT d.{column}, d.endpoint, sum(d.requests), sum(d.errors), sum(d.rows),"
+            " sum(d.input_tokens), sum(d.output_tokens), sum(d.latency_ms) FROM usage_daily d"
+            f" WHERE d.day >= ? AND {condition}"
         )
-        parameters += [
-            since_day,
-            int(scope.everything),
-            scope.requester,
-            since_stamp(scope.requester_since),
-        ]
+        parameters = [*known, since_day, *allowed]
         if endpoint is not None:
             query += " AND d.endpoint = ?"
             parameters.append(endpoint)
-        return [DailySum(*r) for r in self._read(query + " GROUP BY 1, 2", parameters)]
+        return [_daily_sum(r) for r in self._read(query + " GROUP BY 1, 2", parameters)]
+
+    def entity_sums(self, since_hour: str, scope: Scope, endpoint: str | None = None) -> list[EntitySum]:
+        """Hours from `since_hour` (YYYY-MM-DDTHH) that `scope` may read, of `endpoint` (None: all), summed per
+        endpoint and the served entity that answered, in SQL."""
+        managed, known, condition, allowed = _scoped(scope)
+        query = (
+            f"{managed}SELECT d.endpoint, d.served_entity, sum(d.requests), sum(d.errors), sum(d.fallbacks),"
+            " sum(d.rows), sum(d.input_tokens), sum(d.output_tokens), sum(d.latency_ms)"
+            f" FROM usage_entity_hourly d WHERE d.hour >= ? AND {condition}"
+        )
+        parameters = [*known, since_hour, *allowed]
+        if endpoint is not None:
+            query += " AND d.endpoint = ?"
+            parameters.append(endpoint)
+        return [_entity_sum(r) for r in self._read(query + " GROUP BY 1, 2 ORDER BY 1, 2", parameters)]
+
+    def entity_hourly(self, since_hour: str, endpoint: str, since: datetime | None) -> list[EntityHour]:
+        """Per hour and served entity of one endpoint: requests and those a fallback answered, of buckets begun
+        at or after `since` (None: all; an earlier endpoint of the name is another's)."""
+        return [
+            EntityHour(r[0], r[1], int(r[2]), int(r[3]))
+            for r in self._read(
+                "SELECT hour, served_entity, sum(requests), sum(fallbacks) FROM usage_entity_hourly"
+                " WHERE hour >= ? AND endpoint = ? AND first_ts >= ? GROUP BY 1, 2 ORDER BY 1, 2",
+                [since_hour, endpoint, since_stamp(since)],
+            )
+        ]
+
+
+# Sums read as whole numbers: PostgreSQL's sum of a BIGINT is a numeric.
+def _daily_sum(r: tuple[Any, ...]) -> DailySum:
+    requests, errors, rows, input_tokens, output_tokens = (int(v) for v in r[2:7])
+    return DailySum(r[0], r[1], requests, errors, rows, input_tokens, output_tokens, float(r[7]))
+
+
+def _entity_sum(r: tuple[Any, ...]) -> EntitySum:
+    requests, errors, fallbacks, rows, input_tokens, output_tokens = (int(v) for v in r[2:8])
+    return EntitySum(r[0], r[1], requests, errors, fallbacks, rows, input_tokens, output_tokens, float(r[8]))
+
+
+def _fold(db: Any, folds: Mapping[str, str], top: Any) -> int:
+    """Fold each set of tables from its own place in the log up to `top` (the log's last row); the most rows
+    any set folded. A set without a place starts from nothing: its tables are emptied first."""
+    if top is None:
+        return 0
+    folded = 0
+    for state, tables in _SETS.items():
+        found = db.execute("SELECT last_rowid FROM usage_rollup_state WHERE name = ?", (state,)).fetchone()
+        last = int(found[0]) if found else 0
+        if int(top) <= last:
+            continue
+        for table in tables:
+            if found is None:
+                db.execute(f"DELETE FROM {table}")  # a constant name
+            db.execute(folds[table], (last, int(top)))
+        db.execute(
+            "INSERT INTO usage_rollup_state (name, last_rowid) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET last_rowid = excluded.last_rowid",
+            (state, int(top)),
+        )
+        folded = max(folded, int(top) - last)
+    return folded
+
+
+def _scoped(scope: Scope) -> tuple[str, list[Any], str, list[Any]]:
+    """The WITH clause of the managed endpoints and its parameters, and the condition on the rollup `d` and its
+    parameters, that keep the buckets `scope` may read: all, or the requester's begun since it was made, or a
+    managed endpoint's begun since it was made."""
+    managed = [(name, since_stamp(at)) for name, at in sorted(scope.endpoints.items())]
+    parameters: list[Any] = [p for pair in managed for p in pair]
+    cte = "WITH managed(endpoint, since) AS (VALUES " + ", ".join(["(?, ?)"] * len(managed)) + ") "
+    if not managed:  # VALUES needs a row: one no endpoint has
+        cte, parameters = "WITH managed(endpoint, since) AS (SELECT NULL, NULL) ", []
+    condition = (
+        "(? = 1 OR (d.requester = ? AND d.first_ts >= ?) OR EXISTS (SELECT 1 FROM managed m"
+        " WHERE m.endpoint = d.endpoint AND d.first_ts >= m.since))"
+    )
+    return (
+        cte,
+        parameters,
+        condition,
+        [int(scope.everything), scope.requester, since_stamp(scope.requester_since)],
+    )
 
 
 def bucket_of(latency_ms: float) -> int:

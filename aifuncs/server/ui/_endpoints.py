@@ -23,7 +23,6 @@ from aifuncs.providers import provider_class
 from aifuncs.runtime._rollups import Rollups
 from aifuncs.server._errors import ApiError
 from aifuncs.server._shapes import served_entity
-from aifuncs.server.ui._entity_usage import EntityRollup
 from aifuncs.server.ui._logs import LogFilter, log_csv, log_detail, log_page, searchable
 from aifuncs.server.ui._stats import breakdown, endpoint_totals, entity_breakdown, entity_series, series
 from aifuncs.server.ui._web import Me, Ui, confirm_step, form_of, model_workers
@@ -52,14 +51,6 @@ def rollups(me: Me) -> Rollups:
     """The usage rollups, brought up to date (this process's pending rows written first)."""
     me.session.runtime.usage.flush()
     found = Rollups(me.home / "usage.db")
-    found.refresh()
-    return found
-
-
-def entity_rollup(me: Me) -> EntityRollup:
-    """Usage by served entity, brought up to date (this process's pending rows written first)."""
-    me.session.runtime.usage.flush()
-    found = EntityRollup(me.home / "usage.db")
     found.refresh()
     return found
 
@@ -211,12 +202,9 @@ def endpoint_page(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]
         context["tags"] = me.catalog.tags(endpoint.name)
         context["by_entity"] = {
             entity: t
-            for (_, entity), t in entity_breakdown(
-                me, entity_rollup(me), 30, mine=False, endpoint=endpoint.name
-            )
+            for (_, entity), t in entity_breakdown(me, rollups(me), 30, mine=False, endpoint=endpoint.name)
         }
         context["by_entity_total"] = sum(t.requests for t in context["by_entity"].values())
-        context["by_entity_on"] = EntityRollup(me.home / "usage.db").available
     elif tab == "gateway":
         gateway = context["gateway"]
         context["rate_limits"] = json.dumps(gateway.get("rate_limits", []), indent=2)
@@ -254,8 +242,9 @@ def _editable(endpoint: Endpoint) -> dict[str, Any]:
 def chart_data(ui: Ui, request: Request, me: Me) -> Response:
     endpoint = me.catalog.authorize(request.path_params["name"], "manage")  # the charts show every caller's
     hours = RANGES.get(request.query_params.get("range", "24h"), 24)
-    found = series(me, rollups(me), endpoint.name, hours)
-    found.update(entity_series(me, entity_rollup(me), endpoint.name, hours))
+    figures = rollups(me)
+    found = series(me, figures, endpoint.name, hours)
+    found.update(entity_series(me, figures, endpoint.name, hours))
     return JSONResponse(found)
 
 

@@ -18,8 +18,7 @@ from aifuncs.errors import ConfigError
 from aifuncs.governance.tokens import DEFAULT_DAYS
 from aifuncs.server._errors import ApiError
 from aifuncs.server._input import parse_json
-from aifuncs.server.ui._endpoints import entity_rollup, rollups
-from aifuncs.server.ui._entity_usage import EntityRollup
+from aifuncs.server.ui._endpoints import rollups
 from aifuncs.server.ui._stats import breakdown, entity_breakdown
 from aifuncs.server.ui._web import Me, Ui, confirm_step, form_of
 
@@ -35,7 +34,7 @@ def _usage_view(request: Request, me: Me) -> tuple[str, int, bool, list[tuple[st
     days = int(params["days"]) if params.get("days", "").isdigit() and int(params["days"]) in DAYS else 30
     mine = params.get("mine") == "1"
     if by == "entity":  # per served entity that answered: "endpoint/entity"
-        found = entity_breakdown(me, entity_rollup(me), days, mine=mine)
+        found = entity_breakdown(me, rollups(me), days, mine=mine)
         return by, days, mine, [(f"{endpoint}/{entity}", t) for (endpoint, entity), t in found]
     return by, days, mine, breakdown(me, rollups(me), days, by, mine=mine)
 
@@ -54,7 +53,6 @@ def usage(ui: Ui, request: Request, me: Me) -> tuple[str, dict[str, Any]]:
         "by": by, "days": days, "mine": mine, "rows": found, "total": total, "bys": BYS, "all_days": DAYS,
         "top": max([t.requests for _, t in found] or [1]), "csv_query": urlencode(query),
         "link": lambda **change: urlencode({**query, **change}),
-        "entity_on": by != "entity" or EntityRollup(me.home / "usage.db").available,
     }  # fmt: skip
 
 

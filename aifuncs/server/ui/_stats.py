@@ -13,7 +13,6 @@ from typing import Any
 
 from aifuncs.runtime._budget import price
 from aifuncs.runtime._rollups import Rollups, Scope, percentile
-from aifuncs.server.ui._entity_usage import EntityRollup
 from aifuncs.server.ui._web import Me
 
 __all__ = [
@@ -196,7 +195,7 @@ def _entity_prices(me: Me) -> dict[tuple[str, str], SimpleNamespace]:
 
 
 def entity_breakdown(
-    me: Me, rollup: EntityRollup, days: int, *, mine: bool, endpoint: str | None = None
+    me: Me, rollups: Rollups, days: int, *, mine: bool, endpoint: str | None = None
 ) -> list[tuple[tuple[str, str], Totals]]:
     """The last `days` (UTC, from the start of the first day) the principal may read, of `endpoint` (None:
     all), per (endpoint, served entity that answered); each priced at that entity's prices as they are now.
@@ -204,7 +203,7 @@ def entity_breakdown(
     since = (datetime.now(UTC) - timedelta(days=days - 1)).strftime("%Y-%m-%dT00")
     prices = _entity_prices(me)
     found: list[tuple[tuple[str, str], Totals]] = []
-    for s in rollup.sums(since, scope_of(me, mine=mine), endpoint):
+    for s in rollups.entity_sums(since, scope_of(me, mine=mine), endpoint):
         options = prices.get((s.endpoint, s.served_entity))
         t = Totals(
             requests=s.requests,
@@ -220,7 +219,7 @@ def entity_breakdown(
     return sorted(found, key=lambda kv: (-kv[1].requests, kv[0]))
 
 
-def entity_series(me: Me, rollup: EntityRollup, endpoint: str, hours: int) -> dict[str, Any]:
+def entity_series(me: Me, rollups: Rollups, endpoint: str, hours: int) -> dict[str, Any]:
     """Per hour (UTC) of one endpoint the principal manages: requests per served entity, and those a fallback
     answered; columns for uPlot beside `series`' x."""
     made = None if me.principal.admin else me.catalog.managed().get(endpoint)
@@ -229,7 +228,7 @@ def entity_series(me: Me, rollup: EntityRollup, endpoint: str, hours: int) -> di
     index = {(start + timedelta(hours=i)).strftime("%Y-%m-%dT%H"): i for i in range(hours)}
     by_entity: dict[str, list[int]] = {}
     fallbacks = [0] * hours
-    for h in rollup.hourly(since, endpoint, made):
+    for h in rollups.entity_hourly(since, endpoint, made):
         i = index.get(h.hour)
         if i is None:
             continue
