@@ -1,5 +1,5 @@
-"""Model workers: `aifuncs serve` runs in-process models (mlflow, python, sentence_transformers) in worker
-processes of their own, one pool per endpoint version (served entity).
+"""Model workers: `aifuncs serve` runs in-process models (mlflow, python, sentence_transformers, llama_cpp) in
+worker processes of their own, one pool per endpoint version (served entity).
 
 A model that crashes, hangs or leaks takes down only its worker (replaced; the batch it held tried once more
 on another worker, then failed with a 503 naming the endpoint); the server's event loop awaits a socket and
@@ -12,7 +12,8 @@ endpoint as it starts (`ModelWorkers.start`), and `/health` answers 503 until ea
     runtime.set_provider_factory(workers.provider)   # a server's runtime; embedded SQL keeps its own threads
     await workers.start(catalog.list())              # on the server's loop: the models load now
 
-Kinds that stream their answers token by token (llama_cpp) stay in the server's process for now.
+Kinds that stream their answers token by token (llama_cpp) stream from their worker too: pieces cross as they
+come, and a caller that goes away stops the model in its worker (`Pool.stream`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ MODEL_KINDS = frozenset({"mlflow", "python", "sentence_transformers", "llama_cpp
 
 
 def pooled(cls: type[Provider]) -> bool:
-    return cls.in_process and cls.kind in MODEL_KINDS and not getattr(cls, "streams", False)
+    return cls.in_process and cls.kind in MODEL_KINDS
 
 
 class ModelWorkers:

@@ -1,8 +1,13 @@
 """A model worker process: `python -m aifuncs.workers._child FD`, FD one end of a socket pair.
 
 It reads the endpoint version from the first frame, loads the model (reporting `ready` with the load time,
-or `failed` with why), then answers one batch at a time until the server closes the socket. A failure of the
+or `failed` with why), then answers one request at a time until the server closes the socket. A failure of the
 model on a batch is that batch's answer (the exception itself, sent back); the worker goes on.
+
+A streamed request (`stream` in its header; kinds that write token by token, llama_cpp) is answered as one
+frame a piece, then a last frame with the tokens used. The server may send `stop` meanwhile (its caller went
+away): the model stops at its next token and the last frame says so. A reader thread takes the server's
+frames as they come, so a stop is seen while the model writes.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import queue
 import signal
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -39,6 +46,58 @@ def _failure(error: BaseException) -> dict[str, Any]:
         return {"ok": False, "error": None, "message": f"{type(error).__name__}: {error}"}
 
 
+class _Inbox:
+    """The server's frames, read by a thread: requests queued in order (None at the end), each with the event
+    a `stop` naming it sets."""
+
+    def __init__(self, stream: Any) -> None:
+        self.requests: queue.Queue[tuple[dict[str, Any], bytes, threading.Event] | None] = queue.Queue()
+        self._stream = stream
+        self._latest: tuple[Any, threading.Event] | None = None
+        threading.Thread(target=self._read, name="aifuncs-worker-inbox", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while (message := read_frame_blocking(self._stream)) is not None:
+                header, body = message
+                if "stop" in header:  # one request is answered at a time: a stop names the latest or none
+                    if self._latest is not None and self._latest[0] == header["stop"]:
+                        self._latest[1].set()
+                    continue
+                stop = threading.Event()
+                self._latest = (header.get("id"), stop)
+                self.requests.put((header, body, stop))
+        except (OSError, ValueError):
+            pass  # the socket closed under the read: the server is gone
+        if self._latest is not None:
+            self._latest[1].set()  # nobody is left to read what the model writes
+        self.requests.put(None)
+
+
+async def _stream(provider: Any, sock: socket.socket, rows: Any, options: Any, stop: threading.Event) -> None:
+    """One streamed answer, a frame a piece, then its tokens; stopped at the next piece once asked."""
+    from aifuncs.providers.base import Prediction
+
+    pieces = provider.stream(rows, options)
+    used, sent, stopped = Prediction(None), 0, False
+    try:
+        async for piece in pieces:
+            if isinstance(piece, Prediction):
+                used = piece
+                continue
+            if stop.is_set():
+                stopped = True
+                break
+            send_blocking(sock, {"piece": piece})
+            sent += 1
+    finally:
+        await pieces.aclose()  # the model's thread is stopped and joined: the worker is free again
+    send_blocking(
+        sock, {"ok": True, "end": True, "tokens": (used.input_tokens, used.output_tokens), "pieces": sent,
+               "stopped": stopped or stop.is_set()},
+    )  # fmt: skip
+
+
 def main(fd: int) -> None:
     signal.signal(
         signal.SIGINT, signal.SIG_IGN
@@ -63,11 +122,15 @@ def main(fd: int) -> None:
         return
     send_blocking(sock, {"ok": True, "load_s": time.perf_counter() - began, "pid": os.getpid()})
     loop = asyncio.new_event_loop()
-    while (message := read_frame_blocking(stream)) is not None:
-        header, body = message
+    inbox = _Inbox(stream)
+    while (message := inbox.requests.get()) is not None:
+        header, body, stop = message
         try:
             rows = rows_from_ipc(body, header["chunked"])
             options = header["options"]
+            if header.get("stream"):
+                loop.run_until_complete(_stream(provider, sock, rows, options, stop))
+                continue
             if provider.blocking:
                 output = provider.predict_blocking(rows, options)
             else:
@@ -77,6 +140,8 @@ def main(fd: int) -> None:
                 tokens = (output.input_tokens, output.output_tokens)
                 output = output.outputs
             shape, encoded = encode_output(output)
+        except (BrokenPipeError, ConnectionError):
+            raise
         except Exception as error:
             send_blocking(sock, _failure(error))
             continue

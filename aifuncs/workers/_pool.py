@@ -18,6 +18,7 @@ import math
 import os
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +26,14 @@ import pyarrow as pa
 
 from aifuncs._endpoint import Endpoint
 from aifuncs.errors import RemoteError
-from aifuncs.providers.base import CallOptions, ProviderOptions
-from aifuncs.workers._process import LoadFailed, Worker, WorkerLost
+from aifuncs.providers.base import CallOptions, Prediction, ProviderOptions
+from aifuncs.workers._process import LoadFailed, StreamLost, Worker, WorkerLost
 
 TICK_S = 0.1
 TARGET_BUSY = 0.7  # share of its time a worker should be busy at most: above it, requests queue
 _SMOOTHING = 0.3  # per tick: the demand the pool aims at follows a change within about a second
 _SIZES = {"Small": 1, "Medium": 4, "Large": 16}
+_END = object()
 _RETRY_LOAD_S = (5.0, 300.0)  # after a failed load, the next try waits this long, doubling up to the second
 
 
@@ -48,6 +50,12 @@ class _Batch:
     answer: asyncio.Future[Any]
     queued_at: float = field(default_factory=time.monotonic)
     tries: int = 0
+    # A streamed request: its pieces as they come (the answer is then the tokens used), how many reached the
+    # caller, the worker writing it, and whether its caller went away.
+    pieces: asyncio.Queue[Any] | None = None
+    handed: int = 0
+    worker: Worker | None = None
+    gone: bool = False
 
 
 class Pool:
@@ -77,6 +85,7 @@ class Pool:
         self.cold_start_s: float | None = None
         self.restarts = 0
         self.retried = 0
+        self.streams_stopped = 0  # streams whose model stopped writing because the caller went away
 
     # -- requests --------------------------------------------------------------------------------------------
 
@@ -91,6 +100,33 @@ class Pool:
         self._waiting.append(batch)
         self._dispatch()
         return await batch.answer
+
+    async def stream(self, rows: pa.Array, options: CallOptions) -> AsyncIterator[str | Prediction]:
+        """One row's answer piece by piece from a worker, then a `Prediction` with the tokens used. A worker lost
+        before the first piece: asked once more on another; after it, the stream ends with a 503 (the caller
+        has part of an answer). Closing the iterator (the caller went away) stops the model in its worker."""
+        self._last_request = time.monotonic()
+        self.ensure_running()
+        if not self._ready() and not self._starting:
+            if self.load_error is not None and time.monotonic() < self._retry_load_at:
+                raise self._not_ready()
+            self._start_one(cold=True)
+        pieces: asyncio.Queue[Any] = asyncio.Queue()
+        batch = _Batch(rows, options, False, asyncio.get_running_loop().create_future(), pieces=pieces)
+        batch.answer.add_done_callback(lambda _: pieces.put_nowait(_END))
+        self._waiting.append(batch)
+        self._dispatch()
+        try:
+            while (piece := await pieces.get()) is not _END:
+                yield piece
+            yield Prediction(None, *batch.answer.result())
+        finally:
+            if not batch.answer.done():  # the caller went away: the model stops writing
+                batch.gone = True
+                if batch.worker is not None:
+                    batch.worker.stop_stream()
+                else:
+                    batch.answer.cancel()  # still waiting for a worker: dropped from the line
 
     def _not_ready(self) -> RemoteError:
         wait = max(1.0, self._retry_load_at - time.monotonic())
@@ -117,6 +153,10 @@ class Pool:
             self._spawn(self._run(worker, batch))
 
     async def _run(self, worker: Worker, batch: _Batch) -> None:
+        if batch.pieces is not None:
+            await self._run_stream(worker, batch)
+            self._dispatch()
+            return
         batch.tries += 1
         try:
             output = await worker.call(
@@ -140,6 +180,46 @@ class Pool:
             if not batch.answer.done():
                 batch.answer.set_result(output)
         self._dispatch()
+
+    async def _run_stream(self, worker: Worker, batch: _Batch) -> None:
+        assert batch.pieces is not None
+        pieces = batch.pieces
+        batch.tries += 1
+        batch.worker = worker
+
+        def hand_on(piece: str) -> None:
+            if not batch.gone:
+                batch.handed += 1
+                pieces.put_nowait(piece)
+
+        try:
+            tokens, stopped = await worker.stream(
+                batch.rows, batch.options, self.options.worker_timeout_s, hand_on
+            )
+        except StreamLost as lost:
+            batch.worker = None
+            self._lost(worker)
+            if batch.answer.done() or batch.gone:
+                return
+            if not batch.handed and batch.tries < 2:
+                self.retried += 1
+                self._waiting.appendleft(batch)  # nothing reached the caller: once more, on another worker
+                return
+            after = f" after {batch.handed} pieces" if batch.handed else " (tried twice)"
+            batch.answer.set_exception(
+                RemoteError(f"Endpoint {self.endpoint.name!r}: {lost}{after}.", status=503, retryable=not batch.handed)
+            )  # fmt: skip
+        except Exception as error:  # the model's own failure: the stream ends with it, the worker is fine
+            batch.worker = None
+            self._free(worker)
+            if not batch.answer.done():
+                batch.answer.set_exception(error)
+        else:
+            batch.worker = None
+            self._free(worker)
+            self.streams_stopped += stopped
+            if not batch.answer.done():
+                batch.answer.set_result(tokens)
 
     def _free(self, worker: Worker) -> None:
         worker.busy = False
@@ -274,6 +354,7 @@ class Pool:
             "cold_start_s": self.cold_start_s,
             "restarts": self.restarts,
             "retried": self.retried,
+            "streams_stopped": self.streams_stopped,
             "error": self.load_error,
         }
 

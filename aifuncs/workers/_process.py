@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aifuncs._endpoint import Endpoint
@@ -36,6 +37,14 @@ class ModelFailed(Exception):
     """The model raised on a batch and could not send its exception back as it was."""
 
 
+class StreamLost(WorkerLost):
+    """The worker died, or went silent too long, while streaming: `pieces` had reached the caller by then."""
+
+    def __init__(self, message: str, pieces: int) -> None:
+        super().__init__(message)
+        self.pieces = pieces
+
+
 class Worker:
     """A worker process and its end of the socket pair; `call` is awaited by one batch at a time."""
 
@@ -49,6 +58,7 @@ class Worker:
         self.stopping = False
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._sent = 0  # requests sent: a stop names the one streaming
 
     async def start(self, endpoint: Endpoint, threads: int | None, load_timeout_s: float) -> float:
         """Start the process and load the model: the load's seconds, else `LoadFailed`."""
@@ -90,7 +100,8 @@ class Worker:
         """The model's answer to one batch: its output, or the model's own exception raised here;
         `WorkerLost` when the worker died or took longer than `timeout_s` (it is killed then)."""
         assert self._reader is not None and self._writer is not None
-        header = {"options": options, "chunked": chunked}
+        self._sent += 1
+        header = {"options": options, "chunked": chunked, "id": self._sent}
         try:
             self._writer.writelines(frame(header, rows_to_ipc(rows)))
             reply, body = await asyncio.wait_for(read_frame(self._reader), timeout_s)
@@ -114,6 +125,46 @@ class Worker:
         if reply.get("error") is not None:
             raise pickle.loads(reply["error"])
         raise ModelFailed(reply.get("message") or "the model failed")
+
+    async def stream(
+        self, rows: Any, options: CallOptions, timeout_s: float, hand_on: Callable[[str], None]
+    ) -> tuple[tuple[int | None, int | None], bool]:
+        """One row's answer as the model writes it: each piece handed on as it comes; the tokens used once it
+        ends, and whether `stop_stream` ended it. The model's own exception is raised here; `StreamLost` when the worker
+        died or wrote nothing for `timeout_s` (it is killed then)."""
+        assert self._reader is not None and self._writer is not None
+        self._sent += 1
+        pieces = 0
+        try:
+            self._writer.writelines(frame({"options": options, "chunked": False, "stream": True, "id": self._sent},
+                                          rows_to_ipc(rows)))  # fmt: skip
+            while True:
+                reply, _ = await asyncio.wait_for(read_frame(self._reader), timeout_s)
+                if "piece" not in reply:
+                    break
+                pieces += 1
+                hand_on(reply["piece"])
+        except TimeoutError:
+            self.kill()
+            raise StreamLost(
+                f"its model worker wrote nothing for worker_timeout_s ({timeout_s:g} s)", pieces
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.ready = False
+            code = await self._exit_code()
+            raise StreamLost(f"its model worker died while streaming (exit code {code})", pieces) from None
+        if reply["ok"]:
+            tokens = reply.get("tokens") or (None, None)
+            return (tokens[0], tokens[1]), bool(reply.get("stopped"))
+        if reply.get("error") is not None:
+            raise pickle.loads(reply["error"])
+        raise ModelFailed(reply.get("message") or "the model failed")
+
+    def stop_stream(self) -> None:
+        """Ask the worker to stop the answer it streams (its caller went away): the model stops at its next
+        token and the stream ends there."""
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.writelines(frame({"stop": self._sent}))
 
     async def _exit_code(self) -> int | None:
         if self.process is None:

@@ -5,12 +5,13 @@ worker pool. The model itself is never loaded in the server's process."""
 from __future__ import annotations
 
 import functools
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from aifuncs._endpoint import Endpoint
-from aifuncs.providers.base import CallOptions, InputColumn, Provider
+from aifuncs.providers.base import CallOptions, InputColumn, Prediction, Provider
 from aifuncs.workers._pool import Pool
 
 
@@ -19,6 +20,7 @@ class PooledProvider(Provider):
     the kind's class attributes (rows per call, bulk path, text or table) as they are."""
 
     inner_class: ClassVar[type[Provider]]
+    streams: ClassVar[bool] = False
     blocking = False  # awaiting the pool holds no thread and never the loop
 
     def __init__(self, endpoint: Endpoint, pool: Pool) -> None:
@@ -29,6 +31,10 @@ class PooledProvider(Provider):
 
     async def predict(self, requests: pa.Array | pa.ChunkedArray, options: CallOptions) -> Any:
         return await self.pool.predict(requests, options, isinstance(requests, pa.ChunkedArray))
+
+    def stream(self, requests: pa.Array, options: CallOptions) -> AsyncIterator[str | Prediction]:
+        """A kind that streams (`streams` on its class): one row's answer piece by piece from a worker."""
+        return self.pool.stream(requests, options)
 
     @property
     def concurrency(self) -> int:
@@ -70,4 +76,5 @@ def pooled_class(inner: type[Provider]) -> type[PooledProvider]:
     """The pooled provider of one kind: its class attributes, with `predict` sent to workers."""
     copied = ("kind", "Options", "default_batch_rows", "bulk_batch_rows", "accepts_chunks", "returns_text")
     attributes: dict[str, Any] = {name: getattr(inner, name) for name in copied}
+    attributes["streams"] = bool(getattr(inner, "streams", False))
     return type(f"Pooled{inner.__name__}", (PooledProvider,), {**attributes, "inner_class": inner})

