@@ -54,7 +54,8 @@ def served(
     monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
     gov.create_user("ops", admin=True)
     headers = {"Authorization": f"Bearer {gov.create_token('ops')}"}
-    aifuncs.endpoints.create("wine", kind="mlflow", model_uri="models:/rollout/1")
+    # One row per model call: a query over a few thousand rows runs for seconds, across the switch
+    aifuncs.endpoints.create("wine", kind="mlflow", model_uri="models:/rollout/1", max_batch_rows=1)
     port = free_port()
     env = {
         **os.environ,
@@ -97,6 +98,24 @@ class Load:
             thread.join(timeout=120)
 
 
+QUERY_ROWS = 3000
+QUERY = (
+    "SELECT count(*), count(*) FILTER (WHERE p IS NULL OR p <> 0) FROM (SELECT ai_query('wine', struct_pack("
+    "alcohol := 13.2 + i * 0, malic_acid := 1.78, flavanoids := 2.76, color_intensity := 4.38, proline := 1050.0),"
+    f" returnType => 'BIGINT') AS p FROM range({QUERY_ROWS}) t(i))"
+)
+
+
+def finished(url: str, headers: dict[str, str], statement_id: str, timeout_s: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = httpx.get(f"{url}/api/2.0/sql/statements/{statement_id}", headers=headers, timeout=30).json()
+        if got["status"]["state"] not in ("PENDING", "RUNNING"):
+            return got
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
+
+
 def endpoint(url: str, headers: dict[str, str]) -> dict[str, Any]:
     return httpx.get(url + "/api/2.0/serving-endpoints/wine", headers=headers, timeout=30).json()
 
@@ -121,6 +140,13 @@ def test_a_config_update_under_load_fails_no_request(served: tuple[str, dict[str
     with Load(url, headers) as load:
         while sum(load.statuses.values()) < 10:
             time.sleep(0.05)
+        running = httpx.post(
+            url + "/api/2.0/sql/statements",
+            json={"statement": QUERY, "warehouse_id": "any", "wait_timeout": "0s"},
+            headers=headers,
+            timeout=60,
+        ).json()
+        assert running["status"]["state"] in ("PENDING", "RUNNING"), running
         put = httpx.put(
             url + "/api/2.0/serving-endpoints/wine/config",
             json={"served_entities": [{"entity_name": "rollout", "entity_version": "2"}]},
@@ -138,6 +164,9 @@ def test_a_config_update_under_load_fails_no_request(served: tuple[str, dict[str
         assert done["state"]["config_update"] == "NOT_UPDATING" and done["config"]["config_version"] == 2
         assert "pending_config" not in done
         answered_before_failure = sum(load.statuses.values())
+        statement = finished(url, headers, running["statement_id"])
+        assert statement["status"]["state"] == "SUCCEEDED", statement["status"]
+        assert statement["result"]["data_array"] == [[str(QUERY_ROWS), "0"]]  # every row answered: 0 failed
         # A version whose model cannot load: the update fails, version 2 goes on serving
         failing = httpx.put(
             url + "/api/2.0/serving-endpoints/wine/config",
