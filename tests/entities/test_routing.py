@@ -122,3 +122,20 @@ def test_when_every_entity_fails_the_error_says_unavailable_not_bad_input() -> N
     cause = raised.value.__cause__
     assert isinstance(cause, RemoteError) and cause.retryable and cause.status == 500  # a REST caller's 503
     assert a.stats.requests == 2 and b.stats.requests == 2  # each row asked of both, once each
+
+
+def test_an_open_connection_follows_a_config_switch_within_a_second(con: duckdb.DuckDBPyConnection) -> None:
+    import time
+
+    with FakeServer() as a, FakeServer() as b:
+        aifuncs.endpoints.create("ads", served_entities=[chat("a", a.url, 100), chat("b", b.url, 0)])
+        query = "SELECT ai_query('ads', 'r' || i) FROM range(20) t(i)"
+        aifuncs.sql(con, query).fetchall()
+        assert (a.stats.requests, b.stats.requests) == (20, 0)
+        aifuncs.endpoints.update("ads", served_entities=[chat("a", a.url, 0), chat("b", b.url, 100)])
+        switched = time.monotonic()
+        while b.stats.requests == 0:  # the same connection, asked again: on the new config within a second
+            aifuncs.sql(con, query).fetchall()
+            assert time.monotonic() - switched < 1.5
+        aifuncs.sql(con, query).fetchall()
+        assert b.stats.requests >= 20 and a.stats.requests <= 40
