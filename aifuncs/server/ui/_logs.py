@@ -1,29 +1,26 @@
 """The request log of an endpoint (its inference table), one page per view: filters in the URL, newest first,
 keyset-paged by time, details on click, CSV of the same query. A manager of the endpoint (an admin) reads every
-row; anyone else with CAN_VIEW only its own rows written since it was made."""
+row; anyone else with CAN_VIEW only its own rows written since it was made. Rows are read through the payload
+store (`governance/payload_pages.py`): the host's file, or with AIFUNCS_DATABASE_URL set every host's rows."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aifuncs.governance.keys import keyring
-from aifuncs.governance.payloads import connect, payload_aad, payload_log
+from aifuncs.governance.payload_pages import LIST_COLUMNS, PayloadFilter, one, page
+from aifuncs.governance.payloads import payload_aad, payload_log
 from aifuncs.server.ui._web import Me
 
 __all__ = ["LogFilter", "log_csv", "log_detail", "log_page"]
 
 PAGE = 50
-_LIST = (
-    "request_id, timestamp_ms, status_code, execution_time_ms, requester, origin, input_tokens, output_tokens,"
-    " client_request_id"
-)
 _STATUS = {"2xx": (0, 399), "4xx": (400, 499), "5xx": (500, 999)}
 
 
@@ -58,39 +55,33 @@ class LogFilter:
         return {k: str(v) for k, v in values.items() if v not in (None, "")}
 
 
-def _where(me: Me, endpoint: str, f: LogFilter) -> tuple[str, list[Any]]:
-    clauses: list[str] = ["endpoint = ?"]
-    params: list[Any] = [endpoint]
-    if not me.principal.admin and endpoint not in me.catalog.managed():
-        clauses.append("requester = ?")
-        params.append(me.name)
-        if me.principal.created_at is not None:
-            clauses.append("timestamp_ms >= ?")
-            params.append(int(me.principal.created_at.timestamp() * 1000))
-    made = me.catalog.get(endpoint).created_at
-    if made is not None and not me.principal.admin:  # an earlier endpoint of this name is another's
-        clauses.append("timestamp_ms >= ?")
-        params.append(int(made.timestamp() * 1000))
-    if f.status:
-        low, high = _STATUS[f.status]
-        clauses.append("status_code BETWEEN ? AND ?")
-        params += [low, high]
-    if f.requester:
-        clauses.append("requester = ?")
-        params.append(f.requester)
-    if f.q:  # sealed payloads are bytes and never match: `searchable` says so
-        clauses.append("(request_id = ? OR instr(request, ?) > 0 OR instr(response, ?) > 0)")
-        params += [f.q, f.q, f.q]
-    if f.before is not None:
-        clauses.append("timestamp_ms < ?")
-        params.append(f.before)
-    return " AND ".join(clauses), params
+def _ms(at: datetime | None) -> int | None:
+    return None if at is None else int(at.timestamp() * 1000)
 
 
-def _db(home: Path) -> sqlite3.Connection | None:
-    path = home / "payloads.db"
-    payload_log().flush()
-    return connect(path) if path.exists() else None
+def _visible(me: Me, endpoint: str, f: LogFilter) -> PayloadFilter:
+    """The rows of `endpoint` the URL asks for, of those the principal may read."""
+    requesters: list[str] = [f.requester] if f.requester else []
+    since: list[int] = []
+    if not me.principal.admin:
+        if endpoint not in me.catalog.managed():  # its own rows, since it was made
+            requesters.append(me.name)
+            since.append(_ms(me.principal.created_at) or 0)
+        # an earlier endpoint of this name is another's
+        since.append(_ms(me.catalog.get(endpoint).created_at) or 0)
+    return PayloadFilter(
+        endpoint,
+        requesters=tuple(dict.fromkeys(requesters)),
+        since_ms=max(since) if since else None,
+        before_ms=f.before,
+        status=_STATUS[f.status] if f.status else None,
+        text=f.q,  # sealed payloads are bytes and never match: `searchable` says so
+    )
+
+
+def _table(home: Path) -> Path:
+    payload_log().flush()  # this process's rows first
+    return home / "payloads.db"
 
 
 def searchable() -> bool:
@@ -103,21 +94,7 @@ def log_page(
 ) -> tuple[list[dict[str, Any]], int | None]:
     """One page of rows (without payloads) and the `before` of the next page, None at the end."""
     name = me.catalog.get(endpoint).name  # CAN_VIEW, else "no such endpoint"
-    db = _db(me.home)
-    if db is None:
-        return [], None
-    try:
-        db.row_factory = sqlite3.Row
-        where, params = _where(me, name, f)
-        rows = [
-            dict(r)
-            for r in db.execute(
-                f"SELECT {_LIST} FROM payloads WHERE {where} ORDER BY timestamp_ms DESC LIMIT ?",
-                [*params, limit + 1],
-            )
-        ]
-    finally:
-        db.close()
+    rows = page(_table(me.home), _visible(me, name, f), LIST_COLUMNS, limit + 1)
     for row in rows:
         row["time"] = datetime.fromtimestamp(row["timestamp_ms"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
     more = len(rows) > limit
@@ -146,18 +123,8 @@ def _opened(row: dict[str, Any]) -> dict[str, Any]:
 def log_detail(me: Me, endpoint: str, request_id: str) -> dict[str, Any] | None:
     """One row whole (its payloads opened), if the principal may read it."""
     name = me.catalog.get(endpoint).name
-    db = _db(me.home)
-    if db is None:
-        return None
-    try:
-        db.row_factory = sqlite3.Row
-        where, params = _where(me, name, LogFilter())
-        found = db.execute(
-            f"SELECT * FROM payloads WHERE {where} AND request_id = ? LIMIT 1", [*params, request_id]
-        ).fetchone()
-    finally:
-        db.close()
-    return None if found is None else _opened(dict(found))
+    found = one(_table(me.home), _visible(me, name, LogFilter()), request_id)
+    return None if found is None else _opened(found)
 
 
 def log_csv(me: Me, endpoint: str, f: LogFilter, limit: int = 100_000) -> str:
@@ -165,7 +132,7 @@ def log_csv(me: Me, endpoint: str, f: LogFilter, limit: int = 100_000) -> str:
     rows, _ = log_page(me, endpoint, f, limit)
     out = io.StringIO()
     writer = csv.writer(out)
-    fields = ["time", *[c.strip() for c in _LIST.split(",")]]
+    fields = ["time", *LIST_COLUMNS]
     writer.writerow(fields)
     for row in rows:
         writer.writerow([_cell(row.get(k)) for k in fields])
