@@ -9,7 +9,7 @@ AIFUNCS_DATABASE_URL set, the rollups live beside the shared log in the database
     rollups.hourly(since, endpoints)       # per hour, endpoint and status class: charts
     rollups.daily(since_day)               # per day, endpoint and requester
     rollups.daily_sums(since_day, "requester", scope)   # summed in SQL by a key and endpoint: breakdowns
-    rollups.entity_sums(since_hour, scope)                # per endpoint and the served entity that answered
+    rollups.entity_sums(since_day, scope)                 # per endpoint and the served entity that answered
     rollups.entity_hourly(since_hour, endpoint, since)    # per hour and served entity: charts
 
 Pages and charts read these, never the raw rows: with a million usage rows a page still answers in
@@ -52,7 +52,7 @@ BUCKETS_PER_DOUBLING = 4
 # first row, whenever it was added.
 _SETS = {
     "v1": ("usage_hourly", "usage_latency_hourly", "usage_daily"),
-    "entities_v1": ("usage_entity_hourly",),
+    "entities_v1": ("usage_entity_daily", "usage_entity_hourly"),
 }
 
 _SCHEMA = """
@@ -73,14 +73,22 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     output_tokens INTEGER NOT NULL, latency_ms REAL NOT NULL, first_ts TEXT NOT NULL,
     PRIMARY KEY (day, endpoint, requester)
 );
-CREATE TABLE IF NOT EXISTS usage_entity_hourly (
-    hour TEXT NOT NULL, endpoint TEXT NOT NULL, served_entity TEXT NOT NULL, requester TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS usage_entity_daily (
+    day TEXT NOT NULL, endpoint TEXT NOT NULL, served_entity TEXT NOT NULL, requester TEXT NOT NULL,
     requests INTEGER NOT NULL, errors INTEGER NOT NULL, fallbacks INTEGER NOT NULL, rows INTEGER NOT NULL,
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, latency_ms REAL NOT NULL,
     first_ts TEXT NOT NULL,
-    PRIMARY KEY (hour, endpoint, served_entity, requester)
+    PRIMARY KEY (day, endpoint, served_entity, requester)
+);
+CREATE TABLE IF NOT EXISTS usage_entity_hourly (
+    hour TEXT NOT NULL, endpoint TEXT NOT NULL, served_entity TEXT NOT NULL,
+    requests INTEGER NOT NULL, fallbacks INTEGER NOT NULL, first_ts TEXT NOT NULL,
+    PRIMARY KEY (hour, endpoint, served_entity)
 );
 """
+# The web UI's own entity rollup of earlier versions (its table of another shape): the entity set of tables here
+# folds the log again from its first row.
+_RETIRED = "DROP TABLE IF EXISTS usage_entity_hourly; DROP TABLE IF EXISTS usage_entity_rollup_state;"
 # The HTTP status of a row, as the metrics route reads it: its code, else 200 when it answered, else 500.
 _CODE = "coalesce(status_code, CASE WHEN status = 'ok' THEN 200 ELSE 500 END)"
 _CLASS = f"CASE WHEN {_CODE} < 400 THEN '2xx' WHEN {_CODE} < 500 THEN '4xx' ELSE '5xx' END"
@@ -123,17 +131,24 @@ _FOLD = {
             errors = errors + excluded.errors, rows = rows + excluded.rows,
             input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
             latency_ms = latency_ms + excluded.latency_ms, first_ts = min(first_ts, excluded.first_ts)""",
-    # A row without an entity is an endpoint of one model: its entity is the endpoint.
-    "usage_entity_hourly": f"""
-        INSERT INTO usage_entity_hourly SELECT substr(ts, 1, 13), endpoint, coalesce(served_entity, endpoint),
+    # Per served entity (a row without one is an endpoint of one model: its entity is the endpoint). By day and
+    # requester for breakdowns; by hour, every requester's, for an endpoint's charts.
+    "usage_entity_daily": f"""
+        INSERT INTO usage_entity_daily SELECT substr(ts, 1, 10), endpoint, coalesce(served_entity, endpoint),
             coalesce(requester, ''), count(*), sum(CASE WHEN {_CODE} >= 400 THEN 1 ELSE 0 END), sum({_FALLBACK}),
             coalesce(sum(rows), 0), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
             coalesce(sum(latency_ms), 0), min(ts)
         FROM usage WHERE rowid > ? AND rowid <= ? GROUP BY 1, 2, 3, 4
-        ON CONFLICT (hour, endpoint, served_entity, requester) DO UPDATE SET requests = requests + excluded.requests,
+        ON CONFLICT (day, endpoint, served_entity, requester) DO UPDATE SET requests = requests + excluded.requests,
             errors = errors + excluded.errors, fallbacks = fallbacks + excluded.fallbacks, rows = rows + excluded.rows,
             input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
             latency_ms = latency_ms + excluded.latency_ms, first_ts = min(first_ts, excluded.first_ts)""",
+    "usage_entity_hourly": f"""
+        INSERT INTO usage_entity_hourly SELECT substr(ts, 1, 13), endpoint, coalesce(served_entity, endpoint),
+            count(*), sum({_FALLBACK}), min(ts)
+        FROM usage WHERE rowid > ? AND rowid <= ? GROUP BY 1, 2, 3
+        ON CONFLICT (hour, endpoint, served_entity) DO UPDATE SET requests = requests + excluded.requests,
+            fallbacks = fallbacks + excluded.fallbacks, first_ts = min(first_ts, excluded.first_ts)""",
 }
 # PostgreSQL: rows by `seq` (commit order), its own names for two-argument min and log2, target columns named.
 _FOLD_PG = {
@@ -265,6 +280,8 @@ class Rollups:
 
     def _db(self) -> sqlite3.Connection:
         db = _connect(self.path)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'usage_entity_rollup_state'").fetchone():
+            db.executescript(_RETIRED)
         db.executescript(_SCHEMA)
         return db
 
@@ -285,8 +302,6 @@ class Rollups:
             try:
                 top = db.execute("SELECT max(rowid) FROM usage").fetchone()[0]
                 folded = _fold(db, _FOLD, top)
-                # The web UI's own entity rollup of earlier versions: usage_entity_hourly is folded here now.
-                db.execute("DROP TABLE IF EXISTS usage_entity_rollup_state")
                 db.execute("COMMIT")
                 return folded
             except BaseException:
@@ -356,16 +371,16 @@ class Rollups:
             parameters.append(endpoint)
         return [_daily_sum(r) for r in self._read(query + " GROUP BY 1, 2", parameters)]
 
-    def entity_sums(self, since_hour: str, scope: Scope, endpoint: str | None = None) -> list[EntitySum]:
-        """Hours from `since_hour` (YYYY-MM-DDTHH) that `scope` may read, of `endpoint` (None: all), summed per
+    def entity_sums(self, since_day: str, scope: Scope, endpoint: str | None = None) -> list[EntitySum]:
+        """Days from `since_day` (YYYY-MM-DD) that `scope` may read, of `endpoint` (None: all), summed per
         endpoint and the served entity that answered, in SQL."""
         managed, known, condition, allowed = _scoped(scope)
         query = (
             f"{managed}SELECT d.endpoint, d.served_entity, sum(d.requests), sum(d.errors), sum(d.fallbacks),"
             " sum(d.rows), sum(d.input_tokens), sum(d.output_tokens), sum(d.latency_ms)"
-            f" FROM usage_entity_hourly d WHERE d.hour >= ? AND {condition}"
+            f" FROM usage_entity_daily d WHERE d.day >= ? AND {condition}"
         )
-        parameters = [*known, since_hour, *allowed]
+        parameters = [*known, since_day, *allowed]
         if endpoint is not None:
             query += " AND d.endpoint = ?"
             parameters.append(endpoint)

@@ -85,7 +85,7 @@ def _sums(
             s.input_tokens,
             s.output_tokens,
         )
-        for s in rollups.entity_sums("2026-03-01T00", scope, endpoint)
+        for s in rollups.entity_sums("2026-03-01", scope, endpoint)
     }
 
 
@@ -107,7 +107,7 @@ def test_entity_figures_equal_the_usage_rows_on_both_backends(backend: str, home
         k: v for k, v in expected.items() if k[0] == "ads"
     }
     latency = {
-        (s.endpoint, s.served_entity): s.latency_ms for s in rollups.entity_sums("2026-03-01T00", Scope(True))
+        (s.endpoint, s.served_entity): s.latency_ms for s in rollups.entity_sums("2026-03-01", Scope(True))
     }
     for key in expected:
         exact = sum(
@@ -145,7 +145,8 @@ def test_entity_buckets_follow_the_visibility_rule(backend: str, home: Path) -> 
     log = UsageLog()
     base = UsageRow("", "ads", 1, "openai", "ai_query", 1, 1, 1, 1.0, "ok", 1, None, origin="rest")
     rows = [
-        ("2026-03-04T09:10:00.000+00:00", "alice", "prod", None),  # before the endpoint was made again
+        ("2026-03-03T09:10:00.000+00:00", "alice", "prod", None),  # before the endpoint was made again
+        ("2026-03-04T11:00:00.000+00:00", "erin", "prod", None),  # the same day, before it: her day too
         ("2026-03-04T12:10:00.000+00:00", "alice", "prod", json.dumps({"fallback_from": "candidate"})),
         ("2026-03-04T12:20:00.000+00:00", "carol", "candidate", None),
     ]
@@ -154,14 +155,15 @@ def test_entity_buckets_follow_the_visibility_rule(backend: str, home: Path) -> 
                                  request_id=f"v-{n}"))  # fmt: skip
     log.flush()
     rollups = Rollups(home / "usage.db")
-    assert rollups.refresh() == 3
+    assert rollups.refresh() == 4
     made = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
-    # a manager of `ads` since 12:00 reads the buckets begun since, every requester's; not the 09:00 one
+    # a manager of `ads` since 12:00 reads the buckets begun since, every requester's: not the day before, nor
+    # erin's day (a bucket is read whole or not at all, as the other rollups' buckets)
     manager = _sums(rollups, Scope(requester="dave", endpoints={"ads": made}))
     assert manager == {("ads", "prod"): (1, 0, 1, 1, 1, 1), ("ads", "candidate"): (1, 0, 0, 1, 1, 1)}
     # carol, no manager, reads her own requests only
     assert _sums(rollups, Scope(requester="carol")) == {("ads", "candidate"): (1, 0, 0, 1, 1, 1)}
-    # alice made again at 10:00: her 09:00 request was her predecessor's
+    # alice made again on the 4th: her request of the 3rd was her predecessor's
     alice = _sums(rollups, Scope(requester="alice", requester_since=datetime(2026, 3, 4, 10, tzinfo=UTC)))
     assert alice == {("ads", "prod"): (1, 0, 1, 1, 1, 1)}
     chart = [
@@ -182,7 +184,17 @@ def test_a_home_with_the_former_ui_rollup_is_folded_again_from_its_log(home: Pat
     db = sqlite3.connect(home / "usage.db")
     with db:
         db.execute("DELETE FROM usage_rollup_state WHERE name = 'entities_v1'")
-        db.execute("UPDATE usage_entity_hourly SET requests = requests * 3")
+        db.execute("DROP TABLE usage_entity_hourly")
+        db.execute(
+            "CREATE TABLE usage_entity_hourly (hour TEXT NOT NULL, endpoint TEXT NOT NULL, served_entity TEXT NOT"
+            " NULL, requester TEXT NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL, fallbacks INTEGER"
+            " NOT NULL, rows INTEGER NOT NULL, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,"
+            " latency_ms REAL NOT NULL, first_ts TEXT NOT NULL, PRIMARY KEY (hour, endpoint, served_entity,"
+            " requester))"
+        )
+        db.execute("INSERT INTO usage_entity_hourly VALUES ('2026-03-01T10', 'ads', 'prod', 'x', 9, 0, 9, 9, 9,"
+                   " 9, 9.0, '2026-03-01T10:00:00.000+00:00')")  # fmt: skip
+        db.execute("UPDATE usage_entity_daily SET requests = requests * 3")
         db.execute(
             "CREATE TABLE usage_entity_rollup_state (name TEXT PRIMARY KEY, last_rowid INTEGER NOT NULL)"
         )
@@ -196,3 +208,5 @@ def test_a_home_with_the_former_ui_rollup_is_folded_again_from_its_log(home: Pat
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     db.close()
     assert "usage_entity_rollup_state" not in tables
+    chart = sum(h.requests for h in rollups.entity_hourly("2026-03-01T00", "ads", None))
+    assert chart == sum(r["endpoint"] == "ads" for r in log.read())

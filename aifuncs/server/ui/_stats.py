@@ -200,7 +200,7 @@ def entity_breakdown(
     """The last `days` (UTC, from the start of the first day) the principal may read, of `endpoint` (None:
     all), per (endpoint, served entity that answered); each priced at that entity's prices as they are now.
     Largest first."""
-    since = (datetime.now(UTC) - timedelta(days=days - 1)).strftime("%Y-%m-%dT00")
+    since = (datetime.now(UTC) - timedelta(days=days - 1)).strftime("%Y-%m-%d")
     prices = _entity_prices(me)
     found: list[tuple[tuple[str, str], Totals]] = []
     for s in rollups.entity_sums(since, scope_of(me, mine=mine), endpoint):

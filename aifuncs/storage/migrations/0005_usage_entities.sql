@@ -1,13 +1,18 @@
--- Usage by served entity: an hourly rollup per endpoint, the entity that answered and requester, with how many
--- requests a fallback answered (the usage label `fallback_from`), folded by `seq` as the other rollups
--- (runtime/_rollups.py keeps its own place under the name 'entities_v1' in usage_rollup_state, so the rows
--- logged before this table existed are folded on the first refresh).
-CREATE TABLE usage_entity_hourly (
-    hour TEXT NOT NULL, endpoint TEXT NOT NULL, served_entity TEXT NOT NULL, requester TEXT NOT NULL,
+-- Usage by served entity: per endpoint and the entity that answered, with how many requests a fallback answered
+-- (the usage label `fallback_from`); by day and requester for breakdowns, by hour for an endpoint's charts. Folded
+-- by `seq` as the other rollups (runtime/_rollups.py keeps their place under the name 'entities_v1' in
+-- usage_rollup_state, so the rows logged before these tables existed are folded on the first refresh).
+CREATE TABLE usage_entity_daily (
+    day TEXT NOT NULL, endpoint TEXT NOT NULL, served_entity TEXT NOT NULL, requester TEXT NOT NULL,
     requests BIGINT NOT NULL, errors BIGINT NOT NULL, fallbacks BIGINT NOT NULL, rows BIGINT NOT NULL,
     input_tokens BIGINT NOT NULL, output_tokens BIGINT NOT NULL, latency_ms DOUBLE PRECISION NOT NULL,
     first_ts TEXT NOT NULL,
-    PRIMARY KEY (hour, endpoint, served_entity, requester)
+    PRIMARY KEY (day, endpoint, served_entity, requester)
+);
+CREATE TABLE usage_entity_hourly (
+    hour TEXT NOT NULL, endpoint TEXT NOT NULL, served_entity TEXT NOT NULL,
+    requests BIGINT NOT NULL, fallbacks BIGINT NOT NULL, first_ts TEXT NOT NULL,
+    PRIMARY KEY (hour, endpoint, served_entity)
 );
 
 -- 1 when `labels` (a row's usage_context) is a JSON object whose `label` is set and not null, else 0: SQLite's
