@@ -64,6 +64,11 @@ class Worker:
         """Start the process and load the model: the load's seconds, else `LoadFailed`."""
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
+        # The server's own import path: a python endpoint's module the server imports, its workers import too
+        # (the server may have been started with its folder on sys.path rather than on PYTHONPATH).
+        given = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        here = [p or os.getcwd() for p in sys.path if not p or os.path.isdir(p)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*given, *here]))
         if threads is not None:  # several workers share the cores: each gets its part of them
             for name in _NATIVE_THREADS:
                 env.setdefault(name, str(threads))

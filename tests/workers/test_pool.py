@@ -210,3 +210,18 @@ def test_pool_floor_and_size_follow_the_options() -> None:
     assert pool.floor == min(2, pool.most)
     zero = provider_class("python").Options.model_validate({"function": "m:f", "scale_to_zero_enabled": True})
     assert Pool(python_endpoint("z", "m:f"), zero).floor == 0
+
+
+def test_a_module_the_server_imports_from_its_own_path_imports_in_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "only_on_sys_path.py").write_text(
+        "def tripled(values):\n    return (values * 3).to_numpy()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # on sys.path only, not on PYTHONPATH
+
+    async def test(workers: ModelWorkers) -> None:
+        provider = workers.provider(python_endpoint("tripler", "only_on_sys_path:tripled"))
+        assert values(await provider.predict(pa.array([1.0, 2.0]), CallOptions())) == [3.0, 6.0]
+
+    run(test)
