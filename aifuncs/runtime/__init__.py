@@ -33,13 +33,14 @@ from aifuncs.runtime._call import CallSpec, Failure, RequestContext, Scored
 from aifuncs.runtime._limit import AdaptiveLimit
 from aifuncs.runtime._meter import Meter, TokenTally
 from aifuncs.runtime._rate import RateGate
-from aifuncs.runtime._routing import Router, answering_now, entities_answering
+from aifuncs.runtime._routing import FALLBACK_LABEL, Router, answering_now, entities_answering
 from aifuncs.runtime._scoring import Scorer
 from aifuncs.runtime._sending import Sender
 from aifuncs.runtime._store import AnswerStore
 from aifuncs.runtime._usage import UsageLog
 
 __all__ = [
+    "FALLBACK_LABEL",
     "Budget",
     "CallSpec",
     "Failure",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aifuncs.errors import ArgumentError
-from aifuncs.runtime import RequestContext
+from aifuncs.runtime import FALLBACK_LABEL, RequestContext
 
 
 def request_context(
@@ -21,6 +21,11 @@ def request_context(
     if wrong:
         raise ArgumentError(
             f"usage_context maps texts to texts; these keys do not: {wrong}. Convert the values with str()."
+        )
+    if FALLBACK_LABEL in labels:  # the runtime's own: which entity failed a request a fallback answered
+        raise ArgumentError(
+            f"usage_context may not set {FALLBACK_LABEL!r}: the server records it on requests a fallback"
+            " answered. Name your label otherwise."
         )
     if client_request_id is not None and not isinstance(client_request_id, str):
         raise ArgumentError(f"client_request_id is a text, not {client_request_id!r}.")

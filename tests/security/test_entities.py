@@ -597,3 +597,12 @@ def test_a_non_admin_may_not_name_another_registry(secured: Secured) -> None:
             alice.create("other", "mlflow", model_uri=uri)
     made = alice.create("other", "mlflow", model_uri="models:/wine@champion")  # this server's registry: fine
     assert made.options["model_uri"] == "models:/wine@champion"
+
+
+def test_a_caller_may_not_forge_the_fallback_label(secured: Secured) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "usage_context": {"fallback_from": "prod"}}
+    forged = secured.call("alice", "POST", "/serving-endpoints/llm/invocations", json=body)
+    assert forged.status_code == 400 and "may not set 'fallback_from'" in forged.json()["message"]
+    assert secured.upstream.stats.requests == 0
+    with pytest.raises(AifuncsError, match="may not set 'fallback_from'"):
+        aifuncs.sql(aifuncs.connect(), "SELECT 1", usage_context={"fallback_from": "x"})
