@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from aifuncs._endpoint import Endpoint, ServedEntity
 from aifuncs.catalog._parts import CatalogPart
-from aifuncs.errors import ConfigError, UnknownEndpoint
+from aifuncs.errors import AifuncsError, ConfigError, UnknownEndpoint
 
 IN_PROGRESS, UPDATE_FAILED = "IN_PROGRESS", "UPDATE_FAILED"
+READY, FAILED = "READY", "FAILED"  # one server process's load of a pending config
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,44 @@ class StagingMethods(CatalogPart):
         return Staged(
             _next(current, staged), row["requested_at"], row["state"], row["message"], row["requested_by"]
         )
+
+    def staged_configs(self) -> list[Staged]:
+        """Every pending config in progress, of the endpoints this principal may view: what each server process
+        loads ahead of the switch."""
+        found = []
+        for row in self._store.pendings():
+            try:
+                current = self.authorize(row["name"], "view")
+            except AifuncsError:  # deleted meanwhile, or not this principal's to see
+                continue
+            staged = Endpoint.from_stored(
+                current.name, row["kind"], row["options"], description=row["description"]
+            )
+            found.append(
+                Staged(_next(current, staged), row["requested_at"], row["state"], row["message"], row["requested_by"])
+            )  # fmt: skip
+        return found
+
+    def seen_serving(self, process: str) -> None:
+        """Note this server process (with model workers) as running: the switch of a staged config waits for
+        its load while it is seen."""
+        self._store.seen_serving(process)
+
+    def forget_serving(self, process: str) -> None:
+        self._store.forget_serving(process)
+
+    def serving_processes(self, within_s: float) -> list[str]:
+        """The server processes of this home seen running in the last `within_s` seconds."""
+        return self._store.serving(within_s)
+
+    def report_load(self, staged: Staged, process: str, failure: str | None) -> None:
+        """A server process has loaded the staged config's models (`failure` None), or could not (why)."""
+        state, message = (READY, "") if failure is None else (FAILED, failure[:2000])
+        self._store.report_load(staged.endpoint.name, staged.requested_at, process, state, message)
+
+    def loads(self, staged: Staged) -> dict[str, tuple[str, str]]:
+        """Each server process's report on the staged config: (READY or FAILED, why)."""
+        return self._store.loads(staged.endpoint.name, staged.requested_at)
 
     def apply_staged(self, staged: Staged) -> Endpoint:
         """Apply a pending config as the endpoint's next version (needs CAN_MANAGE still); ConfigError when a

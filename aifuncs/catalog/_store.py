@@ -64,6 +64,20 @@ CREATE TABLE IF NOT EXISTS pending_configs (
     requested_at TEXT NOT NULL,
     requested_by TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS serving_processes (
+    process TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    seen_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS config_loads (
+    name TEXT NOT NULL COLLATE NOCASE,
+    requested_at TEXT NOT NULL,
+    process TEXT NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    reported_at TEXT NOT NULL,
+    PRIMARY KEY (name, requested_at, process)
+);
 CREATE TABLE IF NOT EXISTS defaults (
     role TEXT PRIMARY KEY,
     name TEXT NOT NULL
@@ -309,6 +323,61 @@ class SqliteStore:
             bump_revision(db)
         self._revision = None
         return bool(changed)
+
+    def pendings(self) -> builtins.list[dict[str, Any]]:
+        """Every pending config in progress (as `pending` shows one)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM pending_configs WHERE state = ? ORDER BY name", ("IN_PROGRESS",))
+            found = rows.fetchall()
+        return [{**dict(row), "options": json.loads(row["options"])} for row in found]
+
+    def seen_serving(self, process: str) -> None:
+        """Note a server process with model workers as running (renewed while it runs)."""
+        now = _now()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO serving_processes VALUES (?, ?, ?) ON CONFLICT (process) DO UPDATE SET"
+                " seen_at = excluded.seen_at",
+                (process, now, now),
+            )
+
+    def forget_serving(self, process: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM serving_processes WHERE process = ?", (process,))
+
+    def serving(self, within_s: float) -> builtins.list[str]:
+        """The server processes seen running in the last `within_s` seconds."""
+        since = datetime.fromtimestamp(time.time() - within_s, UTC).isoformat(timespec="milliseconds")
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT process FROM serving_processes WHERE seen_at >= ? ORDER BY process", (since,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def report_load(self, name: str, requested_at: str, process: str, state: str, message: str) -> None:
+        """One server process's load of the pending config made at `requested_at`: READY, or FAILED with why."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO config_loads VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name, requested_at, process)"
+                " DO UPDATE SET state = excluded.state, message = excluded.message,"
+                " reported_at = excluded.reported_at",
+                (name, requested_at, process, state, message, _now()),
+            )
+            # Loads of configs no longer pending are of no use to anyone
+            db.execute(
+                "DELETE FROM config_loads WHERE name = ? AND requested_at <> ? AND requested_at NOT IN"
+                " (SELECT requested_at FROM pending_configs WHERE name = ?)",
+                (name, requested_at, name),
+            )
+
+    def loads(self, name: str, requested_at: str) -> dict[str, tuple[str, str]]:
+        """Each server process's (state, message) for the pending config made at `requested_at`."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT process, state, message FROM config_loads WHERE name = ? AND requested_at = ?",
+                (name, requested_at),
+            ).fetchall()
+        return {row[0]: (row[1], row[2]) for row in rows}
 
     def tags(self, name: str) -> builtins.list[dict[str, str | None]]:
         with self._connect() as db:

@@ -188,7 +188,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     # In-process models answer from worker processes of their own, whose models load now (`aifuncs.workers`).
     from aifuncs.workers import serve_models
 
-    app.state.model_workers = await serve_models(runtime, app.state.catalog.list)
+    # ... and each pending config update loads here too before its switch (every server process of the home)
+    app.state.model_workers = await serve_models(runtime, app.state.catalog.list, app.state.catalog)
     # What was loaded to start (MLflow, pandas, pyarrow: millions of objects) is never garbage: kept out of
     # the collector's full passes, which otherwise stall every request in flight now and then.
     gc.freeze()

@@ -1,9 +1,11 @@
 """Config updates without downtime (`PUT .../config`): where the new config has models that run in this
 server's model workers, it is staged (GET shows it as `pending_config`, `config_update: IN_PROGRESS`), its
 entities load while the old config keeps serving, and then it is applied as the endpoint's next version, or
-marked UPDATE_FAILED with the reason while the old config goes on serving. A config of remote models only has
-nothing to load: applied at once. Other processes see the switch through the catalog's revision within a
-second; requests in flight finish on the config they started with."""
+marked UPDATE_FAILED with the reason while the old config goes on serving. Every server process of the home
+loads it before the switch (each watches the pending configs and reports its load; one that does not report
+within the load timeout is not waited for, and that is logged); a failure in any of them fails the update. A
+config of remote models only has nothing to load: applied at once. Other processes see the switch through the
+catalog's revision within a second; requests in flight finish on the config they started with."""
 
 from __future__ import annotations
 
@@ -16,12 +18,11 @@ from starlette.requests import Request
 
 from aifuncs.catalog import Catalog, Endpoint, Staged
 from aifuncs.errors import AifuncsError
-from aifuncs.providers import provider_class
 from aifuncs.server._entities import endpoint_config
 from aifuncs.server._errors import ApiError
 from aifuncs.server._shapes import endpoint_object
 from aifuncs.session import Session
-from aifuncs.workers import ModelWorkers
+from aifuncs.workers import ModelWorkers, load_timeout_s, others_loaded
 
 __all__ = ["update_config"]
 
@@ -78,10 +79,14 @@ def _changes(current: Endpoint, config: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _roll_out(catalog: Catalog, workers: ModelWorkers, staged: Staged) -> None:
-    """Load the staged config's entities, then switch to it (or mark it failed); never raises."""
+    """Load the staged config's entities here, wait for the other server processes of the home to have loaded
+    them too (`aifuncs.workers._watch`), then switch to it (or mark it failed); never raises."""
     name = staged.endpoint.name
+    deadline = asyncio.get_running_loop().time() + load_timeout_s(staged.endpoint)
     try:
-        failure = await workers.preload(staged.endpoint, _load_timeout_s(staged.endpoint))
+        failure = await workers.load_staged(catalog, staged)
+        if failure is None:
+            failure = await others_loaded(catalog, workers, staged, deadline)
         if failure is not None:
             await run_in_threadpool(catalog.fail_staged, staged, failure)
             _log.warning("The config update of %r failed; its current config still serves: %s", name, failure)
@@ -92,11 +97,3 @@ async def _roll_out(catalog: Catalog, workers: ModelWorkers, staged: Staged) -> 
         _log.info("The config update of %r was not applied: %s", name, error)
     except Exception:
         _log.exception("The config update of %r failed", name)
-
-
-def _load_timeout_s(endpoint: Endpoint) -> float:
-    timeouts = []
-    for entity in endpoint.served_entities():
-        options = provider_class(entity.kind).Options.model_validate(entity.options)
-        timeouts.append(float(getattr(options, "load_timeout_s", 600.0)))
-    return max(timeouts, default=600.0) + 5.0

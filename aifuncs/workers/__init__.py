@@ -19,18 +19,35 @@ come, and a caller that goes away stops the model in its worker (`Pool.stream`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aifuncs._endpoint import Endpoint
 from aifuncs.providers import Provider, provider_class
 from aifuncs.runtime import Runtime
 from aifuncs.workers._pool import Pool, most_workers
 from aifuncs.workers._provider import PooledProvider, pooled_class
+from aifuncs.workers._watch import StagedWatch, others_loaded
 
-__all__ = ["ModelWorkers", "Pool", "PooledProvider", "most_workers", "pooled_class", "serve_models"]
+if TYPE_CHECKING:
+    from aifuncs.catalog import Catalog, Staged
+
+__all__ = [
+    "ModelWorkers",
+    "Pool",
+    "PooledProvider",
+    "load_timeout_s",
+    "most_workers",
+    "others_loaded",
+    "pooled_class",
+    "serve_models",
+]
+
+_log = logging.getLogger("aifuncs.server")
 
 # The kinds whose models run in workers: a loaded model of the user's, CPU-bound. `forecast` and `document`
 # are the project's own light computations and stay in the server's process.
@@ -48,7 +65,11 @@ class ModelWorkers:
     def __init__(self) -> None:
         self._pools: dict[str, Pool] = {}
         self._at_start: set[str] = set()
+        self._preloaded: set[str] = set()  # pools loaded ahead of a switch, not asked yet
+        self._staged: dict[tuple[str, str], asyncio.Task[str | None]] = {}
+        self._watch: StagedWatch | None = None
         self._lock = threading.Lock()
+        self.process = f"{socket.gethostname()}:{os.getpid()}"  # as the catalog's load reports name it
 
     def provider(self, endpoint: Endpoint) -> Provider:
         cls = provider_class(endpoint.kind)
@@ -66,6 +87,11 @@ class ModelWorkers:
                 pool = self._pools[endpoint.identity] = Pool(endpoint, options)
                 if retire_older:
                     self._retire_before(endpoint)
+                else:
+                    self._preloaded.add(endpoint.identity)
+            elif retire_older and endpoint.identity in self._preloaded:  # switched to: the old version goes
+                self._preloaded.discard(endpoint.identity)
+                self._retire_before(endpoint)
             return pool
 
     def _retire_before(self, endpoint: Endpoint) -> None:
@@ -119,6 +145,42 @@ class ModelWorkers:
                         self._pools.pop(view.identity, None)
                     await pool.close()
         return failure
+
+    def load_staged(self, catalog: Catalog, staged: Staged) -> asyncio.Task[str | None]:
+        """Load a staged config's entities here (once, whoever asks: the update's own roll-out and this
+        process's watch) and report the outcome to the catalog; the task answers None or why not."""
+        key = (staged.endpoint.name, staged.requested_at)
+        task = self._staged.get(key)
+        if task is None:
+            task = self._staged[key] = asyncio.ensure_future(self._load_staged(catalog, staged))
+        return task
+
+    async def _load_staged(self, catalog: Catalog, staged: Staged) -> str | None:
+        failure = await self.preload(staged.endpoint, load_timeout_s(staged.endpoint))
+        try:
+            await asyncio.to_thread(catalog.report_load, staged, self.process, failure)
+        except Exception:  # the update's roll-out waits for this report until its load timeout
+            _log.warning("Reporting the load of %r's new config failed", staged.endpoint.name, exc_info=True)
+        return failure
+
+    async def settle_staged(self, staged: Staged, current: Endpoint | None) -> None:
+        """A config loaded ahead is no longer pending: kept where the endpoint switched to it (older versions
+        retire), its pools closed where it did not (the update failed, or another replaced it)."""
+        self._staged.pop((staged.endpoint.name, staged.requested_at), None)
+        if current is not None and current.version == staged.endpoint.version:
+            self.retire_older(current)
+            return
+        keep = set() if current is None else {view.identity for view in _entities(current)}
+        with self._lock:
+            gone = [self._pools.pop(v.identity) for v in _entities(staged.endpoint)
+                    if v.identity in self._pools and v.identity not in keep]  # fmt: skip
+            self._preloaded.difference_update(p.endpoint.identity for p in gone)
+        await asyncio.gather(*(pool.close() for pool in gone), return_exceptions=True)
+
+    def watch(self, catalog: Catalog) -> None:
+        """Watch `catalog`'s pending configs from now on (`_watch.py`): each is loaded here before its switch."""
+        self._watch = StagedWatch(self, catalog)
+        self._watch.start()
 
     async def start(self, endpoints: Iterable[Endpoint]) -> None:
         """Start the pools of these endpoints' in-process entities (their models load in the background)."""
@@ -192,14 +254,21 @@ class ModelWorkers:
         return (503 if loading else 200), body
 
     async def close(self) -> None:
+        if self._watch is not None:
+            await self._watch.close()
+        for task in self._staged.values():
+            task.cancel()
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(p.close() for p in pools), return_exceptions=True)
 
 
-async def serve_models(runtime: Runtime, endpoints: Callable[[], Iterable[Endpoint]]) -> ModelWorkers | None:
+async def serve_models(
+    runtime: Runtime, endpoints: Callable[[], Iterable[Endpoint]], catalog: Catalog | None = None
+) -> ModelWorkers | None:
     """A server's model workers: its runtime's in-process endpoints answered by them, and those `endpoints()`
-    lists loading from now on. None where AIFUNCS_SERVE_MODEL_WORKERS=0 (models run in the server's process)."""
+    lists loading from now on; with `catalog`, its pending configs loaded before their switch (every server
+    process of a home does). None where AIFUNCS_SERVE_MODEL_WORKERS=0 (models run in the server's process)."""
     if os.environ.get("AIFUNCS_SERVE_MODEL_WORKERS", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     workers = ModelWorkers()
@@ -209,7 +278,18 @@ async def serve_models(runtime: Runtime, endpoints: Callable[[], Iterable[Endpoi
     except Exception:  # a catalog that cannot be read just now: each model loads on its first request
         listed = []
     await workers.start(listed)
+    if catalog is not None:
+        workers.watch(catalog)
     return workers
+
+
+def load_timeout_s(endpoint: Endpoint) -> float:
+    """How long loading an endpoint's entities may take (the longest of their load timeouts, with a margin)."""
+    timeouts = []
+    for entity in endpoint.served_entities():
+        options = provider_class(entity.kind).Options.model_validate(entity.options)
+        timeouts.append(float(getattr(options, "load_timeout_s", 600.0)))
+    return max(timeouts, default=600.0) + 5.0
 
 
 def _entities(endpoint: Endpoint) -> list[Endpoint]:

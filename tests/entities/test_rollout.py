@@ -189,3 +189,118 @@ def test_a_config_update_under_load_fails_no_request(served: tuple[str, dict[str
             db.execute("SELECT endpoint_version, count(*) FROM usage WHERE status = 'ok' GROUP BY 1")
         )
     assert versions.get(1, 0) > 0 and versions.get(2, 0) > 0, versions  # both versions answered, none failed
+
+
+LOAD_S = 6.0  # how long the slow model takes to load: what a request waiting for a cold load would take
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+class SpreadLoad:
+    """Requests from 4 threads, each on a new connection (so both server processes take some): for each, when it
+    started, its latency, status and the model worker that answered."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.answers: list[tuple[float, float, int, int | None]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(url, headers)) for _ in range(4)]
+
+    def _run(self, url: str, headers: dict[str, str]) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            with httpx.Client(headers=headers, timeout=120) as client:
+                reply = client.post(url + "/serving-endpoints/slow/invocations", json={"inputs": [[1.0]]})
+            worker = reply.json()["predictions"][0] if reply.status_code == 200 else None
+            self.answers.append((began, time.monotonic() - began, reply.status_code, worker))
+            if reply.status_code != 200:
+                self.failures.append(reply.text[:300])
+
+    def servers(self, since: float = 0.0) -> set[int | None]:
+        """The server processes whose workers answered requests started after `since`."""
+        return {
+            _parent(w) for began, _, status, w in list(self.answers) if status == 200 and began >= since and w
+        }
+
+    def __enter__(self) -> SpreadLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+
+def until(condition: Any, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.1)
+
+
+def test_every_server_process_loads_the_new_config_before_the_switch(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_models: Any
+) -> None:
+    """`aifuncs serve --workers 2` under load spread over both processes: a config update fails no request,
+    and no request waits for a cold load after it (each process loaded the new version before the switch)."""
+    import mlflow
+    from workers.slow_load_models import SlowToLoad
+
+    mlflow.set_tracking_uri(mlflow_models.tracking_uri)
+    mlflow.set_registry_uri(mlflow_models.tracking_uri)
+    for _ in range(2):
+        with mlflow.start_run():
+            mlflow.pyfunc.log_model(name="slow", python_model=SlowToLoad(), registered_model_name="slowload")
+    monkeypatch.delenv("AIFUNCS_TOKEN", raising=False)
+    gov.create_user("ops", admin=True)
+    headers = {"Authorization": f"Bearer {gov.create_token('ops')}"}
+    aifuncs.endpoints.create("slow", kind="mlflow", model_uri="models:/slowload/1")
+    port, url = free_port(), ""
+    url = f"http://127.0.0.1:{port}"
+    tests = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests / "workers")]),
+           "MLFLOW_TRACKING_URI": mlflow_models.tracking_uri, "SLOW_LOAD_S": str(LOAD_S)}  # fmt: skip
+    env.pop("AIFUNCS_TOKEN", None)
+    command = [sys.executable, "-m", "aifuncs.cli", "serve", "--port", str(port), "--workers", "2"]
+    with running(command, f"{url}/health", tmp_path / "serve.log", env), SpreadLoad(url, headers) as load:
+        until(lambda: len(load.servers()) == 2, timeout_s=180)  # both processes have loaded version 1
+        warm = time.monotonic()
+        until(lambda: len(load.servers(warm)) == 2)
+        old_workers = {w for _, _, status, w in list(load.answers) if status == 200}
+        put = httpx.put(url + "/api/2.0/serving-endpoints/slow/config", headers=headers, timeout=60,
+                        json={"served_entities": [{"entity_name": "slowload", "entity_version": "2"}]})  # fmt: skip
+        assert put.status_code == 200 and put.json()["state"]["config_update"] == "IN_PROGRESS", put.text
+        deadline = time.monotonic() + 180
+        while (got := httpx.get(url + "/api/2.0/serving-endpoints/slow", headers=headers, timeout=30).json())[
+            "state"
+        ]["config_update"] == "IN_PROGRESS":
+            assert time.monotonic() < deadline, got
+            time.sleep(0.2)
+        assert got["config"]["config_version"] == 2, got
+        switched = time.monotonic()
+
+        def both_switched() -> bool:  # each process answers from version 2's workers
+            new = [w for began, _, status, w in list(load.answers) if began >= switched + 1.5 and status == 200
+                   and w not in old_workers]  # fmt: skip
+            return len({_parent(w) for w in new if w}) == 2
+
+        until(both_switched, timeout_s=60)
+        time.sleep(1.0)
+        slowest = max(a[1] for a in list(load.answers) if a[0] >= warm)
+        assert slowest < LOAD_S, f"a request waited {slowest:.1f} s: a cold load after the switch"
+        # Each process reported its load of version 2 before the switch
+        with sqlite3.connect(home / "catalog.db") as db:
+            assert db.execute("SELECT count(*) FROM serving_processes").fetchone() == (2,)
+            loads = db.execute("SELECT state FROM config_loads WHERE name = 'slow'").fetchall()
+            assert loads == [("READY",), ("READY",)]
+            assert db.execute("SELECT count(*) FROM pending_configs").fetchone() == (0,)
+    answers = [a for a in load.answers if a[0] >= warm]
+    assert load.failures == [] and {a[2] for a in answers} == {200}, load.failures[:3]
+    assert len(answers) > 20
