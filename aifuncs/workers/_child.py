@@ -25,6 +25,8 @@ from typing import Any
 
 from aifuncs.workers._wire import encode_output, read_frame_blocking, rows_from_ipc, send_blocking
 
+_PARENT_POLL_S = 0.5  # how soon a worker notices its server is gone
+
 
 def _load(provider: Any) -> None:
     """Load the model now, not on the first request (the reason the worker exists)."""
@@ -50,10 +52,11 @@ class _Inbox:
     """The server's frames, read by a thread: requests queued in order (None at the end), each with the event
     a `stop` naming it sets."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, busy: threading.Event) -> None:
         self.requests: queue.Queue[tuple[dict[str, Any], bytes, threading.Event] | None] = queue.Queue()
         self._stream = stream
         self._latest: tuple[Any, threading.Event] | None = None
+        self._busy = busy
         threading.Thread(target=self._read, name="aifuncs-worker-inbox", daemon=True).start()
 
     def _read(self) -> None:
@@ -72,6 +75,8 @@ class _Inbox:
         if self._latest is not None:
             self._latest[1].set()  # nobody is left to read what the model writes
         self.requests.put(None)
+        if self._busy.is_set():  # a model that never returns must not keep an orphan alive
+            os._exit(0)
 
 
 async def _stream(provider: Any, sock: socket.socket, rows: Any, options: Any, stop: threading.Event) -> None:
@@ -98,10 +103,25 @@ async def _stream(provider: Any, sock: socket.socket, rows: Any, options: Any, s
     )  # fmt: skip
 
 
-def main(fd: int) -> None:
+def _exit_with(parent: int) -> None:
+    """End this process once the server that started it is gone, whatever the model is doing: a server killed
+    outright (SIGKILL, out of memory) runs no cleanup, and its workers would live on as orphans (a model loading
+    or stuck in a batch never reads the closed socket). The parent is polled: a worker is re-parented then."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="aifuncs-worker-parent", daemon=True).start()
+
+
+def main(fd: int, parent: int | None = None) -> None:
     signal.signal(
         signal.SIGINT, signal.SIG_IGN
     )  # a Ctrl-C in the server's terminal is the server's to handle
+    if parent is not None:
+        _exit_with(parent)
     sock = socket.socket(fileno=fd)
     stream = sock.makefile("rb")
     first = read_frame_blocking(stream)
@@ -122,9 +142,11 @@ def main(fd: int) -> None:
         return
     send_blocking(sock, {"ok": True, "load_s": time.perf_counter() - began, "pid": os.getpid()})
     loop = asyncio.new_event_loop()
-    inbox = _Inbox(stream)
+    busy = threading.Event()
+    inbox = _Inbox(stream, busy)
     while (message := inbox.requests.get()) is not None:
         header, body, stop = message
+        busy.set()
         try:
             rows = rows_from_ipc(body, header["chunked"])
             options = header["options"]
@@ -145,11 +167,13 @@ def main(fd: int) -> None:
         except Exception as error:
             send_blocking(sock, _failure(error))
             continue
+        finally:
+            busy.clear()
         send_blocking(sock, {"ok": True, "shape": shape, "tokens": tokens}, encoded)
 
 
 if __name__ == "__main__":
     try:
-        main(int(sys.argv[1]))
+        main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
     except (BrokenPipeError, ConnectionError):
         pass  # the server is gone (stopped, or killed): nobody is left to answer

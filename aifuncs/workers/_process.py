@@ -74,7 +74,7 @@ class Worker:
                 env.setdefault(name, str(threads))
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "aifuncs.workers._child", str(theirs.fileno()),
+                sys.executable, "-m", "aifuncs.workers._child", str(theirs.fileno()), str(os.getpid()),
                 pass_fds=(theirs.fileno(),), env=env, stdin=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         finally:
