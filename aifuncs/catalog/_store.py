@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS defaults (
 );
 """  # and the revision's table (governance/_revision.py)
 
+FORGET_SERVING_S = 3600.0  # a server process unseen this long is gone for good
 REVISION_MAX_AGE_S = 1.0  # how stale a process's idea of the revision may be: one read a second at most
 
 
@@ -220,6 +221,7 @@ class SqliteStore:
                 return None
             if also is None:  # a config stored directly supersedes one waiting for its models
                 db.execute("DELETE FROM pending_configs WHERE name = ?", (endpoint.name,))
+            db.execute("DELETE FROM config_loads WHERE name = ?", (endpoint.name,))  # no config pending now
             version = row[0] + 1
             options = json.dumps(endpoint.stored_options(), sort_keys=True)
             db.execute(
@@ -241,6 +243,7 @@ class SqliteStore:
             db.execute("DELETE FROM gateways WHERE name = ?", (name,))
             db.execute("DELETE FROM tags WHERE name = ?", (name,))
             db.execute("DELETE FROM pending_configs WHERE name = ?", (name,))
+            db.execute("DELETE FROM config_loads WHERE name = ?", (name,))
             if deleted and also is not None:
                 also(db)
             if deleted:
@@ -320,6 +323,10 @@ class SqliteStore:
                 changed = db.execute(
                     "DELETE FROM pending_configs WHERE name = ? AND requested_at = ?", (name, requested_at)
                 ).rowcount
+            if changed:  # settled: the processes' reports on it are of no use to anyone
+                db.execute(
+                    "DELETE FROM config_loads WHERE name = ? AND requested_at = ?", (name, requested_at)
+                )
             bump_revision(db)
         self._revision = None
         return bool(changed)
@@ -334,12 +341,15 @@ class SqliteStore:
     def seen_serving(self, process: str) -> None:
         """Note a server process with model workers as running (renewed while it runs)."""
         now = _now()
+        # a process killed outright never forgets itself: its row goes once long unseen (each restart adds one)
+        gone = datetime.fromtimestamp(time.time() - FORGET_SERVING_S, UTC).isoformat(timespec="milliseconds")
         with self._write() as db:
             db.execute(
                 "INSERT INTO serving_processes VALUES (?, ?, ?) ON CONFLICT (process) DO UPDATE SET"
                 " seen_at = excluded.seen_at",
                 (process, now, now),
             )
+            db.execute("DELETE FROM serving_processes WHERE seen_at < ?", (gone,))
 
     def forget_serving(self, process: str) -> None:
         with self._write() as db:
