@@ -97,8 +97,8 @@ def serve(tmp_path: Path) -> tuple[str, Any]:
     return base, running(command, base + "/health", tmp_path / "serve.log", env)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")  # Playwright's sync API holds an event loop on the main thread while it is open:
+def browser() -> Iterator[Any]:  # closed after this module, so later tests' asyncio.run() work
     from playwright import sync_api  # the dev extra; its browsers are never downloaded
 
     if not Path(CHROMIUM).exists():
