@@ -96,6 +96,11 @@ class StagingMethods(CatalogPart):
             )  # fmt: skip
         return found
 
+    def served_endpoints(self) -> list[Endpoint]:
+        """Every endpoint of the catalog whatever the principal may view: what a server's model workers may
+        serve (the pools of the others are released). Never shown to a caller."""
+        return self._store.list()
+
     def seen_serving(self, process: str) -> None:
         """Note this server process (with model workers) as running: the switch of a staged config waits for
         its load while it is seen."""

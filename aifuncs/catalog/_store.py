@@ -221,7 +221,6 @@ class SqliteStore:
                 return None
             if also is None:  # a config stored directly supersedes one waiting for its models
                 db.execute("DELETE FROM pending_configs WHERE name = ?", (endpoint.name,))
-            db.execute("DELETE FROM config_loads WHERE name = ?", (endpoint.name,))  # no config pending now
             version = row[0] + 1
             options = json.dumps(endpoint.stored_options(), sort_keys=True)
             db.execute(
@@ -323,10 +322,6 @@ class SqliteStore:
                 changed = db.execute(
                     "DELETE FROM pending_configs WHERE name = ? AND requested_at = ?", (name, requested_at)
                 ).rowcount
-            if changed:  # settled: the processes' reports on it are of no use to anyone
-                db.execute(
-                    "DELETE FROM config_loads WHERE name = ? AND requested_at = ?", (name, requested_at)
-                )
             bump_revision(db)
         self._revision = None
         return bool(changed)

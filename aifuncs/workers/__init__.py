@@ -75,7 +75,7 @@ class ModelWorkers:
         cls = provider_class(endpoint.kind)
         if not pooled(cls):
             return cls(endpoint)
-        return pooled_class(cls)(endpoint, self.pool(endpoint))
+        return pooled_class(cls)(endpoint, self.pool(endpoint), lambda: self.pool(endpoint))
 
     def pool(self, endpoint: Endpoint, *, retire_older: bool = True) -> Pool:
         """The pool of this endpoint version, made on first use; older versions of the endpoint retire (not
@@ -87,6 +87,11 @@ class ModelWorkers:
                 pool = self._pools[endpoint.identity] = Pool(endpoint, options)
                 if retire_older:
                     self._retire_before(endpoint)
+                    # asked for a version already replaced (a request that began on it): it serves, then goes
+                    pool.retired = any(
+                        other.endpoint.name == endpoint.name and other.endpoint.version > endpoint.version
+                        and not other.retired for other in self._pools.values()
+                    )  # fmt: skip
                 else:
                     self._preloaded.add(endpoint.identity)
             elif retire_older and endpoint.identity in self._preloaded:  # switched to: the old version goes
@@ -132,6 +137,8 @@ class ModelWorkers:
             while failure is None and (state := pool.state())["state"] != "READY":
                 if state["state"] == "LOAD_FAILED":
                     failure = f"served entity {view.entity_name!r} failed to load: {state['error']}"
+                elif pool.closed:  # released meanwhile: its config was replaced, or the endpoint deleted
+                    failure = f"served entity {view.entity_name!r} was released before it loaded"
                 elif asyncio.get_running_loop().time() > deadline:
                     failure = f"served entity {view.entity_name!r} did not load within {timeout_s:g} s"
                 else:
@@ -175,6 +182,30 @@ class ModelWorkers:
             gone = [self._pools.pop(v.identity) for v in _entities(staged.endpoint)
                     if v.identity in self._pools and v.identity not in keep]  # fmt: skip
             self._preloaded.difference_update(p.endpoint.identity for p in gone)
+        await asyncio.gather(*(pool.close() for pool in gone), return_exceptions=True)
+
+    def pooled_identities(self) -> set[str]:
+        with self._lock:
+            return set(self._pools)
+
+    def reconcile(self, known: set[str], current: Iterable[Endpoint]) -> None:
+        """The catalog now holds `current` (its endpoints and their pending configs): of the pools `known` before
+        it was read, those of versions it no longer holds (deleted, replaced by a config applied elsewhere, made
+        again with other options) retire, their workers released once idle; one current again serves on."""
+        keep = {view.identity for endpoint in current for view in _entities(endpoint)}
+        with self._lock:
+            for identity, pool in self._pools.items():
+                if identity in known:  # a pool made since the catalog was read is left as it is
+                    pool.retired = identity not in keep
+
+    async def sweep(self) -> None:
+        """Close the pools that retired and have released every worker (kept, each would keep its scaler and
+        its place for as long as the server runs: one per config version ever served)."""
+        with self._lock:
+            empty = [key for key, pool in self._pools.items() if pool.retired and pool.empty()]
+            gone = [self._pools.pop(key) for key in empty]
+            self._preloaded.difference_update(empty)
+            self._at_start.difference_update(empty)
         await asyncio.gather(*(pool.close() for pool in gone), return_exceptions=True)
 
     def watch(self, catalog: Catalog) -> None:

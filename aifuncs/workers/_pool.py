@@ -91,6 +91,7 @@ class Pool:
 
     async def predict(self, rows: pa.Array | pa.ChunkedArray, options: CallOptions, chunked: bool) -> Any:
         self._last_request = time.monotonic()
+        self._open()
         self.ensure_running()
         if not self._ready() and not self._starting:
             if self.load_error is not None and time.monotonic() < self._retry_load_at:
@@ -106,6 +107,7 @@ class Pool:
         before the first piece: asked once more on another; after it, the stream ends with a 503 (the caller
         has part of an answer). Closing the iterator (the caller went away) stops the model in its worker."""
         self._last_request = time.monotonic()
+        self._open()
         self.ensure_running()
         if not self._ready() and not self._starting:
             if self.load_error is not None and time.monotonic() < self._retry_load_at:
@@ -127,6 +129,14 @@ class Pool:
                     batch.worker.stop_stream()
                 else:
                     batch.answer.cancel()  # still waiting for a worker: dropped from the line
+
+    def _open(self) -> None:
+        """A closed pool starts no worker: a batch sent to it would wait for ever."""
+        if self._closed:
+            raise RemoteError(
+                f"Endpoint {self.endpoint.name!r}: this version's model workers were released; retry.",
+                status=503, retryable=True,
+            )  # fmt: skip
 
     def _not_ready(self) -> RemoteError:
         wait = max(1.0, self._retry_load_at - time.monotonic())
@@ -357,6 +367,14 @@ class Pool:
             "streams_stopped": self.streams_stopped,
             "error": self.load_error,
         }
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def empty(self) -> bool:
+        """No worker, none starting, no batch waiting or answered: closing it now ends nothing under way."""
+        return not self._workers and not self._starting and not self._waiting
 
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers if w.pid is not None and w.ready]

@@ -5,7 +5,7 @@ worker pool. The model itself is never loaded in the server's process."""
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -23,11 +23,18 @@ class PooledProvider(Provider):
     streams: ClassVar[bool] = False
     blocking = False  # awaiting the pool holds no thread and never the loop
 
-    def __init__(self, endpoint: Endpoint, pool: Pool) -> None:
+    def __init__(self, endpoint: Endpoint, pool: Pool, lookup: Callable[[], Pool] | None = None) -> None:
         self.inner = self.inner_class(endpoint)
         super().__init__(endpoint)
         self.options = self.inner.options
-        self.pool = pool
+        self._pool = pool
+        self._lookup = lookup
+
+    @property
+    def pool(self) -> Pool:
+        # Looked up each call where the server may release it: the runtime keeps this provider for as long as it
+        # runs, while a released endpoint version's pool is closed (and made again if it is asked after all).
+        return self._pool if self._lookup is None else self._lookup()
 
     async def predict(self, requests: pa.Array | pa.ChunkedArray, options: CallOptions) -> Any:
         return await self.pool.predict(requests, options, isinstance(requests, pa.ChunkedArray))

@@ -16,6 +16,9 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from aifuncs.catalog._staging import IN_PROGRESS
+from aifuncs.errors import ConfigError
+
 if TYPE_CHECKING:
     from aifuncs.catalog import Catalog, Staged
     from aifuncs.workers import ModelWorkers
@@ -61,12 +64,17 @@ class StagedWatch:
                 if now != revision:
                     await self._look()
                     revision = now
+                await self.workers.sweep()
             except Exception:  # a store unreachable or locked just now: tried again at the next poll
                 _log.warning("Reading the catalog's pending configs failed; trying again", exc_info=True)
             await asyncio.sleep(POLL_S)
 
     async def _look(self) -> None:
+        known = self.workers.pooled_identities()
         pending = await asyncio.to_thread(self.catalog.staged_configs)
+        endpoints = await asyncio.to_thread(self.catalog.served_endpoints)
+        # pools of versions the catalog no longer holds (deleted, replaced) release their workers
+        self.workers.reconcile(known, [*endpoints, *(staged.endpoint for staged in pending)])
         keys = set()
         for staged in pending:
             key = (staged.endpoint.name, staged.requested_at)
@@ -91,6 +99,14 @@ async def others_loaded(
     for: its stall is logged (its requests will wait for the load)."""
     loop = asyncio.get_running_loop()
     while True:
+        # Replaced by a newer update (or the endpoint deleted: UnknownEndpoint) meanwhile: nobody loads this one
+        # any more, and a manager's burst of updates must not leave a poller each until its load timeout.
+        pending = await asyncio.to_thread(catalog.pending, staged.endpoint.name)
+        if pending is None or (pending.requested_at, pending.state) != (staged.requested_at, IN_PROGRESS):
+            raise ConfigError(
+                f"The config update of {staged.endpoint.name!r} asked at {staged.requested_at} was replaced by a"
+                " newer one."
+            )
         live = set(await asyncio.to_thread(catalog.serving_processes, LIVE_S)) - {workers.process}
         loads: dict[str, Any] = await asyncio.to_thread(catalog.loads, staged)
         for process, (state, message) in sorted(loads.items()):

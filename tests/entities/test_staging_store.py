@@ -96,14 +96,42 @@ def test_processes_long_unseen_are_forgotten_as_others_are_seen() -> None:
     assert catalog.serving_processes(10**10) == ["host:1"]
 
 
-def test_load_reports_go_once_their_config_is_settled() -> None:
+def test_load_reports_of_the_last_config_stay_and_older_ones_go() -> None:
+    # The last config's reports are what an operator reads after a switch; a later config's reports replace them
     _make()
     catalog = default_catalog()
     staged = catalog.stage("m", function="sample_models:doubled", returns="BIGINT", replace=True)
     catalog.report_load(staged, "host:1", None)
     catalog.apply_staged(staged)
-    assert catalog.loads(staged) == {}
-    failed = catalog.stage("m", function="sample_models:doubled", returns="VARCHAR", replace=True)
-    catalog.report_load(failed, "host:1", "boom")
-    catalog.fail_staged(failed, "boom")
-    assert catalog.loads(failed) == {}
+    assert catalog.loads(staged) == {"host:1": ("READY", "")}
+    time.sleep(0.002)
+    later = catalog.stage("m", function="sample_models:doubled", returns="VARCHAR", replace=True)
+    catalog.report_load(later, "host:1", "boom")
+    assert catalog.loads(staged) == {} and catalog.loads(later) == {"host:1": ("FAILED", "boom")}
+
+
+def test_a_roll_out_whose_config_was_replaced_stops_waiting_for_other_processes() -> None:
+    # Another server process runs and never reports on the first config (it loads the newer one instead): the
+    # first roll-out must end once its config is replaced, not poll the catalog until its load timeout.
+    import asyncio
+
+    from aifuncs.workers import ModelWorkers, others_loaded
+
+    _make()
+    catalog = default_catalog()
+    first = catalog.stage("m", function="sample_models:doubled", returns="BIGINT", replace=True)
+    catalog.seen_serving("other-host:1")
+    workers = ModelWorkers()
+
+    async def roll_out() -> str | None:
+        waiting = asyncio.ensure_future(
+            others_loaded(catalog, workers, first, asyncio.get_running_loop().time() + 600)
+        )
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # the other process has not reported yet
+        time.sleep(0.002)
+        catalog.stage("m", function="sample_models:doubled", returns="VARCHAR", replace=True)
+        return await asyncio.wait_for(waiting, 10)
+
+    with pytest.raises(ConfigError, match="replaced by a newer one"):
+        asyncio.run(roll_out())
