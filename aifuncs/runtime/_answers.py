@@ -39,7 +39,7 @@ class Answers:
 
     def __init__(self, provider: Callable[[Endpoint], Provider], scorer: Scorer, usage: UsageLog) -> None:
         self._provider = provider
-        self.router = Router(scorer, lambda call, rows: self.answer(call, rows, None))
+        self.router = Router(scorer, self.screened)
         self._usage = usage
         self._lock = threading.Lock()
         self._stores: dict[Path, AnswerStore] = {}
@@ -87,6 +87,17 @@ class Answers:
         # Scatter back: the i-th present row goes to the i-th valid position; NULL requests stay NULL.
         positions = pc.subtract(pc.cumulative_sum(valid.cast(pa.int64())), 1)
         return values.take(pc.if_else(valid, positions, pa.scalar(None, pa.int64())))
+
+    async def screened(self, call: CallSpec, requests: pa.Array) -> Scored:
+        """Answers of non-null requests through the call's guardrails and reuse, with each row's error as it
+        came (a fallback endpoint's, asked by the router for the rows every entity failed)."""
+        return await guarded(
+            call,
+            requests,
+            lambda sendable: self.resolve(call, sendable, None),
+            lambda decisions: record_guardrail(self._usage, call, decisions),
+            None if call.topic_call is None else self.embedder(call.topic_call),
+        )
 
     def embedder(self, topic_call: CallSpec) -> Callable[[pa.Array], Awaitable[Scored]]:
         async def embed(texts: pa.Array) -> Scored:

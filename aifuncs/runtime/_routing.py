@@ -28,7 +28,9 @@ from aifuncs.runtime._meter import Meter, TokenTally
 from aifuncs.runtime._scoring import Keep, Scorer, _all_or_nothing
 
 FALLBACK_LABEL = "fallback_from"
-AnswerAll = Callable[[CallSpec, pa.Array], Awaitable[pa.Array]]
+# The whole answer path of a call's non-null requests (guardrails, reuse, limits, routing): answers and each
+# row's error, its kind kept (an EntityFailure says the endpoint was unavailable, not the request at fault).
+AnswerAll = Callable[[CallSpec, pa.Array], Awaitable[Scored]]
 
 # The entities that answered the requests of the current task (a server's request names its entity in the
 # `served-model-name` header); None where nobody asks.
@@ -142,7 +144,7 @@ class Router:
             values = pa.concat_arrays(parts).take(pa.array(where)) if parts else pa.array([], target)
         if call.fail_on_error and errors.count(None) < count:
             failed = [e for e in errors if e is not None]
-            raise ModelError(endpoint.name, len(failed), failed[0]) from _unavailable(failed, exhausted)
+            raise ModelError(endpoint.name, len(failed), failed[0]) from _unavailable(failed)
         return values, errors
 
     def candidates(self, call: CallSpec) -> list[CallSpec]:
@@ -199,11 +201,11 @@ class Router:
             call.fallback_call, failure=Failure.RECORD, meters=_requests_only(call.meters)
         )
         fallback = _labelled(fallback, call.endpoint.name)
-        answered = await self._answer_all(fallback, requests.take(pa.array(rows, pa.int64())))
+        values, row_errors = await self._answer_all(fallback, requests.take(pa.array(rows, pa.int64())))
         offset = sum(len(p) for p in parts)
-        parts.append(answered.field(0))
+        parts.append(values)
         where[rows] = offset + np.arange(len(rows))
-        for row, error in zip(rows, answered.field(1).to_pylist(), strict=True):
+        for row, error in zip(rows, row_errors, strict=True):
             errors[row] = error
 
 
@@ -213,14 +215,14 @@ def chained(call: CallSpec) -> bool:
     return call.fallback_call is not None and call.endpoint.entity is None
 
 
-def _unavailable(failed: list[str], exhausted: list[int]) -> RemoteError | None:
-    """What a failed call is raised from when its entities (and fallbacks) were unavailable rather than the
-    request at fault: a REST caller then gets a 503 (or the 429) to retry, not a 400."""
-    first = next((e for e in failed if isinstance(e, EntityFailure)), None)
-    if first is None and not exhausted:
+def _unavailable(failed: list[str]) -> RemoteError | None:
+    """What a failed call is raised from when the first failure is an entity's (or a fallback endpoint's)
+    being unavailable rather than the request at fault: a REST caller then gets a 503 (or the 429) to retry,
+    not a 400; a refusal of the request itself (a fallback's guardrail) stays the caller's 400."""
+    first = failed[0]
+    if not isinstance(first, EntityFailure):
         return None
-    status = first.status if first is not None else None
-    return RemoteError(str(first or failed[0]), status=status, retryable=True)
+    return RemoteError(str(first), status=first.status, retryable=True)
 
 
 def _entity_call(call: CallSpec, endpoint: Endpoint, entity: str, came_from: str | None) -> CallSpec:

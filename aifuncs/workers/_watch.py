@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from aifuncs.catalog._staging import IN_PROGRESS
 from aifuncs.errors import ConfigError
+from aifuncs.storage import database_failing
 
 if TYPE_CHECKING:
     from aifuncs.catalog import Catalog, Staged
@@ -55,6 +57,7 @@ class StagedWatch:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         revision, seen_at = None, -SEEN_EVERY_S
+        failing = False  # the store's passing trouble is said once, not every poll
         while True:
             try:
                 if loop.time() - seen_at >= SEEN_EVERY_S:
@@ -65,8 +68,16 @@ class StagedWatch:
                     await self._look()
                     revision = now
                 await self.workers.sweep()
-            except Exception:  # a store unreachable or locked just now: tried again at the next poll
-                _log.warning("Reading the catalog's pending configs failed; trying again", exc_info=True)
+                if failing:
+                    _log.warning("The catalog's pending configs are read again")
+                failing = False
+            except Exception as error:  # a store unreachable or locked just now: tried again at the next poll
+                if isinstance(error, sqlite3.Error) or database_failing(error):
+                    if not failing:
+                        _log.warning("Reading the catalog's pending configs failed (%s); trying again", error)
+                    failing = True
+                else:
+                    _log.warning("Reading the catalog's pending configs failed; trying again", exc_info=True)
             await asyncio.sleep(POLL_S)
 
     async def _look(self) -> None:
