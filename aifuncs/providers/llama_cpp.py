@@ -127,18 +127,23 @@ class LlamaCppProvider(Provider):
 
         def run() -> None:
             try:
-                tokens_out = 0
-                for chunk in self.model().create_chat_completion(
+                tokens_out, finish = 0, None
+                model = self.model()
+                for chunk in model.create_chat_completion(
                     messages=chat, stream=True, **self._parameters(options)
                 ):
                     if stop.is_set():
                         return
-                    text = (chunk["choices"][0].get("delta") or {}).get("content")
+                    choice = chunk["choices"][0]
+                    finish = choice.get("finish_reason") or finish
+                    text = (choice.get("delta") or {}).get("content")
                     if text:
                         tokens_out += 1  # llama.cpp streams one token a chunk
                         loop.call_soon_threadsafe(pieces.put_nowait, text)
-                # llama.cpp's stream reports no usage: the prompt's tokens are counted here
-                tokens_in = len(self.model().tokenize("".join(m["content"] for m in chat).encode()))
+                # llama.cpp's stream reports no usage. Its context now holds the templated prompt and every
+                # token it generated but the last (the end-of-text token, or the one cut at max_tokens).
+                evaluated = tokens_out if finish == "stop" else max(tokens_out - 1, 0)
+                tokens_in = max(model.n_tokens - evaluated, 0)
                 loop.call_soon_threadsafe(pieces.put_nowait, Prediction(None, tokens_in, tokens_out))
             except BaseException as error:  # handed to the reader, raised there
                 loop.call_soon_threadsafe(pieces.put_nowait, error)

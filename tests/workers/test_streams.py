@@ -74,9 +74,11 @@ def test_a_worker_streams_the_answer_the_server_s_process_would() -> None:
         assert used.input_tokens == direct_used.input_tokens
         state = workers.states()["local"]
         assert state["state"] == "READY" and state["restarts"] == 0
-        # Unstreamed requests go to the same worker
+        # Unstreamed requests go to the same worker; a streamed answer counts the prompt's tokens as they do
+        # (the chat template included), where it counted only the words (7 against 37)
         answer = await pooled.predict(rows, GREEDY)
         assert answer.outputs[0].startswith("".join(pieces)[:20])
+        assert used.input_tokens == answer.input_tokens and answer.input_tokens > 10
 
     run(test)
 
