@@ -68,14 +68,36 @@ def served(
         yield f"http://127.0.0.1:{port}", headers
 
 
-class Load:
+class _Clients:
+    """Threads sending requests (`_run`) until the block ends."""
+
+    threads = 2
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(url, headers)) for _ in range(self.threads)]
+
+    def _run(self, url: str, headers: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+
+class Load(_Clients):
     """Requests sent one after another from two threads until stopped: every status counted."""
 
     def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.statuses: Counter[int] = Counter()
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(url, headers)) for _ in range(2)]
+        super().__init__(url, headers)
 
     def _run(self, url: str, headers: dict[str, str]) -> None:
         with httpx.Client(headers=headers, timeout=120) as client:
@@ -86,16 +108,6 @@ class Load:
                 self.statuses[reply.status_code] += 1
                 if reply.status_code != 200 or reply.json() != {"predictions": [0]}:
                     self.failures.append(reply.text[:300])
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=120)
 
 
 QUERY_ROWS = 3000
@@ -201,15 +213,15 @@ def _parent(pid: int) -> int | None:
         return None
 
 
-class SpreadLoad:
+class SpreadLoad(_Clients):
     """Requests from 4 threads, each on a new connection (so both server processes take some): for each, when it
     started, its latency, status and the model worker that answered."""
 
+    threads = 4
+
     def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.answers: list[tuple[float, float, int, int | None]] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(url, headers)) for _ in range(4)]
+        super().__init__(url, headers)
 
     def _run(self, url: str, headers: dict[str, str]) -> None:
         while not self._stop.is_set():
@@ -226,16 +238,6 @@ class SpreadLoad:
         return {
             _parent(w) for began, _, status, w in list(self.answers) if status == 200 and began >= since and w
         }
-
-    def __enter__(self) -> SpreadLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=120)
 
 
 def until(condition: Any, timeout_s: float = 120) -> None:
